@@ -1,0 +1,216 @@
+//! A fault-injecting backend decorator, for tests.
+//!
+//! [`FaultyBackend`] forwards to an inner backend and fails calls chosen by
+//! rules: the Nth write, every write of a kind, reads of one object, writes
+//! that hang until a timeout, and silent truncation. Tests use it to prove that
+//! a failing store never leaves a half snapshot and always yields a clear
+//! error.
+
+use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::{Backend, BackendError, BackendResult, DynBackend, FileKind, Listed, PutMode};
+
+/// Which calls a [`Fault`] applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `put`.
+    Put,
+    /// `get` and `get_range`.
+    Get,
+    /// `list`.
+    List,
+    /// `delete`.
+    Delete,
+}
+
+/// What happens to a matching call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Fail with an error.
+    Error,
+    /// Wait this long and then fail with a timeout error.
+    Hang(Duration),
+    /// For `put`: store only the first half of the object and report success
+    /// (a store that lies); for `get`: return only the first half.
+    Truncate,
+}
+
+/// One injection rule.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// The operation.
+    pub op: Op,
+    /// Restrict to one kind of file.
+    pub kind: Option<FileKind>,
+    /// Skip this many matching calls before the fault fires.
+    pub after: u64,
+    /// Fire this many times (`u64::MAX`: always).
+    pub times: u64,
+    /// What to do.
+    pub effect: Effect,
+}
+
+impl Fault {
+    /// Fail every matching call of `op` on `kind` from the start.
+    pub fn always(op: Op, kind: Option<FileKind>) -> Self {
+        Fault { op, kind, after: 0, times: u64::MAX, effect: Effect::Error }
+    }
+
+    /// Fail once, after `after` successful matching calls.
+    pub fn nth(op: Op, kind: Option<FileKind>, after: u64) -> Self {
+        Fault { op, kind, after, times: 1, effect: Effect::Error }
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    fault: Fault,
+    seen: AtomicU64,
+}
+
+/// A backend decorator that injects faults.
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: DynBackend,
+    rules: Mutex<Vec<Rule>>,
+    injected: AtomicU64,
+}
+
+impl FaultyBackend {
+    /// Wraps `inner` with no faults.
+    pub fn new(inner: DynBackend) -> Self {
+        FaultyBackend { inner, rules: Mutex::new(Vec::new()), injected: AtomicU64::new(0) }
+    }
+
+    /// Adds a rule.
+    pub fn inject(&self, fault: Fault) {
+        self.rules.lock().expect("rules lock").push(Rule { fault, seen: AtomicU64::new(0) });
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.rules.lock().expect("rules lock").clear();
+    }
+
+    /// How many faults fired so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    fn check(&self, op: Op, kind: FileKind) -> Option<Effect> {
+        let rules = self.rules.lock().expect("rules lock");
+        for r in rules.iter() {
+            if r.fault.op != op || r.fault.kind.is_some_and(|k| k != kind) {
+                continue;
+            }
+            let n = r.seen.fetch_add(1, Ordering::SeqCst);
+            if n >= r.fault.after && n - r.fault.after < r.fault.times {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                return Some(r.fault.effect.clone());
+            }
+        }
+        None
+    }
+}
+
+fn injected(op: &'static str, path: String) -> BackendError {
+    BackendError::Other { op, path, message: "injected fault: storage unavailable".into() }
+}
+
+impl Backend for FaultyBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: Bytes, mode: PutMode) -> BoxFuture<'_, BackendResult<()>> {
+        let effect = self.check(Op::Put, kind);
+        let name = name.to_string();
+        Box::pin(async move {
+            match effect {
+                None => self.inner.put(kind, &name, data, mode).await,
+                Some(Effect::Error) => Err(injected("write", kind.path(&name))),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "write", path: kind.path(&name), secs: d.as_secs() })
+                }
+                Some(Effect::Truncate) => {
+                    let half = data.slice(..data.len() / 2);
+                    self.inner.put(kind, &name, half, mode).await
+                }
+            }
+        })
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>> {
+        let effect = self.check(Op::Get, kind);
+        let name = name.to_string();
+        Box::pin(async move {
+            match effect {
+                None => self.inner.get(kind, &name).await,
+                Some(Effect::Error) => Err(injected("read", kind.path(&name))),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "read", path: kind.path(&name), secs: d.as_secs() })
+                }
+                Some(Effect::Truncate) => {
+                    let b = self.inner.get(kind, &name).await?;
+                    Ok(b.slice(..b.len() / 2))
+                }
+            }
+        })
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>> {
+        let effect = self.check(Op::Get, kind);
+        let name = name.to_string();
+        Box::pin(async move {
+            match effect {
+                None => self.inner.get_range(kind, &name, range).await,
+                Some(Effect::Error) => Err(injected("read", kind.path(&name))),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "read", path: kind.path(&name), secs: d.as_secs() })
+                }
+                Some(Effect::Truncate) => {
+                    let b = self.inner.get_range(kind, &name, range).await?;
+                    Ok(b.slice(..b.len() / 2))
+                }
+            }
+        })
+    }
+
+    fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {
+        let effect = self.check(Op::List, kind);
+        Box::pin(async move {
+            match effect {
+                None | Some(Effect::Truncate) => self.inner.list(kind).await,
+                Some(Effect::Error) => Err(injected("list", kind.dir().to_string())),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "list", path: kind.dir().to_string(), secs: d.as_secs() })
+                }
+            }
+        })
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>> {
+        let effect = self.check(Op::Delete, kind);
+        let name = name.to_string();
+        Box::pin(async move {
+            match effect {
+                None | Some(Effect::Truncate) => self.inner.delete(kind, &name).await,
+                Some(Effect::Error) => Err(injected("delete", kind.path(&name))),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "delete", path: kind.path(&name), secs: d.as_secs() })
+                }
+            }
+        })
+    }
+}

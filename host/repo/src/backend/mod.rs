@@ -1,0 +1,161 @@
+//! Storage backends.
+//!
+//! The repository sees storage as a few flat namespaces of immutable files
+//! ([`FileKind`]). [`Backend`] is the small trait it needs; [`ObjectBackend`]
+//! implements it over any `object_store` store chosen by URL, and decorators
+//! (such as the fault injector in test support) wrap another backend.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+pub(crate) mod object;
+pub use object::{BackendOptions, LocationError, ObjectBackend};
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod fault;
+
+/// The namespaces of a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileKind {
+    /// The single `config` object.
+    Config,
+    /// `keys/<id>`: key files wrapping the master secret.
+    Key,
+    /// `data/<2 hex>/<id>`: pack files.
+    Pack,
+    /// `index/<id>`: index files.
+    Index,
+    /// `snapshots/<id>`: snapshot manifests.
+    Snapshot,
+    /// `prune/<id>`: pending-deletion markers written by prune's first phase.
+    PruneMarker,
+    /// `sessions/<id>`: markers of backups in progress (never exclusive).
+    Session,
+}
+
+impl FileKind {
+    /// Every kind, in listing order.
+    pub const ALL: [FileKind; 7] = [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Pack,
+        FileKind::Index,
+        FileKind::Snapshot,
+        FileKind::PruneMarker,
+        FileKind::Session,
+    ];
+
+    /// The directory (prefix) of this kind, without a trailing slash.
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+            FileKind::PruneMarker => "prune",
+            FileKind::Session => "sessions",
+        }
+    }
+
+    /// The path of a file of this kind relative to the repository root.
+    pub fn path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".to_string(),
+            FileKind::Pack => format!("data/{}/{}", name.get(..2).unwrap_or("00"), name),
+            k => format!("{}/{}", k.dir(), name),
+        }
+    }
+}
+
+/// How [`Backend::put`] treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace any existing object.
+    Overwrite,
+    /// Fail with [`BackendError::AlreadyExists`] if the object exists.
+    CreateNew,
+}
+
+/// One file found by [`Backend::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The file's name within its kind (for packs, without the `xx/` fan-out).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time reported by the store.
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// A storage failure, naming the object and the operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("{path}: not found in the repository")]
+    NotFound {
+        /// Object path relative to the repository root.
+        path: String,
+    },
+    /// A create-only put found the object already there.
+    #[error("{path}: already exists")]
+    AlreadyExists {
+        /// Object path relative to the repository root.
+        path: String,
+    },
+    /// The operation did not finish in time.
+    #[error("{op} {path}: timed out after {secs} s (is the storage reachable?)")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// Object path relative to the repository root.
+        path: String,
+        /// The limit that was hit.
+        secs: u64,
+    },
+    /// Any other storage error.
+    #[error("{op} {path}: {message}")]
+    Other {
+        /// The operation.
+        op: &'static str,
+        /// Object path relative to the repository root.
+        path: String,
+        /// What the store said.
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// True for [`BackendError::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+}
+
+/// Result of a backend call.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// What the repository needs from storage. Every write is of a whole object:
+/// a reader sees either nothing or the complete object.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A printable location (URL without credentials).
+    fn location(&self) -> String;
+    /// Stores a complete object.
+    fn put(&self, kind: FileKind, name: &str, data: Bytes, mode: PutMode) -> BoxFuture<'_, BackendResult<()>>;
+    /// Reads a whole object.
+    fn get(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>>;
+    /// Reads a byte range of an object.
+    fn get_range(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>>;
+    /// Lists the objects of a kind.
+    fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>>;
+}
+
+/// A shared backend.
+pub type DynBackend = Arc<dyn Backend>;

@@ -1,0 +1,275 @@
+//! [`ObjectBackend`]: the repository's files on any `object_store` store.
+//!
+//! Locations are URLs: `file:///abs/path` (or a plain path), `memory://`,
+//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+//! Cloud credentials and settings come from the usual environment variables
+//! (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and from explicit option pairs using
+//! `object_store`'s configuration key names (for example `aws_endpoint`,
+//! `allow_http`, `google_service_account_key`, `azure_storage_use_emulator`).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
+
+use super::{Backend, BackendError, BackendResult, FileKind, Listed, PutMode};
+
+/// Limits for every storage call.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// The longest one call (put, get, list, delete) may take, retries included.
+    pub op_timeout: Duration,
+    /// Per-request timeout for cloud stores.
+    pub request_timeout: Duration,
+    /// Retries of a failed cloud request (with exponential backoff).
+    pub max_retries: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            op_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 5,
+        }
+    }
+}
+
+/// A repository stored in an `object_store` store under a prefix.
+#[derive(Debug)]
+pub struct ObjectBackend {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: String,
+    options: BackendOptions,
+}
+
+/// Errors choosing or configuring a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocationError {
+    /// The URL cannot be parsed or has an unknown scheme.
+    #[error("repository location {url:?}: {reason}")]
+    Invalid {
+        /// The location given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ObjectBackend {
+    /// Opens the store named by `url`, configured by `options` (key, value)
+    /// pairs in `object_store`'s configuration key names.
+    pub fn from_url(url: &str, options: &[(String, String)], limits: BackendOptions) -> Result<Self, LocationError> {
+        let invalid = |reason: String| LocationError::Invalid { url: url.to_string(), reason };
+        let parsed = if url.contains("://") {
+            url::Url::parse(url).map_err(|e| invalid(e.to_string()))?
+        } else {
+            let abs = std::path::absolute(url).map_err(|e| invalid(e.to_string()))?;
+            url::Url::from_file_path(&abs).map_err(|_| invalid("not an absolute path".into()))?
+        };
+        let client = ClientOptions::new()
+            .with_timeout(limits.request_timeout)
+            .with_connect_timeout(Duration::from_secs(10));
+        let retry = RetryConfig {
+            max_retries: limits.max_retries,
+            retry_timeout: limits.op_timeout,
+            ..Default::default()
+        };
+        let strip = |p: &str| p.trim_matches('/').to_string();
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = match parsed.scheme() {
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| invalid("a file:// URL needs an absolute path".into()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| invalid(format!("cannot create directory {}: {e}", dir.display())))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| invalid(e.to_string()))?
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true);
+                (Arc::new(fs), String::new())
+            }
+            "memory" => (Arc::new(object_store::memory::InMemory::new()), String::new()),
+            "s3" | "s3a" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
+                    b = b.with_config(key, v);
+                }
+                (Arc::new(b.build().map_err(|e| invalid(e.to_string()))?), strip(parsed.path()))
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
+                    b = b.with_config(key, v);
+                }
+                (Arc::new(b.build().map_err(|e| invalid(e.to_string()))?), strip(parsed.path()))
+            }
+            "az" | "azure" | "abfs" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
+                    b = b.with_config(key, v);
+                }
+                (Arc::new(b.build().map_err(|e| invalid(e.to_string()))?), strip(parsed.path()))
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown scheme {other:?}; use file://, memory://, s3://, gs:// or az://"
+                )));
+            }
+        };
+        let mut shown = parsed.clone();
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        shown.set_query(None);
+        Ok(ObjectBackend {
+            store,
+            prefix: Path::from(prefix),
+            location: shown.to_string(),
+            options: limits,
+        })
+    }
+
+    /// Wraps an existing store (for tests and embedders).
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, location: &str) -> Self {
+        ObjectBackend {
+            store,
+            prefix: Path::from(prefix),
+            location: location.to_string(),
+            options: BackendOptions::default(),
+        }
+    }
+
+    fn full(&self, rel: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{}", self.prefix.as_ref(), rel))
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        path: &str,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> BackendResult<T> {
+        match tokio::time::timeout(self.options.op_timeout, fut).await {
+            Err(_) => Err(BackendError::Timeout { op, path: path.to_string(), secs: self.options.op_timeout.as_secs() }),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_err(op, path, e)),
+        }
+    }
+}
+
+fn map_err(op: &'static str, path: &str, e: object_store::Error) -> BackendError {
+    match e {
+        object_store::Error::NotFound { .. } => BackendError::NotFound { path: path.to_string() },
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            BackendError::AlreadyExists { path: path.to_string() }
+        }
+        other => BackendError::Other { op, path: path.to_string(), message: other.to_string() },
+    }
+}
+
+impl Backend for ObjectBackend {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: Bytes, mode: PutMode) -> BoxFuture<'_, BackendResult<()>> {
+        let rel = kind.path(name);
+        Box::pin(async move {
+            let opts = PutOptions {
+                mode: match mode {
+                    PutMode::Overwrite => object_store::PutMode::Overwrite,
+                    PutMode::CreateNew => object_store::PutMode::Create,
+                },
+                ..Default::default()
+            };
+            let path = self.full(&rel);
+            self.timed("write", &rel, self.store.put_opts(&path, PutPayload::from_bytes(data), opts))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>> {
+        let rel = kind.path(name);
+        Box::pin(async move {
+            let path = self.full(&rel);
+            self.timed("read", &rel, async { self.store.get(&path).await?.bytes().await }).await
+        })
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>> {
+        let rel = kind.path(name);
+        Box::pin(async move {
+            let path = self.full(&rel);
+            let want = range.end - range.start;
+            let got = self.timed("read", &rel, self.store.get_range(&path, range.clone())).await?;
+            if got.len() as u64 != want {
+                return Err(BackendError::Other {
+                    op: "read",
+                    path: rel,
+                    message: format!("asked for bytes {range:?} and got {} bytes (object truncated?)", got.len()),
+                });
+            }
+            Ok(got)
+        })
+    }
+
+    fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {
+        Box::pin(async move {
+            let dir = kind.dir();
+            let prefix = self.full(if dir.is_empty() { "config" } else { dir });
+            let metas: Vec<object_store::ObjectMeta> = self
+                .timed("list", dir, self.store.list(Some(&prefix)).try_collect())
+                .await?;
+            let mut out = Vec::with_capacity(metas.len());
+            for m in metas {
+                let Some(name) = m.location.filename() else { continue };
+                // Only names this repository writes: 64 hex characters (or
+                // "config"). Staging files and strangers are ignored.
+                let ok = match kind {
+                    FileKind::Config => name == "config",
+                    _ => name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+                };
+                if ok {
+                    out.push(Listed { name: name.to_string(), size: m.size, modified: m.last_modified });
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>> {
+        let rel = kind.path(name);
+        Box::pin(async move {
+            let path = self.full(&rel);
+            match self.timed("delete", &rel, self.store.delete(&path)).await {
+                Err(BackendError::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! Blobs: the unit of storage inside packs.
+//!
+//! A blob is one chunk of file data or one piece of a snapshot's entry list.
+//! Its plaintext is a one-byte encoding tag followed by the payload (raw or
+//! zstd-compressed); the whole is sealed with XChaCha20-Poly1305, with the
+//! blob's kind and id as associated data so a blob cannot be passed off as
+//! another.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{AuthError, Keys};
+use crate::id::Id;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// A chunk of entry contents.
+    Data = 0,
+    /// A piece of a snapshot's serialized entry list.
+    Tree = 1,
+}
+
+impl BlobKind {
+    /// Decodes the on-disk byte.
+    pub fn from_u8(b: u8) -> Option<BlobKind> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+
+    /// Human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlobKind::Data => "data",
+            BlobKind::Tree => "tree",
+        }
+    }
+}
+
+/// Plaintext tag: payload stored as is.
+const ENC_RAW: u8 = 0;
+/// Plaintext tag: payload is a zstd frame.
+const ENC_ZSTD: u8 = 1;
+
+/// Compression setting, stored in the repository config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    /// zstd level; 0 turns compression off.
+    pub zstd_level: i32,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression { zstd_level: 3 }
+    }
+}
+
+/// Why a blob could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The AEAD tag did not verify: wrong key, or the bytes were changed.
+    #[error("authentication failed (damaged or not written with this key)")]
+    Auth,
+    /// The plaintext has an unknown encoding tag.
+    #[error("unknown blob encoding {0}")]
+    UnknownEncoding(u8),
+    /// zstd could not decompress the payload.
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+    /// The content does not hash to the blob's id.
+    #[error("content hashes to {actual}, not to its id")]
+    HashMismatch {
+        /// What the content hashed to.
+        actual: Id,
+    },
+}
+
+impl From<AuthError> for BlobError {
+    fn from(_: AuthError) -> Self {
+        BlobError::Auth
+    }
+}
+
+fn aad(kind: BlobKind, id: &Id) -> [u8; 33] {
+    let mut a = [0u8; 33];
+    a[0] = kind as u8;
+    a[1..].copy_from_slice(&id.0);
+    a
+}
+
+/// Bytes to probe before compressing a large chunk: if the first 64 KiB do not
+/// shrink by at least 3%, the chunk is stored raw without spending the time.
+const PROBE_LEN: usize = 64 * 1024;
+
+/// Compresses (when it pays) and seals a blob. Returns the sealed bytes.
+pub fn encode(keys: &Keys, kind: BlobKind, id: &Id, data: &[u8], compression: Compression) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(data.len() + 1);
+    let mut compressed = false;
+    if compression.zstd_level != 0 && data.len() >= 64 && worth_compressing(data, compression) {
+        plain.push(ENC_ZSTD);
+        let mut enc = zstd::stream::write::Encoder::new(plain, compression.zstd_level)
+            .expect("zstd encoder with a valid level");
+        let _ = enc.include_checksum(false);
+        std::io::Write::write_all(&mut enc, data).expect("writing to a Vec cannot fail");
+        plain = enc.finish().expect("finishing a zstd frame into a Vec cannot fail");
+        if plain.len() - 1 < data.len() - data.len() / 32 {
+            compressed = true;
+        } else {
+            plain.clear();
+        }
+    }
+    if !compressed {
+        plain.clear();
+        plain.push(ENC_RAW);
+        plain.extend_from_slice(data);
+    }
+    keys.seal(&plain, &aad(kind, id))
+}
+
+fn worth_compressing(data: &[u8], compression: Compression) -> bool {
+    if data.len() <= 2 * PROBE_LEN {
+        return true;
+    }
+    let probe = &data[..PROBE_LEN];
+    match zstd::bulk::compress(probe, compression.zstd_level.min(1)) {
+        Ok(c) => c.len() < PROBE_LEN - PROBE_LEN / 32,
+        Err(_) => true,
+    }
+}
+
+/// Opens a sealed blob and returns its plaintext content, checking that it
+/// hashes to `id`.
+pub fn decode(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8], raw_len_hint: usize) -> Result<Bytes, BlobError> {
+    let plain = keys.open(sealed, &aad(kind, id))?;
+    let content = match plain.first() {
+        Some(&ENC_RAW) => Bytes::from(plain).slice(1..),
+        Some(&ENC_ZSTD) => {
+            let mut out = Vec::with_capacity(raw_len_hint);
+            zstd::stream::copy_decode(&plain[1..], &mut out).map_err(|e| BlobError::Decompress(e.to_string()))?;
+            Bytes::from(out)
+        }
+        Some(&other) => return Err(BlobError::UnknownEncoding(other)),
+        None => return Err(BlobError::UnknownEncoding(255)),
+    };
+    let actual = keys.chunk_id(&content);
+    if actual != *id {
+        return Err(BlobError::HashMismatch { actual });
+    }
+    Ok(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterSecret;
+
+    #[test]
+    fn round_trip_compressible_and_random() {
+        let keys = Keys::derive(&MasterSecret::generate());
+        let text = b"coffer ".repeat(10_000);
+        let random: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for data in [&text[..], &random[..], b"", b"x"] {
+            let id = keys.chunk_id(data);
+            let sealed = encode(&keys, BlobKind::Data, &id, data, Compression::default());
+            assert_eq!(&decode(&keys, BlobKind::Data, &id, &sealed, data.len()).unwrap()[..], data);
+            assert_eq!(decode(&keys, BlobKind::Tree, &id, &sealed, 0), Err(BlobError::Auth));
+        }
+        let id = keys.chunk_id(&text);
+        assert!(encode(&keys, BlobKind::Data, &id, &text, Compression::default()).len() < text.len() / 10);
+    }
+}

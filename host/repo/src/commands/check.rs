@@ -1,0 +1,264 @@
+//! `check`: structure, and optionally a full or sampled read-back of data.
+//!
+//! Structure: every index file decrypts, every indexed pack exists with the
+//! size the index says, every snapshot's manifest and tree are readable and
+//! every blob they reference is indexed. `read_data`: each selected pack is
+//! downloaded, its BLAKE3 checked against its name, its header opened and
+//! compared with the index, and every blob decrypted, decompressed and
+//! re-hashed. Damaged packs are named together with the snapshots and paths
+//! that lose data.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::backend::FileKind;
+use crate::blob;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::repofile::pack;
+use crate::repository::Repository;
+
+/// How much data to read back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// Structure only.
+    None,
+    /// Every pack.
+    All,
+    /// A random share of the packs, in percent (0 < p <= 100).
+    Subset(f64),
+}
+
+/// A snapshot path that lost data.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DamagedPath {
+    /// Snapshot id.
+    pub snapshot: Id,
+    /// Entry path (or `<tree>` when the entry list itself is damaged).
+    pub path: String,
+}
+
+/// The findings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Problems that lose or risk data.
+    pub errors: Vec<String>,
+    /// Things to tidy up that lose nothing (unindexed packs, markers).
+    pub warnings: Vec<String>,
+    /// Packs found damaged or missing.
+    pub damaged_packs: BTreeSet<Id>,
+    /// Snapshot paths that depend on damaged or missing data.
+    pub damaged_paths: BTreeSet<DamagedPath>,
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Packs read back.
+    pub packs_read: usize,
+    /// Blobs verified by read-back.
+    pub blobs_read: usize,
+}
+
+impl CheckReport {
+    /// True if nothing is damaged.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+impl Repository {
+    /// Checks the repository.
+    pub async fn check(&self, read: ReadData) -> Result<CheckReport> {
+        let mut r = CheckReport::default();
+        // Index files.
+        let mut files = Vec::new();
+        for l in self.backend.list(FileKind::Index).await? {
+            let id = Id::from_hex(&l.name).expect("hex");
+            match self.read_index_file(&id).await {
+                Ok(f) => files.push((id, f)),
+                Err(e) => r.errors.push(e.to_string()),
+            }
+        }
+        let idx = MasterIndex::build(files, &HashSet::new());
+        *self.index.write().expect("index lock") = std::sync::Arc::new(idx.clone());
+        // Packs present vs indexed.
+        let listed: HashMap<Id, u64> = self
+            .backend
+            .list(FileKind::Pack)
+            .await?
+            .into_iter()
+            .map(|l| (Id::from_hex(&l.name).expect("hex"), l.size))
+            .collect();
+        let mut bad_packs: HashSet<Id> = HashSet::new();
+        for (p, size) in idx.packs() {
+            match listed.get(&p) {
+                None => {
+                    r.errors.push(format!("pack {} is indexed but missing from storage", FileKind::Pack.path(&p.to_hex())));
+                    bad_packs.insert(p);
+                }
+                Some(&actual) if actual != size => {
+                    r.errors.push(format!(
+                        "pack {} has {actual} bytes, the index says {size} (truncated or replaced)",
+                        FileKind::Pack.path(&p.to_hex())
+                    ));
+                    bad_packs.insert(p);
+                }
+                Some(_) => {}
+            }
+        }
+        let indexed: HashSet<Id> = idx.packs().map(|(p, _)| p).collect();
+        let marked = self.marked_packs().await?;
+        let unindexed = listed.keys().filter(|p| !indexed.contains(p) && !marked.contains(p)).count();
+        if unindexed > 0 {
+            r.warnings.push(format!(
+                "{unindexed} packs are in no index (left by an interrupted backup or prune); `coffer prune` removes them"
+            ));
+        }
+        // Read back data.
+        let mut bad_blobs: HashSet<Id> = HashSet::new();
+        if read != ReadData::None {
+            let mut packs: Vec<(Id, u64)> = idx.packs().filter(|(p, _)| listed.contains_key(p)).collect();
+            packs.sort();
+            if let ReadData::Subset(pct) = read {
+                let want = ((packs.len() as f64 * pct / 100.0).ceil() as usize).clamp(1, packs.len().max(1));
+                use rand::seq::SliceRandom;
+                packs.shuffle(&mut rand::thread_rng());
+                packs.truncate(want);
+            }
+            let mut expected: HashMap<Id, Vec<(Id, crate::index::BlobLocation)>> = HashMap::new();
+            for (id, loc) in idx.entries() {
+                expected.entry(loc.pack).or_default().push((id, loc));
+            }
+            let results: Vec<(Id, Vec<String>, Vec<Id>, usize)> = futures::stream::iter(packs)
+                .map(|(p, _)| {
+                    let exp = expected.remove(&p).unwrap_or_default();
+                    async move { self.read_back_pack(p, exp).await }
+                })
+                .buffer_unordered(2)
+                .collect()
+                .await;
+            for (p, errs, blobs, n) in results {
+                r.packs_read += 1;
+                r.blobs_read += n;
+                if !errs.is_empty() {
+                    bad_packs.insert(p);
+                    r.errors.extend(errs);
+                    bad_blobs.extend(blobs);
+                }
+            }
+        }
+        for p in &bad_packs {
+            r.damaged_packs.insert(*p);
+        }
+        // Blobs lost with a missing or truncated pack.
+        for (id, loc) in idx.entries() {
+            if bad_packs.contains(&loc.pack) && read == ReadData::None {
+                bad_blobs.insert(id);
+            }
+        }
+        // Snapshots.
+        for l in self.backend.list(FileKind::Snapshot).await? {
+            let sid = Id::from_hex(&l.name).expect("hex");
+            r.snapshots += 1;
+            let manifest = match self.read_manifest(&sid).await {
+                Ok(m) => m,
+                Err(e) => {
+                    r.errors.push(format!("snapshot {}: {e}", sid.short()));
+                    continue;
+                }
+            };
+            if let Some(t) = manifest.tree.iter().find(|t| !idx.contains(t) || bad_blobs.contains(t)) {
+                r.errors.push(format!("snapshot {}: tree blob {} is missing or damaged", sid.short(), t.short()));
+                r.damaged_paths.insert(DamagedPath { snapshot: sid, path: "<tree>".into() });
+                continue;
+            }
+            let snap = match self.open_snapshot(&sid).await {
+                Ok(s) => s,
+                Err(e) => {
+                    r.errors.push(format!("snapshot {}: {e}", sid.short()));
+                    r.damaged_paths.insert(DamagedPath { snapshot: sid, path: "<tree>".into() });
+                    continue;
+                }
+            };
+            for e in &snap.entries {
+                for c in &e.content {
+                    if !idx.contains(c) {
+                        r.errors.push(format!("snapshot {} {}: data blob {} is in no index", sid.short(), e.path, c.short()));
+                        r.damaged_paths.insert(DamagedPath { snapshot: sid, path: e.path.clone() });
+                        break;
+                    }
+                    if bad_blobs.contains(c) {
+                        r.damaged_paths.insert(DamagedPath { snapshot: sid, path: e.path.clone() });
+                        break;
+                    }
+                }
+            }
+        }
+        for d in &r.damaged_paths {
+            r.errors.push(format!("snapshot {} loses data at {}", d.snapshot.short(), d.path));
+        }
+        Ok(r)
+    }
+
+    /// Downloads one pack and verifies everything in it. Returns the pack,
+    /// problems, damaged blob ids and the number of blobs verified.
+    async fn read_back_pack(
+        &self,
+        p: Id,
+        expected: Vec<(Id, crate::index::BlobLocation)>,
+    ) -> (Id, Vec<String>, Vec<Id>, usize) {
+        let path = FileKind::Pack.path(&p.to_hex());
+        let all_blobs = || expected.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        let data = match self.backend.get(FileKind::Pack, &p.to_hex()).await {
+            Ok(d) => d,
+            Err(e) => return (p, vec![e.to_string()], all_blobs(), 0),
+        };
+        let keys = self.keys.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut errs = Vec::new();
+            let mut bad = Vec::new();
+            if Id::of_bytes(&data) != p {
+                errs.push(format!("pack {path}: content does not match its name (bytes changed or truncated)"));
+            }
+            let header: HashMap<Id, pack::PackEntry> = match pack::parse_pack(&keys, &data) {
+                Ok(h) => h.into_iter().map(|e| (e.id, e)).collect(),
+                Err(e) => {
+                    errs.push(format!("pack {path}: header: {e}"));
+                    HashMap::new()
+                }
+            };
+            let mut n = 0;
+            for (id, loc) in &expected {
+                if !header.is_empty() {
+                    match header.get(id) {
+                        Some(h) if h.offset == loc.offset && h.length == loc.length => {}
+                        _ => errs.push(format!("pack {path}: blob {} is not where the index says", id.short())),
+                    }
+                }
+                let (start, end) = (loc.offset as usize, loc.offset as usize + loc.length as usize);
+                if end > data.len() {
+                    errs.push(format!("pack {path}: blob {} lies beyond the end of the pack", id.short()));
+                    bad.push(*id);
+                    continue;
+                }
+                n += 1;
+                if let Err(e) = blob::decode(&keys, loc.kind, id, &data[start..end], loc.raw_len as usize) {
+                    errs.push(format!("pack {path}: {} blob {} at offset {start}: {e}", loc.kind.name(), id.short()));
+                    bad.push(*id);
+                }
+            }
+            (errs, bad, n)
+        })
+        .await;
+        match res {
+            Ok((errs, bad, n)) => (p, errs, bad, n),
+            Err(e) => (p, vec![format!("checking pack {}: {e}", p.short())], Vec::new(), 0),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_error_is_send(e: Error) -> impl Send {
+    e
+}

@@ -1,0 +1,153 @@
+//! Host-side directory backup and restore over the snapshot API: used by the
+//! demo, the benchmarks and restore tests. (Sandboxed sources use plugins.)
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::commands::snapshot::{EntryMeta, SnapshotOptions};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::repofile::tree::EntryKind;
+use crate::repository::Repository;
+
+/// Read buffer for files.
+const READ_BUF: usize = 1 << 20;
+
+fn walk(root: &Path) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io(&dir, e))?;
+            let p = ent.path();
+            let md = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
+            let rel = p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            if md.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((rel, p, md));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+impl Repository {
+    /// Backs up a directory tree. With a parent, files whose size and mtime
+    /// are unchanged are reused without being read.
+    pub async fn backup_dir(&self, root: &Path, mut opts: SnapshotOptions) -> Result<Id> {
+        if opts.source.is_empty() {
+            opts.source = root.display().to_string();
+        }
+        let w = self.start_snapshot(opts).await?;
+        let result = async {
+            for (rel, path, md) in walk(root)? {
+                let ft = md.file_type();
+                let kind = if ft.is_dir() {
+                    EntryKind::Dir
+                } else if ft.is_symlink() {
+                    EntryKind::Symlink
+                } else if ft.is_file() {
+                    EntryKind::File
+                } else {
+                    tracing::warn!(path = %path.display(), "skipping special file");
+                    continue;
+                };
+                if kind == EntryKind::File
+                    && let Some(p) = w.parent_entry(&rel)
+                    && p.kind == EntryKind::File
+                    && p.size == md.len()
+                    && (p.mtime, p.mtime_nsec) == (md.mtime(), md.mtime_nsec() as u32)
+                    && w.reuse_entry(&rel).is_ok()
+                {
+                    continue;
+                }
+                let target = if kind == EntryKind::Symlink {
+                    Some(std::fs::read_link(&path).map_err(|e| Error::io(&path, e))?.to_string_lossy().into_owned())
+                } else {
+                    None
+                };
+                let meta = EntryMeta {
+                    path: rel,
+                    kind,
+                    mode: md.permissions().mode() & 0o7777,
+                    mtime: md.mtime(),
+                    mtime_nsec: md.mtime_nsec() as u32,
+                    target,
+                };
+                let mut ew = w.add_entry(meta)?;
+                if kind == EntryKind::File {
+                    let mut f = tokio::fs::File::open(&path).await.map_err(|e| Error::io(&path, e))?;
+                    let mut buf = vec![0u8; READ_BUF];
+                    loop {
+                        let n = f.read(&mut buf).await.map_err(|e| Error::io(&path, e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        ew.write(&buf[..n]).await?;
+                    }
+                }
+                ew.finish().await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => w.commit().await,
+            Err(e) => {
+                w.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Restores a snapshot into `target` (which must be empty or missing),
+    /// with modes and mtimes. Returns the number of bytes written.
+    pub async fn restore_dir(&self, snapshot: &Id, target: &Path) -> Result<u64> {
+        if target.exists() && std::fs::read_dir(target).map_err(|e| Error::io(target, e))?.next().is_some() {
+            return Err(Error::Invalid(format!("restore target {} is not empty", target.display())));
+        }
+        std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        let snap = self.open_snapshot(snapshot).await?;
+        let mut written = 0u64;
+        for e in &snap.entries {
+            let dest = target.join(&e.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
+            }
+            match e.kind {
+                EntryKind::Dir => std::fs::create_dir_all(&dest).map_err(|err| Error::io(&dest, err))?,
+                EntryKind::Symlink => {
+                    std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &dest)
+                        .map_err(|err| Error::io(&dest, err))?;
+                }
+                EntryKind::File => {
+                    let mut f = tokio::fs::File::create(&dest).await.map_err(|err| Error::io(&dest, err))?;
+                    let mut r = self.entry_reader(e);
+                    while let Some(chunk) = r.next_chunk().await? {
+                        f.write_all(&chunk).await.map_err(|err| Error::io(&dest, err))?;
+                        written += chunk.len() as u64;
+                    }
+                    f.flush().await.map_err(|err| Error::io(&dest, err))?;
+                }
+            }
+        }
+        // Modes and mtimes last, deepest first, so writing children does not
+        // disturb a directory's mtime.
+        for e in snap.entries.iter().rev() {
+            let dest = target.join(&e.path);
+            let mtime = filetime::FileTime::from_unix_time(e.mtime, e.mtime_nsec);
+            if e.kind == EntryKind::Symlink {
+                filetime::set_symlink_file_times(&dest, mtime, mtime).map_err(|err| Error::io(&dest, err))?;
+                continue;
+            }
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode & 0o7777))
+                .map_err(|err| Error::io(&dest, err))?;
+            filetime::set_file_times(&dest, mtime, mtime).map_err(|err| Error::io(&dest, err))?;
+        }
+        Ok(written)
+    }
+}

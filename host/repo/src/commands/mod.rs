@@ -1,0 +1,12 @@
+//! One module per repository verb; [`crate::Repository`] delegates here.
+
+pub mod check;
+pub mod diff;
+pub mod dir;
+pub mod forget;
+pub mod key;
+pub mod prune;
+pub mod read;
+pub mod repair;
+pub mod session;
+pub mod snapshot;

@@ -1,0 +1,287 @@
+//! `prune`: removes data no snapshot references, in two phases, without
+//! stopping backups.
+//!
+//! Phase 1 finds packs whose blobs no snapshot needs (and repacks the used
+//! blobs of mostly-unused packs), then writes a marker `prune/<id>` naming
+//! them. From then on new backups do not deduplicate against those packs.
+//! Phase 2 deletes a marker's packs once (a) the marker is older than the
+//! grace period and (b) no live backup session began before the marker (with
+//! a margin for clock skew); it first recomputes what snapshots reference,
+//! so a pack that a concurrent backup came to rely on is kept. The new index
+//! is written before old index files and packs are deleted, so a crash at
+//! any point leaves every snapshot readable. Only one prune may run at a time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::FileKind;
+use crate::blob::{self, BlobKind};
+use crate::commands::session::live_sessions;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::packer::BlobSaver;
+use crate::repofile::aad;
+use crate::repofile::index::IndexFile;
+use crate::repository::Repository;
+
+/// Sessions that began up to this long after a marker still hold it back
+/// (clock skew between hosts).
+const SKEW_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+
+/// A pending-deletion marker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PruneMarker {
+    /// When phase 1 wrote it.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Packs to delete.
+    pub packs: Vec<Id>,
+}
+
+/// Prune settings.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Minimum age of a marker before its packs are deleted.
+    pub grace: Duration,
+    /// Repack a pack when more than this share of its bytes is unused.
+    pub max_unused: f64,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { grace: Duration::ZERO, max_unused: 0.2, dry_run: false }
+    }
+}
+
+/// What prune did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Packs marked in phase 1.
+    pub marked_packs: usize,
+    /// Blobs copied out of partly used packs.
+    pub repacked_blobs: usize,
+    /// Packs deleted in phase 2.
+    pub deleted_packs: usize,
+    /// Bytes freed.
+    pub deleted_bytes: u64,
+    /// Packs kept after all because a snapshot came to use them.
+    pub resurrected_packs: usize,
+    /// Markers left for a later prune (too young, or backups still running).
+    pub waiting_markers: usize,
+    /// Index files replaced by one consolidated index.
+    pub replaced_index_files: usize,
+    /// Dead backup session markers removed.
+    pub removed_sessions: usize,
+}
+
+/// Reads every prune marker: (name, last modified, marker).
+pub async fn read_markers(repo: &Repository) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>, PruneMarker)>> {
+    let mut out = Vec::new();
+    for l in repo.backend.list(FileKind::PruneMarker).await? {
+        let plain = match repo.read_sealed(FileKind::PruneMarker, &l.name, aad::PRUNE_MARKER).await {
+            Ok(p) => p,
+            Err(Error::Backend(e)) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        let m: PruneMarker = serde_json::from_slice(&plain)
+            .map_err(|e| Error::corrupt(FileKind::PruneMarker.path(&l.name), e.to_string()))?;
+        out.push((l.name, l.modified, m));
+    }
+    Ok(out)
+}
+
+impl Repository {
+    /// Every blob referenced by a snapshot (tree and data), reading each
+    /// snapshot not already in `cache`.
+    async fn used_blobs(&self, cache: &mut HashMap<Id, Vec<Id>>) -> Result<HashSet<Id>> {
+        let listed = self.backend.list(FileKind::Snapshot).await?;
+        let mut used = HashSet::new();
+        for l in listed {
+            let id = Id::from_hex(&l.name).expect("hex");
+            if !cache.contains_key(&id) {
+                let snap = match self.open_snapshot(&id).await {
+                    Ok(s) => s,
+                    // Forgotten while we were reading.
+                    Err(Error::SnapshotNotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                let mut ids = snap.manifest.tree.clone();
+                for e in &snap.entries {
+                    ids.extend_from_slice(&e.content);
+                }
+                cache.insert(id, ids);
+            }
+            used.extend(cache[&id].iter().copied());
+        }
+        Ok(used)
+    }
+
+    /// Runs both phases of prune.
+    pub async fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        let files = self.read_index_files().await?;
+        let file_ids: Vec<Id> = files.iter().map(|(id, _)| *id).collect();
+        let markers = read_markers(self).await?;
+        let already_marked: HashSet<Id> = markers.iter().flat_map(|(_, _, m)| m.packs.iter().copied()).collect();
+        let full = MasterIndex::build(files.clone(), &already_marked);
+        *self.index.write().expect("index lock") = std::sync::Arc::new(full.clone());
+        let mut snap_cache = HashMap::new();
+        let used = self.used_blobs(&mut snap_cache).await?;
+
+        // Phase 1: classify packs not yet marked.
+        let mut pack_used: HashMap<Id, (u64, u64)> = HashMap::new(); // (used bytes, total blob bytes)
+        let mut keep_blobs: HashMap<Id, Vec<(Id, BlobKind, u32, u32)>> = HashMap::new();
+        for (_, file) in &files {
+            for p in &file.packs {
+                for b in &p.blobs {
+                    let slot = pack_used.entry(p.id).or_default();
+                    slot.1 += b.length as u64;
+                    // A blob counts as used in the one pack the index resolves it to.
+                    let canonical = full.lookup(&b.id).is_some_and(|loc| loc.pack == p.id);
+                    if used.contains(&b.id) && canonical {
+                        slot.0 += b.length as u64;
+                        keep_blobs.entry(p.id).or_default().push((b.id, b.kind, b.offset, b.length));
+                    }
+                }
+            }
+        }
+        let listed_packs = self.backend.list(FileKind::Pack).await?;
+        let mut to_mark: Vec<Id> = Vec::new();
+        let mut to_repack: Vec<Id> = Vec::new();
+        for l in &listed_packs {
+            let id = Id::from_hex(&l.name).expect("hex");
+            if already_marked.contains(&id) {
+                continue;
+            }
+            match pack_used.get(&id) {
+                // Not in any index: left by a failed or running backup.
+                None => to_mark.push(id),
+                Some(&(0, _)) => to_mark.push(id),
+                Some(&(u, total)) if total > 0 && (total - u) as f64 / total as f64 > opts.max_unused => {
+                    to_repack.push(id)
+                }
+                Some(_) => {}
+            }
+        }
+        report.marked_packs = to_mark.len() + to_repack.len();
+        report.repacked_blobs = to_repack.iter().map(|p| keep_blobs.get(p).map_or(0, Vec::len)).sum();
+        if opts.dry_run {
+            report.waiting_markers = markers.len();
+            return Ok(report);
+        }
+        let mut new_index_files = Vec::new();
+        if !to_repack.is_empty() {
+            let saver = BlobSaver::new(
+                self.keys.clone(),
+                self.config.compression,
+                std::sync::Arc::clone(&self.backend),
+                self.config.pack_size as usize,
+            );
+            for pack in &to_repack {
+                let data = self.backend.get(FileKind::Pack, &pack.to_hex()).await?;
+                for (id, kind, offset, length) in keep_blobs.get(pack).into_iter().flatten() {
+                    let sealed = &data[*offset as usize..(*offset + *length) as usize];
+                    let plain = blob::decode(&self.keys, *kind, id, sealed, 0).map_err(|e| Error::Corrupt {
+                        object: FileKind::Pack.path(&pack.to_hex()),
+                        reason: format!("blob {id}: {e}"),
+                        hint: "; prune stopped without deleting anything".into(),
+                    })?;
+                    saver.save(*kind, *id, plain).await?;
+                }
+            }
+            let packs = saver.finish().await?;
+            if !packs.is_empty() {
+                new_index_files.push(self.write_index_file(&IndexFile { supersedes: vec![], packs }).await?);
+            }
+        }
+        let mut all_markers = markers;
+        if !to_mark.is_empty() || !to_repack.is_empty() {
+            let marker = PruneMarker { created: chrono::Utc::now(), packs: to_mark.iter().chain(&to_repack).copied().collect() };
+            let body = serde_json::to_vec(&marker).expect("serializes");
+            let id = self.write_sealed(FileKind::PruneMarker, aad::PRUNE_MARKER, &body).await?;
+            all_markers.push((id.to_hex(), marker.created, marker));
+        }
+
+        // Phase 2.
+        let (live, dead) = live_sessions(self).await?;
+        let now = chrono::Utc::now();
+        let grace = chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+        let ripe: Vec<_> = all_markers
+            .into_iter()
+            .filter(|(_, _, m)| {
+                let ok = now - m.created >= grace && !live.iter().any(|s| s.started < m.created + SKEW_MARGIN);
+                if !ok {
+                    report.waiting_markers += 1;
+                }
+                ok
+            })
+            .collect();
+        if !ripe.is_empty() {
+            // Re-read the index and what snapshots use now: backups that
+            // committed since phase 1 may rely on marked packs.
+            let files = self.read_index_files().await?;
+            let no_marks = HashSet::new();
+            *self.index.write().expect("index lock") = std::sync::Arc::new(MasterIndex::build(files.clone(), &no_marks));
+            let used = self.used_blobs(&mut snap_cache).await?;
+            let mut doomed: HashSet<Id> = HashSet::new();
+            for (_, _, m) in &ripe {
+                doomed.extend(m.packs.iter().copied());
+            }
+            // A blob still used must survive in some pack that is not doomed.
+            let mut survivors: HashSet<Id> = HashSet::new();
+            for (_, f) in &files {
+                for p in f.packs.iter().filter(|p| !doomed.contains(&p.id)) {
+                    survivors.extend(p.blobs.iter().map(|b| b.id));
+                }
+            }
+            let needed: Vec<Id> = files
+                .iter()
+                .flat_map(|(_, f)| f.packs.iter())
+                .filter(|p| doomed.contains(&p.id))
+                .filter(|p| p.blobs.iter().any(|b| used.contains(&b.id) && !survivors.contains(&b.id)))
+                .map(|p| p.id)
+                .collect();
+            for p in needed {
+                if doomed.remove(&p) {
+                    report.resurrected_packs += 1;
+                }
+            }
+            // One consolidated index without the doomed packs.
+            let read_ids: Vec<Id> = files.iter().map(|(id, _)| *id).collect();
+            let mut packs = Vec::new();
+            let mut seen = HashSet::new();
+            for (_, f) in files {
+                for p in f.packs {
+                    if !doomed.contains(&p.id) && seen.insert(p.id) {
+                        packs.push(p);
+                    }
+                }
+            }
+            self.write_index_file(&IndexFile { supersedes: read_ids.clone(), packs }).await?;
+            for id in &read_ids {
+                self.backend.delete(FileKind::Index, &id.to_hex()).await?;
+            }
+            report.replaced_index_files = read_ids.len();
+            let sizes: HashMap<String, u64> = listed_packs.iter().map(|l| (l.name.clone(), l.size)).collect();
+            for p in &doomed {
+                self.backend.delete(FileKind::Pack, &p.to_hex()).await?;
+                report.deleted_packs += 1;
+                report.deleted_bytes += sizes.get(&p.to_hex()).copied().unwrap_or(0);
+            }
+            for (name, _, _) in &ripe {
+                self.backend.delete(FileKind::PruneMarker, name).await?;
+            }
+        }
+        let _ = (file_ids, new_index_files);
+        for name in dead {
+            self.backend.delete(FileKind::Session, &name).await?;
+            report.removed_sessions += 1;
+        }
+        self.load_index().await?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,110 @@
+//! `sessions/<id>`: markers of backups in progress.
+//!
+//! A backup writes a session marker before it loads the index and refreshes
+//! it every [`HEARTBEAT`]; it deletes it after its snapshot is committed.
+//! Markers are not locks: any number of backups run side by side. Prune's
+//! second phase waits for every live session that began before its first
+//! phase, so a backup that deduplicated against a pack prune wants to delete
+//! is always seen. A marker not refreshed for [`STALE_AFTER`] belongs to a
+//! dead process and is ignored (and removed by prune).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::FileKind;
+use crate::error::Result;
+use crate::id::Id;
+use crate::repofile::aad;
+use crate::repository::Repository;
+
+/// How often a running backup refreshes its marker.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+/// After this long without a refresh a marker is considered dead.
+pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The marker's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// When the backup started.
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Host running it.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// A live session marker; refreshes itself until dropped or ended.
+pub struct Session {
+    name: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+    repo: Repository,
+}
+
+impl Session {
+    /// Writes a marker and starts its heartbeat.
+    pub async fn start(repo: &Repository) -> Result<Session> {
+        let info = SessionInfo {
+            started: chrono::Utc::now(),
+            host: std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            pid: std::process::id(),
+        };
+        let plain = serde_json::to_vec(&info).expect("serializes");
+        // A random name: refreshing rewrites the same object in place.
+        let name = Id(crate::crypto::random_bytes()).to_hex();
+        let sealed = bytes::Bytes::from(repo.keys.seal(&plain, aad::SESSION));
+        repo.backend.put(FileKind::Session, &name, sealed.clone(), crate::backend::PutMode::Overwrite).await?;
+        let r = repo.clone();
+        let n = name.clone();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let _ = r.backend.put(FileKind::Session, &n, sealed.clone(), crate::backend::PutMode::Overwrite).await;
+            }
+        });
+        Ok(Session { name, heartbeat, repo: repo.clone() })
+    }
+
+    /// Stops the heartbeat and removes the marker.
+    pub async fn end(self) {
+        self.heartbeat.abort();
+        let _ = self.repo.backend.delete(FileKind::Session, &self.name).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// Sessions whose marker was refreshed within [`STALE_AFTER`] (plus `extra`
+/// slack), with their start times; and the names of dead ones.
+pub async fn live_sessions(repo: &Repository) -> Result<(Vec<SessionInfo>, Vec<String>)> {
+    let now = chrono::Utc::now();
+    let stale = chrono::Duration::from_std(STALE_AFTER).expect("fits");
+    let mut live = Vec::new();
+    let mut dead = Vec::new();
+    for l in repo.backend.list(FileKind::Session).await? {
+        if now - l.modified > stale {
+            dead.push(l.name);
+            continue;
+        }
+        match repo.read_session(&l.name).await {
+            Ok(info) => live.push(info),
+            Err(_) => continue,
+        }
+    }
+    Ok((live, dead))
+}
+
+impl Repository {
+    async fn read_session(&self, name: &str) -> Result<SessionInfo> {
+        let raw = self.backend.get(FileKind::Session, name).await?;
+        let plain = self
+            .keys
+            .open(&raw, aad::SESSION)
+            .map_err(|_| crate::Error::corrupt(FileKind::Session.path(name), "fails authentication"))?;
+        serde_json::from_slice(&plain).map_err(|e| crate::Error::corrupt(FileKind::Session.path(name), e.to_string()))
+    }
+}

@@ -1,0 +1,462 @@
+//! Writing a snapshot: [`SnapshotWriter`] and [`EntryWriter`].
+//!
+//! Commit order makes a crash at any point safe: packs, then the index file
+//! naming them, then the manifest. Until the manifest is written no snapshot
+//! is visible; packs and index entries left by a failed backup are
+//! unreferenced data that the next prune removes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::backend::FileKind;
+use crate::blob::BlobKind;
+use crate::chunker::StreamChunker;
+use crate::commands::session::Session;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::packer::BlobSaver;
+use crate::repofile::aad;
+use crate::repofile::index::IndexFile;
+use crate::repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary, redact_config};
+use crate::repofile::tree::{Entry, EntryKind, encode_entries, validate_path};
+use crate::repository::Repository;
+
+/// Write an index file after this many packs, so a long backup that dies
+/// leaves most of its data indexed (and deduplicable by the next run).
+const INDEX_EVERY_PACKS: usize = 64;
+
+/// What a snapshot is about.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    /// Tenant (`default` if empty).
+    pub tenant: String,
+    /// Source name.
+    pub source: String,
+    /// The producing plugin.
+    pub plugin: PluginIdentity,
+    /// Plugin config; secrets are redacted before it is stored.
+    pub config: serde_json::Value,
+    /// Parent snapshot whose entries may be reused.
+    pub parent: Option<Id>,
+    /// Full, incremental or differential.
+    pub kind: BackupKind,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// Metadata of a new entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: u32,
+    /// Symlink target.
+    pub target: Option<String>,
+}
+
+/// Size and BLAKE3 of a finished entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryDigest {
+    /// Bytes written.
+    pub size: u64,
+    /// Plain BLAKE3 of the content.
+    pub blake3: Id,
+}
+
+struct WriterState {
+    entries: Vec<Entry>,
+    paths: HashSet<String>,
+    attributes: BTreeMap<String, String>,
+    reused: u64,
+    bytes_read: u64,
+    failed: Option<String>,
+}
+
+pub(crate) struct WriterShared {
+    repo: Repository,
+    index: Arc<MasterIndex>,
+    pending: Mutex<HashSet<Id>>,
+    saver: BlobSaver,
+    state: Mutex<WriterState>,
+    written_index: Mutex<Vec<Id>>,
+    pending_packs: Mutex<Vec<crate::repofile::index::IndexedPack>>,
+}
+
+impl WriterShared {
+    /// Stores a chunk unless it is already in the repository or this session.
+    async fn store(&self, kind: BlobKind, data: Bytes) -> Result<Id> {
+        let id = self.repo.keys.chunk_id(&data);
+        if self.index.contains_usable(&id) {
+            return Ok(id);
+        }
+        if !self.pending.lock().expect("pending lock").insert(id) {
+            return Ok(id);
+        }
+        self.saver.save(kind, id, data).await?;
+        Ok(id)
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.state.lock().expect("state lock").failed {
+            Some(e) => Err(Error::Aborted(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: &Error) {
+        let mut s = self.state.lock().expect("state lock");
+        if s.failed.is_none() {
+            s.failed = Some(e.to_string());
+        }
+    }
+
+    /// Writes an index file for packs uploaded since the last one.
+    async fn checkpoint(&self, force: bool) -> Result<()> {
+        let uploaded = self.saver.take_uploaded();
+        if uploaded.is_empty() {
+            return Ok(());
+        }
+        if !force && uploaded.len() < INDEX_EVERY_PACKS {
+            // Not yet: put them back by writing them with the next batch.
+            self.pending_packs.lock().expect("packs lock").extend(uploaded);
+            return Ok(());
+        }
+        let mut packs = std::mem::take(&mut *self.pending_packs.lock().expect("packs lock"));
+        packs.extend(uploaded);
+        let id = self.repo.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
+        self.written_index.lock().expect("index lock").push(id);
+        Ok(())
+    }
+}
+
+/// Builds one snapshot. Nothing is visible until [`SnapshotWriter::commit`].
+pub struct SnapshotWriter {
+    shared: Arc<WriterShared>,
+    opts: SnapshotOptions,
+    parent: Option<HashMap<String, Entry>>,
+    session: Option<Session>,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+impl Repository {
+    /// Starts a snapshot.
+    pub async fn start_snapshot(&self, opts: SnapshotOptions) -> Result<SnapshotWriter> {
+        if opts.source.is_empty() {
+            return Err(Error::Invalid("a snapshot needs a source name".into()));
+        }
+        let started = chrono::Utc::now();
+        // The session marker goes first so that a prune running now sees us
+        // before we load the index (see session.rs).
+        let session = Session::start(self).await?;
+        let index = self.load_index().await?;
+        let parent = match opts.parent {
+            Some(pid) => {
+                let snap = self.open_snapshot(&pid).await?;
+                Some(snap.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
+            }
+            None => None,
+        };
+        let saver = BlobSaver::new(
+            self.keys.clone(),
+            self.config.compression,
+            Arc::clone(&self.backend),
+            self.config.pack_size as usize,
+        );
+        Ok(SnapshotWriter {
+            shared: Arc::new(WriterShared {
+                repo: self.clone(),
+                index,
+                pending: Mutex::new(HashSet::new()),
+                saver,
+                state: Mutex::new(WriterState {
+                    entries: Vec::new(),
+                    paths: HashSet::new(),
+                    attributes: BTreeMap::new(),
+                    reused: 0,
+                    bytes_read: 0,
+                    failed: None,
+                }),
+                written_index: Mutex::new(Vec::new()),
+                pending_packs: Mutex::new(Vec::new()),
+            }),
+            opts,
+            parent,
+            session: Some(session),
+            started,
+        })
+    }
+}
+
+impl SnapshotWriter {
+    fn claim_path(&self, path: &str) -> Result<()> {
+        validate_path(path).map_err(|reason| Error::InvalidEntry { path: path.to_string(), reason })?;
+        let mut s = self.shared.state.lock().expect("state lock");
+        if !s.paths.insert(path.to_string()) {
+            return Err(Error::InvalidEntry { path: path.to_string(), reason: "added twice".into() });
+        }
+        Ok(())
+    }
+
+    /// Adds an entry. For a file, write its content through the returned
+    /// writer and call [`EntryWriter::finish`]; directories and symlinks are
+    /// complete at once (their writer accepts no data).
+    pub fn add_entry(&self, meta: EntryMeta) -> Result<EntryWriter> {
+        self.shared.check_failed()?;
+        if meta.kind == EntryKind::Symlink && meta.target.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::InvalidEntry { path: meta.path, reason: "a symlink needs a target".into() });
+        }
+        self.claim_path(&meta.path)?;
+        let entry = Entry {
+            path: meta.path,
+            kind: meta.kind,
+            mode: meta.mode,
+            mtime: meta.mtime,
+            mtime_nsec: meta.mtime_nsec,
+            size: 0,
+            target: if meta.kind == EntryKind::Symlink { meta.target } else { None },
+            content: Vec::new(),
+            blake3: None,
+        };
+        if entry.kind != EntryKind::File {
+            self.shared.state.lock().expect("state lock").entries.push(entry.clone());
+        }
+        Ok(EntryWriter {
+            shared: Arc::clone(&self.shared),
+            chunker: StreamChunker::new(self.shared.repo.chunker.clone()),
+            hasher: blake3::Hasher::new(),
+            entry,
+            done: false,
+        })
+    }
+
+    /// Keeps `path` exactly as it is in the parent snapshot, without reading
+    /// its data. Fails if there is no parent, the parent has no such entry, or
+    /// its data is no longer available (the caller then reads it afresh).
+    pub fn reuse_entry(&self, path: &str) -> Result<EntryDigest> {
+        self.shared.check_failed()?;
+        let Some(parent) = &self.parent else {
+            return Err(Error::CannotReuse { path: path.into(), reason: "the snapshot has no parent".into() });
+        };
+        let Some(entry) = parent.get(path) else {
+            return Err(Error::CannotReuse { path: path.into(), reason: "the parent has no such entry".into() });
+        };
+        if let Some(missing) = entry.content.iter().find(|id| !self.shared.index.contains_usable(id)) {
+            return Err(Error::CannotReuse {
+                path: path.into(),
+                reason: format!("data blob {} is no longer available", missing.short()),
+            });
+        }
+        self.claim_path(path)?;
+        let mut s = self.shared.state.lock().expect("state lock");
+        s.entries.push(entry.clone());
+        s.reused += 1;
+        Ok(EntryDigest { size: entry.size, blake3: entry.blake3.unwrap_or_default() })
+    }
+
+    /// The parent's entry at `path`, if any (for size+mtime change detection).
+    pub fn parent_entry(&self, path: &str) -> Option<&Entry> {
+        self.parent.as_ref()?.get(path)
+    }
+
+    /// Sets a source attribute (replacing an earlier value).
+    pub fn set_attribute(&self, key: &str, value: &str) {
+        self.shared.state.lock().expect("state lock").attributes.insert(key.to_string(), value.to_string());
+    }
+
+    /// Writes the tree, the index and the manifest. Returns the snapshot id.
+    pub async fn commit(mut self) -> Result<Id> {
+        match self.commit_inner().await {
+            Ok(id) => {
+                if let Some(s) = self.session.take() {
+                    s.end().await;
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                self.shared.fail(&e);
+                if let Some(s) = self.session.take() {
+                    s.end().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_inner(&mut self) -> Result<Id> {
+        self.shared.check_failed()?;
+        let (mut entries, attributes, reused, bytes_read) = {
+            let mut s = self.shared.state.lock().expect("state lock");
+            (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read)
+        };
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let stream = Bytes::from(encode_entries(&entries));
+        let mut tree = Vec::new();
+        for piece in self.shared.repo.chunker.split_all(stream) {
+            tree.push(self.shared.store(BlobKind::Tree, piece).await?);
+        }
+        let shared = Arc::clone(&self.shared);
+        let saver = &shared.saver;
+        let last = saver.finish().await?;
+        let mut packs = std::mem::take(&mut *shared.pending_packs.lock().expect("packs lock"));
+        packs.extend(last);
+        if !packs.is_empty() {
+            shared.repo.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
+        }
+        let stats = (
+            saver.stats().blobs.load(Ordering::Relaxed),
+            saver.stats().raw_bytes.load(Ordering::Relaxed),
+            saver.stats().stored_bytes.load(Ordering::Relaxed),
+        );
+        let new_packs = saver.stats().packs.load(Ordering::Relaxed);
+        let mut summary = SnapshotSummary {
+            entries: entries.len() as u64,
+            reused_entries: reused,
+            bytes_read,
+            new_blobs: stats.0,
+            new_bytes: stats.1,
+            stored_bytes: stats.2,
+            new_packs,
+            started: self.started,
+            finished: chrono::Utc::now(),
+            ..Default::default()
+        };
+        for e in &entries {
+            match e.kind {
+                EntryKind::File => {
+                    summary.files += 1;
+                    summary.bytes += e.size;
+                }
+                EntryKind::Dir => summary.dirs += 1,
+                EntryKind::Symlink => summary.symlinks += 1,
+            }
+        }
+        let manifest = SnapshotManifest {
+            version: 1,
+            time: self.started,
+            tenant: if self.opts.tenant.is_empty() { "default".into() } else { self.opts.tenant.clone() },
+            source: self.opts.source.clone(),
+            hostname: std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            plugin: self.opts.plugin.clone(),
+            config: redact_config(&self.opts.config),
+            kind: self.opts.kind,
+            parent: self.opts.parent,
+            tags: self.opts.tags.clone(),
+            attributes,
+            tree,
+            summary,
+        };
+        let body = serde_json::to_vec(&manifest).expect("manifest serializes");
+        shared.repo.write_sealed(FileKind::Snapshot, aad::SNAPSHOT, &body).await
+    }
+
+    /// Abandons the snapshot. Packs already uploaded but not yet named in an
+    /// index file are deleted; nothing becomes visible.
+    pub async fn abort(mut self) {
+        self.shared.fail(&Error::Aborted("aborted by the caller".into()));
+        {
+            let shared = &self.shared;
+            let mut orphans = shared.saver.abort().await;
+            orphans.extend(std::mem::take(&mut *shared.pending_packs.lock().expect("packs lock")));
+            for p in orphans {
+                let _ = shared.repo.backend.delete(FileKind::Pack, &p.id.to_hex()).await;
+            }
+        }
+        if let Some(s) = self.session.take() {
+            s.end().await;
+        }
+    }
+}
+
+/// Streams one entry's content into the repository.
+pub struct EntryWriter {
+    shared: Arc<WriterShared>,
+    chunker: StreamChunker,
+    hasher: blake3::Hasher,
+    entry: Entry,
+    done: bool,
+}
+
+impl EntryWriter {
+    /// The entry's path.
+    pub fn path(&self) -> &str {
+        &self.entry.path
+    }
+
+    /// Appends content.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.entry.kind != EntryKind::File {
+            return Err(Error::InvalidEntry { path: self.entry.path.clone(), reason: "only files have content".into() });
+        }
+        self.shared.check_failed()?;
+        self.hasher.update(data);
+        self.entry.size += data.len() as u64;
+        for chunk in self.chunker.push(data) {
+            match self.shared.store(BlobKind::Data, chunk).await {
+                Ok(id) => self.entry.content.push(id),
+                Err(e) => {
+                    self.shared.fail(&e);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the entry.
+    pub async fn finish(mut self) -> Result<EntryDigest> {
+        self.done = true;
+        if self.entry.kind != EntryKind::File {
+            return Ok(EntryDigest { size: 0, blake3: Id::default() });
+        }
+        for chunk in self.chunker.finish() {
+            let id = self.shared.store(BlobKind::Data, chunk).await?;
+            self.entry.content.push(id);
+        }
+        let digest = EntryDigest { size: self.entry.size, blake3: Id(*self.hasher.finalize().as_bytes()) };
+        self.entry.blake3 = Some(digest.blake3);
+        {
+            let mut s = self.shared.state.lock().expect("state lock");
+            s.bytes_read += self.entry.size;
+            s.entries.push(std::mem::replace(&mut self.entry, empty_entry()));
+        }
+        self.shared.checkpoint(false).await?;
+        Ok(digest)
+    }
+}
+
+fn empty_entry() -> Entry {
+    Entry {
+        path: String::new(),
+        kind: EntryKind::Dir,
+        mode: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        size: 0,
+        target: None,
+        content: Vec::new(),
+        blake3: None,
+    }
+}
+
+impl Drop for EntryWriter {
+    fn drop(&mut self) {
+        if !self.done && self.entry.kind == EntryKind::File {
+            // An entry dropped half-written makes the snapshot incomplete.
+            self.shared.fail(&Error::InvalidEntry {
+                path: self.entry.path.clone(),
+                reason: "its writer was dropped before finish()".into(),
+            });
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Keys and authenticated encryption.
+//!
+//! The repository has one random 32-byte master secret. Every key in use is
+//! derived from it with BLAKE3's key derivation and a fixed context string, so
+//! the master secret itself never touches data. Every stored object and blob
+//! is sealed with XChaCha20-Poly1305 under a fresh random 24-byte nonce.
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::id::Id;
+
+/// Bytes added by sealing: the 24-byte nonce in front, the 16-byte tag behind.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// XChaCha20-Poly1305 nonce length.
+pub const NONCE_LEN: usize = 24;
+/// Poly1305 tag length.
+pub const TAG_LEN: usize = 16;
+
+/// Context strings for BLAKE3 `derive_key`. Changing one changes the format.
+const CTX_DATA: &str = "coffer 2026-11 repository data encryption key";
+const CTX_CHUNK_ID: &str = "coffer 2026-11 chunk id key";
+const CTX_CHUNKER: &str = "coffer 2026-11 chunker gear seed";
+const CTX_CONFIG_MAC: &str = "coffer 2026-11 config authentication key";
+
+/// Decryption failed: the data was not sealed with this key, or was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthError;
+
+/// The repository master secret (32 random bytes), zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterSecret(pub(crate) [u8; 32]);
+
+impl MasterSecret {
+    /// A fresh secret from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut s = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut s);
+        MasterSecret(s)
+    }
+
+    /// The raw secret bytes (for wrapping in key files or splitting).
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Rebuilds a secret from its bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterSecret(bytes)
+    }
+}
+
+impl std::fmt::Debug for MasterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterSecret(<redacted>)")
+    }
+}
+
+/// The keys derived from the master secret, ready to use.
+#[derive(Clone)]
+pub struct Keys {
+    cipher: XChaCha20Poly1305,
+    id_key: Zeroizing<[u8; 32]>,
+    mac_key: Zeroizing<[u8; 32]>,
+    chunker_seed: u64,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+impl Keys {
+    /// Derives every working key from the master secret.
+    pub fn derive(master: &MasterSecret) -> Self {
+        let data = Zeroizing::new(blake3::derive_key(CTX_DATA, &master.0));
+        let id_key = Zeroizing::new(blake3::derive_key(CTX_CHUNK_ID, &master.0));
+        let mac_key = Zeroizing::new(blake3::derive_key(CTX_CONFIG_MAC, &master.0));
+        let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, &master.0));
+        let chunker_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
+        Keys {
+            cipher: XChaCha20Poly1305::new((&*data).into()),
+            id_key,
+            mac_key,
+            chunker_seed,
+        }
+    }
+
+    /// The chunk id of `plaintext`: BLAKE3 keyed with the repository's id key,
+    /// so ids reveal nothing across repositories.
+    pub fn chunk_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// A keyed hasher for computing a chunk id over several pieces.
+    pub fn chunk_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.id_key)
+    }
+
+    /// The secret seed for FastCDC's gear table: chunk boundaries depend on the
+    /// key, so chunk sizes cannot be used to fingerprint known files.
+    pub fn chunker_seed(&self) -> u64 {
+        self.chunker_seed
+    }
+
+    /// A MAC over `data` with the config authentication key.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.mac_key, data).as_bytes()
+    }
+
+    /// Constant-time check of a MAC made by [`Keys::mac`].
+    pub fn verify_mac(&self, data: &[u8], mac: &[u8]) -> bool {
+        let expected = self.mac(data);
+        expected.as_slice().ct_eq(mac).into()
+    }
+
+    /// Seals `plaintext`: `nonce || ciphertext || tag`, authenticated with `aad`.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        seal_with(&self.cipher, plaintext, aad)
+    }
+
+    /// Opens what [`Keys::seal`] produced.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, AuthError> {
+        open_with(&self.cipher, sealed, aad)
+    }
+}
+
+/// Seals `plaintext` under `cipher` with a fresh random nonce.
+pub(crate) fn seal_with(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
+    let ct = cipher
+        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Opens `nonce || ciphertext || tag`.
+pub(crate) fn open_with(
+    cipher: &XChaCha20Poly1305,
+    sealed: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, AuthError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(AuthError);
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| AuthError)
+}
+
+/// A cipher from a raw 32-byte key (used for key-file wrapping keys).
+pub(crate) fn cipher_from(key: &[u8; 32]) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(key.into())
+}
+
+/// Fills a buffer with random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let keys = Keys::derive(&MasterSecret::generate());
+        let sealed = keys.seal(b"hello", b"aad");
+        assert_eq!(keys.open(&sealed, b"aad").unwrap(), b"hello");
+        assert!(keys.open(&sealed, b"other").is_err());
+        let mut bad = sealed.clone();
+        bad[30] ^= 1;
+        assert!(keys.open(&bad, b"aad").is_err());
+        assert!(keys.open(&sealed[..10], b"aad").is_err());
+    }
+
+    #[test]
+    fn ids_depend_on_the_key() {
+        let a = Keys::derive(&MasterSecret::generate());
+        let b = Keys::derive(&MasterSecret::generate());
+        assert_ne!(a.chunk_id(b"x"), b.chunk_id(b"x"));
+        assert_eq!(a.chunk_id(b"x"), a.chunk_id(b"x"));
+    }
+}

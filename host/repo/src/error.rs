@@ -1,0 +1,122 @@
+//! The crate's error type. Every message names the object or snapshot it
+//! concerns and, where there is one, what the operator can do about it.
+
+use crate::backend::{BackendError, object::LocationError};
+use crate::id::Id;
+
+/// What can go wrong in a repository operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A storage call failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The location is not usable.
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    /// No repository at the location.
+    #[error("no coffer repository at {location}: the config object is missing (run `coffer init` to create one)")]
+    NotARepository {
+        /// Where we looked.
+        location: String,
+    },
+    /// `init` on a location that already holds a repository.
+    #[error("{location} already holds a coffer repository; refusing to overwrite it")]
+    AlreadyInitialized {
+        /// Where.
+        location: String,
+    },
+    /// The config declares a format this build does not know.
+    #[error("repository {location} uses format version {found}; this coffer reads versions up to {supported}: upgrade coffer")]
+    UnsupportedVersion {
+        /// Where.
+        location: String,
+        /// Version found in the config.
+        found: u32,
+        /// Highest version this build reads.
+        supported: u32,
+    },
+    /// No key file opens with the password.
+    #[error("wrong password: none of the {tried} key files in {location}/keys opens with it")]
+    WrongPassword {
+        /// Where.
+        location: String,
+        /// How many key files were tried.
+        tried: usize,
+    },
+    /// The repository has no key files.
+    #[error("repository {location} has no key files; it cannot be opened (restore keys/ from a copy)")]
+    NoKeys {
+        /// Where.
+        location: String,
+    },
+    /// A stored object is damaged or not what it claims to be.
+    #[error("{object} is damaged: {reason}. Run `coffer check --read-data` to see what it affects{hint}")]
+    Corrupt {
+        /// The object's path in the repository.
+        object: String,
+        /// What is wrong.
+        reason: String,
+        /// Extra advice (starts with "; ").
+        hint: String,
+    },
+    /// A blob the snapshot needs is in no index.
+    #[error("{kind} blob {id} is not in any index (run `coffer repair index`, then `coffer check`)")]
+    MissingBlob {
+        /// Blob kind name.
+        kind: &'static str,
+        /// The blob.
+        id: Id,
+    },
+    /// No snapshot matches.
+    #[error("no snapshot matches {0:?} (list them with `coffer snapshots`)")]
+    SnapshotNotFound(String),
+    /// Several snapshots match a prefix.
+    #[error("snapshot id prefix {0:?} is ambiguous: give more characters")]
+    AmbiguousSnapshot(String),
+    /// The caller passed something invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// An entry was rejected.
+    #[error("entry {path:?}: {reason}")]
+    InvalidEntry {
+        /// The entry's path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A snapshot entry to reuse is not in the parent snapshot or its data is gone.
+    #[error("cannot reuse {path:?} from the parent snapshot: {reason}")]
+    CannotReuse {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The snapshot writer failed earlier and can no longer be used.
+    #[error("the snapshot was aborted after an earlier error: {0}")]
+    Aborted(String),
+    /// Local file system error (restore targets, backup sources).
+    #[error("{path}: {source}")]
+    Io {
+        /// The local path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A [`Error::Corrupt`] with no hint.
+    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt { object: object.into(), reason: reason.into(), hint: String::new() }
+    }
+
+    /// Wraps a local I/O error with its path.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,34 @@
+//! coffer-repo: the repository behind coffer.
+//!
+//! A repository is a set of immutable, content-addressed files on local disk
+//! or an object store: packs of deduplicated, compressed and encrypted blobs,
+//! index files that locate blobs in packs, snapshot manifests, key files and
+//! one config. See `docs/format.md` for every byte. This crate has no
+//! WebAssembly in it: the plugin runtime drives it through [`SnapshotWriter`]
+//! and the read API of [`Repository`].
+
+pub mod backend;
+pub mod blob;
+pub mod chunker;
+pub mod commands;
+pub mod crypto;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod packer;
+pub mod repofile;
+pub mod repository;
+
+pub use backend::{Backend, BackendOptions, DynBackend, FileKind, ObjectBackend};
+pub use commands::check::{CheckReport, ReadData};
+pub use commands::diff::{SnapshotDiff, diff};
+pub use commands::forget::{Decision, GroupPlan, KeepPolicy};
+pub use commands::prune::{PruneOptions, PruneReport};
+pub use commands::read::{EntryReader, Snapshot};
+pub use commands::snapshot::{EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter};
+pub use error::{Error, Result};
+pub use id::Id;
+pub use repofile::keyfile::KdfParams;
+pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary};
+pub use repofile::tree::{Entry, EntryKind};
+pub use repository::{InitOptions, Repository, backend_for};

@@ -1,0 +1,365 @@
+//! [`Repository`]: an opened repository. Its methods are thin; the work is in
+//! `commands/`, one module per verb.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::{BackendOptions, DynBackend, FileKind, ObjectBackend, PutMode};
+use crate::blob::{self, BlobKind, Compression};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::{Keys, MasterSecret};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::repofile::aad;
+use crate::repofile::config::{ConfigHead, DEFAULT_PACK_SIZE, FORMAT_NAME, FORMAT_VERSION, RepoConfig};
+use crate::repofile::index::IndexFile;
+use crate::repofile::keyfile::{KdfParams, KeyFile, KeyFileError};
+use crate::repofile::snapshot::SnapshotManifest;
+
+/// Settings for a new repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Argon2id cost for the first key file.
+    pub kdf: KdfParams,
+    /// Chunk sizes.
+    pub chunker: ChunkerParams,
+    /// Compression.
+    pub compression: Compression,
+    /// Target pack size.
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::default(),
+            chunker: ChunkerParams::default(),
+            compression: Compression::default(),
+            pack_size: DEFAULT_PACK_SIZE,
+        }
+    }
+}
+
+/// An opened repository.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) backend: DynBackend,
+    pub(crate) config: RepoConfig,
+    pub(crate) keys: Keys,
+    pub(crate) secret: MasterSecret,
+    pub(crate) key_id: Id,
+    pub(crate) chunker: Chunker,
+    pub(crate) index: Arc<RwLock<Arc<MasterIndex>>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.backend.location()).field("id", &self.config.id).finish()
+    }
+}
+
+/// Opens a backend from a URL with default limits.
+pub fn backend_for(url: &str, options: &[(String, String)]) -> Result<DynBackend> {
+    Ok(Arc::new(ObjectBackend::from_url(url, options, BackendOptions::default())?))
+}
+
+async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
+    let location = backend.location();
+    let raw = match backend.get(FileKind::Config, "config").await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(Error::NotARepository { location }),
+        Err(e) => return Err(e.into()),
+    };
+    let head: ConfigHead = serde_json::from_slice(&raw)
+        .map_err(|e| Error::corrupt("config", format!("not valid JSON ({e})")))?;
+    if head.format.as_deref() != Some(FORMAT_NAME) {
+        return Err(Error::corrupt("config", "not a coffer repository config"));
+    }
+    let version = head.version.unwrap_or(0);
+    if version > FORMAT_VERSION || version == 0 {
+        return Err(Error::UnsupportedVersion { location, found: version, supported: FORMAT_VERSION });
+    }
+    let config: RepoConfig =
+        serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", format!("unreadable ({e})")))?;
+    config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
+    Ok(config)
+}
+
+impl Repository {
+    /// Creates a repository at `backend`, with a first key file for `password`.
+    pub async fn init(backend: DynBackend, password: &[u8], opts: InitOptions) -> Result<Repository> {
+        let location = backend.location();
+        match backend.get(FileKind::Config, "config").await {
+            Ok(_) => return Err(Error::AlreadyInitialized { location }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !backend.list(FileKind::Key).await?.is_empty() {
+            return Err(Error::AlreadyInitialized { location });
+        }
+        opts.chunker.validate().map_err(Error::Invalid)?;
+        if password.is_empty() {
+            return Err(Error::Invalid("an empty password is not allowed".into()));
+        }
+        let secret = MasterSecret::generate();
+        let keys = Keys::derive(&secret);
+        let mut config = RepoConfig::new(opts.chunker, opts.compression, opts.pack_size);
+        config.sign(&keys);
+        // The key file goes first: a config without a key would be a
+        // repository nobody can open.
+        let key = KeyFile::create(&secret, password, opts.kdf, &config.id, "initial");
+        let key_id = put_json(&backend, FileKind::Key, &key).await?;
+        let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+        backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await?;
+        Ok(Self::assemble(backend, config, secret, key_id))
+    }
+
+    /// Opens the repository at `backend` with any key file that `password` unlocks.
+    pub async fn open(backend: DynBackend, password: &[u8]) -> Result<Repository> {
+        let config = read_config(&backend).await?;
+        let location = backend.location();
+        let keys = backend.list(FileKind::Key).await?;
+        if keys.is_empty() {
+            return Err(Error::NoKeys { location });
+        }
+        let mut tried = 0;
+        for listed in &keys {
+            let raw = backend.get(FileKind::Key, &listed.name).await?;
+            let Ok(kf) = serde_json::from_slice::<KeyFile>(&raw) else {
+                tracing::warn!(key = %listed.name, "skipping unreadable key file");
+                continue;
+            };
+            tried += 1;
+            match kf.open(password, &config.id) {
+                Ok(secret) => {
+                    let keys = Keys::derive(&secret);
+                    if !config.verify(&keys) {
+                        return Err(Error::corrupt(
+                            "config",
+                            "its authentication code does not match the repository key (the config was altered)",
+                        ));
+                    }
+                    let key_id = Id::from_hex(&listed.name).unwrap_or_default();
+                    return Ok(Self::assemble(backend, config, secret, key_id));
+                }
+                Err(KeyFileError::WrongPassword) => {}
+                Err(KeyFileError::Malformed(m)) => tracing::warn!(key = %listed.name, "skipping key file: {m}"),
+            }
+        }
+        Err(Error::WrongPassword { location, tried })
+    }
+
+    /// Opens the repository at a URL.
+    pub async fn open_url(url: &str, options: &[(String, String)], password: &[u8]) -> Result<Repository> {
+        Self::open(backend_for(url, options)?, password).await
+    }
+
+    fn assemble(backend: DynBackend, config: RepoConfig, secret: MasterSecret, key_id: Id) -> Repository {
+        let keys = Keys::derive(&secret);
+        let chunker = Chunker::new(config.chunker, keys.chunker_seed());
+        Repository {
+            backend,
+            config,
+            keys,
+            secret,
+            key_id,
+            chunker,
+            index: Arc::new(RwLock::new(Arc::new(MasterIndex::default()))),
+        }
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &DynBackend {
+        &self.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The derived keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The chunker.
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    /// The id of the key file this repository was opened with.
+    pub fn key_id(&self) -> Id {
+        self.key_id
+    }
+
+    /// The master secret (for key management).
+    pub fn master_secret(&self) -> &MasterSecret {
+        &self.secret
+    }
+
+    /// Writes a sealed file named by the BLAKE3 of its stored bytes.
+    pub(crate) async fn write_sealed(&self, kind: FileKind, aad: &[u8], plain: &[u8]) -> Result<Id> {
+        let sealed = self.keys.seal(plain, aad);
+        let id = Id::of_bytes(&sealed);
+        self.backend.put(kind, &id.to_hex(), Bytes::from(sealed), PutMode::Overwrite).await?;
+        Ok(id)
+    }
+
+    /// Reads a sealed, content-addressed file, checking its hash first so that
+    /// damage is told apart from a wrong key.
+    pub(crate) async fn read_sealed(&self, kind: FileKind, name: &str, aad: &[u8]) -> Result<Vec<u8>> {
+        let raw = self.backend.get(kind, name).await?;
+        let path = kind.path(name);
+        if Id::of_bytes(&raw).to_hex() != name {
+            return Err(Error::corrupt(path, "its content does not match its name (truncated or altered)"));
+        }
+        self.keys
+            .open(&raw, aad)
+            .map_err(|_| Error::corrupt(path, "it fails authentication with the repository key"))
+    }
+
+    /// Reads every index file and rebuilds the in-memory index. Packs that
+    /// prune has marked for deletion stay readable but are not used for
+    /// deduplication.
+    pub async fn load_index(&self) -> Result<Arc<MasterIndex>> {
+        let files = self.read_index_files().await?;
+        let marked = self.marked_packs().await?;
+        let idx = Arc::new(MasterIndex::build(files, &marked));
+        *self.index.write().expect("index lock") = Arc::clone(&idx);
+        Ok(idx)
+    }
+
+    /// The index as last loaded.
+    pub fn index(&self) -> Arc<MasterIndex> {
+        Arc::clone(&self.index.read().expect("index lock"))
+    }
+
+    /// Decodes every index file.
+    pub(crate) async fn read_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let listed = self.backend.list(FileKind::Index).await?;
+        futures::stream::iter(listed)
+            .map(|l| async move {
+                let id = Id::from_hex(&l.name).expect("listed names are hex");
+                let f = self.read_index_file(&id).await?;
+                Ok::<_, Error>((id, f))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+    }
+
+    pub(crate) async fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
+        let sealed = self.read_sealed(FileKind::Index, &id.to_hex(), aad::INDEX).await?;
+        let plain = zstd::stream::decode_all(&sealed[..])
+            .map_err(|e| Error::corrupt(FileKind::Index.path(&id.to_hex()), format!("decompression: {e}")))?;
+        IndexFile::decode(&plain).map_err(|e| {
+            Error::Corrupt {
+                object: FileKind::Index.path(&id.to_hex()),
+                reason: e,
+                hint: "; `coffer repair index` rebuilds the index from the packs".into(),
+            }
+        })
+    }
+
+    pub(crate) async fn write_index_file(&self, file: &IndexFile) -> Result<Id> {
+        let plain = zstd::bulk::compress(&file.encode(), 3).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+        self.write_sealed(FileKind::Index, aad::INDEX, &plain).await
+    }
+
+    /// Packs listed in prune markers (pending deletion).
+    pub(crate) async fn marked_packs(&self) -> Result<HashSet<Id>> {
+        let markers = crate::commands::prune::read_markers(self).await?;
+        Ok(markers.into_iter().flat_map(|(_, _, m)| m.packs).collect())
+    }
+
+    /// Loads and decodes one blob.
+    pub async fn load_blob(&self, kind: BlobKind, id: &Id) -> Result<Bytes> {
+        let idx = self.index();
+        let loc = idx.lookup(id).ok_or(Error::MissingBlob { kind: kind.name(), id: *id })?;
+        let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
+        let pack = loc.pack.to_hex();
+        let sealed = self.backend.get_range(FileKind::Pack, &pack, range).await?;
+        let keys = self.keys.clone();
+        let id = *id;
+        let kind = loc.kind;
+        tokio::task::spawn_blocking(move || blob::decode(&keys, kind, &id, &sealed, loc.raw_len as usize))
+            .await
+            .map_err(|e| Error::Aborted(e.to_string()))?
+            .map_err(|e| Error::Corrupt {
+                object: FileKind::Pack.path(&pack),
+                reason: format!("{} blob {id} at offset {}: {e}", kind.name(), loc.offset),
+                hint: String::new(),
+            })
+    }
+
+    /// Lists every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<(Id, SnapshotManifest)>> {
+        let listed = self.backend.list(FileKind::Snapshot).await?;
+        let mut out: Vec<(Id, SnapshotManifest)> = futures::stream::iter(listed)
+            .map(|l| async move {
+                let id = Id::from_hex(&l.name).expect("listed names are hex");
+                Ok::<_, Error>((id, self.read_manifest(&id).await?))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Reads one manifest.
+    pub async fn read_manifest(&self, id: &Id) -> Result<SnapshotManifest> {
+        let name = id.to_hex();
+        let plain = match self.read_sealed(FileKind::Snapshot, &name, aad::SNAPSHOT).await {
+            Err(Error::Backend(e)) if e.is_not_found() => return Err(Error::SnapshotNotFound(name)),
+            other => other?,
+        };
+        let m: SnapshotManifest = serde_json::from_slice(&plain)
+            .map_err(|e| Error::corrupt(FileKind::Snapshot.path(&name), format!("unreadable manifest ({e})")))?;
+        if m.version != 1 {
+            return Err(Error::corrupt(FileKind::Snapshot.path(&name), format!("unknown manifest version {}", m.version)));
+        }
+        Ok(m)
+    }
+
+    /// Finds a snapshot by unique id prefix, `latest`, or `latest:SOURCE`.
+    pub async fn resolve_snapshot(&self, spec: &str) -> Result<Id> {
+        if let Some(rest) = spec.strip_prefix("latest") {
+            let source = rest.strip_prefix(':');
+            if !rest.is_empty() && source.is_none() {
+                return Err(Error::SnapshotNotFound(spec.to_string()));
+            }
+            let snaps = self.snapshots().await?;
+            return snaps
+                .iter()
+                .rev()
+                .find(|(_, m)| source.is_none_or(|s| m.source == s || m.plugin.name == s))
+                .map(|(id, _)| *id)
+                .ok_or_else(|| Error::SnapshotNotFound(spec.to_string()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        if spec_l.is_empty() || !spec_l.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound(spec.to_string()));
+        }
+        let listed = self.backend.list(FileKind::Snapshot).await?;
+        let matches: Vec<_> = listed.iter().filter(|l| l.name.starts_with(&spec_l)).collect();
+        match matches.len() {
+            0 => Err(Error::SnapshotNotFound(spec.to_string())),
+            1 => Ok(Id::from_hex(&matches[0].name).expect("hex")),
+            _ => Err(Error::AmbiguousSnapshot(spec.to_string())),
+        }
+    }
+}
+
+/// Writes a JSON file named by the BLAKE3 of its bytes (key files).
+pub(crate) async fn put_json<T: serde::Serialize>(backend: &DynBackend, kind: FileKind, v: &T) -> Result<Id> {
+    let body = serde_json::to_vec_pretty(v).expect("serializes");
+    let id = Id::of_bytes(&body);
+    backend.put(kind, &id.to_hex(), Bytes::from(body), PutMode::Overwrite).await?;
+    Ok(id)
+}

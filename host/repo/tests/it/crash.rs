@@ -1,0 +1,91 @@
+//! kill -9 at random moments during backup and during prune; after each
+//! kill, `check` passes and every committed snapshot is intact.
+//!
+//! The test binary re-runs itself as the child (`child_worker`, which only
+//! does something when `COFFER_CRASH_CHILD` is set).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_repo::{KeepPolicy, PruneOptions, ReadData, Repository, backend_for};
+
+use crate::support::*;
+
+/// The child: loops backups (and, in prune mode, forget + prune) until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by the kill -9 tests as a child process"]
+async fn child_worker() {
+    let Ok(url) = std::env::var("COFFER_CRASH_CHILD") else { return };
+    let mode = std::env::var("COFFER_CRASH_MODE").unwrap();
+    let src = std::path::PathBuf::from(std::env::var("COFFER_CRASH_SRC").unwrap());
+    let repo = Repository::open(backend_for(&url, &[]).unwrap(), PASSWORD).await.unwrap();
+    let mut round: u64 = std::process::id() as u64 * 1000;
+    loop {
+        round += 1;
+        std::fs::write(src.join("f1"), random_bytes(1 << 20, round)).unwrap();
+        repo.backup_dir(&src, opts("crash")).await.unwrap();
+        if mode == "prune" {
+            repo.forget(&KeepPolicy { last: Some(2), ..Default::default() }, false).await.unwrap();
+            repo.prune(&PruneOptions::default()).await.unwrap();
+        }
+    }
+}
+
+fn kill_loop(mode: &str, iterations: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let t = rt.block_on(TempRepo::new(small_pack_options()));
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 3, 1 << 20, 60);
+    let exe = std::env::current_exe().unwrap();
+    let mut seed: u64 = 0x9E37_79B9 ^ iterations as u64;
+    let mut committed_total = 0;
+    for i in 0..iterations {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash::child_worker", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("COFFER_CRASH_CHILD", &t.url)
+            .env("COFFER_CRASH_MODE", mode)
+            .env("COFFER_CRASH_SRC", &src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30 + seed % 900));
+        // SIGKILL: no destructor, no flush, no cleanup.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let report = rt.block_on(async {
+            let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+            let read = if i % 10 == 9 { ReadData::All } else { ReadData::None };
+            let r = repo.check(read).await.unwrap();
+            (r.is_ok(), r.errors, r.snapshots)
+        });
+        assert!(report.0, "{mode} kill #{i}: check failed: {:?}", report.1);
+        committed_total = report.2;
+    }
+    // The loop must actually have committed work between kills.
+    assert!(committed_total > 0, "{mode}: no snapshot was ever committed");
+    // And the last state restores.
+    rt.block_on(async {
+        let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+        let snaps = repo.snapshots().await.unwrap();
+        let (id, _) = snaps.last().unwrap();
+        let out = t.dir.path().join("final");
+        repo.restore_dir(id, &out).await.unwrap();
+        assert!(Path::new(&out).join("f2").exists());
+    });
+}
+
+#[test]
+fn kill_9_during_backup_fifty_times() {
+    kill_loop("backup", 50);
+}
+
+#[test]
+fn kill_9_during_prune_fifty_times() {
+    kill_loop("prune", 50);
+}

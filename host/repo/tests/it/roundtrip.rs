@@ -1,0 +1,170 @@
+//! Round trips of real files, deduplication and incremental behaviour.
+
+use std::path::Path;
+
+use coffer_repo::{BackupKind, ReadData, SnapshotOptions, diff};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr_share_doc_round_trips_byte_identical_with_modes_and_mtimes() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = Path::new("/usr/share/doc");
+    let id = t.repo.backup_dir(src, opts("doc")).await.unwrap();
+    let out = t.dir.path().join("restore");
+    t.repo.restore_dir(&id, &out).await.unwrap();
+    assert_same_tree(src, &out);
+    let snap = t.repo.open_snapshot(&id).await.unwrap();
+    assert!(snap.manifest.summary.files > 100, "expected a real tree, got {:?}", snap.manifest.summary);
+    let report = t.repo.check(ReadData::All).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backing_up_the_same_data_twice_adds_no_packs() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 12, 3 << 20, 1);
+    t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    let before = t.packs();
+    // No parent: every file is read and chunked again, and every chunk dedups.
+    let id2 = t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    let after = t.packs();
+    assert_eq!(before, after, "a second identical backup wrote packs");
+    let m = t.repo.read_manifest(&id2).await.unwrap();
+    assert_eq!(m.summary.new_blobs, 0);
+    assert_eq!(m.summary.bytes_read, m.summary.bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_percent_change_adds_about_five_percent() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = t.dir.path().join("src");
+    let (files, size) = (40usize, 4usize << 20);
+    make_random_tree(&src, files, size, 7);
+    let first = t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    let total = (files * size) as f64;
+    // Rewrite 2 of 40 files (5% of the bytes) and insert 100 bytes into the
+    // middle of a third: content-defined chunking keeps the rest.
+    std::fs::write(src.join("f1"), random_bytes(size, 999)).unwrap();
+    std::fs::write(src.join("f2"), random_bytes(size, 998)).unwrap();
+    let mut f4 = std::fs::read(src.join("f4")).unwrap();
+    f4.splice(size / 2..size / 2, std::iter::repeat_n(b'x', 100));
+    std::fs::write(src.join("f4"), &f4).unwrap();
+    let before = pack_bytes(&t);
+    let second = t
+        .repo
+        .backup_dir(&src, SnapshotOptions { parent: Some(first), kind: BackupKind::Incremental, ..opts("s") })
+        .await
+        .unwrap();
+    let added = (pack_bytes(&t) - before) as f64;
+    let m = t.repo.read_manifest(&second).await.unwrap();
+    let share = m.summary.new_bytes as f64 / total;
+    assert!(share >= 0.05 && share <= 0.085, "new data is {:.1}% of the tree", share * 100.0);
+    assert!(added / total <= 0.09, "packs grew by {:.1}%", added / total * 100.0);
+    // Unchanged files were reused without being read.
+    assert!(m.summary.reused_entries >= (files - 3) as u64, "{:?}", m.summary);
+    assert!(m.summary.bytes_read <= 3 * size as u64 + 200_000, "{:?}", m.summary);
+    // diff names exactly the changed files.
+    let a = t.repo.open_snapshot(&first).await.unwrap();
+    let b = t.repo.open_snapshot(&second).await.unwrap();
+    let d = diff(&a, &b);
+    let changed: Vec<&str> = d.changed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(changed, vec!["f1", "f2", "f4"]);
+    assert!(d.added.is_empty() && d.removed.is_empty());
+    let out = t.dir.path().join("out");
+    t.repo.restore_dir(&second, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_backups_both_succeed_and_dedup_against_committed_data() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 10, 2 << 20, 3);
+    let (r1, r2) = (t.repo.clone(), t.repo.clone());
+    let (s1, s2) = (src.clone(), src.clone());
+    let a = tokio::spawn(async move { r1.backup_dir(&s1, opts("a")).await });
+    let b = tokio::spawn(async move { r2.backup_dir(&s2, opts("b")).await });
+    let (ia, ib) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    assert_ne!(ia, ib);
+    let packs = t.packs();
+    let third = t.repo.backup_dir(&src, opts("c")).await.unwrap();
+    assert_eq!(packs, t.packs(), "a backup after both committed should dedup completely");
+    assert_eq!(t.repo.read_manifest(&third).await.unwrap().summary.new_blobs, 0);
+    let report = t.repo.check(ReadData::All).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+    for id in [ia, ib] {
+        let out = t.dir.path().join(format!("out-{}", id.short()));
+        t.repo.restore_dir(&id, &out).await.unwrap();
+        assert_same_tree(&src, &out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_api_attributes_reuse_and_streaming() {
+    use coffer_repo::{EntryKind, EntryMeta, PluginIdentity};
+    let t = TempRepo::new(test_init_options()).await;
+    let meta = |path: &str| EntryMeta {
+        path: path.into(),
+        kind: EntryKind::File,
+        mode: 0o600,
+        mtime: 1_700_000_000,
+        mtime_nsec: 5,
+        target: None,
+    };
+    let w = t
+        .repo
+        .start_snapshot(SnapshotOptions {
+            tenant: "acme".into(),
+            source: "pg-main".into(),
+            plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
+            config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut e = w.add_entry(meta("base/1")).unwrap();
+    let data = random_bytes(5_000_000, 11);
+    for piece in data.chunks(7777) {
+        e.write(piece).await.unwrap();
+    }
+    let digest = e.finish().await.unwrap();
+    assert_eq!(digest.size, data.len() as u64);
+    assert_eq!(digest.blake3.0, *blake3::hash(&data).as_bytes());
+    assert!(w.add_entry(meta("base/1")).is_err(), "duplicate paths are refused");
+    assert!(w.add_entry(meta("../escape")).is_err(), "`..` is refused");
+    w.set_attribute("start_lsn", "0/2000028");
+    let first = w.commit().await.unwrap();
+
+    let snap = t.repo.open_snapshot(&first).await.unwrap();
+    assert_eq!(snap.attribute("start_lsn"), Some("0/2000028"));
+    assert_eq!(snap.manifest.tenant, "acme");
+    let stored = serde_json::to_string(&snap.manifest).unwrap();
+    assert!(!stored.contains("secret-pw"), "secrets must not reach the manifest: {stored}");
+    let mut r = t.repo.entry_reader(snap.entry("base/1").unwrap());
+    let mut back = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        back.extend_from_slice(&buf[..n]);
+    }
+    assert!(back == data);
+
+    let w = t
+        .repo
+        .start_snapshot(SnapshotOptions { source: "pg-main".into(), parent: Some(first), ..Default::default() })
+        .await
+        .unwrap();
+    let d = w.reuse_entry("base/1").unwrap();
+    assert_eq!(d.size, data.len() as u64);
+    assert!(w.reuse_entry("nope").is_err());
+    let second = w.commit().await.unwrap();
+    let m = t.repo.read_manifest(&second).await.unwrap();
+    assert_eq!((m.summary.reused_entries, m.summary.bytes_read, m.summary.new_blobs), (1, 0, 0));
+    assert_eq!(t.repo.resolve_snapshot("latest").await.unwrap(), second);
+    assert_eq!(t.repo.resolve_snapshot(&second.to_hex()[..10]).await.unwrap(), second);
+}

