@@ -159,13 +159,24 @@ impl Repository {
         // The session marker goes first so that a prune running now sees us
         // before we load the index (see session.rs).
         let session = Session::start(self).await?;
-        let index = self.load_index().await?;
-        let parent = match opts.parent {
-            Some(pid) => {
-                let snap = self.open_snapshot(&pid).await?;
-                Some(snap.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
+        let loaded = async {
+            let index = self.load_index().await?;
+            let parent: Option<HashMap<String, Entry>> = match opts.parent {
+                Some(pid) => {
+                    let snap = self.open_snapshot(&pid).await?;
+                    Some(snap.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
+                }
+                None => None,
+            };
+            Ok::<_, Error>((index, parent))
+        }
+        .await;
+        let (index, parent) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                session.end().await;
+                return Err(e);
             }
-            None => None,
         };
         let saver = BlobSaver::new(
             self.keys.clone(),

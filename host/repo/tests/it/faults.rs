@@ -18,13 +18,13 @@ async fn faulty_repo() -> (TempRepo, Arc<FaultyBackend>, Repository) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_at_every_write_stage_leave_no_snapshot() {
     let cases = [
-        ("pack", Fault::nth(Op::Put, Some(FileKind::Pack), 2)),
+        ("pack", Fault::nth(Op::Put, Some(FileKind::Pack), 0)),
         ("index", Fault::always(Op::Put, Some(FileKind::Index))),
         ("snapshot", Fault::always(Op::Put, Some(FileKind::Snapshot))),
         ("session", Fault::always(Op::Put, Some(FileKind::Session))),
         (
             "hanging pack",
-            Fault { op: Op::Put, kind: Some(FileKind::Pack), after: 1, times: 1, effect: Effect::Hang(Duration::from_millis(300)) },
+            Fault { op: Op::Put, kind: Some(FileKind::Pack), after: 0, times: 1, effect: Effect::Hang(Duration::from_millis(300)) },
         ),
         ("index read", Fault::always(Op::Get, Some(FileKind::Index))),
     ];
