@@ -1,0 +1,104 @@
+//! `cargo xtask bench`: benchmarks.
+//!
+//! `repo`: builds (once) a data set of about 2 GiB of real files copied from
+//! `/usr/lib`, then runs each phase (backup, unchanged re-backup, restore,
+//! check --read-data, primitives) in its own process of the release
+//! `bench_repo` example so each phase's peak RSS is its own, and prints a
+//! table. `primitives`: the criterion micro-benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Target size of the data set.
+const DATASET_BYTES: u64 = 2 << 30;
+
+pub fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("repo") => repo(&args[1..]),
+        Some("primitives") => crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"])),
+        _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | primitives"),
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if let Ok(md) = e.path().symlink_metadata() {
+                total += if md.is_dir() { dir_size(&e.path()) } else if md.is_file() { md.len() } else { 0 };
+            }
+        }
+    }
+    total
+}
+
+/// Copies subdirectories of /usr/lib (sorted, so the set is stable on one
+/// machine) until about [`DATASET_BYTES`].
+fn build_dataset(dest: &Path) -> Result<()> {
+    if dest.join(".complete").exists() {
+        return Ok(());
+    }
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)?;
+    }
+    std::fs::create_dir_all(dest)?;
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib")?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false))
+        .collect();
+    subdirs.sort();
+    let mut total = 0;
+    for d in subdirs {
+        if total >= DATASET_BYTES {
+            break;
+        }
+        let size = dir_size(&d);
+        if size == 0 || total + size > DATASET_BYTES * 5 / 4 {
+            continue;
+        }
+        crate::run(Command::new("cp").arg("-a").arg(&d).arg(dest))?;
+        total += size;
+    }
+    eprintln!("data set: {:.2} GB in {}", total as f64 / 1e9, dest.display());
+    std::fs::write(dest.join(".complete"), total.to_string())?;
+    Ok(())
+}
+
+fn repo(args: &[String]) -> Result<()> {
+    let work = PathBuf::from("target/bench");
+    let dataset = match args.iter().position(|a| a == "--dataset") {
+        Some(i) => PathBuf::from(args.get(i + 1).context("--dataset needs a directory")?),
+        None => {
+            let d = work.join("data");
+            build_dataset(&d)?;
+            d
+        }
+    };
+    crate::run(crate::cargo_cmd().args(["build", "--release", "--quiet", "-p", "coffer-repo", "--example", "bench_repo"]))?;
+    let exe = PathBuf::from("target/release/examples/bench_repo");
+    let repo_dir = work.join("repo");
+    let restore_dir = work.join("restore");
+    let _ = std::fs::remove_dir_all(&repo_dir);
+    println!("| phase | time (s) | MB/s | peak RSS (MiB) | notes |");
+    println!("|---|---:|---:|---:|---|");
+    for phase in ["init", "backup", "rebackup", "restore", "check", "primitives"] {
+        if phase == "restore" {
+            let _ = std::fs::remove_dir_all(&restore_dir);
+        }
+        let out = Command::new(&exe)
+            .arg(phase)
+            .arg(&dataset)
+            .arg(&repo_dir)
+            .arg(&restore_dir)
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !out.status.success() {
+            bail!("bench phase {phase} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
