@@ -17,7 +17,9 @@ const DATASET_BYTES: u64 = 2 << 30;
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("repo") => repo(&args[1..]),
-        Some("primitives") => crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"])),
+        Some("primitives") => {
+            crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
+        }
         _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | primitives"),
     }
 }
@@ -27,7 +29,13 @@ fn dir_size(p: &Path) -> u64 {
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
             if let Ok(md) = e.path().symlink_metadata() {
-                total += if md.is_dir() { dir_size(&e.path()) } else if md.is_file() { md.len() } else { 0 };
+                total += if md.is_dir() {
+                    dir_size(&e.path())
+                } else if md.is_file() {
+                    md.len()
+                } else {
+                    0
+                };
             }
         }
     }
@@ -77,7 +85,15 @@ fn repo(args: &[String]) -> Result<()> {
             d
         }
     };
-    crate::run(crate::cargo_cmd().args(["build", "--release", "--quiet", "-p", "coffer-repo", "--example", "bench_repo"]))?;
+    crate::run(crate::cargo_cmd().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "coffer-repo",
+        "--example",
+        "bench_repo",
+    ]))?;
     let exe = PathBuf::from("target/release/examples/bench_repo");
     let repo_dir = work.join("repo");
     let restore_dir = work.join("restore");

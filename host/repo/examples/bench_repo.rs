@@ -52,7 +52,8 @@ async fn main() -> Result<()> {
     if a.len() != 4 {
         bail!("usage: bench_repo PHASE DATASET REPO RESTORE");
     }
-    let (phase, dataset, repo_dir, restore) = (a[0].as_str(), PathBuf::from(&a[1]), std::path::absolute(&a[2])?, PathBuf::from(&a[3]));
+    let (phase, dataset, repo_dir, restore) =
+        (a[0].as_str(), PathBuf::from(&a[1]), std::path::absolute(&a[2])?, PathBuf::from(&a[3]));
     let url = format!("file://{}", repo_dir.display());
     if phase == "init" {
         let t = Instant::now();
@@ -67,7 +68,8 @@ async fn main() -> Result<()> {
     match phase {
         "backup" => {
             let t = Instant::now();
-            let id = repo.backup_dir(&dataset, SnapshotOptions { source: "bench".into(), ..Default::default() }).await?;
+            let id =
+                repo.backup_dir(&dataset, SnapshotOptions { source: "bench".into(), ..Default::default() }).await?;
             let secs = t.elapsed().as_secs_f64();
             let m = repo.read_manifest(&id).await?;
             let stored = size_of(&repo_dir);
@@ -90,11 +92,21 @@ async fn main() -> Result<()> {
             let id = repo
                 .backup_dir(
                     &dataset,
-                    SnapshotOptions { source: "bench".into(), parent: Some(parent), kind: BackupKind::Incremental, ..Default::default() },
+                    SnapshotOptions {
+                        source: "bench".into(),
+                        parent: Some(parent),
+                        kind: BackupKind::Incremental,
+                        ..Default::default()
+                    },
                 )
                 .await?;
             let m = repo.read_manifest(&id).await?;
-            row("backup (unchanged, incremental)", t.elapsed().as_secs_f64(), 0, &format!("{} of {} files reused", m.summary.reused_entries, m.summary.files));
+            row(
+                "backup (unchanged, incremental)",
+                t.elapsed().as_secs_f64(),
+                0,
+                &format!("{} of {} files reused", m.summary.reused_entries, m.summary.files),
+            );
         }
         "restore" => {
             let id = repo.resolve_snapshot("latest").await?;
@@ -113,7 +125,12 @@ async fn main() -> Result<()> {
                 bail!("check failed: {:?}", r.errors);
             }
             let bytes = size_of(&repo_dir.join("data"));
-            row("check --read-data", t.elapsed().as_secs_f64(), bytes, &format!("{} packs, {} blobs", r.packs_read, r.blobs_read));
+            row(
+                "check --read-data",
+                t.elapsed().as_secs_f64(),
+                bytes,
+                &format!("{} packs, {} blobs", r.packs_read, r.blobs_read),
+            );
         }
         other => bail!("unknown phase {other}"),
     }

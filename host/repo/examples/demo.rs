@@ -39,7 +39,11 @@ async fn main() -> Result<()> {
     let backend = backend_for(&url, &[])?;
     let t = Instant::now();
     let repo = Repository::init(backend, password.as_bytes(), InitOptions::default()).await?;
-    println!("  init          {:>8.2} s  (Argon2id key file, repository {})", t.elapsed().as_secs_f64(), repo.config().id.short());
+    println!(
+        "  init          {:>8.2} s  (Argon2id key file, repository {})",
+        t.elapsed().as_secs_f64(),
+        repo.config().id.short()
+    );
 
     let t = Instant::now();
     let first = repo.backup_dir(&source, SnapshotOptions { source: "demo".into(), ..Default::default() }).await?;
@@ -60,7 +64,12 @@ async fn main() -> Result<()> {
     let second = repo
         .backup_dir(
             &source,
-            SnapshotOptions { source: "demo".into(), parent: Some(first), kind: BackupKind::Incremental, ..Default::default() },
+            SnapshotOptions {
+                source: "demo".into(),
+                parent: Some(first),
+                kind: BackupKind::Incremental,
+                ..Default::default()
+            },
         )
         .await?;
     let m2 = repo.read_manifest(&second).await?;

@@ -6,10 +6,12 @@
 //! blob's kind and id as associated data so a blob cannot be passed off as
 //! another.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{AuthError, Keys};
+use crate::crypto::{AuthError, Keys, NONCE_LEN, TAG_LEN};
 use crate::id::Id;
 
 /// What a blob holds.
@@ -94,43 +96,73 @@ fn aad(kind: BlobKind, id: &Id) -> [u8; 33] {
 }
 
 /// Bytes to probe before compressing a large chunk: if the first 64 KiB do not
-/// shrink by at least 3%, the chunk is stored raw without spending the time.
+/// shrink by at least 1/32, the chunk is stored raw without spending the time.
 const PROBE_LEN: usize = 64 * 1024;
+
+thread_local! {
+    /// Per-thread zstd contexts, reused across blobs: creating one costs
+    /// more than compressing a small file.
+    static ZSTD: RefCell<Option<ZstdContexts>> = const { RefCell::new(None) };
+    static UNZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+struct ZstdContexts {
+    level: i32,
+    main: zstd::bulk::Compressor<'static>,
+    probe: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
+
+fn with_zstd<R>(level: i32, f: impl FnOnce(&mut ZstdContexts) -> R) -> R {
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|z| z.level != level) {
+            *slot = Some(ZstdContexts {
+                level,
+                main: zstd::bulk::Compressor::new(level).expect("zstd context"),
+                probe: zstd::bulk::Compressor::new(1).expect("zstd context"),
+                scratch: Vec::new(),
+            });
+        }
+        f(slot.as_mut().expect("just set"))
+    })
+}
 
 /// Compresses (when it pays) and seals a blob. Returns the sealed bytes.
 pub fn encode(keys: &Keys, kind: BlobKind, id: &Id, data: &[u8], compression: Compression) -> Vec<u8> {
-    let mut plain = Vec::with_capacity(data.len() + 1);
-    let mut compressed = false;
-    if compression.zstd_level != 0 && data.len() >= 64 && worth_compressing(data, compression) {
-        plain.push(ENC_ZSTD);
-        let mut enc = zstd::stream::write::Encoder::new(plain, compression.zstd_level)
-            .expect("zstd encoder with a valid level");
-        let _ = enc.include_checksum(false);
-        std::io::Write::write_all(&mut enc, data).expect("writing to a Vec cannot fail");
-        plain = enc.finish().expect("finishing a zstd frame into a Vec cannot fail");
-        if plain.len() - 1 < data.len() - data.len() / 32 {
-            compressed = true;
-        } else {
-            plain.clear();
-        }
+    let level = compression.zstd_level;
+    let mut out: Vec<u8> = Vec::new();
+    if level != 0 && data.len() >= 64 {
+        with_zstd(level, |z| {
+            if data.len() > 2 * PROBE_LEN {
+                let probe = &data[..PROBE_LEN];
+                z.scratch.clear();
+                z.scratch.reserve(zstd::zstd_safe::compress_bound(PROBE_LEN));
+                match z.probe.compress_to_buffer(probe, &mut z.scratch) {
+                    Ok(n) if n < PROBE_LEN - PROBE_LEN / 32 => {}
+                    _ => return,
+                }
+            }
+            z.scratch.clear();
+            z.scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            if let Ok(n) = z.main.compress_to_buffer(data, &mut z.scratch)
+                && n < data.len() - data.len() / 32
+            {
+                out.reserve_exact(NONCE_LEN + 1 + n + TAG_LEN);
+                out.resize(NONCE_LEN, 0);
+                out.push(ENC_ZSTD);
+                out.extend_from_slice(&z.scratch[..n]);
+            }
+        });
     }
-    if !compressed {
-        plain.clear();
-        plain.push(ENC_RAW);
-        plain.extend_from_slice(data);
+    if out.is_empty() {
+        out.reserve_exact(NONCE_LEN + 1 + data.len() + TAG_LEN);
+        out.resize(NONCE_LEN, 0);
+        out.push(ENC_RAW);
+        out.extend_from_slice(data);
     }
-    keys.seal(&plain, &aad(kind, id))
-}
-
-fn worth_compressing(data: &[u8], compression: Compression) -> bool {
-    if data.len() <= 2 * PROBE_LEN {
-        return true;
-    }
-    let probe = &data[..PROBE_LEN];
-    match zstd::bulk::compress(probe, compression.zstd_level.min(1)) {
-        Ok(c) => c.len() < PROBE_LEN - PROBE_LEN / 32,
-        Err(_) => true,
-    }
+    keys.seal_in_place(&mut out, &aad(kind, id));
+    out
 }
 
 /// Opens a sealed blob and returns its plaintext content, checking that it
@@ -141,7 +173,17 @@ pub fn decode(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8], raw_len_hint:
         Some(&ENC_RAW) => Bytes::from(plain).slice(1..),
         Some(&ENC_ZSTD) => {
             let mut out = Vec::with_capacity(raw_len_hint);
-            zstd::stream::copy_decode(&plain[1..], &mut out).map_err(|e| BlobError::Decompress(e.to_string()))?;
+            let payload = &plain[1..];
+            let fits = UNZSTD.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let d = slot.get_or_insert_with(|| zstd::bulk::Decompressor::new().expect("zstd context"));
+                d.decompress_to_buffer(payload, &mut out).is_ok()
+            });
+            if !fits {
+                // The hint was wrong (or absent): fall back to streaming.
+                out.clear();
+                zstd::stream::copy_decode(payload, &mut out).map_err(|e| BlobError::Decompress(e.to_string()))?;
+            }
             Bytes::from(out)
         }
         Some(&other) => return Err(BlobError::UnknownEncoding(other)),

@@ -26,11 +26,7 @@ impl Default for ChunkerParams {
     /// (about 1 million per TiB), small enough that a local change costs about
     /// 1 MiB of new data.
     fn default() -> Self {
-        ChunkerParams {
-            min_size: 256 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 8 * 1024 * 1024,
-        }
+        ChunkerParams { min_size: 256 * 1024, avg_size: 1024 * 1024, max_size: 8 * 1024 * 1024 }
     }
 }
 
@@ -38,17 +34,16 @@ impl ChunkerParams {
     /// Checks the bounds FastCDC accepts.
     pub fn validate(&self) -> Result<(), String> {
         let (min, avg, max) = (self.min_size as usize, self.avg_size as usize, self.max_size as usize);
-        if !(fastcdc::v2020::MINIMUM_MIN..=fastcdc::v2020::MINIMUM_MAX).contains(&min)
-            || !(fastcdc::v2020::AVERAGE_MIN..=fastcdc::v2020::AVERAGE_MAX).contains(&avg)
-            || !(fastcdc::v2020::MAXIMUM_MIN..=fastcdc::v2020::MAXIMUM_MAX).contains(&max)
-            || !(min <= avg && avg <= max)
-            || min % 2 != 0
-            || avg % 2 != 0
-            || max % 2 != 0
-        {
-            return Err(format!(
-                "chunker sizes min {min} / avg {avg} / max {max} are outside FastCDC's bounds"
-            ));
+        let in_bounds = (fastcdc::v2020::MINIMUM_MIN..=fastcdc::v2020::MINIMUM_MAX).contains(&min)
+            && (fastcdc::v2020::AVERAGE_MIN..=fastcdc::v2020::AVERAGE_MAX).contains(&avg)
+            && (fastcdc::v2020::MAXIMUM_MIN..=fastcdc::v2020::MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && min % 2 == 0
+            && avg % 2 == 0
+            && max % 2 == 0;
+        if !in_bounds {
+            return Err(format!("chunker sizes min {min} / avg {avg} / max {max} are outside FastCDC's bounds"));
         }
         Ok(())
     }
@@ -130,9 +125,7 @@ impl StreamChunker {
     /// shorter tail could still grow.
     pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
         let max = self.chunker.params.max_size as usize;
-        if self.buf.capacity() - self.buf.len() < data.len() {
-            self.buf.reserve(data.len().max(2 * max));
-        }
+        // Grow only as needed: most files are far smaller than `max_size`.
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
         while self.buf.len() >= max {

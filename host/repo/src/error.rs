@@ -27,7 +27,9 @@ pub enum Error {
         location: String,
     },
     /// The config declares a format this build does not know.
-    #[error("repository {location} uses format version {found}; this coffer reads versions up to {supported}: upgrade coffer")]
+    #[error(
+        "repository {location} uses format version {found}; this coffer reads versions up to {supported}: upgrade coffer"
+    )]
     UnsupportedVersion {
         /// Where.
         location: String,

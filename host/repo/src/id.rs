@@ -66,11 +66,7 @@ impl FromStr for Id {
 
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&self.to_hex())
-        } else {
-            s.serialize_bytes(&self.0)
-        }
+        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { s.serialize_bytes(&self.0) }
     }
 }
 

@@ -81,13 +81,7 @@ impl MasterIndex {
                 }));
             }
         }
-        idx.marked = idx
-            .packs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| marked.contains(p))
-            .map(|(i, _)| i as u32)
-            .collect();
+        idx.marked = idx.packs.iter().enumerate().filter(|(_, p)| marked.contains(p)).map(|(i, _)| i as u32).collect();
         let m = &idx.marked;
         idx.entries.sort_unstable_by(|a, b| {
             a.id.cmp(&b.id).then(m.contains(&a.pack).cmp(&m.contains(&b.pack))).then(a.pack.cmp(&b.pack))
@@ -135,13 +129,16 @@ impl MasterIndex {
     /// Every blob.
     pub fn entries(&self) -> impl Iterator<Item = (Id, BlobLocation)> + '_ {
         self.entries.iter().map(|e| {
-            (e.id, BlobLocation {
-                pack: self.packs[e.pack as usize],
-                offset: e.offset,
-                length: e.length,
-                raw_len: e.raw_len,
-                kind: e.kind,
-            })
+            (
+                e.id,
+                BlobLocation {
+                    pack: self.packs[e.pack as usize],
+                    offset: e.offset,
+                    length: e.length,
+                    raw_len: e.raw_len,
+                    kind: e.kind,
+                },
+            )
         })
     }
 

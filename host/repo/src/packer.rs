@@ -23,9 +23,9 @@ use crate::repofile::index::IndexedPack;
 use crate::repofile::pack::PackBuilder;
 
 /// Chunks queued for the workers.
-const JOB_QUEUE: usize = 8;
+const JOB_QUEUE: usize = 4;
 /// Packs being uploaded at once.
-const UPLOAD_SLOTS: usize = 3;
+const UPLOAD_SLOTS: usize = 2;
 
 struct Job {
     kind: BlobKind,
@@ -177,9 +177,7 @@ impl BlobSaver {
             .expect("jobs lock")
             .clone()
             .ok_or_else(|| Error::Aborted("the blob saver was closed".into()))?;
-        tx.send(Job { kind, id, data })
-            .await
-            .map_err(|_| Error::Aborted("blob workers stopped".into()))
+        tx.send(Job { kind, id, data }).await.map_err(|_| Error::Aborted("blob workers stopped".into()))
     }
 
     /// Packs uploaded so far and not yet taken.

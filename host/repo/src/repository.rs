@@ -74,8 +74,8 @@ async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
         Err(e) if e.is_not_found() => return Err(Error::NotARepository { location }),
         Err(e) => return Err(e.into()),
     };
-    let head: ConfigHead = serde_json::from_slice(&raw)
-        .map_err(|e| Error::corrupt("config", format!("not valid JSON ({e})")))?;
+    let head: ConfigHead =
+        serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", format!("not valid JSON ({e})")))?;
     if head.format.as_deref() != Some(FORMAT_NAME) {
         return Err(Error::corrupt("config", "not a coffer repository config"));
     }
@@ -218,9 +218,7 @@ impl Repository {
         if Id::of_bytes(&raw).to_hex() != name {
             return Err(Error::corrupt(path, "its content does not match its name (truncated or altered)"));
         }
-        self.keys
-            .open(&raw, aad)
-            .map_err(|_| Error::corrupt(path, "it fails authentication with the repository key"))
+        self.keys.open(&raw, aad).map_err(|_| Error::corrupt(path, "it fails authentication with the repository key"))
     }
 
     /// Reads every index file and rebuilds the in-memory index. Packs that
@@ -257,12 +255,10 @@ impl Repository {
         let sealed = self.read_sealed(FileKind::Index, &id.to_hex(), aad::INDEX).await?;
         let plain = zstd::stream::decode_all(&sealed[..])
             .map_err(|e| Error::corrupt(FileKind::Index.path(&id.to_hex()), format!("decompression: {e}")))?;
-        IndexFile::decode(&plain).map_err(|e| {
-            Error::Corrupt {
-                object: FileKind::Index.path(&id.to_hex()),
-                reason: e,
-                hint: "; `coffer repair index` rebuilds the index from the packs".into(),
-            }
+        IndexFile::decode(&plain).map_err(|e| Error::Corrupt {
+            object: FileKind::Index.path(&id.to_hex()),
+            reason: e,
+            hint: "; `coffer repair index` rebuilds the index from the packs".into(),
         })
     }
 
@@ -322,7 +318,10 @@ impl Repository {
         let m: SnapshotManifest = serde_json::from_slice(&plain)
             .map_err(|e| Error::corrupt(FileKind::Snapshot.path(&name), format!("unreadable manifest ({e})")))?;
         if m.version != 1 {
-            return Err(Error::corrupt(FileKind::Snapshot.path(&name), format!("unknown manifest version {}", m.version)));
+            return Err(Error::corrupt(
+                FileKind::Snapshot.path(&name),
+                format!("unknown manifest version {}", m.version),
+            ));
         }
         Ok(m)
     }

@@ -74,20 +74,14 @@ impl ObjectBackend {
             let abs = std::path::absolute(url).map_err(|e| invalid(e.to_string()))?;
             url::Url::from_file_path(&abs).map_err(|_| invalid("not an absolute path".into()))?
         };
-        let client = ClientOptions::new()
-            .with_timeout(limits.request_timeout)
-            .with_connect_timeout(Duration::from_secs(10));
-        let retry = RetryConfig {
-            max_retries: limits.max_retries,
-            retry_timeout: limits.op_timeout,
-            ..Default::default()
-        };
+        let client =
+            ClientOptions::new().with_timeout(limits.request_timeout).with_connect_timeout(Duration::from_secs(10));
+        let retry =
+            RetryConfig { max_retries: limits.max_retries, retry_timeout: limits.op_timeout, ..Default::default() };
         let strip = |p: &str| p.trim_matches('/').to_string();
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match parsed.scheme() {
             "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|_| invalid("a file:// URL needs an absolute path".into()))?;
+                let dir = parsed.to_file_path().map_err(|_| invalid("a file:// URL needs an absolute path".into()))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| invalid(format!("cannot create directory {}: {e}", dir.display())))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
@@ -140,12 +134,7 @@ impl ObjectBackend {
         let _ = shown.set_password(None);
         let _ = shown.set_username("");
         shown.set_query(None);
-        Ok(ObjectBackend {
-            store,
-            prefix: Path::from(prefix),
-            location: shown.to_string(),
-            options: limits,
-        })
+        Ok(ObjectBackend { store, prefix: Path::from(prefix), location: shown.to_string(), options: limits })
     }
 
     /// Wraps an existing store (for tests and embedders).
@@ -173,7 +162,9 @@ impl ObjectBackend {
         fut: impl Future<Output = object_store::Result<T>>,
     ) -> BackendResult<T> {
         match tokio::time::timeout(self.options.op_timeout, fut).await {
-            Err(_) => Err(BackendError::Timeout { op, path: path.to_string(), secs: self.options.op_timeout.as_secs() }),
+            Err(_) => {
+                Err(BackendError::Timeout { op, path: path.to_string(), secs: self.options.op_timeout.as_secs() })
+            }
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_err(op, path, e)),
         }
@@ -206,9 +197,7 @@ impl Backend for ObjectBackend {
                 ..Default::default()
             };
             let path = self.full(&rel);
-            self.timed("write", &rel, self.store.put_opts(&path, PutPayload::from_bytes(data), opts))
-                .await
-                .map(|_| ())
+            self.timed("write", &rel, self.store.put_opts(&path, PutPayload::from_bytes(data), opts)).await.map(|_| ())
         })
     }
 
@@ -241,9 +230,8 @@ impl Backend for ObjectBackend {
         Box::pin(async move {
             let dir = kind.dir();
             let prefix = self.full(if dir.is_empty() { "config" } else { dir });
-            let metas: Vec<object_store::ObjectMeta> = self
-                .timed("list", dir, self.store.list(Some(&prefix)).try_collect())
-                .await?;
+            let metas: Vec<object_store::ObjectMeta> =
+                self.timed("list", dir, self.store.list(Some(&prefix)).try_collect()).await?;
             let mut out = Vec::with_capacity(metas.len());
             for m in metas {
                 let Some(name) = m.location.filename() else { continue };

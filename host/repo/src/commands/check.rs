@@ -94,7 +94,8 @@ impl Repository {
         for (p, size) in idx.packs() {
             match listed.get(&p) {
                 None => {
-                    r.errors.push(format!("pack {} is indexed but missing from storage", FileKind::Pack.path(&p.to_hex())));
+                    r.errors
+                        .push(format!("pack {} is indexed but missing from storage", FileKind::Pack.path(&p.to_hex())));
                     bad_packs.insert(p);
                 }
                 Some(&actual) if actual != size => {
@@ -184,7 +185,12 @@ impl Repository {
             for e in &snap.entries {
                 for c in &e.content {
                     if !idx.contains(c) {
-                        r.errors.push(format!("snapshot {} {}: data blob {} is in no index", sid.short(), e.path, c.short()));
+                        r.errors.push(format!(
+                            "snapshot {} {}: data blob {} is in no index",
+                            sid.short(),
+                            e.path,
+                            c.short()
+                        ));
                         r.damaged_paths.insert(DamagedPath { snapshot: sid, path: e.path.clone() });
                         break;
                     }

@@ -4,7 +4,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::commands::snapshot::{EntryMeta, SnapshotOptions};
 use crate::error::{Error, Result};
@@ -35,6 +35,30 @@ fn walk(root: &Path) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>> {
     Ok(out)
 }
 
+/// Runs blocking file I/O on a runtime worker without starving other tasks
+/// (falls back to a plain call on a current-thread runtime).
+fn block_in_place<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Fills `buf` as far as the file allows; returns the bytes read (short only at the end).
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 impl Repository {
     /// Backs up a directory tree. With a parent, files whose size and mtime
     /// are unchanged are reused without being read.
@@ -44,6 +68,7 @@ impl Repository {
         }
         let w = self.start_snapshot(opts).await?;
         let result = async {
+            let mut buf = vec![0u8; READ_BUF];
             for (rel, path, md) in walk(root)? {
                 let ft = md.file_type();
                 let kind = if ft.is_dir() {
@@ -80,14 +105,18 @@ impl Repository {
                 };
                 let mut ew = w.add_entry(meta)?;
                 if kind == EntryKind::File {
-                    let mut f = tokio::fs::File::open(&path).await.map_err(|e| Error::io(&path, e))?;
-                    let mut buf = vec![0u8; READ_BUF];
+                    // Plain blocking reads on this worker thread: a thread
+                    // hop per read (tokio::fs) costs more than a small file.
+                    let mut f = block_in_place(|| std::fs::File::open(&path)).map_err(|e| Error::io(&path, e))?;
                     loop {
-                        let n = f.read(&mut buf).await.map_err(|e| Error::io(&path, e))?;
+                        let n = block_in_place(|| read_full(&mut f, &mut buf)).map_err(|e| Error::io(&path, e))?;
                         if n == 0 {
                             break;
                         }
                         ew.write(&buf[..n]).await?;
+                        if n < buf.len() {
+                            break;
+                        }
                     }
                 }
                 ew.finish().await?;

@@ -88,10 +88,8 @@ fn year(t: &DateTime<Utc>) -> (i32, u32, u32, u32) {
 pub fn plan_group(snaps: &[(Id, &SnapshotManifest)], policy: &KeepPolicy) -> Vec<Decision> {
     let mut sorted: Vec<_> = snaps.to_vec();
     sorted.sort_by(|a, b| b.1.time.cmp(&a.1.time).then(b.0.cmp(&a.0)));
-    let mut decisions: Vec<Decision> = sorted
-        .iter()
-        .map(|(id, m)| Decision { id: *id, time: m.time, keep: false, reasons: Vec::new() })
-        .collect();
+    let mut decisions: Vec<Decision> =
+        sorted.iter().map(|(id, m)| Decision { id: *id, time: m.time, keep: false, reasons: Vec::new() }).collect();
     if let Some(n) = policy.last {
         for d in decisions.iter_mut().take(n) {
             d.keep = true;

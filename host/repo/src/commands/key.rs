@@ -32,10 +32,17 @@ impl Repository {
         let mut out = Vec::new();
         for l in self.backend.list(FileKind::Key).await? {
             let raw = self.backend.get(FileKind::Key, &l.name).await?;
-            let kf: KeyFile = serde_json::from_slice(&raw)
-                .map_err(|e| Error::corrupt(FileKind::Key.path(&l.name), e.to_string()))?;
+            let kf: KeyFile =
+                serde_json::from_slice(&raw).map_err(|e| Error::corrupt(FileKind::Key.path(&l.name), e.to_string()))?;
             let id = Id::from_hex(&l.name).expect("hex");
-            out.push(KeyInfo { id, current: id == self.key_id, created: kf.created, host: kf.host, user: kf.user, label: kf.label });
+            out.push(KeyInfo {
+                id,
+                current: id == self.key_id,
+                created: kf.created,
+                host: kf.host,
+                user: kf.user,
+                label: kf.label,
+            });
         }
         out.sort_by_key(|k| k.created);
         Ok(out)

@@ -102,7 +102,7 @@ impl Repository {
         let mut used = HashSet::new();
         for l in listed {
             let id = Id::from_hex(&l.name).expect("hex");
-            if !cache.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(id) {
                 let snap = match self.open_snapshot(&id).await {
                     Ok(s) => s,
                     // Forgotten while we were reading.
@@ -113,7 +113,7 @@ impl Repository {
                 for e in &snap.entries {
                     ids.extend_from_slice(&e.content);
                 }
-                cache.insert(id, ids);
+                slot.insert(ids);
             }
             used.extend(cache[&id].iter().copied());
         }
@@ -200,7 +200,8 @@ impl Repository {
         }
         let mut all_markers = markers;
         if !to_mark.is_empty() || !to_repack.is_empty() {
-            let marker = PruneMarker { created: chrono::Utc::now(), packs: to_mark.iter().chain(&to_repack).copied().collect() };
+            let marker =
+                PruneMarker { created: chrono::Utc::now(), packs: to_mark.iter().chain(&to_repack).copied().collect() };
             let body = serde_json::to_vec(&marker).expect("serializes");
             let id = self.write_sealed(FileKind::PruneMarker, aad::PRUNE_MARKER, &body).await?;
             all_markers.push((id.to_hex(), marker.created, marker));
@@ -225,7 +226,8 @@ impl Repository {
             // committed since phase 1 may rely on marked packs.
             let files = self.read_index_files().await?;
             let no_marks = HashSet::new();
-            *self.index.write().expect("index lock") = std::sync::Arc::new(MasterIndex::build(files.clone(), &no_marks));
+            *self.index.write().expect("index lock") =
+                std::sync::Arc::new(MasterIndex::build(files.clone(), &no_marks));
             let used = self.used_blobs(&mut snap_cache).await?;
             let mut doomed: HashSet<Id> = HashSet::new();
             for (_, _, m) in &ripe {

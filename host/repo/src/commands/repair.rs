@@ -27,7 +27,8 @@ impl Repository {
     /// old index files.
     pub async fn repair_index(&self) -> Result<RepairReport> {
         let mut report = RepairReport::default();
-        let old: Vec<Id> = self.backend.list(FileKind::Index).await?.iter().filter_map(|l| Id::from_hex(&l.name)).collect();
+        let old: Vec<Id> =
+            self.backend.list(FileKind::Index).await?.iter().filter_map(|l| Id::from_hex(&l.name)).collect();
         let mut packs = Vec::new();
         for l in self.backend.list(FileKind::Pack).await? {
             let id = Id::from_hex(&l.name).expect("hex");

@@ -407,7 +407,10 @@ impl EntryWriter {
     /// Appends content.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         if self.entry.kind != EntryKind::File {
-            return Err(Error::InvalidEntry { path: self.entry.path.clone(), reason: "only files have content".into() });
+            return Err(Error::InvalidEntry {
+                path: self.entry.path.clone(),
+                reason: "only files have content".into(),
+            });
         }
         self.shared.check_failed()?;
         self.hasher.update(data);

@@ -92,9 +92,7 @@ fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 3
         .map_err(|e| KeyFileError::Malformed(format!("argon2 parameters: {e}")))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(password, salt, &mut *out)
-        .map_err(|e| KeyFileError::Malformed(format!("argon2: {e}")))?;
+    argon.hash_password_into(password, salt, &mut *out).map_err(|e| KeyFileError::Malformed(format!("argon2: {e}")))?;
     Ok(out)
 }
 

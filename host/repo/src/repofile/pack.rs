@@ -106,9 +106,7 @@ pub fn parse_trailer(trailer: &[u8]) -> Result<usize, String> {
 /// Opens and parses a sealed header. `blob_area` is the number of bytes
 /// before the header, which the lengths must add up to.
 pub fn parse_header(keys: &Keys, sealed: &[u8], blob_area: u64) -> Result<Vec<PackEntry>, String> {
-    let plain = keys
-        .open(sealed, aad::PACK_HEADER)
-        .map_err(|_| "pack header fails authentication".to_string())?;
+    let plain = keys.open(sealed, aad::PACK_HEADER).map_err(|_| "pack header fails authentication".to_string())?;
     if plain.len() < 5 || plain[0] != 1 {
         return Err("unknown pack header version".into());
     }

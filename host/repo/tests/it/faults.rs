@@ -24,7 +24,13 @@ async fn failures_at_every_write_stage_leave_no_snapshot() {
         ("session", Fault::always(Op::Put, Some(FileKind::Session))),
         (
             "hanging pack",
-            Fault { op: Op::Put, kind: Some(FileKind::Pack), after: 0, times: 1, effect: Effect::Hang(Duration::from_millis(300)) },
+            Fault {
+                op: Op::Put,
+                kind: Some(FileKind::Pack),
+                after: 0,
+                times: 1,
+                effect: Effect::Hang(Duration::from_millis(300)),
+            },
         ),
         ("index read", Fault::always(Op::Get, Some(FileKind::Index))),
     ];
@@ -60,7 +66,13 @@ async fn a_store_returning_short_reads_gives_a_clear_error() {
     let src = t.dir.path().join("src");
     make_random_tree(&src, 2, 1 << 20, 4);
     let id = repo.backup_dir(&src, opts("s")).await.unwrap();
-    faulty.inject(Fault { op: Op::Get, kind: Some(FileKind::Pack), after: 0, times: u64::MAX, effect: Effect::Truncate });
+    faulty.inject(Fault {
+        op: Op::Get,
+        kind: Some(FileKind::Pack),
+        after: 0,
+        times: u64::MAX,
+        effect: Effect::Truncate,
+    });
     let err = repo.restore_dir(&id, &t.dir.path().join("out")).await.unwrap_err().to_string();
     assert!(err.contains("data/") && err.contains("damaged"), "{err}");
 }

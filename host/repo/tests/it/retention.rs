@@ -31,9 +31,8 @@ fn manifest_at(t: chrono::DateTime<Utc>) -> SnapshotManifest {
 fn keep_rules_pick_the_newest_per_bucket_and_explain_themselves() {
     // One snapshot every 6 hours for 60 days.
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let ms: Vec<(Id, SnapshotManifest)> = (0..240u32)
-        .map(|i| (Id([i as u8; 32]), manifest_at(start + chrono::Duration::hours(6 * i as i64))))
-        .collect();
+    let ms: Vec<(Id, SnapshotManifest)> =
+        (0..240u32).map(|i| (Id([i as u8; 32]), manifest_at(start + chrono::Duration::hours(6 * i as i64)))).collect();
     let refs: Vec<(Id, &SnapshotManifest)> = ms.iter().map(|(i, m)| (*i, m)).collect();
     let policy = KeepPolicy { last: Some(2), daily: Some(7), weekly: Some(4), monthly: Some(3), ..Default::default() };
     let d = plan_group(&refs, &policy);

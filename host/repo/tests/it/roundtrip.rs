@@ -60,7 +60,7 @@ async fn a_five_percent_change_adds_about_five_percent() {
     let added = (pack_bytes(&t) - before) as f64;
     let m = t.repo.read_manifest(&second).await.unwrap();
     let share = m.summary.new_bytes as f64 / total;
-    assert!(share >= 0.05 && share <= 0.085, "new data is {:.1}% of the tree", share * 100.0);
+    assert!((0.05..=0.085).contains(&share), "new data is {:.1}% of the tree", share * 100.0);
     assert!(added / total <= 0.09, "packs grew by {:.1}%", added / total * 100.0);
     // Unchanged files were reused without being read.
     assert!(m.summary.reused_entries >= (files - 3) as u64, "{:?}", m.summary);
