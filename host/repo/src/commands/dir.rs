@@ -4,16 +4,18 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::commands::snapshot::{EntryMeta, SnapshotOptions};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repofile::tree::EntryKind;
+use crate::repofile::tree::{Entry, EntryKind, validate_path};
 use crate::repository::Repository;
 
 /// Read buffer for files.
 const READ_BUF: usize = 1 << 20;
+/// Files restored concurrently (each also reads a few blobs ahead).
+const RESTORE_FILES_AT_ONCE: usize = 8;
 
 fn walk(root: &Path) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>> {
     let mut out = Vec::new();
@@ -141,28 +143,28 @@ impl Repository {
         }
         std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
         let snap = self.open_snapshot(snapshot).await?;
-        let mut written = 0u64;
         for e in &snap.entries {
+            validate_path(&e.path).map_err(|reason| Error::InvalidEntry { path: e.path.clone(), reason })?;
+        }
+        // Directories first, then files (several at once), then symlinks:
+        // creating links last means no file is ever written through one.
+        for e in snap.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+            let dest = target.join(&e.path);
+            std::fs::create_dir_all(&dest).map_err(|err| Error::io(&dest, err))?;
+        }
+        let files = snap.entries.iter().filter(|e| e.kind == EntryKind::File);
+        let sizes: Vec<u64> = futures::stream::iter(files)
+            .map(|e| self.restore_file(e, target.join(&e.path)))
+            .buffer_unordered(RESTORE_FILES_AT_ONCE)
+            .try_collect()
+            .await?;
+        let written = sizes.iter().sum();
+        for e in snap.entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
             let dest = target.join(&e.path);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
             }
-            match e.kind {
-                EntryKind::Dir => std::fs::create_dir_all(&dest).map_err(|err| Error::io(&dest, err))?,
-                EntryKind::Symlink => {
-                    std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &dest)
-                        .map_err(|err| Error::io(&dest, err))?;
-                }
-                EntryKind::File => {
-                    let mut f = tokio::fs::File::create(&dest).await.map_err(|err| Error::io(&dest, err))?;
-                    let mut r = self.entry_reader(e);
-                    while let Some(chunk) = r.next_chunk().await? {
-                        f.write_all(&chunk).await.map_err(|err| Error::io(&dest, err))?;
-                        written += chunk.len() as u64;
-                    }
-                    f.flush().await.map_err(|err| Error::io(&dest, err))?;
-                }
-            }
+            std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &dest).map_err(|err| Error::io(&dest, err))?;
         }
         // Modes and mtimes last, deepest first, so writing children does not
         // disturb a directory's mtime.
@@ -176,6 +178,20 @@ impl Repository {
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode & 0o7777))
                 .map_err(|err| Error::io(&dest, err))?;
             filetime::set_file_times(&dest, mtime, mtime).map_err(|err| Error::io(&dest, err))?;
+        }
+        Ok(written)
+    }
+
+    async fn restore_file(&self, e: &Entry, dest: PathBuf) -> Result<u64> {
+        if let Some(parent) = dest.parent() {
+            block_in_place(|| std::fs::create_dir_all(parent)).map_err(|err| Error::io(parent, err))?;
+        }
+        let mut f = block_in_place(|| std::fs::File::create(&dest)).map_err(|err| Error::io(&dest, err))?;
+        let mut r = self.entry_reader(e);
+        let mut written = 0;
+        while let Some(chunk) = r.next_chunk().await? {
+            block_in_place(|| std::io::Write::write_all(&mut f, &chunk)).map_err(|err| Error::io(&dest, err))?;
+            written += chunk.len() as u64;
         }
         Ok(written)
     }
