@@ -79,6 +79,18 @@ impl ObjectBackend {
         let retry =
             RetryConfig { max_retries: limits.max_retries, retry_timeout: limits.op_timeout, ..Default::default() };
         let strip = |p: &str| p.trim_matches('/').to_string();
+        // The three cloud builders share method names but no trait.
+        macro_rules! cloud {
+            ($builder:ty) => {{
+                let mut b = <$builder>::from_env().with_url(url).with_client_options(client).with_retry(retry);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
+                    b = b.with_config(key, v);
+                }
+                let store: Arc<dyn ObjectStore> = Arc::new(b.build().map_err(|e| invalid(e.to_string()))?);
+                (store, strip(parsed.path()))
+            }};
+        }
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|_| invalid("a file:// URL needs an absolute path".into()))?;
@@ -91,39 +103,9 @@ impl ObjectBackend {
                 (Arc::new(fs), String::new())
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), String::new()),
-            "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_client_options(client)
-                    .with_retry(retry);
-                for (k, v) in options {
-                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                (Arc::new(b.build().map_err(|e| invalid(e.to_string()))?), strip(parsed.path()))
-            }
-            "gs" => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_client_options(client)
-                    .with_retry(retry);
-                for (k, v) in options {
-                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                (Arc::new(b.build().map_err(|e| invalid(e.to_string()))?), strip(parsed.path()))
-            }
-            "az" | "azure" | "abfs" => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .with_client_options(client)
-                    .with_retry(retry);
-                for (k, v) in options {
-                    let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                (Arc::new(b.build().map_err(|e| invalid(e.to_string()))?), strip(parsed.path()))
-            }
+            "s3" | "s3a" => cloud!(object_store::aws::AmazonS3Builder),
+            "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
+            "az" | "azure" | "abfs" => cloud!(object_store::azure::MicrosoftAzureBuilder),
             other => {
                 return Err(invalid(format!(
                     "unknown scheme {other:?}; use file://, memory://, s3://, gs:// or az://"

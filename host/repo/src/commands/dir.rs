@@ -164,7 +164,8 @@ impl Repository {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
             }
-            std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &dest).map_err(|err| Error::io(&dest, err))?;
+            std::os::unix::fs::symlink(e.target.as_deref().unwrap_or(""), &dest)
+                .map_err(|err| Error::io(&dest, err))?;
         }
         // Modes and mtimes last, deepest first, so writing children does not
         // disturb a directory's mtime.

@@ -1,11 +1,11 @@
 //! Integration tests of coffer-repo: one test binary, one module per concern.
 //! Tests that need a storage server start a real one (see `servers`).
 
-// mod backends;
+mod backends;
 mod crash;
 mod damage;
 mod faults;
 mod retention;
 mod roundtrip;
-// mod servers;
+mod servers;
 mod support;

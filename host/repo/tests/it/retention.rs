@@ -77,10 +77,11 @@ async fn forget_groups_per_source_dry_run_changes_nothing_and_prune_frees_space(
     let dry = t.repo.prune(&PruneOptions { dry_run: true, ..Default::default() }).await.unwrap();
     assert!(dry.marked_packs > 0);
     assert_eq!(pack_bytes(&t), before);
-    let report = t.repo.prune(&PruneOptions::default()).await.unwrap();
+    let report = t.repo.prune(&PruneOptions { max_unused: 0.0, ..Default::default() }).await.unwrap();
     assert!(report.deleted_packs > 0, "{report:?}");
     let after = pack_bytes(&t);
-    assert!(after < before - (4 << 20), "prune freed too little: {before} -> {after}");
+    // Three old versions of f1 (2 MiB each, incompressible) are gone.
+    assert!(after <= before - (6 << 20), "prune freed too little: {before} -> {after}");
     assert!(t.repo.check(ReadData::All).await.unwrap().is_ok());
     for id in [ids[3], other] {
         let out = t.dir.path().join(format!("out-{}", id.short()));

@@ -80,8 +80,7 @@ const S3_SECRET_KEY: &str = "coffer-test-secret";
 /// Azurite's well-known development account.
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's well-known development account key (public, documented by Microsoft).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 /// Default time allowed for a server to come up.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many times start-up is tried (with new ports) when the server exits early.
@@ -230,15 +229,10 @@ impl TestServer {
                 .arg(format!("-s3.config={}", d(&config)))
                 .arg("-s3.autoCreateBucket=true");
             // weed always puts its gRPC sockets here, whatever TMPDIR says.
-            let sockets: Vec<String> = [
-                ("master", master),
-                ("volume", volume),
-                ("filer", filer),
-                ("s3", s3),
-            ]
-            .iter()
-            .map(|(name, port)| format!("/tmp/seaweedfs-{name}-grpc-{}.sock", port + 10000))
-            .collect();
+            let sockets: Vec<String> = [("master", master), ("volume", volume), ("filer", filer), ("s3", s3)]
+                .iter()
+                .map(|(name, port)| format!("/tmp/seaweedfs-{name}-grpc-{}.sock", port + 10000))
+                .collect();
             cmd.env("COFFER_SERVER_CLEANUP", sockets.join(" "));
             Ok((cmd, s3))
         })
@@ -303,13 +297,7 @@ impl TestServer {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut clean: String = name
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
             .take(48)
             .collect();
         if clean.is_empty() {
@@ -353,10 +341,7 @@ impl TestServer {
             Kind::Azurite => "az",
             Kind::FakeGcs => "gs",
         };
-        let options = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+        let options = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         (format!("{scheme}://{BUCKET}/{prefix}"), options)
     }
 
@@ -370,10 +355,7 @@ impl TestServer {
             Kind::Azurite => {
                 let (status, body) = azure_create_container(addr, BUCKET)?;
                 // 201 Created, or 409 ContainerAlreadyExists on a retry.
-                ensure!(
-                    status == 201 || status == 409,
-                    "creating container: HTTP {status}: {body}"
-                );
+                ensure!(status == 201 || status == 409, "creating container: HTTP {status}: {body}");
             }
             Kind::FakeGcs => {
                 let body = format!(r#"{{"name":"{BUCKET}"}}"#);
@@ -384,10 +366,7 @@ impl TestServer {
                     &[("Content-Type", "application/json".into())],
                     body.as_bytes(),
                 )?;
-                ensure!(
-                    status == 200 || status == 409,
-                    "creating bucket: HTTP {status}: {text}"
-                );
+                ensure!(status == 200 || status == 409, "creating bucket: HTTP {status}: {text}");
             }
         }
         let (url, options) = self.location_at("coffer-readiness-check");
@@ -424,9 +403,7 @@ impl TestServer {
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => return true,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 Ok(None) => return false,
                 // Not waitable any more (already reaped): nothing left to do.
                 Err(_) => return true,
@@ -507,24 +484,12 @@ fn start_once(
             .process_group(0);
         Ok(cmd.spawn()?)
     };
-    let mut child = spawn()
-        .with_context(|| format!("spawning {:?}", server.get_program()))
-        .map_err(|e| (false, e))?;
+    let mut child = spawn().with_context(|| format!("spawning {:?}", server.get_program())).map_err(|e| (false, e))?;
     let watchdog = child.stdin.take();
-    let mut srv = TestServer {
-        kind,
-        child,
-        watchdog,
-        port,
-        server_port: port,
-        shim: None,
-        log,
-        next: AtomicU64::new(0),
-        dir,
-    };
+    let mut srv =
+        TestServer { kind, child, watchdog, port, server_port: port, shim: None, log, next: AtomicU64::new(0), dir };
     if kind == Kind::FakeGcs {
-        let shim =
-            GcsShim::start(SocketAddr::from(([127, 0, 0, 1], port))).map_err(|e| (false, e))?;
+        let shim = GcsShim::start(SocketAddr::from(([127, 0, 0, 1], port))).map_err(|e| (false, e))?;
         srv.port = shim.port;
         srv.shim = Some(shim);
     }
@@ -583,9 +548,7 @@ fn log_tail(path: &Path) -> String {
 /// or not the caller is inside a runtime).
 fn round_trip(url: String, options: Vec<(String, String)>) -> Result<()> {
     std::thread::spawn(move || -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let store = open_store(&url, &options)?;
             let prefix = url.split('/').skip(3).collect::<Vec<_>>().join("/");
@@ -611,16 +574,10 @@ fn open_store(url: &str, options: &[(String, String)]) -> Result<Box<dyn ObjectS
     let client = object_store::ClientOptions::new()
         .with_timeout(Duration::from_secs(10))
         .with_connect_timeout(Duration::from_secs(5));
-    let retry = object_store::RetryConfig {
-        max_retries: 0,
-        ..Default::default()
-    };
+    let retry = object_store::RetryConfig { max_retries: 0, ..Default::default() };
     macro_rules! build {
         ($builder:ty) => {{
-            let mut b = <$builder>::new()
-                .with_url(url)
-                .with_client_options(client)
-                .with_retry(retry);
+            let mut b = <$builder>::new().with_url(url).with_client_options(client).with_retry(retry);
             for (k, v) in options {
                 b = b.with_config(k.parse()?, v);
             }
@@ -658,30 +615,23 @@ struct GcsShim {
 
 impl GcsShim {
     fn start(upstream: SocketAddr) -> Result<GcsShim> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").context("binding the fake-gcs-server shim")?;
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the fake-gcs-server shim")?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("fake-gcs-shim".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(conn) = conn {
-                        let _ = std::thread::Builder::new()
-                            .name("fake-gcs-shim-conn".into())
-                            .spawn(move || shim_connection(conn, upstream));
-                    }
+        let thread = std::thread::Builder::new().name("fake-gcs-shim".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
                 }
-            })?;
-        Ok(GcsShim {
-            port,
-            stop,
-            thread: Some(thread),
-        })
+                if let Ok(conn) = conn {
+                    let _ = std::thread::Builder::new()
+                        .name("fake-gcs-shim-conn".into())
+                        .spawn(move || shim_connection(conn, upstream));
+                }
+            }
+        })?;
+        Ok(GcsShim { port, stop, thread: Some(thread) })
     }
 }
 
@@ -689,10 +639,7 @@ impl Drop for GcsShim {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(1),
-        );
+        let _ = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(1));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -721,26 +668,15 @@ fn shim_connection(mut client: TcpStream, upstream: SocketAddr) -> std::io::Resu
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default().to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let header = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     if header("transfer-encoding").is_some() {
-        client.write_all(
-            b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )?;
+        client.write_all(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     }
     // Body (Content-Length only; object_store always sends it).
-    let len: usize = header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut body = buf.split_off(head_end + 4);
     if body.len() < len {
         let have = body.len();
@@ -750,10 +686,7 @@ fn shim_connection(mut client: TcpStream, upstream: SocketAddr) -> std::io::Resu
     body.truncate(len);
 
     let mut parts = request_line.split(' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let mut server = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
     server.set_read_timeout(Some(Duration::from_secs(120)))?;
     match xml_object(target) {
@@ -800,10 +733,7 @@ fn shim_connection(mut client: TcpStream, upstream: SocketAddr) -> std::io::Resu
             // The server routes XML-API requests by `Host` (its -public-host).
             let mut request = format!("{request_line}\r\nHost: {upstream}\r\n");
             for (k, v) in &headers {
-                if !["host", "connection", "keep-alive"]
-                    .iter()
-                    .any(|h| k.eq_ignore_ascii_case(h))
-                {
+                if !["host", "connection", "keep-alive"].iter().any(|h| k.eq_ignore_ascii_case(h)) {
                     let _ = write!(request, "{k}: {v}\r\n");
                 }
             }
@@ -821,8 +751,7 @@ fn shim_connection(mut client: TcpStream, upstream: SocketAddr) -> std::io::Resu
 fn xml_object(target: &str) -> Option<(&str, &str)> {
     let (bucket, object) = target.strip_prefix('/')?.split_once('/')?;
     let api = ["storage", "upload", "download", "batch", "_internal"];
-    (!object.is_empty() && !object.contains('?') && !api.contains(&bucket))
-        .then_some((bucket, object))
+    (!object.is_empty() && !object.contains('?') && !api.contains(&bucket)).then_some((bucket, object))
 }
 
 /// The value of the top-level string field `name` in a JSON object, as
@@ -842,10 +771,7 @@ fn json_string_field(json: &str, name: &str) -> Option<String> {
             (false, b'}' | b']') => depth = depth.saturating_sub(1),
             (false, b'"') => {
                 if depth == 1 && json[i..].starts_with(&key) {
-                    let value = json[i + key.len()..]
-                        .trim_start()
-                        .strip_prefix(':')
-                        .map(str::trim_start);
+                    let value = json[i + key.len()..].trim_start().strip_prefix(':').map(str::trim_start);
                     if let Some(value) = value.and_then(|v| v.strip_prefix('"')) {
                         return value.find('"').map(|end| value[..end].to_string());
                     }
@@ -869,19 +795,13 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
         .context("binding a free port on 127.0.0.1")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// `n` distinct ports `p` on 127.0.0.1 with `p` and `p + 10000` both free and
 /// `p` in 20000..55000 (SeaweedFS puts each gRPC service at port + 10000).
 fn free_ports_with_grpc(n: usize) -> Result<Vec<u16>> {
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64
+    let mut seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
         ^ (u64::from(std::process::id()) << 32);
     let mut held = Vec::new();
     let mut ports = Vec::new();
@@ -894,16 +814,11 @@ fn free_ports_with_grpc(n: usize) -> Result<Vec<u16>> {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let port = 20000 + (seed % 35000) as u16; // 20000..55000
-        if ports.contains(&port)
-            || ports.contains(&(port + 10000))
-            || ports.iter().any(|p| p + 10000 == port)
-        {
+        if ports.contains(&port) || ports.contains(&(port + 10000)) || ports.iter().any(|p| p + 10000 == port) {
             continue;
         }
-        if let (Ok(a), Ok(b)) = (
-            TcpListener::bind(("127.0.0.1", port)),
-            TcpListener::bind(("127.0.0.1", port + 10000)),
-        ) {
+        if let (Ok(a), Ok(b)) = (TcpListener::bind(("127.0.0.1", port)), TcpListener::bind(("127.0.0.1", port + 10000)))
+        {
             held.push((a, b));
             ports.push(port);
         }
@@ -932,11 +847,7 @@ fn find_weed() -> Result<PathBuf> {
 fn find_azurite() -> Result<PathBuf> {
     which("azurite-blob")
         .or_else(|| {
-            let out = Command::new("npm")
-                .args(["prefix", "-g"])
-                .stderr(Stdio::null())
-                .output()
-                .ok()?;
+            let out = Command::new("npm").args(["prefix", "-g"]).stderr(Stdio::null()).output().ok()?;
             let prefix = String::from_utf8(out.stdout).ok()?;
             let p = Path::new(prefix.trim()).join("bin/azurite-blob");
             is_executable(&p).then_some(p)
@@ -967,9 +878,7 @@ fn find_fake_gcs() -> Result<PathBuf> {
 }
 
 fn missing(what: &str, install: &str) -> anyhow::Error {
-    anyhow!(
-        "{what} not found; install it with `{install}` (or run `cargo xtask` to install all test servers)"
-    )
+    anyhow!("{what} not found; install it with `{install}` (or run `cargo xtask` to install all test servers)")
 }
 
 /// Output lines of `script` run by the first Python 3 that runs it
@@ -984,23 +893,13 @@ fn python_lines(script: &str) -> Vec<String> {
     }
     candidates.extend(["/usr/local/bin/python3", "/usr/bin/python3"].map(PathBuf::from));
     for python in candidates {
-        let Ok(out) = Command::new(&python)
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
+        let Ok(out) = Command::new(&python).arg("-c").arg(script).stdin(Stdio::null()).stderr(Stdio::null()).output()
         else {
             continue;
         };
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect();
+            let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
             if !lines.is_empty() {
                 return lines;
             }
@@ -1012,14 +911,11 @@ fn python_lines(script: &str) -> Vec<String> {
 /// The first executable `name` in `PATH`.
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 // ---------------------------------------------------------------------------
@@ -1036,10 +932,8 @@ fn http_request(
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         let _ = write!(req, "{name}: {value}\r\n");
     }
@@ -1076,10 +970,7 @@ fn azure_create_container(addr: SocketAddr, container: &str) -> Result<(u16, Str
         &[
             ("x-ms-date", date),
             ("x-ms-version", version.into()),
-            (
-                "Authorization",
-                format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
-            ),
+            ("Authorization", format!("SharedKey {AZURITE_ACCOUNT}:{signature}")),
         ],
         b"",
     )
@@ -1100,35 +991,25 @@ fn http_date(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let month_name = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(month - 1) as usize];
-    format!(
-        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} GMT",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let month_name =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(month - 1) as usize];
+    format!("{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} GMT", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// SHA-256 (FIPS 180-4).
 fn sha256(data: &[u8]) -> [u8; 32] {
     const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+        0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+        0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+        0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+        0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+        0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
         0xc67178f2,
     ];
-    let mut h: [u32; 8] = [
-        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-        0x5be0cd19,
-    ];
+    let mut h: [u32; 8] =
+        [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
     let mut msg = data.to_vec();
     msg.push(0x80);
     while msg.len() % 64 != 56 {
@@ -1143,20 +1024,13 @@ fn sha256(data: &[u8]) -> [u8; 32] {
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
             let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
+            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
         }
         let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
         for (k, wi) in K.iter().zip(w) {
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
             let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(*k)
-                .wrapping_add(wi);
+            let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(*k).wrapping_add(wi);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
             let maj = (a & b) ^ (a & c) ^ (b & c);
             let t2 = s0.wrapping_add(maj);
@@ -1200,10 +1074,7 @@ const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -1219,10 +1090,7 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in text.bytes().filter(|&c| c != b'=') {
-        let v = BASE64
-            .iter()
-            .position(|&b| b == c)
-            .with_context(|| format!("invalid base64 byte {c:#x}"))?;
+        let v = BASE64.iter().position(|&b| b == c).with_context(|| format!("invalid base64 byte {c:#x}"))?;
         acc = acc << 6 | v as u32;
         bits += 6;
         if bits >= 8 {
@@ -1241,14 +1109,8 @@ mod tests {
     #[test]
     fn crypto_helpers_match_known_vectors() {
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        assert_eq!(
-            hex(&sha256(b"abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(
-            hex(&sha256(&[b'a'; 1000])),
-            "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
-        );
+        assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hex(&sha256(&[b'a'; 1000])), "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
         // RFC 4231 test case 2.
         assert_eq!(
             hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
@@ -1256,27 +1118,15 @@ mod tests {
         );
         assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
         assert_eq!(base64_decode("Zm9vYmE=").unwrap(), b"fooba");
-        assert_eq!(
-            base64_encode(&base64_decode(AZURITE_KEY).unwrap()),
-            AZURITE_KEY
-        );
-        assert_eq!(
-            http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)),
-            "Sun, 06 Nov 1994 08:49:37 GMT"
-        );
-        assert_eq!(
-            http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "Tue, 29 Feb 2000 00:00:00 GMT"
-        );
+        assert_eq!(base64_encode(&base64_decode(AZURITE_KEY).unwrap()), AZURITE_KEY);
+        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
     }
 
     #[test]
     fn shim_helpers() {
         let json = r#"{"kind":"storage#object","name":"etag","acl":[{"etag":"RVRhZw==","x":"a\"b"}],"etag":"XUFAKrxLKna5cZ2REBfFkg==","generation":"17"}"#;
-        assert_eq!(
-            json_string_field(json, "etag").as_deref(),
-            Some("XUFAKrxLKna5cZ2REBfFkg==")
-        );
+        assert_eq!(json_string_field(json, "etag").as_deref(), Some("XUFAKrxLKna5cZ2REBfFkg=="));
         assert_eq!(json_string_field(json, "generation").as_deref(), Some("17"));
         assert_eq!(json_string_field(json, "missing"), None);
         assert_eq!(xml_object("/coffer/a%2Fb"), Some(("coffer", "a%2Fb")));
