@@ -62,7 +62,42 @@ fn test(args: &[String]) -> Result<()> {
     deps::ensure_test_deps()?;
     deps::ensure_wasm_target()?;
     build_plugins()?;
-    run(cargo_cmd().args(["test", "--workspace", "--all-targets", "--"]).args(args))
+    let mut cmd = cargo_cmd();
+    cmd.args(["test", "--workspace", "--all-targets", "--"]).args(args);
+    run_tests(&mut cmd)
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one line that adds
+/// up every test binary's result: `tests: N passed, N failed, N skipped`.
+fn run_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match kind {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
 }
 
 fn ci() -> Result<()> {
