@@ -27,6 +27,13 @@ const JOB_QUEUE: usize = 4;
 /// Packs being uploaded at once.
 const UPLOAD_SLOTS: usize = 2;
 
+/// Room for a whole pack: the target, one more blob of the largest chunk
+/// size, and its header, so a pack never reallocates (a doubling would
+/// briefly hold twice the pack). Untouched capacity costs no memory.
+fn pack_capacity(pack_target: usize) -> usize {
+    pack_target + fastcdc::v2020::MAXIMUM_MAX + (1 << 20)
+}
+
 struct Job {
     kind: BlobKind,
     id: Id,
@@ -76,7 +83,10 @@ impl Shared {
         let (bytes, id, blobs) = pack.finish(&self.keys);
         let permit = match self.rt.block_on(self.slots.clone().acquire_owned()) {
             Ok(p) => p,
-            Err(_) => return,
+            Err(_) => {
+                self.fail(format!("pack {} could not be uploaded: the saver was shut down", id.short()));
+                return;
+            }
         };
         let me = Arc::clone(self);
         let handle = self.rt.spawn(async move {
@@ -103,7 +113,7 @@ impl Shared {
             let mut cur = self.current.lock().expect("pack lock");
             cur.add(job.kind, job.id, &sealed, job.data.len() as u32);
             if cur.len() >= self.pack_target {
-                Some(std::mem::replace(&mut *cur, PackBuilder::with_capacity(self.pack_target + (1 << 20))))
+                Some(std::mem::replace(&mut *cur, PackBuilder::with_capacity(pack_capacity(self.pack_target))))
             } else {
                 None
             }
@@ -130,7 +140,7 @@ impl BlobSaver {
             backend,
             pack_target,
             rt: tokio::runtime::Handle::current(),
-            current: Mutex::new(PackBuilder::with_capacity(pack_target + (1 << 20))),
+            current: Mutex::new(PackBuilder::with_capacity(pack_capacity(pack_target))),
             uploads: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             uploaded: Mutex::new(Vec::new()),

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::MasterIndex;
 use crate::repofile::aad;
-use crate::repofile::config::{ConfigHead, DEFAULT_PACK_SIZE, FORMAT_NAME, FORMAT_VERSION, RepoConfig};
+use crate::repofile::config::{
+    ConfigHead, DEFAULT_PACK_SIZE, FORMAT_NAME, FORMAT_VERSION, MAX_PACK_SIZE, MIN_PACK_SIZE, RepoConfig,
+};
 use crate::repofile::index::IndexFile;
 use crate::repofile::keyfile::{KdfParams, KeyFile, KeyFileError};
 use crate::repofile::snapshot::SnapshotManifest;
@@ -86,6 +88,9 @@ async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
     let config: RepoConfig =
         serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", format!("unreadable ({e})")))?;
     config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
+    if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&config.pack_size) {
+        return Err(Error::corrupt("config", format!("pack size {} is out of range", config.pack_size)));
+    }
     Ok(config)
 }
 
@@ -102,6 +107,12 @@ impl Repository {
             return Err(Error::AlreadyInitialized { location });
         }
         opts.chunker.validate().map_err(Error::Invalid)?;
+        if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&opts.pack_size) {
+            return Err(Error::Invalid(format!(
+                "pack size {} must be between {MIN_PACK_SIZE} and {MAX_PACK_SIZE} bytes",
+                opts.pack_size
+            )));
+        }
         if password.is_empty() {
             return Err(Error::Invalid("an empty password is not allowed".into()));
         }
@@ -111,10 +122,18 @@ impl Repository {
         config.sign(&keys);
         // The key file goes first: a config without a key would be a
         // repository nobody can open.
-        let key = KeyFile::create(&secret, password, opts.kdf, &config.id, "initial");
+        let key = KeyFile::create(&secret, password, opts.kdf, &config.id, "initial").map_err(Error::Invalid)?;
         let key_id = put_json(&backend, FileKind::Key, &key).await?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-        backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await?;
+        // Create-only: of two racing inits exactly one wins; the loser fails
+        // instead of leaving a key file bound to a config that was replaced.
+        match backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::CreateNew).await {
+            Err(crate::backend::BackendError::AlreadyExists { .. }) => {
+                let _ = backend.delete(FileKind::Key, &key_id.to_hex()).await;
+                return Err(Error::AlreadyInitialized { location });
+            }
+            other => other?,
+        }
         Ok(Self::assemble(backend, config, secret, key_id))
     }
 
@@ -127,6 +146,7 @@ impl Repository {
             return Err(Error::NoKeys { location });
         }
         let mut tried = 0;
+        let mut malformed: Option<(String, String)> = None;
         for listed in &keys {
             let raw = backend.get(FileKind::Key, &listed.name).await?;
             let Ok(kf) = serde_json::from_slice::<KeyFile>(&raw) else {
@@ -147,10 +167,17 @@ impl Repository {
                     return Ok(Self::assemble(backend, config, secret, key_id));
                 }
                 Err(KeyFileError::WrongPassword) => {}
-                Err(KeyFileError::Malformed(m)) => tracing::warn!(key = %listed.name, "skipping key file: {m}"),
+                Err(KeyFileError::Malformed(m) | KeyFileError::Other(m)) => {
+                    tracing::warn!(key = %listed.name, "skipping key file: {m}");
+                    tried -= 1;
+                    malformed = Some((FileKind::Key.path(&listed.name), m));
+                }
             }
         }
-        Err(Error::WrongPassword { location, tried })
+        match (tried, malformed) {
+            (0, Some((object, reason))) => Err(Error::Corrupt { object, reason, hint: String::new() }),
+            _ => Err(Error::WrongPassword { location, tried }),
+        }
     }
 
     /// Opens the repository at a URL.
@@ -225,8 +252,11 @@ impl Repository {
     /// prune has marked for deletion stay readable but are not used for
     /// deduplication.
     pub async fn load_index(&self) -> Result<Arc<MasterIndex>> {
-        let files = self.read_index_files().await?;
+        // Markers first: prune deletes a marker only after its packs are gone
+        // from every index file, so reading them in this order never pairs an
+        // index that lists a doomed pack with a marker set that lacks it.
         let marked = self.marked_packs().await?;
+        let files = self.read_index_files().await?;
         let idx = Arc::new(MasterIndex::build(files, &marked));
         *self.index.write().expect("index lock") = Arc::clone(&idx);
         Ok(idx)
@@ -239,16 +269,23 @@ impl Repository {
 
     /// Decodes every index file.
     pub(crate) async fn read_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
-        let listed = self.backend.list(FileKind::Index).await?;
-        futures::stream::iter(listed)
-            .map(|l| async move {
-                let id = Id::from_hex(&l.name).expect("listed names are hex");
-                let f = self.read_index_file(&id).await?;
-                Ok::<_, Error>((id, f))
-            })
-            .buffer_unordered(8)
-            .try_collect()
-            .await
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let listed = self.backend.list(FileKind::Index).await?;
+            let ids: Vec<Id> = listed.iter().filter_map(|l| l.id()).collect();
+            let result: Result<Vec<(Id, IndexFile)>> = futures::stream::iter(ids)
+                .map(|id| async move { Ok::<_, Error>((id, self.read_index_file(&id).await?)) })
+                .buffer_unordered(8)
+                .try_collect()
+                .await;
+            match result {
+                // A prune replaced an index file between our list and read:
+                // its replacement is already written, so list again.
+                Err(Error::Backend(e)) if e.is_not_found() && attempt < 5 => continue,
+                other => return other,
+            }
+        }
     }
 
     pub(crate) async fn read_index_file(&self, id: &Id) -> Result<IndexFile> {
@@ -296,11 +333,9 @@ impl Repository {
     /// Lists every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<(Id, SnapshotManifest)>> {
         let listed = self.backend.list(FileKind::Snapshot).await?;
-        let mut out: Vec<(Id, SnapshotManifest)> = futures::stream::iter(listed)
-            .map(|l| async move {
-                let id = Id::from_hex(&l.name).expect("listed names are hex");
-                Ok::<_, Error>((id, self.read_manifest(&id).await?))
-            })
+        let ids: Vec<Id> = listed.iter().filter_map(|l| l.id()).collect();
+        let mut out: Vec<(Id, SnapshotManifest)> = futures::stream::iter(ids)
+            .map(|id| async move { Ok::<_, Error>((id, self.read_manifest(&id).await?)) })
             .buffer_unordered(16)
             .try_collect()
             .await?;
@@ -349,7 +384,7 @@ impl Repository {
         let matches: Vec<_> = listed.iter().filter(|l| l.name.starts_with(&spec_l)).collect();
         match matches.len() {
             0 => Err(Error::SnapshotNotFound(spec.to_string())),
-            1 => Ok(Id::from_hex(&matches[0].name).expect("hex")),
+            1 => matches[0].id().ok_or_else(|| Error::SnapshotNotFound(spec.to_string())),
             _ => Err(Error::AmbiguousSnapshot(spec.to_string())),
         }
     }

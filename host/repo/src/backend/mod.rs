@@ -92,6 +92,13 @@ pub struct Listed {
     pub modified: chrono::DateTime<chrono::Utc>,
 }
 
+impl Listed {
+    /// The name as an id (every name but `config` is 64 hex characters).
+    pub fn id(&self) -> Option<crate::id::Id> {
+        crate::id::Id::from_hex(&self.name)
+    }
+}
+
 /// A storage failure, naming the object and the operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

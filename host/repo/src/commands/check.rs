@@ -71,25 +71,25 @@ impl Repository {
     /// Checks the repository.
     pub async fn check(&self, read: ReadData) -> Result<CheckReport> {
         let mut r = CheckReport::default();
+        // Snapshots are listed before the index is read, so a backup that
+        // commits meanwhile (its index file lands first) is not taken for
+        // damage.
+        let snapshot_list = self.backend.list(FileKind::Snapshot).await?;
+        let marked = self.marked_packs().await?;
         // Index files.
         let mut files = Vec::new();
         for l in self.backend.list(FileKind::Index).await? {
-            let id = Id::from_hex(&l.name).expect("hex");
+            let Some(id) = l.id() else { continue };
             match self.read_index_file(&id).await {
                 Ok(f) => files.push((id, f)),
                 Err(e) => r.errors.push(e.to_string()),
             }
         }
-        let idx = MasterIndex::build(files, &HashSet::new());
+        let idx = MasterIndex::build(files, &marked);
         *self.index.write().expect("index lock") = std::sync::Arc::new(idx.clone());
         // Packs present vs indexed.
-        let listed: HashMap<Id, u64> = self
-            .backend
-            .list(FileKind::Pack)
-            .await?
-            .into_iter()
-            .map(|l| (Id::from_hex(&l.name).expect("hex"), l.size))
-            .collect();
+        let listed: HashMap<Id, u64> =
+            self.backend.list(FileKind::Pack).await?.into_iter().filter_map(|l| Some((l.id()?, l.size))).collect();
         let mut bad_packs: HashSet<Id> = HashSet::new();
         for (p, size) in idx.packs() {
             match listed.get(&p) {
@@ -109,7 +109,6 @@ impl Repository {
             }
         }
         let indexed: HashSet<Id> = idx.packs().map(|(p, _)| p).collect();
-        let marked = self.marked_packs().await?;
         let unindexed = listed.keys().filter(|p| !indexed.contains(p) && !marked.contains(p)).count();
         if unindexed > 0 {
             r.warnings.push(format!(
@@ -154,16 +153,21 @@ impl Repository {
         }
         // Blobs lost with a missing or truncated pack.
         for (id, loc) in idx.entries() {
-            if bad_packs.contains(&loc.pack) && read == ReadData::None {
+            if bad_packs.contains(&loc.pack) {
                 bad_blobs.insert(id);
             }
         }
         // Snapshots.
-        for l in self.backend.list(FileKind::Snapshot).await? {
-            let sid = Id::from_hex(&l.name).expect("hex");
+        for l in snapshot_list {
+            let Some(sid) = l.id() else { continue };
             r.snapshots += 1;
             let manifest = match self.read_manifest(&sid).await {
                 Ok(m) => m,
+                // Forgotten while we were checking.
+                Err(Error::SnapshotNotFound(_)) => {
+                    r.snapshots -= 1;
+                    continue;
+                }
                 Err(e) => {
                     r.errors.push(format!("snapshot {}: {e}", sid.short()));
                     continue;

@@ -34,7 +34,7 @@ impl Repository {
             let raw = self.backend.get(FileKind::Key, &l.name).await?;
             let kf: KeyFile =
                 serde_json::from_slice(&raw).map_err(|e| Error::corrupt(FileKind::Key.path(&l.name), e.to_string()))?;
-            let id = Id::from_hex(&l.name).expect("hex");
+            let Some(id) = l.id() else { continue };
             out.push(KeyInfo {
                 id,
                 current: id == self.key_id,
@@ -53,7 +53,7 @@ impl Repository {
         if password.is_empty() {
             return Err(Error::Invalid("an empty password is not allowed".into()));
         }
-        let kf = KeyFile::create(&self.secret, password, kdf, &self.config.id, label);
+        let kf = KeyFile::create(&self.secret, password, kdf, &self.config.id, label).map_err(Error::Invalid)?;
         put_json(&self.backend, FileKind::Key, &kf).await
     }
 

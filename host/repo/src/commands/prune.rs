@@ -101,7 +101,7 @@ impl Repository {
         let listed = self.backend.list(FileKind::Snapshot).await?;
         let mut used = HashSet::new();
         for l in listed {
-            let id = Id::from_hex(&l.name).expect("hex");
+            let Some(id) = l.id() else { continue };
             if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(id) {
                 let snap = match self.open_snapshot(&id).await {
                     Ok(s) => s,
@@ -124,7 +124,6 @@ impl Repository {
     pub async fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         let files = self.read_index_files().await?;
-        let file_ids: Vec<Id> = files.iter().map(|(id, _)| *id).collect();
         let markers = read_markers(self).await?;
         let already_marked: HashSet<Id> = markers.iter().flat_map(|(_, _, m)| m.packs.iter().copied()).collect();
         let full = MasterIndex::build(files.clone(), &already_marked);
@@ -153,7 +152,7 @@ impl Repository {
         let mut to_mark: Vec<Id> = Vec::new();
         let mut to_repack: Vec<Id> = Vec::new();
         for l in &listed_packs {
-            let id = Id::from_hex(&l.name).expect("hex");
+            let Some(id) = l.id() else { continue };
             if already_marked.contains(&id) {
                 continue;
             }
@@ -173,7 +172,6 @@ impl Repository {
             report.waiting_markers = markers.len();
             return Ok(report);
         }
-        let mut new_index_files = Vec::new();
         if !to_repack.is_empty() {
             let saver = BlobSaver::new(
                 self.keys.clone(),
@@ -184,7 +182,12 @@ impl Repository {
             for pack in &to_repack {
                 let data = self.backend.get(FileKind::Pack, &pack.to_hex()).await?;
                 for (id, kind, offset, length) in keep_blobs.get(pack).into_iter().flatten() {
-                    let sealed = &data[*offset as usize..(*offset + *length) as usize];
+                    let (start, end) = (*offset as usize, *offset as usize + *length as usize);
+                    let sealed = data.get(start..end).ok_or_else(|| Error::Corrupt {
+                        object: FileKind::Pack.path(&pack.to_hex()),
+                        reason: format!("blob {id} lies beyond the end of the pack"),
+                        hint: "; prune stopped without deleting anything".into(),
+                    })?;
                     let plain = blob::decode(&self.keys, *kind, id, sealed, 0).map_err(|e| Error::Corrupt {
                         object: FileKind::Pack.path(&pack.to_hex()),
                         reason: format!("blob {id}: {e}"),
@@ -195,7 +198,7 @@ impl Repository {
             }
             let packs = saver.finish().await?;
             if !packs.is_empty() {
-                new_index_files.push(self.write_index_file(&IndexFile { supersedes: vec![], packs }).await?);
+                self.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
             }
         }
         let mut all_markers = markers;
@@ -214,7 +217,13 @@ impl Repository {
         let ripe: Vec<_> = all_markers
             .into_iter()
             .filter(|(_, _, m)| {
-                let ok = now - m.created >= grace && !live.iter().any(|s| s.started < m.created + SKEW_MARGIN);
+                let ok = now - m.created >= grace
+                    && !live.iter().any(|s| {
+                        s.started
+                            < m.created
+                                .checked_add_signed(SKEW_MARGIN)
+                                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+                    });
                 if !ok {
                     report.waiting_markers += 1;
                 }
@@ -278,7 +287,6 @@ impl Repository {
                 self.backend.delete(FileKind::PruneMarker, name).await?;
             }
         }
-        let _ = (file_ids, new_index_files);
         for name in dead {
             self.backend.delete(FileKind::Session, &name).await?;
             report.removed_sessions += 1;

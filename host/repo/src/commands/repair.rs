@@ -20,6 +20,8 @@ pub struct RepairReport {
     pub unreadable_packs: Vec<String>,
     /// Old index files replaced.
     pub replaced_index_files: usize,
+    /// Unreadable packs whose entries were kept from the old index.
+    pub carried_over: usize,
 }
 
 impl Repository {
@@ -31,7 +33,7 @@ impl Repository {
             self.backend.list(FileKind::Index).await?.iter().filter_map(|l| Id::from_hex(&l.name)).collect();
         let mut packs = Vec::new();
         for l in self.backend.list(FileKind::Pack).await? {
-            let id = Id::from_hex(&l.name).expect("hex");
+            let Some(id) = l.id() else { continue };
             match self.read_pack_header(&id, l.size).await {
                 Ok(blobs) => {
                     report.blobs_indexed += blobs.len();
@@ -41,6 +43,29 @@ impl Repository {
             }
         }
         report.packs_indexed = packs.len();
+        // A pack whose header is damaged keeps what the old index knew of it:
+        // its intact blobs stay reachable instead of being orphaned.
+        if !report.unreadable_packs.is_empty() {
+            let unreadable: std::collections::HashSet<Id> = self
+                .backend
+                .list(FileKind::Pack)
+                .await?
+                .iter()
+                .filter_map(|l| l.id())
+                .filter(|id| !packs.iter().any(|p| p.id == *id))
+                .collect();
+            let mut kept = std::collections::HashSet::new();
+            for id in &old {
+                if let Ok(f) = self.read_index_file(id).await {
+                    for p in f.packs {
+                        if unreadable.contains(&p.id) && kept.insert(p.id) {
+                            packs.push(p);
+                        }
+                    }
+                }
+            }
+            report.carried_over = kept.len();
+        }
         self.write_index_file(&IndexFile { supersedes: old.clone(), packs }).await?;
         for id in &old {
             self.backend.delete(FileKind::Index, &id.to_hex()).await?;

@@ -8,7 +8,8 @@
 //! is always seen. A marker not refreshed for [`STALE_AFTER`] belongs to a
 //! dead process and is ignored (and removed by prune).
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,23 @@ pub struct Session {
     name: String,
     heartbeat: tokio::task::JoinHandle<()>,
     repo: Repository,
+    health: Arc<Mutex<Health>>,
+}
+
+/// When the marker was last refreshed, and whether it ever went unrefreshed
+/// long enough for a prune to take this backup for dead.
+struct Health {
+    last_refresh: SystemTime,
+    lapsed: bool,
+}
+
+/// A gap between refreshes longer than this (the process was paused, or the
+/// store unreachable) means a prune may have swept packs this backup relies
+/// on: such a backup refuses to commit.
+const MAX_GAP: Duration = Duration::from_secs(STALE_AFTER.as_secs() / 2);
+
+fn gap_since(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or(Duration::ZERO)
 }
 
 impl Session {
@@ -56,13 +74,39 @@ impl Session {
         repo.backend.put(FileKind::Session, &name, sealed.clone(), crate::backend::PutMode::Overwrite).await?;
         let r = repo.clone();
         let n = name.clone();
+        let health = Arc::new(Mutex::new(Health { last_refresh: SystemTime::now(), lapsed: false }));
+        let h = Arc::clone(&health);
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                let _ = r.backend.put(FileKind::Session, &n, sealed.clone(), crate::backend::PutMode::Overwrite).await;
+                let ok = r
+                    .backend
+                    .put(FileKind::Session, &n, sealed.clone(), crate::backend::PutMode::Overwrite)
+                    .await
+                    .is_ok();
+                let mut h = h.lock().expect("health lock");
+                if gap_since(h.last_refresh) > MAX_GAP {
+                    h.lapsed = true;
+                }
+                if ok {
+                    h.last_refresh = SystemTime::now();
+                }
             }
         });
-        Ok(Session { name, heartbeat, repo: repo.clone() })
+        Ok(Session { name, heartbeat, repo: repo.clone(), health })
+    }
+
+    /// Fails if the marker may have looked dead to a prune at some point.
+    pub fn check_alive(&self) -> Result<()> {
+        let h = self.health.lock().expect("health lock");
+        if h.lapsed || gap_since(h.last_refresh) > MAX_GAP {
+            return Err(crate::Error::Aborted(format!(
+                "this backup's session marker went unrefreshed for over {} s (process paused or storage unreachable); \
+                 a prune may have removed data it deduplicated against, so it was not committed: run it again",
+                MAX_GAP.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Stops the heartbeat and removes the marker.
@@ -92,7 +136,14 @@ pub async fn live_sessions(repo: &Repository) -> Result<(Vec<SessionInfo>, Vec<S
         }
         match repo.read_session(&l.name).await {
             Ok(info) => live.push(info),
-            Err(_) => continue,
+            // Finished since we listed it.
+            Err(crate::Error::Backend(e)) if e.is_not_found() => continue,
+            // Unreadable: assume the worst, a live backup older than any marker.
+            Err(_) => live.push(SessionInfo {
+                started: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                host: String::new(),
+                pid: 0,
+            }),
         }
     }
     Ok((live, dead))

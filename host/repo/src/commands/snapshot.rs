@@ -6,7 +6,7 @@
 //! unreferenced data that the next prune removes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -89,7 +89,7 @@ pub(crate) struct WriterShared {
     pending: Mutex<HashSet<Id>>,
     saver: BlobSaver,
     state: Mutex<WriterState>,
-    written_index: Mutex<Vec<Id>>,
+    open_writers: AtomicUsize,
     pending_packs: Mutex<Vec<crate::repofile::index::IndexedPack>>,
 }
 
@@ -121,22 +121,34 @@ impl WriterShared {
         }
     }
 
-    /// Writes an index file for packs uploaded since the last one.
-    async fn checkpoint(&self, force: bool) -> Result<()> {
-        let uploaded = self.saver.take_uploaded();
-        if uploaded.is_empty() {
-            return Ok(());
+    /// Writes an index file once [`INDEX_EVERY_PACKS`] uploaded packs are
+    /// waiting for one.
+    async fn checkpoint(&self) -> Result<()> {
+        let packs = {
+            let mut pending = self.pending_packs.lock().expect("packs lock");
+            pending.extend(self.saver.take_uploaded());
+            if pending.len() < INDEX_EVERY_PACKS {
+                return Ok(());
+            }
+            std::mem::take(&mut *pending)
+        };
+        if let Err(e) = self.repo.write_index_file(&IndexFile { supersedes: vec![], packs: packs.clone() }).await {
+            // Keep them for the final index (or for cleanup on abort).
+            self.pending_packs.lock().expect("packs lock").extend(packs);
+            self.fail(&e);
+            return Err(e);
         }
-        if !force && uploaded.len() < INDEX_EVERY_PACKS {
-            // Not yet: put them back by writing them with the next batch.
-            self.pending_packs.lock().expect("packs lock").extend(uploaded);
-            return Ok(());
-        }
-        let mut packs = std::mem::take(&mut *self.pending_packs.lock().expect("packs lock"));
-        packs.extend(uploaded);
-        let id = self.repo.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
-        self.written_index.lock().expect("index lock").push(id);
         Ok(())
+    }
+
+    /// After a failure: stops the saver and deletes the packs that no index
+    /// file names (nobody else can have seen them).
+    async fn discard_unindexed(&self) {
+        let mut orphans = self.saver.abort().await;
+        orphans.extend(std::mem::take(&mut *self.pending_packs.lock().expect("packs lock")));
+        for p in orphans {
+            let _ = self.repo.backend.delete(FileKind::Pack, &p.id.to_hex()).await;
+        }
     }
 }
 
@@ -198,7 +210,7 @@ impl Repository {
                     bytes_read: 0,
                     failed: None,
                 }),
-                written_index: Mutex::new(Vec::new()),
+                open_writers: AtomicUsize::new(0),
                 pending_packs: Mutex::new(Vec::new()),
             }),
             opts,
@@ -239,7 +251,9 @@ impl SnapshotWriter {
             content: Vec::new(),
             blake3: None,
         };
-        if entry.kind != EntryKind::File {
+        if entry.kind == EntryKind::File {
+            self.shared.open_writers.fetch_add(1, Ordering::SeqCst);
+        } else {
             self.shared.state.lock().expect("state lock").entries.push(entry.clone());
         }
         Ok(EntryWriter {
@@ -296,6 +310,7 @@ impl SnapshotWriter {
             }
             Err(e) => {
                 self.shared.fail(&e);
+                self.shared.discard_unindexed().await;
                 if let Some(s) = self.session.take() {
                     s.end().await;
                 }
@@ -306,6 +321,12 @@ impl SnapshotWriter {
 
     async fn commit_inner(&mut self) -> Result<Id> {
         self.shared.check_failed()?;
+        let open = self.shared.open_writers.load(Ordering::SeqCst);
+        if open > 0 {
+            return Err(Error::Invalid(format!(
+                "{open} entry writers are still open: finish every entry before committing"
+            )));
+        }
         let (mut entries, attributes, reused, bytes_read) = {
             let mut s = self.shared.state.lock().expect("state lock");
             (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read)
@@ -368,6 +389,9 @@ impl SnapshotWriter {
             summary,
         };
         let body = serde_json::to_vec(&manifest).expect("manifest serializes");
+        if let Some(session) = &self.session {
+            session.check_alive()?;
+        }
         shared.repo.write_sealed(FileKind::Snapshot, aad::SNAPSHOT, &body).await
     }
 
@@ -375,14 +399,7 @@ impl SnapshotWriter {
     /// index file are deleted; nothing becomes visible.
     pub async fn abort(mut self) {
         self.shared.fail(&Error::Aborted("aborted by the caller".into()));
-        {
-            let shared = &self.shared;
-            let mut orphans = shared.saver.abort().await;
-            orphans.extend(std::mem::take(&mut *shared.pending_packs.lock().expect("packs lock")));
-            for p in orphans {
-                let _ = shared.repo.backend.delete(FileKind::Pack, &p.id.to_hex()).await;
-            }
-        }
+        self.shared.discard_unindexed().await;
         if let Some(s) = self.session.take() {
             s.end().await;
         }
@@ -429,14 +446,15 @@ impl EntryWriter {
 
     /// Completes the entry.
     pub async fn finish(mut self) -> Result<EntryDigest> {
-        self.done = true;
         if self.entry.kind != EntryKind::File {
+            self.done = true;
             return Ok(EntryDigest { size: 0, blake3: Id::default() });
         }
         for chunk in self.chunker.finish() {
             let id = self.shared.store(BlobKind::Data, chunk).await?;
             self.entry.content.push(id);
         }
+        self.done = true;
         let digest = EntryDigest { size: self.entry.size, blake3: Id(*self.hasher.finalize().as_bytes()) };
         self.entry.blake3 = Some(digest.blake3);
         {
@@ -444,7 +462,8 @@ impl EntryWriter {
             s.bytes_read += self.entry.size;
             s.entries.push(std::mem::replace(&mut self.entry, empty_entry()));
         }
-        self.shared.checkpoint(false).await?;
+        self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
+        self.shared.checkpoint().await?;
         Ok(digest)
     }
 }
@@ -466,6 +485,7 @@ fn empty_entry() -> Entry {
 impl Drop for EntryWriter {
     fn drop(&mut self) {
         if !self.done && self.entry.kind == EntryKind::File {
+            self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
             // An entry dropped half-written makes the snapshot incomplete.
             self.shared.fail(&Error::InvalidEntry {
                 path: self.entry.path.clone(),

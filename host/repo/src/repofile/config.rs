@@ -21,6 +21,11 @@ pub const FORMAT_NAME: &str = "coffer-repository";
 /// they end up between 16 MiB and 16 MiB + one blob (at most 8 MiB + 41 bytes).
 pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
 
+/// Smallest pack size a config may set (64 KiB).
+pub const MIN_PACK_SIZE: u32 = 64 * 1024;
+/// Largest pack size a config may set (1 GiB): offsets inside a pack are 32-bit.
+pub const MAX_PACK_SIZE: u32 = 1 << 30;
+
 /// The repository config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConfig {

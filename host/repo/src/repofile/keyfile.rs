@@ -79,6 +79,8 @@ pub enum KeyFileError {
     WrongPassword,
     /// The file cannot be parsed or uses unknown parameters.
     Malformed(String),
+    /// Anything else.
+    Other(String),
 }
 
 fn aad(repo_id: &Id) -> Vec<u8> {
@@ -87,7 +89,20 @@ fn aad(repo_id: &Id) -> Vec<u8> {
     a
 }
 
+/// Largest Argon2 memory a key file may ask for (4 GiB).
+const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+/// Most Argon2 passes or lanes a key file may ask for.
+const MAX_T_OR_P: u32 = 64;
+
 fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    // A damaged or hostile key file must not make opening allocate terabytes
+    // or hash forever.
+    if p.m_cost_kib > MAX_M_COST_KIB || p.t_cost > MAX_T_OR_P || p.p_cost > MAX_T_OR_P {
+        return Err(KeyFileError::Malformed(format!(
+            "argon2 parameters m={} KiB t={} p={} exceed the limits ({MAX_M_COST_KIB} KiB, {MAX_T_OR_P}, {MAX_T_OR_P})",
+            p.m_cost_kib, p.t_cost, p.p_cost
+        )));
+    }
     let params = Params::new(p.m_cost_kib, p.t_cost, p.p_cost, Some(32))
         .map_err(|e| KeyFileError::Malformed(format!("argon2 parameters: {e}")))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -98,11 +113,20 @@ fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 3
 
 impl KeyFile {
     /// Wraps `secret` under `password`.
-    pub fn create(secret: &MasterSecret, password: &[u8], params: KdfParams, repo_id: &Id, label: &str) -> Self {
+    pub fn create(
+        secret: &MasterSecret,
+        password: &[u8],
+        params: KdfParams,
+        repo_id: &Id,
+        label: &str,
+    ) -> Result<Self, String> {
         let salt: [u8; 32] = random_bytes();
-        let kek = derive(password, &salt, params).expect("default argon2 parameters are valid");
+        let kek = derive(password, &salt, params).map_err(|e| match e {
+            KeyFileError::Malformed(m) | KeyFileError::Other(m) => m,
+            KeyFileError::WrongPassword => "key derivation failed".into(),
+        })?;
         let sealed = seal_with(&cipher_from(&kek), secret.expose(), &aad(repo_id));
-        KeyFile {
+        Ok(KeyFile {
             version: 1,
             created: chrono::Utc::now(),
             host: std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
@@ -110,7 +134,7 @@ impl KeyFile {
             label: label.to_string(),
             kdf: Kdf { algorithm: "argon2id".into(), version: 0x13, params, salt: B64.encode(salt) },
             wrapped: B64.encode(sealed),
-        }
+        })
     }
 
     /// Unwraps the master secret with `password`.
@@ -127,10 +151,11 @@ impl KeyFile {
         let plain = Zeroizing::new(
             open_with(&cipher_from(&kek), &sealed, &aad(repo_id)).map_err(|_| KeyFileError::WrongPassword)?,
         );
-        let bytes: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyFileError::Malformed("wrapped secret is not 32 bytes".into()))?;
-        Ok(MasterSecret::from_bytes(bytes))
+        if plain.len() != 32 {
+            return Err(KeyFileError::Malformed("wrapped secret is not 32 bytes".into()));
+        }
+        let mut secret = MasterSecret::from_bytes([0u8; 32]);
+        secret.0.copy_from_slice(&plain);
+        Ok(secret)
     }
 }

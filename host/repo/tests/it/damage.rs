@@ -114,7 +114,7 @@ async fn unknown_format_version_and_altered_config_are_refused() {
     assert!(matches!(err, Error::UnsupportedVersion { found: 99, .. }), "{err}");
     assert!(err.to_string().contains("upgrade coffer"), "{err}");
     let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
-    v["pack_size"] = 4096.into();
+    v["pack_size"] = (2 << 20).into();
     std::fs::write(&cfg_path, serde_json::to_string(&v).unwrap()).unwrap();
     let err = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap_err();
     assert!(err.to_string().contains("config was altered"), "{err}");
@@ -142,4 +142,16 @@ async fn repair_index_rebuilds_from_packs_alone() {
     let out = t.dir.path().join("out");
     fresh.restore_dir(&id, &out).await.unwrap();
     assert_same_tree(&src, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_asking_for_absurd_argon2_costs_is_refused_without_trying() {
+    let t = TempRepo::new(test_init_options()).await;
+    let keys = t.root().join("keys");
+    let path = std::fs::read_dir(&keys).unwrap().next().unwrap().unwrap().path();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["kdf"]["m_cost_kib"] = u32::MAX.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap_err().to_string();
+    assert!(err.contains("keys/") && err.contains("exceed the limits"), "{err}");
 }

@@ -135,6 +135,47 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
     assert!(w.add_entry(meta("base/1")).is_err(), "duplicate paths are refused");
     assert!(w.add_entry(meta("../escape")).is_err(), "`..` is refused");
     w.set_attribute("start_lsn", "0/2000028");
+    let open = w.add_entry(meta("unfinished")).unwrap();
+    drop(open);
+    // An entry dropped half-written fails the whole snapshot.
+    let err = w.commit().await.unwrap_err().to_string();
+    assert!(err.contains("unfinished") && err.contains("dropped"), "{err}");
+
+    let w = t
+        .repo
+        .start_snapshot(SnapshotOptions {
+            tenant: "acme".into(),
+            source: "pg-main".into(),
+            plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
+            config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut e = w.add_entry(meta("base/1")).unwrap();
+    e.write(&data).await.unwrap();
+    e.finish().await.unwrap();
+    // Committing while an entry is still being written is refused.
+    let _still_open = w.add_entry(meta("still-open")).unwrap();
+    w.set_attribute("start_lsn", "0/2000028");
+    let err = w.commit().await.unwrap_err().to_string();
+    assert!(err.contains("still open"), "{err}");
+
+    let w = t
+        .repo
+        .start_snapshot(SnapshotOptions {
+            tenant: "acme".into(),
+            source: "pg-main".into(),
+            plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
+            config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut e = w.add_entry(meta("base/1")).unwrap();
+    e.write(&data).await.unwrap();
+    e.finish().await.unwrap();
+    w.set_attribute("start_lsn", "0/2000028");
     let first = w.commit().await.unwrap();
 
     let snap = t.repo.open_snapshot(&first).await.unwrap();
