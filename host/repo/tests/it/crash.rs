@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_repo::{KeepPolicy, PruneOptions, ReadData, Repository, backend_for};
+use coffer_repo::{FileKind, KeepPolicy, PruneOptions, ReadData, Repository, backend_for};
 
 use crate::support::*;
 
@@ -21,6 +21,12 @@ async fn child_worker() {
     let mode = std::env::var("COFFER_CRASH_MODE").unwrap();
     let src = std::path::PathBuf::from(std::env::var("COFFER_CRASH_SRC").unwrap());
     let repo = Repository::open(backend_for(&url, &[]).unwrap(), PASSWORD).await.unwrap();
+    // Earlier children were killed: their session markers would hold prune's
+    // sweep back for 15 minutes. Remove them (as their expiry would) so that
+    // kills also land inside the sweep.
+    for l in repo.backend().list(FileKind::Session).await.unwrap() {
+        repo.backend().delete(FileKind::Session, &l.name).await.unwrap();
+    }
     let mut round: u64 = std::process::id() as u64 * 1000;
     loop {
         round += 1;
@@ -28,7 +34,8 @@ async fn child_worker() {
         repo.backup_dir(&src, opts("crash")).await.unwrap();
         if mode == "prune" {
             repo.forget(&KeepPolicy { last: Some(2), ..Default::default() }, false).await.unwrap();
-            repo.prune(&PruneOptions::default()).await.unwrap();
+            let r = repo.prune(&PruneOptions { max_unused: 0.0, ..Default::default() }).await.unwrap();
+            eprintln!("pruned: {r:?}");
         }
     }
 }
@@ -69,9 +76,20 @@ fn kill_loop(mode: &str, iterations: usize) {
     }
     // The loop must actually have committed work between kills.
     assert!(committed_total > 0, "{mode}: no snapshot was ever committed");
-    // And the last state restores.
+    // And the last state restores, and one more prune cleans up everything
+    // the kills left behind.
     rt.block_on(async {
         let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+        if mode == "prune" {
+            for l in repo.backend().list(FileKind::Session).await.unwrap() {
+                repo.backend().delete(FileKind::Session, &l.name).await.unwrap();
+            }
+            repo.prune(&PruneOptions { max_unused: 0.0, ..Default::default() }).await.unwrap();
+            let left = pack_bytes(&t);
+            // Two snapshots of 3 x 1 MiB with one file differing: about 4 MiB.
+            assert!(left < 8 << 20, "prune left {left} bytes of packs after the kills");
+            assert!(repo.check(ReadData::All).await.unwrap().is_ok());
+        }
         let snaps = repo.snapshots().await.unwrap();
         let (id, _) = snaps.last().unwrap();
         let out = t.dir.path().join("final");
