@@ -199,6 +199,10 @@ impl Backend for FaultyBackend {
         })
     }
 
+    fn remove_stale_staging(&self, older_than: Duration) -> BoxFuture<'_, BackendResult<usize>> {
+        self.inner.remove_stale_staging(older_than)
+    }
+
     fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>> {
         let effect = self.check(Op::Delete, kind);
         let name = name.to_string();

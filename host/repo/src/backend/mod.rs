@@ -162,6 +162,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>>;
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>>;
+    /// Removes half-written staging files older than `older_than` that a
+    /// killed writer left behind (local disk only: object stores write
+    /// objects whole). Returns how many were removed.
+    fn remove_stale_staging(&self, older_than: std::time::Duration) -> BoxFuture<'_, BackendResult<usize>> {
+        let _ = older_than;
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// A shared backend.

@@ -47,6 +47,8 @@ pub struct ObjectBackend {
     prefix: Path,
     location: String,
     options: BackendOptions,
+    /// For `file://`: the directory, to sweep staging leftovers.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Errors choosing or configuring a store.
@@ -91,6 +93,7 @@ impl ObjectBackend {
                 (store, strip(parsed.path()))
             }};
         }
+        let mut local_root = None;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|_| invalid("a file:// URL needs an absolute path".into()))?;
@@ -100,6 +103,7 @@ impl ObjectBackend {
                     .map_err(|e| invalid(e.to_string()))?
                     .with_fsync(true)
                     .with_automatic_cleanup(true);
+                local_root = Some(dir);
                 (Arc::new(fs), String::new())
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), String::new()),
@@ -116,7 +120,13 @@ impl ObjectBackend {
         let _ = shown.set_password(None);
         let _ = shown.set_username("");
         shown.set_query(None);
-        Ok(ObjectBackend { store, prefix: Path::from(prefix), location: shown.to_string(), options: limits })
+        Ok(ObjectBackend {
+            store,
+            prefix: Path::from(prefix),
+            location: shown.to_string(),
+            options: limits,
+            local_root,
+        })
     }
 
     /// Wraps an existing store (for tests and embedders).
@@ -126,6 +136,7 @@ impl ObjectBackend {
             prefix: Path::from(prefix),
             location: location.to_string(),
             options: BackendOptions::default(),
+            local_root: None,
         }
     }
 
@@ -232,6 +243,16 @@ impl Backend for ObjectBackend {
         })
     }
 
+    fn remove_stale_staging(&self, older_than: Duration) -> BoxFuture<'_, BackendResult<usize>> {
+        let root = self.local_root.clone();
+        Box::pin(async move {
+            let Some(root) = root else { return Ok(0) };
+            tokio::task::spawn_blocking(move || remove_staging_under(&root, older_than))
+                .await
+                .map_err(|e| BackendError::Other { op: "clean", path: String::new(), message: e.to_string() })?
+        })
+    }
+
     fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>> {
         let rel = kind.path(name);
         Box::pin(async move {
@@ -242,4 +263,31 @@ impl Backend for ObjectBackend {
             }
         })
     }
+}
+
+/// Local writes go to `NAME#N` and are renamed into place; a writer killed
+/// in between leaves the staging file. Removes those older than `older_than`.
+fn remove_staging_under(root: &std::path::Path, older_than: Duration) -> BackendResult<usize> {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let staging = name
+                .split_once('#')
+                .is_some_and(|(base, n)| base.len() == 64 && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let old = md.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= older_than);
+            if staging && old && std::fs::remove_file(&p).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }

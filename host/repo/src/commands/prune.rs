@@ -49,11 +49,19 @@ pub struct PruneOptions {
     pub max_unused: f64,
     /// Report only.
     pub dry_run: bool,
+    /// Minimum age of a staging file left by a killed local write before it
+    /// is removed (a live upload's staging file is younger than any timeout).
+    pub staging_grace: Duration,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { grace: Duration::ZERO, max_unused: 0.2, dry_run: false }
+        PruneOptions {
+            grace: Duration::ZERO,
+            max_unused: 0.2,
+            dry_run: false,
+            staging_grace: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -76,6 +84,8 @@ pub struct PruneReport {
     pub replaced_index_files: usize,
     /// Dead backup session markers removed.
     pub removed_sessions: usize,
+    /// Staging files of killed local writes removed.
+    pub removed_staging_files: usize,
 }
 
 /// Reads every prune marker: (name, last modified, marker).
@@ -291,6 +301,7 @@ impl Repository {
             self.backend.delete(FileKind::Session, &name).await?;
             report.removed_sessions += 1;
         }
+        report.removed_staging_files = self.backend.remove_stale_staging(opts.staging_grace).await?;
         self.load_index().await?;
         Ok(report)
     }

@@ -48,6 +48,7 @@ fn kill_loop(mode: &str, iterations: usize) {
     let exe = std::env::current_exe().unwrap();
     let mut seed: u64 = 0x9E37_79B9 ^ iterations as u64;
     let mut committed_total = 0;
+    let log = t.dir.path().join("children.log");
     for i in 0..iterations {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -58,7 +59,7 @@ fn kill_loop(mode: &str, iterations: usize) {
             .env("COFFER_CRASH_MODE", mode)
             .env("COFFER_CRASH_SRC", &src)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(30 + seed % 900));
@@ -74,8 +75,14 @@ fn kill_loop(mode: &str, iterations: usize) {
         assert!(report.0, "{mode} kill #{i}: check failed: {:?}", report.1);
         committed_total = report.2;
     }
-    // The loop must actually have committed work between kills.
+    // The loop must actually have committed work between kills, and in
+    // prune mode completed sweeps that deleted packs.
     assert!(committed_total > 0, "{mode}: no snapshot was ever committed");
+    if mode == "prune" {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let sweeps = text.lines().filter(|l| l.contains("pruned:") && !l.contains("deleted_packs: 0,")).count();
+        assert!(sweeps > 0, "no prune sweep completed between kills:\n{text}");
+    }
     // And the last state restores, and one more prune cleans up everything
     // the kills left behind.
     rt.block_on(async {
@@ -84,7 +91,9 @@ fn kill_loop(mode: &str, iterations: usize) {
             for l in repo.backend().list(FileKind::Session).await.unwrap() {
                 repo.backend().delete(FileKind::Session, &l.name).await.unwrap();
             }
-            repo.prune(&PruneOptions { max_unused: 0.0, ..Default::default() }).await.unwrap();
+            // Every child is dead: their half-written staging files may go at once.
+            let opts = PruneOptions { max_unused: 0.0, staging_grace: Duration::ZERO, ..Default::default() };
+            repo.prune(&opts).await.unwrap();
             let left = pack_bytes(&t);
             // Two snapshots of 3 x 1 MiB with one file differing: about 4 MiB.
             assert!(left < 8 << 20, "prune left {left} bytes of packs after the kills");
