@@ -105,6 +105,13 @@ async fn concurrent_backups_both_succeed_and_dedup_against_committed_data() {
 async fn snapshot_api_attributes_reuse_and_streaming() {
     use coffer_repo::{EntryKind, EntryMeta, PluginIdentity};
     let t = TempRepo::new(test_init_options()).await;
+    let pg_opts = || SnapshotOptions {
+        tenant: "acme".into(),
+        source: "pg-main".into(),
+        plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
+        config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
+        ..Default::default()
+    };
     let meta = |path: &str| EntryMeta {
         path: path.into(),
         kind: EntryKind::File,
@@ -113,17 +120,7 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
         mtime_nsec: 5,
         target: None,
     };
-    let w = t
-        .repo
-        .start_snapshot(SnapshotOptions {
-            tenant: "acme".into(),
-            source: "pg-main".into(),
-            plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
-            config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let w = t.repo.start_snapshot(pg_opts()).await.unwrap();
     let mut e = w.add_entry(meta("base/1")).unwrap();
     let data = random_bytes(5_000_000, 11);
     for piece in data.chunks(7777) {
@@ -141,17 +138,7 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
     let err = w.commit().await.unwrap_err().to_string();
     assert!(err.contains("unfinished") && err.contains("dropped"), "{err}");
 
-    let w = t
-        .repo
-        .start_snapshot(SnapshotOptions {
-            tenant: "acme".into(),
-            source: "pg-main".into(),
-            plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
-            config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let w = t.repo.start_snapshot(pg_opts()).await.unwrap();
     let mut e = w.add_entry(meta("base/1")).unwrap();
     e.write(&data).await.unwrap();
     e.finish().await.unwrap();
@@ -161,17 +148,7 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
     let err = w.commit().await.unwrap_err().to_string();
     assert!(err.contains("still open"), "{err}");
 
-    let w = t
-        .repo
-        .start_snapshot(SnapshotOptions {
-            tenant: "acme".into(),
-            source: "pg-main".into(),
-            plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
-            config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let w = t.repo.start_snapshot(pg_opts()).await.unwrap();
     let mut e = w.add_entry(meta("base/1")).unwrap();
     e.write(&data).await.unwrap();
     e.finish().await.unwrap();
