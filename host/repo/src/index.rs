@@ -60,12 +60,12 @@ impl MasterIndex {
     /// Builds the index from decoded index files. When a blob is in several
     /// packs, one of them is kept, preferring packs not in `marked` (packs
     /// that prune has marked for deletion).
-    pub fn build(files: Vec<(Id, IndexFile)>, marked: &HashSet<Id>) -> MasterIndex {
+    pub fn build(files: &[(Id, IndexFile)], marked: &HashSet<Id>) -> MasterIndex {
         let mut pack_pos: HashMap<Id, u32> = HashMap::new();
         let mut idx = MasterIndex::default();
         for (file_id, file) in files {
-            idx.files.push(file_id);
-            for p in file.packs {
+            idx.files.push(*file_id);
+            for p in &file.packs {
                 let pos = *pack_pos.entry(p.id).or_insert_with(|| {
                     idx.packs.push(p.id);
                     idx.pack_sizes.push(p.size);

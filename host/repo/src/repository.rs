@@ -257,7 +257,7 @@ impl Repository {
         // index that lists a doomed pack with a marker set that lacks it.
         let marked = self.marked_packs().await?;
         let files = self.read_index_files().await?;
-        let idx = Arc::new(MasterIndex::build(files, &marked));
+        let idx = Arc::new(MasterIndex::build(&files, &marked));
         *self.index.write().expect("index lock") = Arc::clone(&idx);
         Ok(idx)
     }

@@ -85,8 +85,8 @@ impl Repository {
                 Err(e) => r.errors.push(e.to_string()),
             }
         }
-        let idx = MasterIndex::build(files, &marked);
-        *self.index.write().expect("index lock") = std::sync::Arc::new(idx.clone());
+        let idx = std::sync::Arc::new(MasterIndex::build(&files, &marked));
+        *self.index.write().expect("index lock") = std::sync::Arc::clone(&idx);
         // Packs present vs indexed.
         let listed: HashMap<Id, u64> =
             self.backend.list(FileKind::Pack).await?.into_iter().filter_map(|l| Some((l.id()?, l.size))).collect();
@@ -266,9 +266,4 @@ impl Repository {
             Err(e) => (p, vec![format!("checking pack {}: {e}", p.short())], Vec::new(), 0),
         }
     }
-}
-
-#[allow(dead_code)]
-fn _assert_error_is_send(e: Error) -> impl Send {
-    e
 }

@@ -136,8 +136,8 @@ impl Repository {
         let files = self.read_index_files().await?;
         let markers = read_markers(self).await?;
         let already_marked: HashSet<Id> = markers.iter().flat_map(|(_, _, m)| m.packs.iter().copied()).collect();
-        let full = MasterIndex::build(files.clone(), &already_marked);
-        *self.index.write().expect("index lock") = std::sync::Arc::new(full.clone());
+        let full = std::sync::Arc::new(MasterIndex::build(&files, &already_marked));
+        *self.index.write().expect("index lock") = std::sync::Arc::clone(&full);
         let mut snap_cache = HashMap::new();
         let used = self.used_blobs(&mut snap_cache).await?;
 
@@ -245,8 +245,7 @@ impl Repository {
             // committed since phase 1 may rely on marked packs.
             let files = self.read_index_files().await?;
             let no_marks = HashSet::new();
-            *self.index.write().expect("index lock") =
-                std::sync::Arc::new(MasterIndex::build(files.clone(), &no_marks));
+            *self.index.write().expect("index lock") = std::sync::Arc::new(MasterIndex::build(&files, &no_marks));
             let used = self.used_blobs(&mut snap_cache).await?;
             let mut doomed: HashSet<Id> = HashSet::new();
             for (_, _, m) in &ripe {
