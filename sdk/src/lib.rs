@@ -1,0 +1,936 @@
+//! coffer-sdk: write a coffer data-source plugin.
+//!
+//! A plugin is a WebAssembly component (built with
+//! `cargo build --target wasm32-wasip2 --release`) that knows how to snapshot,
+//! restore and verify one kind of system. The coffer host gives it a
+//! [`Sink`] to write entries into, a [`SnapshotReader`] to read stored
+//! snapshots from, and only the directories and addresses the operator
+//! granted. Everything else (chunking, deduplication, compression,
+//! encryption, storage, retention) is the host's job.
+//!
+//! Implement [`Plugin`] for a type and name it in [`export!`]:
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//!
+//! use coffer_sdk::{
+//!     Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions,
+//!     Sink, SnapshotReader, VerifyReport,
+//! };
+//!
+//! /// Backs up one file.
+//! struct OneFile;
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct OneFileConfig {
+//!     /// The file to back up (its directory must be granted).
+//!     file: String,
+//! }
+//!
+//! impl Config for OneFileConfig {
+//!     fn validate(&self) -> Result<(), ConfigError> {
+//!         if !self.file.starts_with('/') {
+//!             return Err(ConfigError::field("file", "must be an absolute path"));
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl Plugin for OneFile {
+//!     type Config = OneFileConfig;
+//!
+//!     fn info() -> PluginInfo {
+//!         PluginInfo::new("one-file", env!("CARGO_PKG_VERSION"), "Backs up a single file")
+//!             .schema(r#"{"type":"object","required":["file"],"properties":{"file":{"type":"string"}}}"#)
+//!     }
+//!
+//!     fn source(config: &OneFileConfig) -> String {
+//!         format!("one-file:{}", config.file)
+//!     }
+//!
+//!     fn capabilities(config: &OneFileConfig) -> Vec<coffer_sdk::Capability> {
+//!         let dir = config.file.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
+//!         vec![coffer_sdk::Capability::ReadDir(dir.to_string())]
+//!     }
+//!
+//!     fn snapshot(config: OneFileConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
+//!         let mut file = std::fs::File::open(&config.file)?;
+//!         let mut entry = sink.add_entry(EntryMeta::file("data", 0o644))?;
+//!         std::io::copy(&mut file, &mut entry)?;
+//!         entry.finish()?;
+//!         Ok(())
+//!     }
+//!
+//!     fn restore(_config: OneFileConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
+//!         let dir = options.directory()?;
+//!         let mut out = std::fs::File::create(format!("{dir}/data"))?;
+//!         std::io::copy(&mut snapshot.open("data")?, &mut out)?;
+//!         Ok(())
+//!     }
+//!
+//!     fn verify(_config: OneFileConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
+//!         let mut report = VerifyReport::default();
+//!         let mut data = Vec::new();
+//!         snapshot.open("data")?.read_to_end(&mut data)?;
+//!         report.checked(1, data.len() as u64);
+//!         Ok(report)
+//!     }
+//! }
+//!
+//! coffer_sdk::export!(OneFile);
+//! ```
+//!
+//! `docs/writing-a-plugin.md` in the coffer repository walks through it from
+//! `cargo new` to `coffer backup ./one_file.wasm --set file=/etc/hostname`.
+
+#![deny(missing_docs)]
+
+use std::io;
+
+use serde::de::DeserializeOwned;
+
+#[doc(hidden)]
+pub mod bindings {
+    //! Generated bindings of the `coffer:plugin` contract. Plugin authors use
+    //! the types of the crate root instead.
+    #![allow(missing_docs, unsafe_code, clippy::all)]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "::coffer_sdk::bindings",
+    });
+}
+
+use bindings::coffer::plugin as wit;
+
+pub use wit::types::EntryKind;
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// What a plugin call failed with. Each variant reaches the host as the
+/// contract's `error` variant and is shown to the operator with the
+/// plugin's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The config is wrong; the text names the field.
+    InvalidConfig(String),
+    /// Something needed was not granted, or credentials were refused.
+    AccessDenied(String),
+    /// The source cannot be reached.
+    Unavailable(String),
+    /// Data is damaged.
+    Corrupt(String),
+    /// The host cancelled the job.
+    Cancelled,
+    /// Not supported by this plugin.
+    Unsupported(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl Error {
+    /// An [`Error::Other`] from anything printable.
+    pub fn other(msg: impl std::fmt::Display) -> Self {
+        Error::Other(msg.to_string())
+    }
+
+    /// Adds context in front of the message (`reading etc/passwd: ...`).
+    pub fn context(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Error::InvalidConfig(m) => Error::InvalidConfig(format!("{what}: {m}")),
+            Error::AccessDenied(m) => Error::AccessDenied(format!("{what}: {m}")),
+            Error::Unavailable(m) => Error::Unavailable(format!("{what}: {m}")),
+            Error::Corrupt(m) => Error::Corrupt(format!("{what}: {m}")),
+            Error::Cancelled => Error::Cancelled,
+            Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
+            Error::Other(m) => Error::Other(format!("{what}: {m}")),
+        }
+    }
+
+    fn into_wit(self) -> wit::types::Error {
+        use wit::types::Error as W;
+        match self {
+            Error::InvalidConfig(m) => W::InvalidConfig(m),
+            Error::AccessDenied(m) => W::AccessDenied(m),
+            Error::Unavailable(m) => W::Unavailable(m),
+            Error::Corrupt(m) => W::Corrupt(m),
+            Error::Cancelled => W::Cancelled,
+            Error::Unsupported(m) => W::Unsupported(m),
+            Error::Other(m) => W::Other(m),
+        }
+    }
+
+    fn from_wit(e: wit::types::Error) -> Self {
+        use wit::types::Error as W;
+        match e {
+            W::InvalidConfig(m) => Error::InvalidConfig(m),
+            W::AccessDenied(m) => Error::AccessDenied(m),
+            W::Unavailable(m) => Error::Unavailable(m),
+            W::Corrupt(m) => Error::Corrupt(m),
+            W::Cancelled => Error::Cancelled,
+            W::Unsupported(m) => Error::Unsupported(m),
+            W::Other(m) => Error::Other(m),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidConfig(m) => write!(f, "invalid config: {m}"),
+            Error::AccessDenied(m) => write!(f, "access denied: {m}"),
+            Error::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Error::Corrupt(m) => write!(f, "corrupt: {m}"),
+            Error::Cancelled => f.write_str("cancelled"),
+            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        // Errors that crossed the host boundary inside an io::Error keep
+        // their kind.
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return *e.into_inner().expect("checked").downcast::<Error>().expect("checked");
+        }
+        match e.kind() {
+            io::ErrorKind::PermissionDenied => Error::AccessDenied(e.to_string()),
+            io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::BrokenPipe => Error::Unavailable(e.to_string()),
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => Error::Corrupt(e.to_string()),
+            _ => Error::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        io::Error::other(e)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Config
+
+/// A config field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, as the operator typed it (`path`, `url`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A problem with `field`.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::InvalidConfig(format!("{}: {}", e.field, e.reason))
+    }
+}
+
+/// A plugin's config: deserialized from the JSON the host passes, then
+/// validated. Use `#[serde(deny_unknown_fields)]` so a misspelled key is an
+/// error naming it.
+pub trait Config: DeserializeOwned {
+    /// Checks values that deserialization cannot (ranges, absolute paths).
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// Parses and validates a config; errors name the field.
+pub fn parse_config<C: Config>(json: &str) -> Result<C, Error> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    let config: C = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde_json appends " at line L column C", which means nothing to an
+        // operator who typed `--set`.
+        let inner = match inner.rfind(" at line ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        if path == "." { Error::InvalidConfig(inner) } else { Error::InvalidConfig(format!("{path}: {inner}")) }
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+// ---------------------------------------------------------------------------
+// Host services
+
+/// Host services: logging, progress, cancellation, restore permissions.
+pub mod host {
+    use super::{Error, wit};
+
+    /// Logs at debug level.
+    pub fn debug(msg: impl AsRef<str>) {
+        wit::host::log(wit::types::LogLevel::Debug, msg.as_ref());
+    }
+
+    /// Logs at info level.
+    pub fn info(msg: impl AsRef<str>) {
+        wit::host::log(wit::types::LogLevel::Info, msg.as_ref());
+    }
+
+    /// Logs a warning: something was skipped and the job goes on.
+    pub fn warn(msg: impl AsRef<str>) {
+        wit::host::log(wit::types::LogLevel::Warn, msg.as_ref());
+    }
+
+    /// Logs an error.
+    pub fn error(msg: impl AsRef<str>) {
+        wit::host::log(wit::types::LogLevel::Error, msg.as_ref());
+    }
+
+    /// Reports progress: `done` of `total` bytes.
+    pub fn progress(done: u64, total: Option<u64>) {
+        wit::host::progress(done, total);
+    }
+
+    /// True once the operator cancelled the job.
+    pub fn cancelled() -> bool {
+        wit::host::cancelled()
+    }
+
+    /// Returns [`Error::Cancelled`] once the job was cancelled; call it
+    /// between entries.
+    pub fn check_cancelled() -> Result<(), Error> {
+        if cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+    }
+
+    /// Permission bits of a host path inside a grant (a final symlink is
+    /// not followed), which WASI does not expose.
+    pub fn file_mode(path: &str) -> Result<u32, Error> {
+        wit::host::file_mode(path).map_err(|e| Error::from_wit(e).context(path))
+    }
+
+    /// Sets permission bits and modification time of `path` (relative to
+    /// the restore target), which WASI itself cannot do.
+    pub fn set_metadata(path: &str, mode: u32, mtime: super::Timestamp) -> Result<(), Error> {
+        wit::host::set_metadata(path, mode, mtime.to_wit()).map_err(|e| Error::from_wit(e).context(path))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metadata
+
+/// A point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch.
+    pub seconds: i64,
+    /// Nanoseconds within the second.
+    pub nanoseconds: u32,
+}
+
+impl Timestamp {
+    fn from_wit(t: wit::types::Timestamp) -> Self {
+        Timestamp { seconds: t.seconds, nanoseconds: t.nanoseconds }
+    }
+
+    fn to_wit(self) -> wit::types::Timestamp {
+        wit::types::Timestamp { seconds: self.seconds, nanoseconds: self.nanoseconds }
+    }
+}
+
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(t: std::time::SystemTime) -> Self {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timestamp { seconds: d.as_secs() as i64, nanoseconds: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Timestamp { seconds: -(d.as_secs() as i64), nanoseconds: 0 }
+                } else {
+                    Timestamp { seconds: -(d.as_secs() as i64) - 1, nanoseconds: 1_000_000_000 - d.subsec_nanos() }
+                }
+            }
+        }
+    }
+}
+
+/// Metadata of a new entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Expected size, for progress.
+    pub size_hint: Option<u64>,
+    /// Symlink target.
+    pub link_target: Option<String>,
+}
+
+impl EntryMeta {
+    /// A file entry.
+    pub fn file(path: impl Into<String>, mode: u32) -> Self {
+        EntryMeta {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode,
+            mtime: Timestamp::default(),
+            size_hint: None,
+            link_target: None,
+        }
+    }
+
+    /// A directory entry.
+    pub fn dir(path: impl Into<String>, mode: u32) -> Self {
+        EntryMeta { kind: EntryKind::Dir, ..EntryMeta::file(path, mode) }
+    }
+
+    /// A symlink entry.
+    pub fn symlink(path: impl Into<String>, target: impl Into<String>) -> Self {
+        EntryMeta { kind: EntryKind::Symlink, link_target: Some(target.into()), ..EntryMeta::file(path, 0o777) }
+    }
+
+    /// Sets the modification time.
+    pub fn mtime(mut self, mtime: impl Into<Timestamp>) -> Self {
+        self.mtime = mtime.into();
+        self
+    }
+
+    /// Sets the size hint.
+    pub fn size_hint(mut self, size: u64) -> Self {
+        self.size_hint = Some(size);
+        self
+    }
+
+    fn to_wit(&self) -> wit::types::EntryMeta {
+        wit::types::EntryMeta {
+            path: self.path.clone(),
+            kind: self.kind,
+            mode: self.mode,
+            mtime: self.mtime.to_wit(),
+            size_hint: self.size_hint,
+            link_target: self.link_target.clone(),
+        }
+    }
+}
+
+/// An entry of a stored snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Content length.
+    pub size: u64,
+    /// Symlink target.
+    pub link_target: Option<String>,
+    /// Hex BLAKE3 of the content (files).
+    pub blake3: Option<String>,
+}
+
+impl EntryInfo {
+    fn from_wit(e: wit::types::EntryInfo) -> Self {
+        EntryInfo {
+            path: e.path,
+            kind: e.kind,
+            mode: e.mode,
+            mtime: Timestamp::from_wit(e.mtime),
+            size: e.size,
+            link_target: e.link_target,
+            blake3: e.blake3,
+        }
+    }
+}
+
+/// Size and BLAKE3 of a finished entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// Bytes of content.
+    pub size: u64,
+    /// Hex BLAKE3.
+    pub blake3: String,
+}
+
+// ---------------------------------------------------------------------------
+// Sink
+
+/// Where a snapshot's entries go.
+pub struct Sink<'a> {
+    inner: &'a wit::sink::SnapshotSink,
+}
+
+/// How much an [`EntryWriter`] gathers before handing it to the host: each
+/// host call copies its bytes once, so fewer, bigger calls are cheaper.
+const WRITE_BUFFER: usize = 1 << 20;
+
+impl Sink<'_> {
+    /// Adds an entry and returns its content writer. For directories and
+    /// symlinks, call [`EntryWriter::finish`] right away (or drop it:
+    /// they have no content).
+    pub fn add_entry(&self, meta: EntryMeta) -> Result<EntryWriter, Error> {
+        let kind = meta.kind;
+        let inner = self.inner.add_entry(&meta.to_wit()).map_err(|e| Error::from_wit(e).context(&meta.path))?;
+        Ok(EntryWriter { inner: Some(inner), buf: Vec::new(), is_file: kind == EntryKind::File })
+    }
+
+    /// Keeps `path` unchanged from the parent snapshot, without reading it.
+    pub fn reuse_entry(&self, path: &str) -> Result<Digest, Error> {
+        let d = self.inner.reuse_entry(path).map_err(|e| Error::from_wit(e).context(path))?;
+        Ok(Digest { size: d.size, blake3: d.blake3 })
+    }
+
+    /// Records a source fact (`pg.start-lsn`, `redis.rdb-version`).
+    pub fn set_attribute(&self, key: &str, value: &str) -> Result<(), Error> {
+        self.inner.set_attribute(key, value).map_err(Error::from_wit)
+    }
+}
+
+/// Writes one entry's content; a [`std::io::Write`].
+pub struct EntryWriter {
+    inner: Option<wit::sink::EntryWriter>,
+    buf: Vec<u8>,
+    is_file: bool,
+}
+
+impl EntryWriter {
+    fn flush_buf(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let w = self.inner.as_ref().ok_or_else(|| Error::other("entry already finished"))?;
+        w.write(&self.buf).map_err(Error::from_wit)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Ends the entry; returns its size and BLAKE3.
+    pub fn finish(mut self) -> Result<Digest, Error> {
+        self.flush_buf()?;
+        let w = self.inner.take().ok_or_else(|| Error::other("entry already finished"))?;
+        let d = wit::sink::EntryWriter::finish(w).map_err(Error::from_wit)?;
+        Ok(Digest { size: d.size, blake3: d.blake3 })
+    }
+}
+
+impl io::Write for EntryWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.is_file {
+            return Err(io::Error::other(Error::other("directories and symlinks have no content")));
+        }
+        if self.buf.is_empty() && data.len() >= WRITE_BUFFER {
+            let w = self.inner.as_ref().ok_or_else(|| io::Error::other(Error::other("entry already finished")))?;
+            w.write(data).map_err(|e| io::Error::other(Error::from_wit(e)))?;
+            return Ok(data.len());
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(WRITE_BUFFER);
+        }
+        let n = data.len().min(WRITE_BUFFER - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == WRITE_BUFFER {
+            self.flush_buf()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(self.flush_buf()?)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reader
+
+/// A stored snapshot: the parent during a snapshot, the subject of a
+/// restore or verify.
+pub struct SnapshotReader<'a> {
+    inner: &'a wit::reader::SnapshotReader,
+}
+
+/// Entries fetched per host call while iterating.
+const ENTRY_PAGE: u32 = 4096;
+
+impl SnapshotReader<'_> {
+    /// Snapshot id (hex).
+    pub fn id(&self) -> String {
+        self.inner.id()
+    }
+
+    /// When it was taken.
+    pub fn time(&self) -> Timestamp {
+        Timestamp::from_wit(self.inner.time())
+    }
+
+    /// Attributes set by the source.
+    pub fn attributes(&self) -> Vec<(String, String)> {
+        self.inner.attributes()
+    }
+
+    /// One attribute.
+    pub fn attribute(&self, key: &str) -> Option<String> {
+        self.attributes().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Number of entries.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    /// Every entry in path order, fetched page by page.
+    pub fn entries(&self) -> impl Iterator<Item = EntryInfo> + '_ {
+        let mut page: std::vec::IntoIter<wit::types::EntryInfo> = Vec::new().into_iter();
+        let mut last: Option<String> = None;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            loop {
+                if let Some(e) = page.next() {
+                    last = Some(e.path.clone());
+                    return Some(EntryInfo::from_wit(e));
+                }
+                if done {
+                    return None;
+                }
+                let next = self.inner.entries(last.as_deref(), ENTRY_PAGE);
+                done = (next.len() as u32) < ENTRY_PAGE;
+                page = next.into_iter();
+            }
+        })
+    }
+
+    /// The entry at `path`.
+    pub fn entry(&self, path: &str) -> Option<EntryInfo> {
+        self.inner.entry(path).map(EntryInfo::from_wit)
+    }
+
+    /// Opens a file entry; the reader is a [`std::io::Read`].
+    pub fn open(&self, path: &str) -> Result<EntryReader, Error> {
+        let inner = self.inner.open(path).map_err(|e| Error::from_wit(e).context(path))?;
+        Ok(EntryReader { inner, buf: Vec::new(), pos: 0, eof: false })
+    }
+}
+
+/// Bytes asked of the host per read call.
+const READ_PIECE: u32 = 1 << 20;
+
+/// Reads one entry's content; a [`std::io::Read`].
+pub struct EntryReader {
+    inner: wit::reader::EntryReader,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl io::Read for EntryReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.eof || out.is_empty() {
+                return Ok(0);
+            }
+            self.buf = self.inner.read(READ_PIECE).map_err(|e| io::Error::other(Error::from_wit(e)))?;
+            self.pos = 0;
+            if self.buf.is_empty() {
+                self.eof = true;
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Plugin
+
+/// A capability a config needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capability {
+    /// Read a directory tree.
+    ReadDir(String),
+    /// Read and write a directory tree.
+    WriteDir(String),
+    /// Connect to `host:port`.
+    Connect(String),
+}
+
+/// Who a plugin is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Short lowercase name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// One sentence.
+    pub description: String,
+    /// JSON Schema of the config.
+    pub config_schema: String,
+    /// Restore into a directory is supported.
+    pub restore_directory: bool,
+    /// Restore into a live server is supported.
+    pub restore_live: bool,
+}
+
+impl PluginInfo {
+    /// Name, version and description; restores into a directory only.
+    pub fn new(name: &str, version: &str, description: &str) -> Self {
+        PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            description: description.into(),
+            config_schema: r#"{"type":"object"}"#.into(),
+            restore_directory: true,
+            restore_live: false,
+        }
+    }
+
+    /// Sets the config's JSON Schema.
+    pub fn schema(mut self, schema: &str) -> Self {
+        self.config_schema = schema.into();
+        self
+    }
+
+    /// Sets which restore modes are supported.
+    pub fn restore_modes(mut self, directory: bool, live: bool) -> Self {
+        self.restore_directory = directory;
+        self.restore_live = live;
+        self
+    }
+}
+
+/// Where and how to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// The target directory (host path, granted read-write), or `None` for
+    /// a live restore into the server the config names.
+    pub directory: Option<String>,
+    /// Overwrite a non-empty target.
+    pub force: bool,
+    /// Only these paths (and what is below them); empty means all.
+    pub include: Vec<String>,
+}
+
+impl RestoreOptions {
+    /// The target directory, or an error for a live restore.
+    pub fn directory(&self) -> Result<&str, Error> {
+        self.directory.as_deref().ok_or_else(|| Error::Unsupported("this plugin restores into a directory only: give --target DIR".into()))
+    }
+
+    /// True if `path` is selected by [`RestoreOptions::include`].
+    pub fn includes(&self, path: &str) -> bool {
+        self.include.is_empty()
+            || self.include.iter().any(|p| {
+                let p = p.trim_matches('/');
+                p.is_empty() || path == p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
+            })
+    }
+}
+
+/// What a verify found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Items checked.
+    pub checked: u64,
+    /// Bytes read back.
+    pub bytes: u64,
+    /// `(path, reason)` of each problem.
+    pub problems: Vec<(String, String)>,
+    /// Informational lines.
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Counts checked items and bytes.
+    pub fn checked(&mut self, items: u64, bytes: u64) {
+        self.checked += items;
+        self.bytes += bytes;
+    }
+
+    /// Records a problem.
+    pub fn problem(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push((path.into(), reason.into()));
+    }
+
+    /// Records a note.
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+}
+
+/// A data-source plugin. Name the implementing type in [`export!`].
+pub trait Plugin {
+    /// The config, parsed with [`parse_config`].
+    type Config: Config;
+
+    /// Name, version, description and config schema.
+    fn info() -> PluginInfo;
+
+    /// A stable name for what `config` backs up.
+    fn source(config: &Self::Config) -> String;
+
+    /// What `config` needs granted for a snapshot.
+    fn capabilities(config: &Self::Config) -> Vec<Capability>;
+
+    /// Writes a snapshot into `sink`, reusing unchanged entries of `parent`.
+    fn snapshot(config: Self::Config, parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error>;
+
+    /// Restores `snapshot`.
+    fn restore(config: Self::Config, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error>;
+
+    /// Checks `snapshot`.
+    fn verify(config: Self::Config, snapshot: &SnapshotReader) -> Result<VerifyReport, Error>;
+}
+
+#[doc(hidden)]
+pub mod glue {
+    //! What [`export!`](crate::export) expands to call; not for plugin authors.
+    use super::*;
+    use wit::types as t;
+
+    pub fn info<P: Plugin>(config: Option<String>) -> Result<t::PluginInfo, t::Error> {
+        let i = P::info();
+        let (source, caps) = match config {
+            Some(c) => {
+                let c: P::Config = parse_config(&c).map_err(Error::into_wit)?;
+                (P::source(&c), P::capabilities(&c))
+            }
+            None => (String::new(), Vec::new()),
+        };
+        let mut modes = t::RestoreModes::empty();
+        if i.restore_directory {
+            modes.insert(t::RestoreModes::DIRECTORY);
+        }
+        if i.restore_live {
+            modes.insert(t::RestoreModes::LIVE);
+        }
+        Ok(t::PluginInfo {
+            name: i.name,
+            version: i.version,
+            description: i.description,
+            config_schema: i.config_schema,
+            source,
+            capabilities: caps
+                .into_iter()
+                .map(|c| match c {
+                    Capability::ReadDir(d) => t::Capability::ReadDir(d),
+                    Capability::WriteDir(d) => t::Capability::WriteDir(d),
+                    Capability::Connect(a) => t::Capability::Connect(a),
+                })
+                .collect(),
+            restore_modes: modes,
+        })
+    }
+
+    pub fn snapshot<P: Plugin>(
+        config: String,
+        parent: Option<&wit::reader::SnapshotReader>,
+        sink: &wit::sink::SnapshotSink,
+    ) -> Result<(), t::Error> {
+        let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
+        let parent = parent.map(|inner| SnapshotReader { inner });
+        P::snapshot(c, parent.as_ref(), &Sink { inner: sink }).map_err(Error::into_wit)
+    }
+
+    pub fn restore<P: Plugin>(
+        config: String,
+        snapshot: &wit::reader::SnapshotReader,
+        options: t::RestoreOptions,
+    ) -> Result<(), t::Error> {
+        let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
+        let options = RestoreOptions {
+            directory: match options.target {
+                t::RestoreTarget::Directory(d) => Some(d),
+                t::RestoreTarget::Live => None,
+            },
+            force: options.force,
+            include: options.paths,
+        };
+        P::restore(c, &SnapshotReader { inner: snapshot }, options).map_err(Error::into_wit)
+    }
+
+    pub fn verify<P: Plugin>(config: String, snapshot: &wit::reader::SnapshotReader) -> Result<t::VerifyReport, t::Error> {
+        let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
+        let r = P::verify(c, &SnapshotReader { inner: snapshot }).map_err(Error::into_wit)?;
+        Ok(t::VerifyReport {
+            checked: r.checked,
+            bytes: r.bytes,
+            problems: r.problems.into_iter().map(|(path, reason)| t::Problem { path, reason }).collect(),
+            notes: r.notes,
+        })
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `source`
+/// interface. Use it once, at the crate root.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        #[allow(unsafe_code)]
+        mod __coffer_export {
+        #[allow(unused_imports)]
+        use super::*;
+
+        pub struct __CofferExport;
+
+        impl $crate::bindings::exports::coffer::plugin::source::Guest for __CofferExport {
+            fn info(
+                config: Option<String>,
+            ) -> Result<$crate::bindings::coffer::plugin::types::PluginInfo, $crate::bindings::coffer::plugin::types::Error>
+            {
+                $crate::glue::info::<$plugin>(config)
+            }
+
+            fn snapshot(
+                config: String,
+                parent: Option<&$crate::bindings::coffer::plugin::reader::SnapshotReader>,
+                sink: &$crate::bindings::coffer::plugin::sink::SnapshotSink,
+            ) -> Result<(), $crate::bindings::coffer::plugin::types::Error> {
+                $crate::glue::snapshot::<$plugin>(config, parent, sink)
+            }
+
+            fn restore(
+                config: String,
+                snapshot: &$crate::bindings::coffer::plugin::reader::SnapshotReader,
+                options: $crate::bindings::coffer::plugin::types::RestoreOptions,
+            ) -> Result<(), $crate::bindings::coffer::plugin::types::Error> {
+                $crate::glue::restore::<$plugin>(config, snapshot, options)
+            }
+
+            fn verify(
+                config: String,
+                snapshot: &$crate::bindings::coffer::plugin::reader::SnapshotReader,
+            ) -> Result<$crate::bindings::coffer::plugin::types::VerifyReport, $crate::bindings::coffer::plugin::types::Error>
+            {
+                $crate::glue::verify::<$plugin>(config, snapshot)
+            }
+        }
+
+        $crate::bindings::__export_plugin_world!(__CofferExport with_types_in $crate::bindings);
+        }
+    };
+}
