@@ -72,6 +72,20 @@ impl Repository {
             .boxed()
     }
 
+    /// A reader over an entry's content that owns a handle to the
+    /// repository, for callers that outlive a borrow (plugin resources).
+    pub fn entry_reader_owned(&self, entry: &Entry) -> EntryReader<'static> {
+        let repo = self.clone();
+        let stream = futures::stream::iter(entry.content.clone())
+            .map(move |id| {
+                let repo = repo.clone();
+                async move { repo.load_blob(BlobKind::Data, &id).await }
+            })
+            .buffered(READ_AHEAD)
+            .boxed();
+        EntryReader { stream, current: Bytes::new(), queue: VecDeque::new() }
+    }
+
     /// A reader over an entry's content.
     pub fn entry_reader<'a>(&'a self, entry: &Entry) -> EntryReader<'a> {
         EntryReader { stream: self.entry_stream(entry), current: Bytes::new(), queue: VecDeque::new() }

@@ -1,0 +1,127 @@
+//! The compiled-component cache: `<dir>/<key>.cwasm`, where the key is the
+//! BLAKE3 of the `.wasm` bytes and the engine's compatibility hash (wasmtime
+//! version, target, compiler settings). Only files this host wrote are ever
+//! loaded: the directory is created owner-only, and a directory that others
+//! can write is not used.
+
+use std::hash::Hasher;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Feeds `Hash` output into BLAKE3, so the key is stable across processes.
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
+}
+
+/// Cache key of `wasm` compiled by `engine`.
+pub fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    let mut h = Blake3Hasher(blake3::Hasher::new());
+    h.0.update(b"coffer component cache v1\0");
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+    h.0.update(&(wasm.len() as u64).to_le_bytes());
+    h.0.update(wasm);
+    h.0.finalize().to_hex().to_string()
+}
+
+/// A directory of precompiled components.
+#[derive(Debug, Clone)]
+pub struct ComponentCache {
+    dir: PathBuf,
+}
+
+impl ComponentCache {
+    /// The default location: `$COFFER_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/coffer/components`, else `~/.cache/coffer/components`.
+    pub fn default_dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("COFFER_CACHE_DIR") {
+            return Some(PathBuf::from(d));
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("coffer").join("components"))
+    }
+
+    /// Opens (creating, owner-only) a cache directory. Returns `None`, with a
+    /// warning, when the directory cannot be trusted or created.
+    pub fn open(dir: &Path) -> Option<ComponentCache> {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!("component cache {} unusable ({e}); compiling plugins in memory", dir.display());
+            return None;
+        }
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let md = std::fs::symlink_metadata(dir).ok()?;
+        let owner_ok = md.uid() == current_uid(dir).unwrap_or(u32::MAX);
+        if !md.is_dir() || md.mode() & 0o022 != 0 || !owner_ok {
+            tracing::warn!(
+                "component cache {} is not a private directory owned by this user; compiling plugins in memory",
+                dir.display()
+            );
+            return None;
+        }
+        Some(ComponentCache { dir: dir.to_path_buf() })
+    }
+
+    /// Loads `wasm` compiled for `engine`, from the cache or by compiling
+    /// and storing it. Returns the component and whether it was a cache hit.
+    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, bool)> {
+        let path = self.dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
+        if path.is_file() {
+            match load_precompiled(engine, &path) {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!("cached component {} unusable ({e}); recompiling", path.display()),
+            }
+        }
+        let bytes = engine.precompile_component(wasm)?;
+        let tmp = self.dir.join(format!(".{}.tmp", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!("cannot store compiled component in {} ({e})", self.dir.display());
+            return Ok((Component::new(engine, wasm)?, false));
+        }
+        Ok((load_precompiled(engine, &path)?, false))
+    }
+}
+
+/// The uid this process creates files as, read off a probe file.
+fn current_uid(dir: &Path) -> Option<u32> {
+    let probe = dir.join(format!(".uid-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").ok()?;
+    let uid = std::fs::metadata(&probe).ok().map(|m| m.uid());
+    let _ = std::fs::remove_file(&probe);
+    uid
+}
+
+/// Loads a precompiled component file.
+///
+/// This is the one `unsafe` in coffer: wasmtime trusts precompiled code
+/// completely, so it must only ever see files produced by
+/// `Engine::precompile_component` of a compatible engine. The callers
+/// guarantee that: [`ComponentCache::load`] only reads files it wrote
+/// itself, into a directory only this user can write, named by a key that
+/// includes the engine's compatibility hash. wasmtime additionally checks
+/// the file's header against the engine and refuses a mismatch.
+#[allow(unsafe_code)]
+fn load_precompiled(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: see the function documentation: the file was written by this
+    // host from `precompile_component` output, in a private directory.
+    unsafe { Component::deserialize_file(engine, path) }
+}

@@ -1,0 +1,588 @@
+//! The host side of the contract: the store's data ([`PluginState`]), the
+//! resources a plugin holds (sink, entry writers, snapshot readers, entry
+//! readers) and the host functions. Everything a plugin passes in is
+//! checked here; a contract violation or an exceeded limit is a [`Fault`]
+//! that ends the instance.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer_repo::{EntryKind as RepoKind, EntryMeta as RepoMeta, EntryReader, EntryWriter, Repository, Snapshot, SnapshotWriter};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::coffer::plugin::{host, reader, sink, types};
+use crate::bindings::types::{Digest, EntryInfo, EntryKind, EntryMeta, Error as WitError, LogLevel, Timestamp};
+use crate::grants::GrantSet;
+use crate::job::{CancelToken, JobObserver};
+use crate::limits::Limits;
+
+/// Longest log line kept; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+/// Log lines kept per job; later ones are counted, not printed.
+const MAX_LOG_LINES: u64 = 100_000;
+/// Longest attribute key and value.
+const MAX_ATTR_KEY: usize = 256;
+const MAX_ATTR_VALUE: usize = 64 << 10;
+/// Attributes per snapshot.
+const MAX_ATTRS: usize = 1024;
+/// Largest piece an entry reader returns.
+const MAX_READ: u32 = 4 << 20;
+/// Most entries returned by one `entries` call.
+const MAX_PAGE: u32 = 10_000;
+
+/// A host-side reason to stop a plugin: it ends the instance (a trap) and
+/// fails the job, whatever the plugin would have returned.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The snapshot wrote more content than allowed.
+    #[error("exceeded its output limit of {limit} bytes")]
+    OutputLimit {
+        /// The limit.
+        limit: u64,
+    },
+    /// Linear memory would grow past the cap.
+    #[error("exceeded its memory limit of {limit} bytes (it asked for {requested})")]
+    MemoryLimit {
+        /// The limit.
+        limit: u64,
+        /// What it asked for.
+        requested: u64,
+    },
+    /// The job ran past its time budget.
+    #[error("ran past its time limit of {0:?}")]
+    TimeLimit(Duration),
+    /// The operator cancelled the job.
+    #[error("was cancelled")]
+    Cancelled,
+    /// Too many writers or readers open at once.
+    #[error("opened more than {0} entry writers and readers at once")]
+    TooManyHandles(u32),
+    /// The plugin broke the contract (an invalid path, a symlink without a
+    /// target, an entry left unfinished, an attribute too large).
+    #[error("broke the plugin contract: {0}")]
+    Contract(String),
+    /// The repository failed underneath the plugin (storage error).
+    #[error("repository error: {0}")]
+    Repository(String),
+}
+
+/// The sink of the snapshot being written (the writer itself lives in the
+/// job state).
+pub struct SinkSlot;
+
+/// An entry being written.
+pub struct EntryWriterSlot {
+    writer: Option<EntryWriter>,
+    path: String,
+}
+
+/// A stored snapshot opened for a plugin.
+pub struct ReaderSlot {
+    snapshot: Arc<Snapshot>,
+}
+
+impl ReaderSlot {
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
+        ReaderSlot { snapshot }
+    }
+}
+
+/// An entry being read.
+pub struct EntryReaderSlot {
+    reader: EntryReader<'static>,
+}
+
+/// Enforces the memory cap and remembers when it said no.
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: u64,
+    pub(crate) denied: Option<u64>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.limit {
+            self.denied = Some(desired as u64);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Where a restore writes, and the snapshot it restores (for the mode bits
+/// `set-metadata` may grant).
+pub(crate) struct RestoreRoot {
+    pub(crate) root: PathBuf,
+    pub(crate) snapshot: Arc<Snapshot>,
+}
+
+/// Per-job state the host functions use.
+pub(crate) struct JobState {
+    pub(crate) plugin: String,
+    pub(crate) grants: Arc<GrantSet>,
+    pub(crate) limits: Limits,
+    pub(crate) cancel: CancelToken,
+    pub(crate) deadline: Instant,
+    pub(crate) observer: Arc<dyn JobObserver>,
+    pub(crate) repo: Option<Repository>,
+    pub(crate) writer: Option<SnapshotWriter>,
+    pub(crate) restore: Option<RestoreRoot>,
+    pub(crate) output_used: u64,
+    pub(crate) open_writers: u32,
+    pub(crate) open_readers: u32,
+    pub(crate) attributes: usize,
+    pub(crate) log_lines: u64,
+    pub(crate) fault: Option<Fault>,
+}
+
+/// The data of one plugin instance's store.
+pub struct PluginState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) job: JobState,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Called on every epoch tick while wasm runs: stops a plugin that was
+/// cancelled or is past its deadline, and otherwise yields to the async
+/// executor so other jobs and timers make progress.
+pub(crate) fn on_epoch(ctx: StoreContextMut<'_, PluginState>) -> wasmtime::Result<UpdateDeadline> {
+    let job = &ctx.data().job;
+    if job.cancel.is_cancelled() {
+        return Err(wasmtime::Error::new(Fault::Cancelled));
+    }
+    if Instant::now() >= job.deadline {
+        return Err(wasmtime::Error::new(Fault::TimeLimit(job.limits.wall_time)));
+    }
+    Ok(UpdateDeadline::Yield(1))
+}
+
+impl PluginState {
+    /// Records a fault and returns it as a trap.
+    fn fault(&mut self, f: Fault) -> wasmtime::Error {
+        if self.job.fault.is_none() {
+            self.job.fault = Some(f.clone());
+        }
+        wasmtime::Error::new(f)
+    }
+
+    fn open_handle(&mut self) -> wasmtime::Result<()> {
+        let open = self.job.open_writers + self.job.open_readers;
+        if open >= self.job.limits.open_handles {
+            let limit = self.job.limits.open_handles;
+            return Err(self.fault(Fault::TooManyHandles(limit)));
+        }
+        Ok(())
+    }
+
+    fn writer(&mut self) -> wasmtime::Result<&SnapshotWriter> {
+        if self.job.writer.is_none() {
+            return Err(self.fault(Fault::Contract("the sink was used outside a snapshot".into())));
+        }
+        Ok(self.job.writer.as_ref().expect("checked"))
+    }
+
+    /// Maps a repository error from a sink call: the plugin's mistakes are
+    /// contract faults, storage failures are repository faults, both end
+    /// the job.
+    fn repo_fault(&mut self, e: coffer_repo::Error) -> wasmtime::Error {
+        let f = match e {
+            coffer_repo::Error::InvalidEntry { path, reason } => Fault::Contract(format!("entry `{}`: {reason}", printable(&path))),
+            other => Fault::Repository(other.to_string()),
+        };
+        self.fault(f)
+    }
+}
+
+/// A path as it can be shown in a message (NUL and control bytes escaped).
+fn printable(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}
+
+fn to_repo_kind(k: EntryKind) -> RepoKind {
+    match k {
+        EntryKind::File => RepoKind::File,
+        EntryKind::Dir => RepoKind::Dir,
+        EntryKind::Symlink => RepoKind::Symlink,
+    }
+}
+
+fn to_wit_kind(k: RepoKind) -> EntryKind {
+    match k {
+        RepoKind::File => EntryKind::File,
+        RepoKind::Dir => EntryKind::Dir,
+        RepoKind::Symlink => EntryKind::Symlink,
+    }
+}
+
+fn entry_info(e: &coffer_repo::Entry) -> EntryInfo {
+    EntryInfo {
+        path: e.path.clone(),
+        kind: to_wit_kind(e.kind),
+        mode: e.mode,
+        mtime: Timestamp { seconds: e.mtime, nanoseconds: e.mtime_nsec },
+        size: e.size,
+        link_target: e.target.clone(),
+        blake3: e.blake3.map(|b| b.to_hex()),
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl host::Host for PluginState {
+    async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        self.job.log_lines += 1;
+        if self.job.log_lines > MAX_LOG_LINES {
+            if self.job.log_lines == MAX_LOG_LINES + 1 {
+                self.job.observer.log(&self.job.plugin, LogLevel::Warn, "more log lines were dropped");
+            }
+            return Ok(());
+        }
+        let mut m = printable(&message);
+        if m.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+            m.push_str(" [cut]");
+        }
+        self.job.observer.log(&self.job.plugin, level, &m);
+        Ok(())
+    }
+
+    async fn progress(&mut self, done: u64, total: Option<u64>) -> wasmtime::Result<()> {
+        self.job.observer.progress(done, total);
+        Ok(())
+    }
+
+    async fn cancelled(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.job.cancel.is_cancelled())
+    }
+
+    async fn file_mode(&mut self, path: String) -> wasmtime::Result<Result<u32, WitError>> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = Path::new(&path);
+        let denied = || Ok(Err(WitError::AccessDenied(format!("{} is not inside a granted directory", printable(&path)))));
+        if self.job.grants.dir_covering(p).is_none() {
+            return denied();
+        }
+        // Resolve the parent the way the OS would, and check that it is still
+        // inside a grant: a symlink in the middle must not lead out.
+        let (parent, name) = match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => return denied(),
+        };
+        let real_parent = match parent.canonicalize() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+        };
+        if self.job.grants.dir_covering(&real_parent).is_none() {
+            return denied();
+        }
+        match std::fs::symlink_metadata(real_parent.join(name)) {
+            Ok(md) => Ok(Ok(md.permissions().mode() & 0o7777)),
+            Err(e) => Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+        }
+    }
+
+    async fn set_metadata(&mut self, path: String, mode: u32, mtime: Timestamp) -> wasmtime::Result<Result<(), WitError>> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(restore) = &self.job.restore else {
+            return Ok(Err(WitError::AccessDenied("set-metadata works only during a restore into a directory".into())));
+        };
+        if let Err(reason) = coffer_repo::repofile::tree::validate_path(&path) {
+            return Ok(Err(WitError::AccessDenied(format!("{}: {reason}", printable(&path)))));
+        }
+        // Every component below the root must be a real directory: a
+        // symlink planted by the plugin must not redirect the change.
+        let mut cur = restore.root.clone();
+        let parts: Vec<Component> = Path::new(&path).components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            cur.push(part);
+            let md = match std::fs::symlink_metadata(&cur) {
+                Ok(md) => md,
+                Err(e) => return Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+            };
+            let last = i + 1 == parts.len();
+            if !last && !md.is_dir() {
+                return Ok(Err(WitError::AccessDenied(format!(
+                    "{}: {} is not a directory (symlinks are not followed)",
+                    printable(&path),
+                    part.as_os_str().to_string_lossy()
+                ))));
+            }
+            if last {
+                let ft = filetime::FileTime::from_unix_time(mtime.seconds, mtime.nanoseconds.min(999_999_999));
+                if md.file_type().is_symlink() {
+                    if let Err(e) = filetime::set_symlink_file_times(&cur, ft, ft) {
+                        return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
+                    }
+                    return Ok(Ok(()));
+                }
+                // Special bits only where the snapshot recorded them.
+                let recorded = restore.snapshot.entry(&path).map(|e| e.mode).unwrap_or(0);
+                let allowed = 0o777 | (recorded & 0o7000);
+                let perm = std::fs::Permissions::from_mode(mode & allowed);
+                if let Err(e) = std::fs::set_permissions(&cur, perm) {
+                    return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
+                }
+                if let Err(e) = filetime::set_file_mtime(&cur, ft) {
+                    return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl sink::Host for PluginState {}
+
+impl sink::HostSnapshotSink for PluginState {
+    async fn add_entry(
+        &mut self,
+        _self: Resource<SinkSlot>,
+        meta: EntryMeta,
+    ) -> wasmtime::Result<Result<Resource<EntryWriterSlot>, WitError>> {
+        if meta.mtime.nanoseconds >= 1_000_000_000 {
+            return Err(self.fault(Fault::Contract(format!(
+                "entry `{}`: mtime nanoseconds {} is not below one second",
+                printable(&meta.path),
+                meta.mtime.nanoseconds
+            ))));
+        }
+        if meta.kind != EntryKind::Symlink && meta.link_target.is_some() {
+            return Err(self.fault(Fault::Contract(format!(
+                "entry `{}`: only symlinks have a link target",
+                printable(&meta.path)
+            ))));
+        }
+        let is_file = meta.kind == EntryKind::File;
+        if is_file {
+            self.open_handle()?;
+        }
+        let path = meta.path.clone();
+        let repo_meta = RepoMeta {
+            path: meta.path,
+            kind: to_repo_kind(meta.kind),
+            mode: meta.mode,
+            mtime: meta.mtime.seconds,
+            mtime_nsec: meta.mtime.nanoseconds,
+            target: meta.link_target,
+        };
+        let writer = match self.writer()?.add_entry(repo_meta) {
+            Ok(w) => w,
+            Err(e) => return Err(self.repo_fault(e)),
+        };
+        let slot = if is_file {
+            self.job.open_writers += 1;
+            EntryWriterSlot { writer: Some(writer), path }
+        } else {
+            // Directories and symlinks are complete at once.
+            if let Err(e) = writer.finish().await {
+                return Err(self.repo_fault(e));
+            }
+            EntryWriterSlot { writer: None, path }
+        };
+        Ok(Ok(self.table.push(slot)?))
+    }
+
+    async fn reuse_entry(&mut self, _self: Resource<SinkSlot>, path: String) -> wasmtime::Result<Result<Digest, WitError>> {
+        match self.writer()?.reuse_entry(&path) {
+            Ok(d) => Ok(Ok(Digest { size: d.size, blake3: d.blake3.to_hex() })),
+            Err(coffer_repo::Error::CannotReuse { path, reason }) => {
+                Ok(Err(WitError::Other(format!("cannot reuse {}: {reason}", printable(&path)))))
+            }
+            Err(e) => Err(self.repo_fault(e)),
+        }
+    }
+
+    async fn set_attribute(
+        &mut self,
+        _self: Resource<SinkSlot>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        if key.is_empty() || key.len() > MAX_ATTR_KEY || value.len() > MAX_ATTR_VALUE {
+            return Err(self.fault(Fault::Contract(format!(
+                "attribute `{}`: keys are 1 to {MAX_ATTR_KEY} bytes and values at most {MAX_ATTR_VALUE} bytes",
+                printable(&key.chars().take(64).collect::<String>())
+            ))));
+        }
+        self.job.attributes += 1;
+        if self.job.attributes > MAX_ATTRS {
+            return Err(self.fault(Fault::Contract(format!("more than {MAX_ATTRS} attribute writes"))));
+        }
+        self.writer()?.set_attribute(&key, &value);
+        Ok(Ok(()))
+    }
+
+    async fn drop(&mut self, rep: Resource<SinkSlot>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl sink::HostEntryWriter for PluginState {
+    async fn write(&mut self, this: Resource<EntryWriterSlot>, data: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+        self.job.output_used += data.len() as u64;
+        if self.job.output_used > self.job.limits.output_bytes {
+            let limit = self.job.limits.output_bytes;
+            return Err(self.fault(Fault::OutputLimit { limit }));
+        }
+        let slot = self.table.get_mut(&this)?;
+        let Some(w) = slot.writer.as_mut() else {
+            let path = slot.path.clone();
+            return Ok(Err(WitError::Other(format!("{}: directories and symlinks have no content", printable(&path)))));
+        };
+        match w.write(&data).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Err(self.repo_fault(e)),
+        }
+    }
+
+    async fn finish(&mut self, this: Resource<EntryWriterSlot>) -> wasmtime::Result<Result<Digest, WitError>> {
+        let slot = self.table.delete(this)?;
+        match slot.writer {
+            None => Ok(Ok(Digest { size: 0, blake3: coffer_repo::Id::default().to_hex() })),
+            Some(w) => {
+                self.job.open_writers -= 1;
+                match w.finish().await {
+                    Ok(d) => Ok(Ok(Digest { size: d.size, blake3: d.blake3.to_hex() })),
+                    Err(e) => Err(self.repo_fault(e)),
+                }
+            }
+        }
+    }
+
+    async fn drop(&mut self, rep: Resource<EntryWriterSlot>) -> wasmtime::Result<()> {
+        let slot = self.table.delete(rep)?;
+        if slot.writer.is_some() {
+            self.job.open_writers -= 1;
+            // Dropping the writer marks the snapshot failed in coffer-repo;
+            // say why here too.
+            return Err(self.fault(Fault::Contract(format!(
+                "entry `{}` was dropped before it was finished",
+                printable(&slot.path)
+            ))));
+        }
+        Ok(())
+    }
+}
+
+impl reader::Host for PluginState {}
+
+impl reader::HostSnapshotReader for PluginState {
+    async fn id(&mut self, this: Resource<ReaderSlot>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.snapshot.id.to_hex())
+    }
+
+    async fn time(&mut self, this: Resource<ReaderSlot>) -> wasmtime::Result<Timestamp> {
+        let t = self.table.get(&this)?.snapshot.manifest.time;
+        Ok(Timestamp { seconds: t.timestamp(), nanoseconds: t.timestamp_subsec_nanos().min(999_999_999) })
+    }
+
+    async fn attributes(&mut self, this: Resource<ReaderSlot>) -> wasmtime::Result<Vec<(String, String)>> {
+        let s = &self.table.get(&this)?.snapshot;
+        Ok(s.manifest.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    async fn entry_count(&mut self, this: Resource<ReaderSlot>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.snapshot.entries.len() as u64)
+    }
+
+    async fn entries(
+        &mut self,
+        this: Resource<ReaderSlot>,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<EntryInfo>> {
+        let s = &self.table.get(&this)?.snapshot;
+        let start = match after {
+            None => 0,
+            Some(a) => s.entries.partition_point(|e| e.path.as_str() <= a.as_str()),
+        };
+        let n = limit.min(MAX_PAGE) as usize;
+        Ok(s.entries[start..].iter().take(n).map(entry_info).collect())
+    }
+
+    async fn entry(&mut self, this: Resource<ReaderSlot>, path: String) -> wasmtime::Result<Option<EntryInfo>> {
+        Ok(self.table.get(&this)?.snapshot.entry(&path).map(entry_info))
+    }
+
+    async fn open(
+        &mut self,
+        this: Resource<ReaderSlot>,
+        path: String,
+    ) -> wasmtime::Result<Result<Resource<EntryReaderSlot>, WitError>> {
+        let snapshot = Arc::clone(&self.table.get(&this)?.snapshot);
+        let Some(entry) = snapshot.entry(&path) else {
+            return Ok(Err(WitError::Other(format!(
+                "snapshot {} has no entry {}",
+                snapshot.id.short(),
+                printable(&path)
+            ))));
+        };
+        if entry.kind != RepoKind::File {
+            return Ok(Err(WitError::Other(format!("{}: only files have content to read", printable(&path)))));
+        }
+        self.open_handle()?;
+        let Some(repo) = &self.job.repo else {
+            return Err(self.fault(Fault::Contract("no repository for this reader".into())));
+        };
+        let reader = repo.entry_reader_owned(entry);
+        self.job.open_readers += 1;
+        Ok(Ok(self.table.push(EntryReaderSlot { reader })?))
+    }
+
+    async fn drop(&mut self, rep: Resource<ReaderSlot>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl reader::HostEntryReader for PluginState {
+    async fn read(&mut self, this: Resource<EntryReaderSlot>, max: u32) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let n = max.min(MAX_READ) as usize;
+        let slot = self.table.get_mut(&this)?;
+        let mut buf = vec![0u8; n];
+        let mut filled = 0;
+        // Fill the buffer across chunk boundaries: fewer, bigger calls.
+        while filled < n {
+            match slot.reader.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(e) => {
+                    return Ok(Err(match e {
+                        coffer_repo::Error::Corrupt { .. } => WitError::Corrupt(e.to_string()),
+                        other => WitError::Unavailable(other.to_string()),
+                    }));
+                }
+            }
+        }
+        buf.truncate(filled);
+        Ok(Ok(buf))
+    }
+
+    async fn drop(&mut self, rep: Resource<EntryReaderSlot>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        self.job.open_readers = self.job.open_readers.saturating_sub(1);
+        Ok(())
+    }
+}
+

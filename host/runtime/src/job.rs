@@ -1,0 +1,647 @@
+//! Plugin jobs: `info`, `snapshot`, `restore`, `verify`. Each job runs in a
+//! fresh instance with its own store, grants and limits; when it ends, the
+//! instance is thrown away whatever happened. A failed or cancelled
+//! snapshot is aborted, which leaves the repository as it was.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use coffer_repo::{BackupKind, Id, PluginIdentity, Repository, SnapshotOptions};
+use tokio::sync::Notify;
+use wasmtime::Store;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::bindings::types::{self as t, LogLevel};
+use crate::grants::{GrantError, GrantSet, Permission};
+use crate::host::{Fault, JobState, MemoryLimiter, PluginState, ReaderSlot, RestoreRoot, SinkSlot, on_epoch};
+use crate::limits::Limits;
+use crate::{LoadedPlugin, bindings};
+
+/// Bytes of a plugin's stderr kept (for panic messages).
+const STDERR_KEPT: usize = 64 << 10;
+
+/// Cancels a job: the plugin sees `cancelled() == true`, and wasm code is
+/// stopped at its next epoch tick.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        CancelToken::default()
+    }
+
+    /// Cancels every job holding this token.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Receives a job's log lines and progress.
+pub trait JobObserver: Send + Sync {
+    /// A log line from the plugin.
+    fn log(&self, plugin: &str, level: LogLevel, message: &str);
+    /// Progress reported by the plugin.
+    fn progress(&self, done: u64, total: Option<u64>);
+}
+
+/// Sends plugin log lines to `tracing` and ignores progress.
+#[derive(Debug, Default)]
+pub struct TracingObserver;
+
+impl JobObserver for TracingObserver {
+    fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn progress(&self, _done: u64, _total: Option<u64>) {}
+}
+
+/// How a job runs.
+#[derive(Clone)]
+pub struct JobOptions {
+    /// What the plugin may touch.
+    pub grants: GrantSet,
+    /// Its limits.
+    pub limits: Limits,
+    /// Cancels it.
+    pub cancel: CancelToken,
+    /// Receives logs and progress.
+    pub observer: Arc<dyn JobObserver>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            grants: GrantSet::none(),
+            limits: Limits::default(),
+            cancel: CancelToken::new(),
+            observer: Arc::new(TracingObserver),
+        }
+    }
+}
+
+/// An error a plugin reported on purpose (the contract's `error` variant).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The config is wrong.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// Access was refused.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// The source is unreachable.
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    /// Damaged data.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// Cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// Not supported.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// Other.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<t::Error> for PluginError {
+    fn from(e: t::Error) -> Self {
+        match e {
+            t::Error::InvalidConfig(m) => PluginError::InvalidConfig(m),
+            t::Error::AccessDenied(m) => PluginError::AccessDenied(m),
+            t::Error::Unavailable(m) => PluginError::Unavailable(m),
+            t::Error::Corrupt(m) => PluginError::Corrupt(m),
+            t::Error::Cancelled => PluginError::Cancelled,
+            t::Error::Unsupported(m) => PluginError::Unsupported(m),
+            t::Error::Other(m) => PluginError::Other(m),
+        }
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The plugin reported an error.
+    #[error("plugin {plugin}: {error}")]
+    Plugin {
+        /// Plugin name.
+        plugin: String,
+        /// What it reported.
+        error: PluginError,
+    },
+    /// The host stopped the plugin (a limit, a cancel, a contract violation).
+    #[error("plugin {plugin} {fault}")]
+    Fault {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        fault: Fault,
+    },
+    /// The plugin trapped (a panic, an out-of-bounds access, `unreachable`).
+    #[error("plugin {plugin} crashed: {reason}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The trap, and the panic message when there was one.
+        reason: String,
+    },
+    /// The plugin needs a capability that was not granted.
+    #[error("plugin {plugin} needs {needed}, which was not granted; {hint}")]
+    NotGranted {
+        /// Plugin name.
+        plugin: String,
+        /// The capability.
+        needed: String,
+        /// How to grant it.
+        hint: String,
+    },
+    /// A grant could not be made.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// The plugin returned something the contract does not allow.
+    #[error("plugin {plugin} returned garbage: {reason}")]
+    Garbage {
+        /// Plugin name.
+        plugin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The plugin cannot restore this way.
+    #[error("plugin {plugin} cannot restore {mode}")]
+    RestoreMode {
+        /// Plugin name.
+        plugin: String,
+        /// The mode asked for.
+        mode: &'static str,
+    },
+    /// The repository failed.
+    #[error(transparent)]
+    Repository(#[from] coffer_repo::Error),
+    /// The runtime itself failed (instantiation, linking).
+    #[error("plugin {plugin}: runtime error: {reason}")]
+    Runtime {
+        /// Plugin name.
+        plugin: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl JobError {
+    /// True for a cancelled job.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            JobError::Fault { fault: Fault::Cancelled, .. } | JobError::Plugin { error: PluginError::Cancelled, .. }
+        )
+    }
+}
+
+/// A plugin's self-description for one config.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginDescription {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// One sentence.
+    pub description: String,
+    /// JSON Schema of the config.
+    pub config_schema: String,
+    /// Source name for the config (empty without one).
+    pub source: String,
+    /// Capabilities the config needs.
+    pub capabilities: Vec<String>,
+    /// Restores into a directory.
+    pub restore_directory: bool,
+    /// Restores into a live server.
+    pub restore_live: bool,
+    /// BLAKE3 of the component bytes.
+    pub digest: String,
+}
+
+/// What to snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotRequest {
+    /// Plugin config (grants already derived from it).
+    pub config: serde_json::Value,
+    /// Parent snapshot.
+    pub parent: Option<Id>,
+    /// Full, incremental, differential.
+    pub kind: BackupKind,
+    /// Tenant.
+    pub tenant: String,
+    /// Source name; the plugin's own when `None`.
+    pub source: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// Where to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    /// Plugin config.
+    pub config: serde_json::Value,
+    /// Target directory (granted read-write by the caller), or `None` for a
+    /// live restore.
+    pub target: Option<std::path::PathBuf>,
+    /// Overwrite a non-empty target.
+    pub force: bool,
+    /// Only these paths.
+    pub paths: Vec<String>,
+}
+
+/// A verify's findings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Items checked.
+    pub checked: u64,
+    /// Bytes read back.
+    pub bytes: u64,
+    /// `(path, reason)` per problem.
+    pub problems: Vec<(String, String)>,
+    /// Notes.
+    pub notes: Vec<String>,
+}
+
+fn describe_capability(c: &t::Capability) -> String {
+    match c {
+        t::Capability::ReadDir(d) => format!("read-dir {d}"),
+        t::Capability::WriteDir(d) => format!("write-dir {d}"),
+        t::Capability::Connect(a) => format!("connect {a}"),
+    }
+}
+
+/// One live instance plus its store.
+struct Instance {
+    store: Store<PluginState>,
+    bindings: bindings::Plugin,
+    plugin: String,
+}
+
+impl LoadedPlugin {
+    fn new_store(&self, opts: &JobOptions) -> Result<Store<PluginState>, JobError> {
+        let mut b = WasiCtxBuilder::new();
+        opts.grants.apply(&mut b)?;
+        let stderr = MemoryOutputPipe::new(STDERR_KEPT);
+        b.stderr(stderr.clone());
+        b.stdout(MemoryOutputPipe::new(STDERR_KEPT));
+        let job = JobState {
+            plugin: self.label.clone(),
+            grants: Arc::new(opts.grants.clone()),
+            limits: opts.limits,
+            cancel: opts.cancel.clone(),
+            deadline: Instant::now() + opts.limits.wall_time,
+            observer: Arc::clone(&opts.observer),
+            repo: None,
+            writer: None,
+            restore: None,
+            output_used: 0,
+            open_writers: 0,
+            open_readers: 0,
+            attributes: 0,
+            log_lines: 0,
+            fault: None,
+        };
+        let state = PluginState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: opts.limits.memory, denied: None },
+            stderr,
+            job,
+        };
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(on_epoch);
+        Ok(store)
+    }
+
+    async fn instantiate(&self, opts: &JobOptions) -> Result<Instance, JobError> {
+        let mut store = self.new_store(opts)?;
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err(classify(&self.label, &mut store, e)),
+        };
+        Ok(Instance { store, bindings, plugin: self.label.clone() })
+    }
+
+    /// Calls `info`; the plugin names itself from here on.
+    async fn call_info(inst: &mut Instance, config: Option<&str>, opts: &JobOptions) -> Result<t::PluginInfo, JobError> {
+        let Instance { store, bindings, plugin } = inst;
+        let src = bindings.coffer_plugin_source();
+        let r = guarded(opts, src.call_info(&mut *store, config)).await;
+        let info = finish_call(plugin, store, r)?;
+        if info.name.is_empty()
+            || info.name.len() > 64
+            || !info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(JobError::Garbage {
+                plugin: plugin.clone(),
+                reason: "its name must be 1 to 64 lowercase letters, digits, `-` or `_`".into(),
+            });
+        }
+        if info.source.len() > 1024 || info.version.len() > 64 {
+            return Err(JobError::Garbage { plugin: plugin.clone(), reason: "its source or version is too long".into() });
+        }
+        *plugin = info.name.clone();
+        store.data_mut().job.plugin = info.name.clone();
+        Ok(info)
+    }
+
+    /// Describes the plugin; with a config, also its source and needs.
+    pub async fn info(&self, config: Option<&serde_json::Value>, opts: &JobOptions) -> Result<PluginDescription, JobError> {
+        let mut inst = self.instantiate(opts).await?;
+        let text = config.map(|c| c.to_string());
+        let i = Self::call_info(&mut inst, text.as_deref(), opts).await?;
+        Ok(PluginDescription {
+            name: i.name,
+            version: i.version,
+            description: i.description,
+            config_schema: i.config_schema,
+            source: i.source,
+            capabilities: i.capabilities.iter().map(describe_capability).collect(),
+            restore_directory: i.restore_modes.contains(t::RestoreModes::DIRECTORY),
+            restore_live: i.restore_modes.contains(t::RestoreModes::LIVE),
+            digest: self.digest.clone(),
+        })
+    }
+
+    /// Refuses a job whose declared needs were not granted.
+    fn check_needs(plugin: &str, info: &t::PluginInfo, grants: &GrantSet) -> Result<(), JobError> {
+        for c in &info.capabilities {
+            let (perm, hint) = match c {
+                t::Capability::ReadDir(d) => {
+                    (Permission::ReadDir(d.into()), "name the directory in the config (`--set path=DIR`)".to_string())
+                }
+                t::Capability::WriteDir(d) => {
+                    (Permission::WriteDir(d.into()), "restore with `--target DIR`".to_string())
+                }
+                t::Capability::Connect(a) => {
+                    let addrs = std::net::ToSocketAddrs::to_socket_addrs(a.as_str()).map(|i| i.collect()).unwrap_or_default();
+                    (Permission::Connect(a.clone(), addrs), "give its address in the config (`--set url=...`)".to_string())
+                }
+            };
+            if !grants.allows(&perm) {
+                return Err(JobError::NotGranted { plugin: plugin.into(), needed: perm.display_name(), hint });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a snapshot and commits it. On any failure the snapshot is
+    /// aborted and the repository is left as it was.
+    pub async fn snapshot(
+        &self,
+        repo: &Repository,
+        req: SnapshotRequest,
+        opts: &JobOptions,
+    ) -> Result<(Id, coffer_repo::SnapshotManifest), JobError> {
+        let mut inst = self.instantiate(opts).await?;
+        let config_text = req.config.to_string();
+        let info = Self::call_info(&mut inst, Some(&config_text), opts).await?;
+        Self::check_needs(&inst.plugin, &info, &opts.grants)?;
+        let source = req.source.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+            if info.source.is_empty() { info.name.clone() } else { info.source.clone() }
+        });
+        let parent_snapshot = match req.parent {
+            Some(p) => Some(Arc::new(repo.open_snapshot(&p).await?)),
+            None => None,
+        };
+        let writer = repo
+            .start_snapshot(SnapshotOptions {
+                tenant: req.tenant.clone(),
+                source,
+                plugin: PluginIdentity { name: info.name.clone(), version: info.version.clone(), digest: self.digest.clone() },
+                config: req.config.clone(),
+                parent: req.parent,
+                kind: req.kind,
+                tags: req.tags.clone(),
+            })
+            .await?;
+        let Instance { mut store, bindings, plugin } = inst;
+        {
+            let job = &mut store.data_mut().job;
+            job.repo = Some(repo.clone());
+            job.writer = Some(writer);
+        }
+        let outcome = async {
+            let table = &mut store.data_mut().table;
+            let sink: Resource<SinkSlot> = table.push(SinkSlot).map_err(|e| runtime_err(&plugin, e))?;
+            let parent: Option<Resource<ReaderSlot>> = match &parent_snapshot {
+                Some(s) => Some(table.push(ReaderSlot::new(Arc::clone(s))).map_err(|e| runtime_err(&plugin, e))?),
+                None => None,
+            };
+            let src = bindings.coffer_plugin_source();
+            let parent_borrow = parent.as_ref().map(|p| Resource::<ReaderSlot>::new_borrow(p.rep()));
+            let sink_borrow = Resource::<SinkSlot>::new_borrow(sink.rep());
+            let r = guarded(opts, src.call_snapshot(&mut store, &config_text, parent_borrow, sink_borrow)).await;
+            finish_call(&plugin, &mut store, r)?;
+            if store.data().job.open_writers > 0 {
+                let n = store.data().job.open_writers;
+                return Err(JobError::Fault {
+                    plugin: plugin.clone(),
+                    fault: Fault::Contract(format!("returned with {n} entries not finished")),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        let writer = store.data_mut().job.writer.take().expect("writer set above");
+        // The instance is done either way: drop it (and any handle the
+        // plugin still held) before committing or aborting.
+        drop(store);
+        match outcome {
+            Ok(()) => {
+                let id = writer.commit().await?;
+                let manifest = repo.read_manifest(&id).await?;
+                Ok((id, manifest))
+            }
+            Err(e) => {
+                writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Restores a snapshot into `req.target` (granted read-write in `opts`)
+    /// or, without a target, into the live server the config names.
+    pub async fn restore(&self, repo: &Repository, snapshot: &Id, req: RestoreRequest, opts: &JobOptions) -> Result<(), JobError> {
+        let snap = Arc::new(repo.open_snapshot(snapshot).await?);
+        let mut inst = self.instantiate(opts).await?;
+        let config_text = req.config.to_string();
+        let info = Self::call_info(&mut inst, Some(&config_text), opts).await?;
+        let (target, mode) = match &req.target {
+            Some(d) => (t::RestoreTarget::Directory(d.to_string_lossy().into_owned()), t::RestoreModes::DIRECTORY),
+            None => (t::RestoreTarget::Live, t::RestoreModes::LIVE),
+        };
+        if !info.restore_modes.contains(mode) {
+            return Err(JobError::RestoreMode {
+                plugin: inst.plugin.clone(),
+                mode: if req.target.is_some() { "into a directory" } else { "into a live server" },
+            });
+        }
+        let Instance { mut store, bindings, plugin } = inst;
+        {
+            let job = &mut store.data_mut().job;
+            job.repo = Some(repo.clone());
+            if let Some(root) = &req.target {
+                job.restore = Some(RestoreRoot { root: root.clone(), snapshot: Arc::clone(&snap) });
+            }
+        }
+        let reader = store.data_mut().table.push(ReaderSlot::new(snap)).map_err(|e| runtime_err(&plugin, e))?;
+        let options = t::RestoreOptions { target, force: req.force, paths: req.paths.clone() };
+        let src = bindings.coffer_plugin_source();
+        let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
+        let r = guarded(opts, src.call_restore(&mut store, &config_text, borrow, &options)).await;
+        finish_call(&plugin, &mut store, r)
+    }
+
+    /// Runs the plugin's verify of a snapshot.
+    pub async fn verify(
+        &self,
+        repo: &Repository,
+        snapshot: &Id,
+        config: &serde_json::Value,
+        opts: &JobOptions,
+    ) -> Result<VerifyReport, JobError> {
+        let snap = Arc::new(repo.open_snapshot(snapshot).await?);
+        let mut inst = self.instantiate(opts).await?;
+        let config_text = config.to_string();
+        Self::call_info(&mut inst, Some(&config_text), opts).await?;
+        let Instance { mut store, bindings, plugin } = inst;
+        store.data_mut().job.repo = Some(repo.clone());
+        let reader = store.data_mut().table.push(ReaderSlot::new(snap)).map_err(|e| runtime_err(&plugin, e))?;
+        let src = bindings.coffer_plugin_source();
+        let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
+        let r = guarded(opts, src.call_verify(&mut store, &config_text, borrow)).await;
+        let report = finish_call(&plugin, &mut store, r)?;
+        if report.problems.len() > 10_000_000 {
+            return Err(JobError::Garbage { plugin, reason: "more than 10 million problems".into() });
+        }
+        Ok(VerifyReport {
+            checked: report.checked,
+            bytes: report.bytes,
+            problems: report.problems.into_iter().map(|p| (p.path, p.reason)).collect(),
+            notes: report.notes,
+        })
+    }
+}
+
+fn runtime_err(plugin: &str, e: impl std::fmt::Display) -> JobError {
+    JobError::Runtime { plugin: plugin.into(), reason: e.to_string() }
+}
+
+/// Runs a call under the job's deadline and cancel token. The epoch
+/// callback stops wasm code; this also stops a plugin waiting in a host
+/// call (a socket read, a slow store).
+async fn guarded<T>(
+    opts: &JobOptions,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    tokio::select! {
+        r = call => r,
+        _ = opts.cancel.cancelled() => Err(wasmtime::Error::new(Fault::Cancelled)),
+        _ = tokio::time::sleep(opts.limits.wall_time) => Err(wasmtime::Error::new(Fault::TimeLimit(opts.limits.wall_time))),
+    }
+}
+
+/// Turns a call's outcome into the plugin's value or a [`JobError`].
+fn finish_call<T>(
+    plugin: &str,
+    store: &mut Store<PluginState>,
+    r: wasmtime::Result<Result<T, t::Error>>,
+) -> Result<T, JobError> {
+    match r {
+        Ok(Ok(v)) => match store.data().job.fault.clone() {
+            // A fault the plugin caught and ignored still fails the job.
+            Some(fault) => Err(JobError::Fault { plugin: plugin.into(), fault }),
+            None => Ok(v),
+        },
+        Ok(Err(e)) => match store.data().job.fault.clone() {
+            Some(fault) => Err(JobError::Fault { plugin: plugin.into(), fault }),
+            None => Err(JobError::Plugin { plugin: plugin.into(), error: e.into() }),
+        },
+        Err(e) => Err(classify(plugin, store, e)),
+    }
+}
+
+/// Names the reason a call trapped.
+fn classify(plugin: &str, store: &mut Store<PluginState>, e: wasmtime::Error) -> JobError {
+    if let Some(f) = e.downcast_ref::<Fault>() {
+        return JobError::Fault { plugin: plugin.into(), fault: f.clone() };
+    }
+    let data = store.data();
+    if let Some(f) = &data.job.fault {
+        return JobError::Fault { plugin: plugin.into(), fault: f.clone() };
+    }
+    if let Some(requested) = data.limiter.denied {
+        return JobError::Fault {
+            plugin: plugin.into(),
+            fault: Fault::MemoryLimit { limit: data.limiter.limit, requested },
+        };
+    }
+    let stderr = String::from_utf8_lossy(&data.stderr.contents()).into_owned();
+    let panic = stderr.lines().find(|l| l.contains("panicked at")).map(|l| {
+        // The message follows on the next line in Rust's panic output.
+        let rest: Vec<&str> = stderr.lines().skip_while(|x| *x != l).skip(1).take(1).collect();
+        match rest.first() {
+            Some(m) if !m.trim().is_empty() => format!("{}: {}", l.trim(), m.trim()),
+            _ => l.trim().to_string(),
+        }
+    });
+    if let Some(stderr_alloc) = stderr.lines().find(|l| l.contains("memory allocation of")) {
+        return JobError::Fault {
+            plugin: plugin.into(),
+            fault: Fault::MemoryLimit { limit: data.limiter.limit, requested: parse_alloc(stderr_alloc) },
+        };
+    }
+    let trap = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{}", e.root_cause()),
+    };
+    let reason = match panic {
+        Some(p) => format!("{trap} ({p})"),
+        None => trap,
+    };
+    JobError::Trap { plugin: plugin.into(), reason }
+}
+
+fn parse_alloc(line: &str) -> u64 {
+    line.split_whitespace().find_map(|w| w.parse::<u64>().ok()).unwrap_or(0)
+}
+
