@@ -1,1 +1,136 @@
-fn main() {}
+//! `coffer`: the command-line interface. Thin by design: it parses
+//! arguments, reads passwords and configs, and wires the commands to
+//! coffer-repo (the repository) and coffer-runtime (the plugins).
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage, 3 verification found damage,
+//! 130 cancelled (Ctrl-C).
+
+mod commands;
+mod config;
+mod output;
+mod password;
+mod plugins;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code when check or verify finds damage.
+pub const EXIT_DAMAGE: u8 = 3;
+/// Exit code for a usage error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code after Ctrl-C.
+pub const EXIT_CANCELLED: u8 = 130;
+
+/// Backups of databases, ledgers and files through sandboxed WebAssembly plugins.
+#[derive(Parser, Debug)]
+#[command(name = "coffer", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository URL or path (file://, s3://, gs://, az://, memory://).
+    #[arg(long, short = 'r', env = "COFFER_REPO", global = true)]
+    pub repo: Option<String>,
+    /// File holding the repository password (first line).
+    #[arg(long, env = "COFFER_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print less (no progress bars, only errors and results).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// Storage option for the repository backend (`key=value`, e.g.
+    /// `endpoint=http://127.0.0.1:8333`, `region=us-east-1`); repeatable.
+    #[arg(long = "repo-option", short = 'o', global = true, value_name = "KEY=VALUE")]
+    pub repo_options: Vec<String>,
+}
+
+/// Limits for a plugin job.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Memory cap for the plugin (e.g. 512MiB, 2GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+    /// Time budget for the plugin (e.g. 90s, 30m, 12h).
+    #[arg(long, value_name = "DURATION")]
+    pub time_limit: Option<String>,
+    /// Most content bytes a snapshot may write (e.g. 100GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub output_limit: Option<String>,
+}
+
+/// Plugin configuration from the command line.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// Plugin config value `key=value` (repeatable); typed by the plugin's schema.
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Plugin config from a TOML file (a `[limits]` table sets limits).
+    #[arg(long = "config", short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The verbs.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a repository.
+    Init,
+    /// Back up a source with a plugin (a built-in name or a .wasm file).
+    Backup(commands::backup::BackupArgs),
+    /// List snapshots.
+    Snapshots(commands::snapshots::SnapshotsArgs),
+    /// List the entries of a snapshot.
+    Ls(commands::snapshots::LsArgs),
+    /// Compare two snapshots.
+    Diff(commands::snapshots::DiffArgs),
+    /// Restore a snapshot into a directory (--target) or a live server (--set url=...).
+    Restore(commands::restore::RestoreArgs),
+    /// Read a snapshot back through its plugin and check every entry.
+    Verify(commands::restore::VerifyArgs),
+    /// Check the repository's structure and, optionally, its data.
+    Check(commands::maintain::CheckArgs),
+    /// Remove snapshots by retention policy.
+    Forget(commands::maintain::ForgetArgs),
+    /// Remove data no snapshot uses.
+    Prune(commands::maintain::PruneArgs),
+    /// Manage key files (passwords).
+    #[command(subcommand)]
+    Key(commands::key::KeyCmd),
+    /// List and inspect plugins.
+    #[command(subcommand)]
+    Plugin(commands::plugin::PluginCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    output::init_logging(cli.global.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coffer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(commands::run(cli));
+    // Background uploads and plugin threads must not delay the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
+}

@@ -1,0 +1,149 @@
+//! `coffer backup PLUGIN --set k=v ...`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use coffer_repo::{BackupKind, Id, Repository, SnapshotManifest};
+use coffer_runtime::{GrantSet, JobOptions, Purpose, SnapshotRequest};
+
+use crate::output::{Progress, duration, print_json, size};
+use crate::{ConfigArgs, Global, LimitArgs};
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// A built-in plugin (`files`) or a path to a plugin `.wasm` file.
+    pub plugin: String,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Read everything; no parent snapshot.
+    #[arg(long, group = "kind")]
+    pub full: bool,
+    /// Parent = the last snapshot of this source (the default when one exists).
+    #[arg(long, group = "kind")]
+    pub incremental: bool,
+    /// Parent = the last full snapshot of this source.
+    #[arg(long, group = "kind")]
+    pub differential: bool,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Tenant the snapshot belongs to.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Source name (default: what the plugin calls this config, e.g. `files:/srv/www`).
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+/// Picks the parent for the requested kind among the source's snapshots.
+fn choose_parent(
+    snaps: &[(Id, SnapshotManifest)],
+    tenant: &str,
+    source: &str,
+    args: &BackupArgs,
+) -> (BackupKind, Option<Id>) {
+    let mine = || snaps.iter().rev().filter(|(_, m)| m.tenant == tenant && m.source == source);
+    if args.full {
+        return (BackupKind::Full, None);
+    }
+    if args.differential {
+        return match mine().find(|(_, m)| m.kind == BackupKind::Full) {
+            Some((id, _)) => (BackupKind::Differential, Some(*id)),
+            None => (BackupKind::Full, None),
+        };
+    }
+    match mine().next() {
+        Some((id, _)) => (BackupKind::Incremental, Some(*id)),
+        None => (BackupKind::Full, None),
+    }
+}
+
+pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
+    let repo: Repository = super::open_repo(g).await?;
+    let rt = crate::plugins::runtime()?;
+    let plugin = crate::plugins::load(&rt, &args.plugin)?;
+    let cancel = super::cancel_on_signal();
+    let base_opts = JobOptions { cancel: cancel.clone(), ..JobOptions::default() };
+    let schema_info = plugin.info(None, &base_opts).await?;
+    let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
+    let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), None)?;
+    let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
+    let opts = JobOptions { grants: grants.clone(), limits: job.limits, cancel: cancel.clone(), ..JobOptions::default() };
+    let described = plugin.info(Some(&job.config), &opts).await?;
+    let source = args.source.clone().unwrap_or_else(|| {
+        if described.source.is_empty() { described.name.clone() } else { described.source.clone() }
+    });
+    let snaps = repo.snapshots().await.context("listing snapshots")?;
+    let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, &args);
+
+    let progress = Arc::new(Progress::new(g.json, g.quiet, &format!("backing up {source}")));
+    let opts = JobOptions { observer: progress.clone(), ..opts };
+    let started = Instant::now();
+    let result = plugin
+        .snapshot(
+            &repo,
+            SnapshotRequest {
+                config: job.config,
+                parent,
+                kind,
+                tenant: args.tenant.clone(),
+                source: Some(source.clone()),
+                tags: args.tags.clone(),
+            },
+            &opts,
+        )
+        .await;
+    progress.finish();
+    let (id, m) = result.with_context(|| format!("backup of {source} failed; nothing was saved"))?;
+    let took = started.elapsed();
+    let s = &m.summary;
+    if g.json {
+        print_json(&serde_json::json!({
+            "id": id.to_hex(),
+            "source": m.source,
+            "tenant": m.tenant,
+            "plugin": m.plugin,
+            "kind": m.kind,
+            "parent": m.parent.map(|p| p.to_hex()),
+            "summary": s,
+            "seconds": took.as_secs_f64(),
+            "warnings": progress.warnings(),
+        }))?;
+    } else {
+        let kind = match m.kind {
+            BackupKind::Full => "full".to_string(),
+            BackupKind::Incremental => format!("incremental on {}", m.parent.map(|p| p.short()).unwrap_or_default()),
+            BackupKind::Differential => format!("differential on {}", m.parent.map(|p| p.short()).unwrap_or_default()),
+        };
+        println!("snapshot {} saved ({kind}) for {}", id.short(), m.source);
+        println!(
+            "  {} files, {} dirs, {} symlinks, {} in the snapshot",
+            s.files,
+            s.dirs,
+            s.symlinks,
+            size(s.bytes)
+        );
+        println!(
+            "  read {}, kept {} unchanged entries from the parent",
+            size(s.bytes_read),
+            s.reused_entries
+        );
+        println!(
+            "  added {} new data ({} stored after compression and encryption) in {} blobs, {} packs",
+            size(s.new_bytes),
+            size(s.stored_bytes),
+            s.new_blobs,
+            s.new_packs
+        );
+        let rate = if took.as_secs_f64() > 0.0 { s.bytes_read as f64 / took.as_secs_f64() } else { 0.0 };
+        println!("  took {} ({}/s)", duration(took), size(rate as u64));
+        if progress.warnings() > 0 {
+            println!("  {} warnings (see above)", progress.warnings());
+        }
+    }
+    Ok(0)
+}

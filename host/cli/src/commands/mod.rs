@@ -1,0 +1,117 @@
+//! One module per group of verbs. Each command returns the process exit
+//! code or an error; [`run`] turns errors into a message and a code.
+
+pub mod backup;
+pub mod key;
+pub mod maintain;
+pub mod plugin;
+pub mod restore;
+pub mod snapshots;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use coffer_repo::Repository;
+use coffer_runtime::{CancelToken, JobError};
+
+use crate::{Cli, Cmd, EXIT_CANCELLED, EXIT_USAGE, Global};
+
+/// A usage mistake (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Runs a command and maps its outcome to an exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let g = cli.global.clone();
+    let r = match cli.command {
+        Cmd::Init => init(&g).await,
+        Cmd::Backup(a) => backup::run(&g, a).await,
+        Cmd::Snapshots(a) => snapshots::list(&g, a).await,
+        Cmd::Ls(a) => snapshots::ls(&g, a).await,
+        Cmd::Diff(a) => snapshots::diff(&g, a).await,
+        Cmd::Restore(a) => restore::restore(&g, a).await,
+        Cmd::Verify(a) => restore::verify(&g, a).await,
+        Cmd::Check(a) => maintain::check(&g, a).await,
+        Cmd::Forget(a) => maintain::forget(&g, a).await,
+        Cmd::Prune(a) => maintain::prune(&g, a).await,
+        Cmd::Key(k) => key::run(&g, k).await,
+        Cmd::Plugin(p) => plugin::run(&g, p).await,
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if e.downcast_ref::<JobError>().is_some_and(JobError::is_cancelled) {
+                eprintln!("coffer: cancelled; the repository was left as it was");
+                return ExitCode::from(EXIT_CANCELLED);
+            }
+            eprintln!("coffer: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+/// The repository URL, or a usage error naming how to give one.
+pub fn repo_url(g: &Global) -> Result<String> {
+    g.repo.clone().ok_or_else(|| anyhow!(UsageError("no repository: pass --repo URL or set COFFER_REPO".into())))
+}
+
+/// `--repo-option k=v` pairs.
+pub fn repo_options(g: &Global) -> Result<Vec<(String, String)>> {
+    g.repo_options
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!(UsageError(format!("--repo-option {kv}: expected KEY=VALUE"))))
+        })
+        .collect()
+}
+
+/// Opens the repository with the password from the environment or a prompt.
+pub async fn open_repo(g: &Global) -> Result<Repository> {
+    let url = repo_url(g)?;
+    let opts = repo_options(g)?;
+    let password = crate::password::repository_password(g.password_file.as_deref())?;
+    Repository::open_url(&url, &opts, &password).await.with_context(|| format!("opening repository {url}"))
+}
+
+async fn init(g: &Global) -> Result<u8> {
+    let url = repo_url(g)?;
+    let opts = repo_options(g)?;
+    let password = crate::password::new_password(g.password_file.as_deref(), true)?;
+    let backend = coffer_repo::backend_for(&url, &opts).with_context(|| format!("repository {url}"))?;
+    let repo = Repository::init(backend, &password, coffer_repo::InitOptions::default())
+        .await
+        .with_context(|| format!("creating repository {url}"))?;
+    if g.json {
+        crate::output::print_json(&serde_json::json!({"repository": url, "id": repo.config().id.to_hex()}))?;
+    } else {
+        println!("created repository {} at {url}", repo.config().id.short());
+        println!("keep the password safe: without it the data cannot be read");
+    }
+    Ok(0)
+}
+
+/// A cancel token tripped by Ctrl-C (SIGINT) or SIGTERM.
+pub fn cancel_on_signal() -> CancelToken {
+    let token = CancelToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        }
+        eprintln!("coffer: stopping...");
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,169 @@
+//! `coffer restore` and `coffer verify`: both run the plugin that made the
+//! snapshot, with the config it stored (secrets redacted) under `--set`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+use coffer_runtime::{GrantSet, JobOptions, Purpose, RestoreRequest};
+
+use super::UsageError;
+use crate::output::{Progress, duration, print_json, size};
+use crate::{ConfigArgs, EXIT_DAMAGE, Global, LimitArgs};
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id prefix, `latest` or `latest:SOURCE`.
+    pub snapshot: String,
+    /// Restore into this directory (granted read-write; must be empty unless --force).
+    #[arg(long, short = 't')]
+    pub target: Option<std::path::PathBuf>,
+    /// Overwrite a non-empty target.
+    #[arg(long)]
+    pub force: bool,
+    /// Only restore this path and what is below it (repeatable).
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+    /// Use this plugin file instead of the built-in that made the snapshot.
+    #[arg(long)]
+    pub plugin: Option<String>,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Snapshot id prefix, `latest` or `latest:SOURCE`.
+    pub snapshot: String,
+    /// Use this plugin file instead of the built-in that made the snapshot.
+    #[arg(long)]
+    pub plugin: Option<String>,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
+    let repo = super::open_repo(g).await?;
+    let id = repo.resolve_snapshot(&args.snapshot).await?;
+    let manifest = repo.read_manifest(&id).await?;
+    let rt = crate::plugins::runtime()?;
+    let plugin = crate::plugins::for_snapshot(&rt, &manifest, args.plugin.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    let schema_info = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
+    let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
+    let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), Some(manifest.config.clone()))?;
+    let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
+    let target = match &args.target {
+        Some(t) => {
+            if !t.exists() {
+                std::fs::create_dir_all(t).with_context(|| format!("creating restore target {}", t.display()))?;
+            }
+            Some(grants.write_dir("--target", t.to_str().ok_or_else(|| anyhow!("--target must be a UTF-8 path"))?)?)
+        }
+        None => {
+            if !args.cfg.set.iter().any(|s| s.starts_with("url=")) {
+                return Err(anyhow!(UsageError(
+                    "give --target DIR to restore into a directory, or --set url=... to restore into a live server".into()
+                )));
+            }
+            None
+        }
+    };
+    let progress = Arc::new(Progress::new(g.json, g.quiet, "restoring"));
+    let opts = JobOptions { grants, limits: job.limits, cancel, observer: progress.clone() };
+    let started = Instant::now();
+    let r = plugin
+        .restore(
+            &repo,
+            &id,
+            RestoreRequest { config: job.config, target: target.clone(), force: args.force, paths: args.paths.clone() },
+            &opts,
+        )
+        .await;
+    progress.finish();
+    r.with_context(|| format!("restore of snapshot {} failed", id.short()))?;
+    let took = started.elapsed();
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot": id.to_hex(),
+            "target": target.as_ref().map(|t| t.display().to_string()),
+            "bytes": manifest.summary.bytes,
+            "seconds": took.as_secs_f64(),
+        }))?;
+    } else {
+        match &target {
+            Some(t) => println!(
+                "restored snapshot {} ({}, {} entries) into {} in {}",
+                id.short(),
+                size(manifest.summary.bytes),
+                manifest.summary.entries,
+                t.display(),
+                duration(took)
+            ),
+            None => println!("restored snapshot {} into the live server in {}", id.short(), duration(took)),
+        }
+    }
+    Ok(0)
+}
+
+pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
+    let repo = super::open_repo(g).await?;
+    let id = repo.resolve_snapshot(&args.snapshot).await?;
+    let manifest = repo.read_manifest(&id).await?;
+    let rt = crate::plugins::runtime()?;
+    let plugin = crate::plugins::for_snapshot(&rt, &manifest, args.plugin.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    let schema_info = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
+    let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
+    let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), Some(manifest.config.clone()))?;
+    // The source is granted read-only when it still exists here, for the
+    // drift report; a source that is gone is left out, not an error.
+    let grants = match GrantSet::from_config(&mut job.config.clone(), Purpose::Read) {
+        Ok(_) => GrantSet::from_config(&mut job.config, Purpose::Read)?,
+        Err(e) => {
+            tracing::info!("no drift report: {e}");
+            GrantSet::from_config(&mut job.config, Purpose::Restore)?
+        }
+    };
+    let progress = Arc::new(Progress::new(g.json, g.quiet, "verifying"));
+    let opts = JobOptions { grants, limits: job.limits, cancel, observer: progress.clone() };
+    let started = Instant::now();
+    let r = plugin.verify(&repo, &id, &job.config, &opts).await;
+    progress.finish();
+    let report = r.with_context(|| format!("verify of snapshot {} failed", id.short()))?;
+    let took = started.elapsed();
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot": id.to_hex(),
+            "ok": report.problems.is_empty(),
+            "checked": report.checked,
+            "bytes": report.bytes,
+            "problems": report.problems.iter().map(|(p, r)| serde_json::json!({"path": p, "reason": r})).collect::<Vec<_>>(),
+            "notes": report.notes,
+            "seconds": took.as_secs_f64(),
+        }))?;
+    } else {
+        for n in &report.notes {
+            if !g.quiet {
+                println!("note: {n}");
+            }
+        }
+        for (p, r) in &report.problems {
+            println!("damaged: {p}: {r}");
+        }
+        println!(
+            "verified snapshot {}: {} items, {} read back in {}; {}",
+            id.short(),
+            report.checked,
+            size(report.bytes),
+            duration(took),
+            if report.problems.is_empty() { "no problems".to_string() } else { format!("{} problems", report.problems.len()) }
+        );
+    }
+    Ok(if report.problems.is_empty() { 0 } else { EXIT_DAMAGE })
+}

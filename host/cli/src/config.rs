@@ -1,0 +1,152 @@
+//! Plugin configs and limits from the command line: `--set key=value`
+//! (typed by the plugin's JSON Schema), `--config FILE.toml` (with an
+//! optional `[limits]` table), and the limit flags.
+
+use anyhow::{Context, Result, anyhow, bail};
+use coffer_runtime::Limits;
+use coffer_runtime::limits::{parse_duration, parse_size};
+use serde_json::{Map, Value};
+
+use crate::{ConfigArgs, LimitArgs};
+
+/// The value stored in manifests in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// A plugin config and the job's limits.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// The config object passed to the plugin.
+    pub config: Value,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Types a `--set` value by the schema's declared type for `key`.
+fn typed(key: &str, raw: &str, schema: Option<&Value>) -> Result<Value> {
+    let ty = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.get(key))
+        .and_then(|p| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("string");
+    Ok(match ty {
+        "boolean" => match raw.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" | "on" => Value::Bool(true),
+            "false" | "no" | "0" | "off" => Value::Bool(false),
+            _ => bail!("--set {key}={raw}: `{key}` is a boolean (true or false)"),
+        },
+        "integer" => Value::from(raw.parse::<i64>().map_err(|_| anyhow!("--set {key}={raw}: `{key}` is an integer"))?),
+        "number" => {
+            let n: f64 = raw.parse().map_err(|_| anyhow!("--set {key}={raw}: `{key}` is a number"))?;
+            serde_json::Number::from_f64(n).map(Value::Number).ok_or_else(|| anyhow!("--set {key}={raw}: not a finite number"))?
+        }
+        "array" => Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_string())).collect(),
+        ),
+        "object" => serde_json::from_str(raw).with_context(|| format!("--set {key}=...: `{key}` is a JSON object"))?,
+        _ => Value::String(raw.to_string()),
+    })
+}
+
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+/// Drops values that were redacted when the config was stored.
+fn without_redacted(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m.into_iter().filter(|(_, v)| v.as_str() != Some(REDACTED)).collect(),
+        _ => Map::new(),
+    }
+}
+
+/// Builds a job's config: `base` (a stored snapshot's config) under the
+/// TOML file under `--set`; limits from the TOML `[limits]` table under the
+/// flags.
+pub fn build(args: &ConfigArgs, limit_args: &LimitArgs, schema: Option<&Value>, base: Option<Value>) -> Result<JobConfig> {
+    let mut map = base.map(without_redacted).unwrap_or_default();
+    let mut limits = Limits::default();
+    if let Some(file) = &args.config {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading config file {}", file.display()))?;
+        let table: toml::Table = text.parse().with_context(|| format!("config file {} is not valid TOML", file.display()))?;
+        for (k, v) in table {
+            if k == "limits" {
+                let toml::Value::Table(t) = v else { bail!("{}: `limits` must be a table", file.display()) };
+                for (lk, lv) in t {
+                    let s = match &lv {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Integer(i) => i.to_string(),
+                        _ => bail!("{}: limits.{lk} must be a string like \"512MiB\" or \"30m\"", file.display()),
+                    };
+                    apply_limit(&mut limits, &lk, &s).with_context(|| format!("{}: limits.{lk}", file.display()))?;
+                }
+                continue;
+            }
+            map.insert(k, toml_to_json(v));
+        }
+    }
+    for kv in &args.set {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--set {kv}: expected KEY=VALUE"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            bail!("--set {kv}: the key is empty");
+        }
+        map.insert(k.to_string(), typed(k, v, schema)?);
+    }
+    if let Some(s) = &limit_args.memory_limit {
+        apply_limit(&mut limits, "memory", s).context("--memory-limit")?;
+    }
+    if let Some(s) = &limit_args.time_limit {
+        apply_limit(&mut limits, "time", s).context("--time-limit")?;
+    }
+    if let Some(s) = &limit_args.output_limit {
+        apply_limit(&mut limits, "output", s).context("--output-limit")?;
+    }
+    Ok(JobConfig { config: Value::Object(map), limits })
+}
+
+fn apply_limit(limits: &mut Limits, key: &str, value: &str) -> Result<()> {
+    match key {
+        "memory" => {
+            let v = parse_size(value).map_err(|e| anyhow!(e))?;
+            if !(1 << 20..=4 << 30).contains(&v) {
+                bail!("memory limit {value} must be between 1MiB and 4GiB (a wasm32 plugin cannot use more)");
+            }
+            limits.memory = v;
+        }
+        "time" => limits.wall_time = parse_duration(value).map_err(|e| anyhow!(e))?,
+        "output" => limits.output_bytes = parse_size(value).map_err(|e| anyhow!(e))?,
+        other => bail!("unknown limit `{other}` (use memory, time, output)"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_values_follow_the_schema() {
+        let schema = serde_json::json!({"properties": {"n": {"type": "integer"}, "b": {"type": "boolean"}, "l": {"type": "array"}}});
+        let args = ConfigArgs { set: vec!["n=5".into(), "b=yes".into(), "l=a, b".into(), "s=5".into()], config: None };
+        let c = build(&args, &LimitArgs::default(), Some(&schema), None).unwrap();
+        assert_eq!(c.config, serde_json::json!({"n": 5, "b": true, "l": ["a", "b"], "s": "5"}));
+        let bad = ConfigArgs { set: vec!["n=five".into()], config: None };
+        assert!(build(&bad, &LimitArgs::default(), Some(&schema), None).unwrap_err().to_string().contains("integer"));
+    }
+
+    #[test]
+    fn redacted_values_are_not_passed_on() {
+        let base = serde_json::json!({"path": "/x", "password": REDACTED});
+        let c = build(&ConfigArgs::default(), &LimitArgs::default(), None, Some(base)).unwrap();
+        assert_eq!(c.config, serde_json::json!({"path": "/x"}));
+    }
+}
