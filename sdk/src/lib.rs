@@ -324,6 +324,18 @@ pub mod host {
         wit::host::file_mode(path).map_err(|e| Error::from_wit(e).context(path))
     }
 
+    /// The target of a symlink inside a grant, absolute or not (WASI
+    /// refuses absolute ones).
+    pub fn read_link(path: &str) -> Result<String, Error> {
+        wit::host::read_link(path).map_err(|e| Error::from_wit(e).context(path))
+    }
+
+    /// Creates a symlink at `path` (relative to the restore target) pointing
+    /// at `target`, which may be absolute.
+    pub fn symlink(path: &str, target: &str) -> Result<(), Error> {
+        wit::host::symlink(path, target).map_err(|e| Error::from_wit(e).context(path))
+    }
+
     /// Sets permission bits and modification time of `path` (relative to
     /// the restore target), which WASI itself cannot do.
     pub fn set_metadata(path: &str, mode: u32, mtime: super::Timestamp) -> Result<(), Error> {
@@ -501,6 +513,12 @@ impl Sink<'_> {
     pub fn reuse_entry(&self, path: &str) -> Result<Digest, Error> {
         let d = self.inner.reuse_entry(path).map_err(|e| Error::from_wit(e).context(path))?;
         Ok(Digest { size: d.size, blake3: d.blake3 })
+    }
+
+    /// The generated binding (for test fixtures that misuse it on purpose).
+    #[doc(hidden)]
+    pub fn raw(&self) -> &wit::sink::SnapshotSink {
+        self.inner
     }
 
     /// Records a source fact (`pg.start-lsn`, `redis.rdb-version`).

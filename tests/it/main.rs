@@ -1,1 +1,7 @@
-//! tests
+//! coffer's end-to-end tests: the CLI as a user runs it, the plugin
+//! runtime, and the hostile-plugin suite. One test binary; fixtures are
+//! built by `build.rs`.
+
+mod cli;
+mod hostile;
+mod support;

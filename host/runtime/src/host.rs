@@ -190,6 +190,61 @@ impl PluginState {
         Ok(())
     }
 
+    /// A host path inside a grant, with its parent resolved the way the OS
+    /// would and checked to still be inside a grant (a symlink in the middle
+    /// must not lead out). The final component is not resolved.
+    fn resolve_in_grants(&self, path: &str) -> Result<PathBuf, WitError> {
+        let p = Path::new(path);
+        let denied = || WitError::AccessDenied(format!("{} is not inside a granted directory", printable(path)));
+        if self.job.grants.dir_covering(p).is_none() {
+            return Err(denied());
+        }
+        let (parent, name) = match (p.parent(), p.file_name()) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => return Err(denied()),
+        };
+        let real_parent = parent.canonicalize().map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(path))))?;
+        if self.job.grants.dir_covering(&real_parent).is_none() {
+            return Err(denied());
+        }
+        Ok(real_parent.join(name))
+    }
+
+    /// `rel` (a snapshot path) inside the restore target, with every
+    /// component but the last checked to be a real directory: a symlink the
+    /// plugin planted must not redirect a host-side change. With `create`,
+    /// the last component must not exist yet.
+    fn resolve_in_target(&self, rel: &str, create: bool) -> Result<PathBuf, WitError> {
+        let Some(restore) = &self.job.restore else {
+            return Err(WitError::AccessDenied("this works only during a restore into a directory".into()));
+        };
+        coffer_repo::repofile::tree::validate_path(rel)
+            .map_err(|reason| WitError::AccessDenied(format!("{}: {reason}", printable(rel))))?;
+        let mut cur = restore.root.clone();
+        let parts: Vec<Component> = Path::new(rel).components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            cur.push(part);
+            if i + 1 == parts.len() {
+                break;
+            }
+            match std::fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    return Err(WitError::AccessDenied(format!(
+                        "{}: {} is not a directory (symlinks are not followed)",
+                        printable(rel),
+                        part.as_os_str().to_string_lossy()
+                    )));
+                }
+                Err(e) => return Err(WitError::Unavailable(format!("{}: {e}", printable(rel)))),
+            }
+        }
+        if create && std::fs::symlink_metadata(&cur).is_ok() {
+            return Err(WitError::Other(format!("{}: already exists", printable(rel))));
+        }
+        Ok(cur)
+    }
+
     fn writer(&mut self) -> wasmtime::Result<&SnapshotWriter> {
         if self.job.writer.is_none() {
             return Err(self.fault(Fault::Contract("the sink was used outside a snapshot".into())));
@@ -277,75 +332,69 @@ impl host::Host for PluginState {
 
     async fn file_mode(&mut self, path: String) -> wasmtime::Result<Result<u32, WitError>> {
         use std::os::unix::fs::PermissionsExt;
-        let p = Path::new(&path);
-        let denied = || Ok(Err(WitError::AccessDenied(format!("{} is not inside a granted directory", printable(&path)))));
-        if self.job.grants.dir_covering(p).is_none() {
-            return denied();
-        }
-        // Resolve the parent the way the OS would, and check that it is still
-        // inside a grant: a symlink in the middle must not lead out.
-        let (parent, name) = match (p.parent(), p.file_name()) {
-            (Some(parent), Some(name)) => (parent, name),
-            _ => return denied(),
-        };
-        let real_parent = match parent.canonicalize() {
+        let real = match self.resolve_in_grants(&path) {
             Ok(r) => r,
-            Err(e) => return Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+            Err(e) => return Ok(Err(e)),
         };
-        if self.job.grants.dir_covering(&real_parent).is_none() {
-            return denied();
-        }
-        match std::fs::symlink_metadata(real_parent.join(name)) {
+        match std::fs::symlink_metadata(real) {
             Ok(md) => Ok(Ok(md.permissions().mode() & 0o7777)),
             Err(e) => Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
         }
     }
 
+    async fn read_link(&mut self, path: String) -> wasmtime::Result<Result<String, WitError>> {
+        let real = match self.resolve_in_grants(&path) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        match std::fs::read_link(real) {
+            Ok(t) => match t.into_os_string().into_string() {
+                Ok(s) => Ok(Ok(s)),
+                Err(_) => Ok(Err(WitError::Other(format!("{}: the link target is not UTF-8", printable(&path))))),
+            },
+            Err(e) => Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+        }
+    }
+
+    async fn symlink(&mut self, path: String, target: String) -> wasmtime::Result<Result<(), WitError>> {
+        if target.is_empty() || target.contains('\0') {
+            return Ok(Err(WitError::Other(format!("{}: a symlink target must be non-empty text without NUL", printable(&path)))));
+        }
+        let parent = match self.resolve_in_target(&path, true) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        match std::os::unix::fs::symlink(&target, &parent) {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Ok(Err(WitError::Other(format!("{}: {e}", printable(&path))))),
+        }
+    }
+
     async fn set_metadata(&mut self, path: String, mode: u32, mtime: Timestamp) -> wasmtime::Result<Result<(), WitError>> {
         use std::os::unix::fs::PermissionsExt;
-        let Some(restore) = &self.job.restore else {
-            return Ok(Err(WitError::AccessDenied("set-metadata works only during a restore into a directory".into())));
+        let cur = match self.resolve_in_target(&path, false) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
         };
-        if let Err(reason) = coffer_repo::repofile::tree::validate_path(&path) {
-            return Ok(Err(WitError::AccessDenied(format!("{}: {reason}", printable(&path)))));
+        let md = match std::fs::symlink_metadata(&cur) {
+            Ok(md) => md,
+            Err(e) => return Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+        };
+        let ft = filetime::FileTime::from_unix_time(mtime.seconds, mtime.nanoseconds.min(999_999_999));
+        if md.file_type().is_symlink() {
+            if let Err(e) = filetime::set_symlink_file_times(&cur, ft, ft) {
+                return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
+            }
+            return Ok(Ok(()));
         }
-        // Every component below the root must be a real directory: a
-        // symlink planted by the plugin must not redirect the change.
-        let mut cur = restore.root.clone();
-        let parts: Vec<Component> = Path::new(&path).components().collect();
-        for (i, part) in parts.iter().enumerate() {
-            cur.push(part);
-            let md = match std::fs::symlink_metadata(&cur) {
-                Ok(md) => md,
-                Err(e) => return Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
-            };
-            let last = i + 1 == parts.len();
-            if !last && !md.is_dir() {
-                return Ok(Err(WitError::AccessDenied(format!(
-                    "{}: {} is not a directory (symlinks are not followed)",
-                    printable(&path),
-                    part.as_os_str().to_string_lossy()
-                ))));
-            }
-            if last {
-                let ft = filetime::FileTime::from_unix_time(mtime.seconds, mtime.nanoseconds.min(999_999_999));
-                if md.file_type().is_symlink() {
-                    if let Err(e) = filetime::set_symlink_file_times(&cur, ft, ft) {
-                        return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
-                    }
-                    return Ok(Ok(()));
-                }
-                // Special bits only where the snapshot recorded them.
-                let recorded = restore.snapshot.entry(&path).map(|e| e.mode).unwrap_or(0);
-                let allowed = 0o777 | (recorded & 0o7000);
-                let perm = std::fs::Permissions::from_mode(mode & allowed);
-                if let Err(e) = std::fs::set_permissions(&cur, perm) {
-                    return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
-                }
-                if let Err(e) = filetime::set_file_mtime(&cur, ft) {
-                    return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
-                }
-            }
+        // Special bits only where the snapshot recorded them.
+        let recorded = self.job.restore.as_ref().and_then(|r| r.snapshot.entry(&path)).map(|e| e.mode).unwrap_or(0);
+        let allowed = 0o777 | (recorded & 0o7000);
+        if let Err(e) = std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode & allowed)) {
+            return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
+        }
+        if let Err(e) = filetime::set_file_mtime(&cur, ft) {
+            return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
         }
         Ok(Ok(()))
     }

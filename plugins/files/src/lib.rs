@@ -132,13 +132,8 @@ impl Walker<'_> {
                 self.sink.add_entry(EntryMeta::dir(&child, mode & 0o7777).mtime(mtime_of(&md)))?.finish()?;
                 self.walk(&child)?;
             } else if ft.is_symlink() {
-                let target = fs::read_link(&full).map_err(|e| Error::from(e).context(&full))?;
-                let Some(target) = target.to_str() else {
-                    host::warn(format!("skipping {full}: its target is not UTF-8"));
-                    self.skipped += 1;
-                    continue;
-                };
-                self.sink.add_entry(EntryMeta::symlink(&child, target).mtime(mtime_of(&md)))?.finish()?;
+                let target = host::read_link(&full)?;
+                self.sink.add_entry(EntryMeta::symlink(&child, &target).mtime(mtime_of(&md)))?.finish()?;
             } else if ft.is_file() {
                 let mode = host::file_mode(&full)? & 0o7777;
                 let mtime = mtime_of(&md);
@@ -371,8 +366,7 @@ impl Plugin for Files {
                         clear_for(&dest, false)?;
                     }
                     let link = e.link_target.as_deref().unwrap_or_default();
-                    #[allow(deprecated)]
-                    fs::soft_link(link, &dest).map_err(|err| Error::from(err).context(&dest))?;
+                    host::symlink(&e.path, link)?;
                     host::set_metadata(&e.path, e.mode, e.mtime)?;
                 }
             }

@@ -1,0 +1,47 @@
+//! Builds the fixture plugins (and the built-in files plugin the runtime
+//! tests load directly) for wasm32-wasip2 into `target/plugins`, and passes
+//! their paths to the tests as `COFFER_FIXTURE_<NAME>` constants.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (env name, package).
+const FIXTURES: &[(&str, &str)] =
+    &[("COFFER_FIXTURE_HOSTILE", "coffer-fixture-hostile"), ("COFFER_PLUGIN_FILES", "coffer-plugin-files")];
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let root = manifest.parent().expect("tests/ is one level down").to_path_buf();
+    let target_dir = std::env::var_os("COFFER_PLUGIN_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("plugins"));
+    println!("cargo:rerun-if-env-changed=COFFER_PLUGIN_TARGET_DIR");
+    for dir in ["wit", "sdk/src", "tests/fixtures", "plugins/files", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    for (env, package) in FIXTURES {
+        build(&root, &target_dir, package);
+        let artifact = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", package.replace('-', "_")));
+        println!("cargo:rustc-env={env}={}", artifact.display());
+    }
+}
+
+fn build(root: &Path, target_dir: &Path, package: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
+        .arg(target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .status()
+        .expect("cargo runs");
+    if !status.success() {
+        panic!("building fixture {package} for wasm32-wasip2 failed; is the target installed? (`rustup target add wasm32-wasip2`)");
+    }
+}
