@@ -8,77 +8,94 @@
 //! granted. Everything else (chunking, deduplication, compression,
 //! encryption, storage, retention) is the host's job.
 //!
-//! Implement [`Plugin`] for a type and name it in [`export!`]:
+//! Implement [`Plugin`] for a type and name it in [`export!`]. This
+//! complete plugin backs up the `.txt` files of one directory:
 //!
 //! ```no_run
-//! use std::io::{Read, Write};
+//! use std::io::Read;
 //!
 //! use coffer_sdk::{
-//!     Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions,
-//!     Sink, SnapshotReader, VerifyReport,
+//!     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
+//!     SnapshotReader, VerifyReport, host,
 //! };
 //!
-//! /// Backs up one file.
-//! struct OneFile;
+//! /// Backs up the `.txt` files of a directory.
+//! pub struct Notes;
 //!
+//! /// `coffer backup notes.wasm --set path=DIR`
 //! #[derive(serde::Deserialize)]
 //! #[serde(deny_unknown_fields)]
-//! struct OneFileConfig {
-//!     /// The file to back up (its directory must be granted).
-//!     file: String,
+//! pub struct NotesConfig {
+//!     /// The directory; `path` is granted read-only by the host.
+//!     path: String,
 //! }
 //!
-//! impl Config for OneFileConfig {
+//! impl Config for NotesConfig {
 //!     fn validate(&self) -> Result<(), ConfigError> {
-//!         if !self.file.starts_with('/') {
-//!             return Err(ConfigError::field("file", "must be an absolute path"));
+//!         if !self.path.starts_with('/') {
+//!             return Err(ConfigError::field("path", "must be an absolute path"));
 //!         }
 //!         Ok(())
 //!     }
 //! }
 //!
-//! impl Plugin for OneFile {
-//!     type Config = OneFileConfig;
+//! impl Plugin for Notes {
+//!     type Config = NotesConfig;
 //!
 //!     fn info() -> PluginInfo {
-//!         PluginInfo::new("one-file", env!("CARGO_PKG_VERSION"), "Backs up a single file")
-//!             .schema(r#"{"type":"object","required":["file"],"properties":{"file":{"type":"string"}}}"#)
+//!         PluginInfo::new("notes", "0.1.0", "The .txt files of a directory")
+//!             .schema(r#"{"type":"object","required":["path"],"properties":{"path":{"type":"string"}}}"#)
 //!     }
 //!
-//!     fn source(config: &OneFileConfig) -> String {
-//!         format!("one-file:{}", config.file)
+//!     fn source(config: &NotesConfig) -> String {
+//!         format!("notes:{}", config.path)
 //!     }
 //!
-//!     fn capabilities(config: &OneFileConfig) -> Vec<coffer_sdk::Capability> {
-//!         let dir = config.file.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
-//!         vec![coffer_sdk::Capability::ReadDir(dir.to_string())]
+//!     fn capabilities(config: &NotesConfig) -> Vec<Capability> {
+//!         vec![Capability::ReadDir(config.path.clone())]
 //!     }
 //!
-//!     fn snapshot(config: OneFileConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
-//!         let mut file = std::fs::File::open(&config.file)?;
-//!         let mut entry = sink.add_entry(EntryMeta::file("data", 0o644))?;
-//!         std::io::copy(&mut file, &mut entry)?;
-//!         entry.finish()?;
+//!     fn snapshot(config: NotesConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
+//!         let mut names: Vec<String> = std::fs::read_dir(&config.path)?
+//!             .filter_map(|e| e.ok()?.file_name().into_string().ok())
+//!             .filter(|n| n.ends_with(".txt"))
+//!             .collect();
+//!         names.sort();
+//!         for name in names {
+//!             host::check_cancelled()?;
+//!             let mut file = std::fs::File::open(format!("{}/{name}", config.path))?;
+//!             let mut entry = sink.add_entry(EntryMeta::file(name.as_str(), 0o644))?;
+//!             std::io::copy(&mut file, &mut entry)?;
+//!             entry.finish()?;
+//!         }
 //!         Ok(())
 //!     }
 //!
-//!     fn restore(_config: OneFileConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
+//!     fn restore(_config: NotesConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
 //!         let dir = options.directory()?;
-//!         let mut out = std::fs::File::create(format!("{dir}/data"))?;
-//!         std::io::copy(&mut snapshot.open("data")?, &mut out)?;
+//!         for e in snapshot.entries().filter(|e| e.kind == EntryKind::File) {
+//!             let mut out = std::fs::File::create(format!("{dir}/{}", e.path))?;
+//!             std::io::copy(&mut snapshot.open(&e.path)?, &mut out)?;
+//!             host::set_metadata(&e.path, e.mode, e.mtime)?;
+//!         }
 //!         Ok(())
 //!     }
 //!
-//!     fn verify(_config: OneFileConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
+//!     fn verify(_config: NotesConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
 //!         let mut report = VerifyReport::default();
-//!         let mut data = Vec::new();
-//!         snapshot.open("data")?.read_to_end(&mut data)?;
-//!         report.checked(1, data.len() as u64);
+//!         for e in snapshot.entries() {
+//!             let mut data = Vec::new();
+//!             snapshot.open(&e.path)?.read_to_end(&mut data)?;
+//!             if data.len() as u64 != e.size {
+//!                 report.problem(&e.path, format!("read {} bytes, expected {}", data.len(), e.size));
+//!             }
+//!             report.checked(1, data.len() as u64);
+//!         }
 //!         Ok(report)
 //!     }
 //! }
 //!
-//! coffer_sdk::export!(OneFile);
+//! coffer_sdk::export!(Notes);
 //! ```
 //!
 //! `docs/writing-a-plugin.md` in the coffer repository walks through it from
