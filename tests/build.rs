@@ -42,6 +42,8 @@ fn build(root: &Path, target_dir: &Path, package: &str) {
         .status()
         .expect("cargo runs");
     if !status.success() {
-        panic!("building fixture {package} for wasm32-wasip2 failed; is the target installed? (`rustup target add wasm32-wasip2`)");
+        panic!(
+            "building fixture {package} for wasm32-wasip2 failed; is the target installed? (`rustup target add wasm32-wasip2`)"
+        );
     }
 }

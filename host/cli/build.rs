@@ -22,7 +22,9 @@ fn main() {
     for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    let mut generated = String::from("/// Built-in plugins embedded at build time: (name, component bytes).\npub const BUILTIN: &[(&str, &[u8])] = &[\n");
+    let mut generated = String::from(
+        "/// Built-in plugins embedded at build time: (name, component bytes).\npub const BUILTIN: &[(&str, &[u8])] = &[\n",
+    );
     for (name, package) in BUILTIN {
         println!("cargo:rerun-if-changed={}", root.join("plugins").join(name).display());
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -772,7 +772,9 @@ pub struct RestoreOptions {
 impl RestoreOptions {
     /// The target directory, or an error for a live restore.
     pub fn directory(&self) -> Result<&str, Error> {
-        self.directory.as_deref().ok_or_else(|| Error::Unsupported("this plugin restores into a directory only: give --target DIR".into()))
+        self.directory
+            .as_deref()
+            .ok_or_else(|| Error::Unsupported("this plugin restores into a directory only: give --target DIR".into()))
     }
 
     /// True if `path` is selected by [`RestoreOptions::include`].
@@ -907,7 +909,10 @@ pub mod glue {
         P::restore(c, &SnapshotReader { inner: snapshot }, options).map_err(Error::into_wit)
     }
 
-    pub fn verify<P: Plugin>(config: String, snapshot: &wit::reader::SnapshotReader) -> Result<t::VerifyReport, t::Error> {
+    pub fn verify<P: Plugin>(
+        config: String,
+        snapshot: &wit::reader::SnapshotReader,
+    ) -> Result<t::VerifyReport, t::Error> {
         let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
         let r = P::verify(c, &SnapshotReader { inner: snapshot }).map_err(Error::into_wit)?;
         Ok(t::VerifyReport {

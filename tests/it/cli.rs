@@ -35,7 +35,11 @@ fn scan(root: &Path) -> BTreeMap<String, Node> {
                 let data = std::fs::read(&p).unwrap();
                 out.insert(
                     rel,
-                    Node::File { mode: md.permissions().mode() & 0o7777, mtime, blake3: blake3::hash(&data).to_hex().to_string() },
+                    Node::File {
+                        mode: md.permissions().mode() & 0o7777,
+                        mtime,
+                        blake3: blake3::hash(&data).to_hex().to_string(),
+                    },
                 );
             }
         }
@@ -84,7 +88,11 @@ fn a_real_directory_round_trips_byte_identically() {
     make_tree(&src);
     let out = t.coffer(&["backup", "files", "--set", &format!("path={}", src.display())]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("pipe") && stderr(&out).contains("FIFO"), "the FIFO is skipped with a warning: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pipe") && stderr(&out).contains("FIFO"),
+        "the FIFO is skipped with a warning: {}",
+        stderr(&out)
+    );
     let dst = t.dir.path().join("dst");
     t.ok(&["restore", "latest", "--target", dst.to_str().unwrap()]);
     let mut want = scan(&src);
@@ -125,7 +133,10 @@ fn incremental_reuses_unchanged_files_and_differential_starts_from_the_last_full
     let list = t.json(&["snapshots"]);
     let arr = list.as_array().expect("snapshots --json prints an array");
     assert_eq!(arr.len(), 4);
-    assert!(arr.iter().all(|s| s["id"].is_string() && s["source"] == format!("files:{}", src.canonicalize().unwrap().display())));
+    assert!(
+        arr.iter()
+            .all(|s| s["id"].is_string() && s["source"] == format!("files:{}", src.canonicalize().unwrap().display()))
+    );
 
     // ls, diff, id prefixes.
     let first_id = first["id"].as_str().unwrap();
@@ -251,7 +262,12 @@ fn third_party_plugins_load_from_a_file_and_fail_alone() {
 #[test]
 fn ctrl_c_stops_the_plugin_and_leaves_the_repository_clean() {
     let t = TestRepo::new();
-    let child = t.cmd().args(["backup", support::hostile_wasm(), "--set", "mode=loop"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = t
+        .cmd()
+        .args(["backup", support::hostile_wasm(), "--set", "mode=loop"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     let st = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(st.success());
@@ -281,7 +297,8 @@ fn keys_retention_and_prune_through_the_cli() {
     let keys: serde_json::Value = serde_json::from_slice(&third(&["--json", "key", "list"]).stdout).unwrap();
     assert_eq!(keys.as_array().unwrap().len(), 2);
     // The key in use cannot be removed.
-    let current = keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let current =
+        keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
     let out = third(&["key", "remove", &current[..8]]);
     assert_eq!(out.status.code(), Some(1));
 

@@ -38,6 +38,7 @@ const TESTED: &[&str] = &[
     "path-nul",
     "long-source",
     "unfinished",
+    "stream",
 ];
 
 fn runtime() -> &'static Runtime {
@@ -133,8 +134,12 @@ fn message(e: &JobError) -> String {
 async fn every_fixture_mode_has_a_test() {
     let d = hostile().info(None, &JobOptions::default()).await.unwrap();
     let schema: serde_json::Value = serde_json::from_str(&d.config_schema).unwrap();
-    let mut modes: Vec<String> =
-        schema["properties"]["mode"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let mut modes: Vec<String> = schema["properties"]["mode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     modes.sort();
     let mut tested: Vec<String> = TESTED.iter().map(|s| s.to_string()).collect();
     tested.sort();
@@ -150,6 +155,17 @@ async fn well_behaved_mode_commits() {
     let snap = s.repo.open_snapshot(&snaps[0].0).await.unwrap();
     assert_eq!(snap.entries.len(), 1);
     assert_eq!(snap.entries[0].path, "hello.txt");
+}
+
+#[tokio::test]
+async fn streaming_through_the_sink_stores_every_byte() {
+    let s = Scene::new().await;
+    let size = 3 * (1 << 20) + 12_345;
+    s.run(json!({"mode": "stream", "size": size}), Limits::default(), CancelToken::new()).await.unwrap();
+    let snaps = s.repo.snapshots().await.unwrap();
+    let snap = s.repo.open_snapshot(&snaps[0].0).await.unwrap();
+    assert_eq!(snap.entries[0].size, size);
+    assert_eq!(snaps[0].1.summary.bytes_read, size);
 }
 
 #[tokio::test]
@@ -217,7 +233,12 @@ async fn connecting_to_an_address_not_granted_is_denied() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(victim.accept().is_err(), "the plugin reached an address that was not granted");
     // And with no network grant at all.
-    let e = s.must_fail(json!({"mode": "connect-ungranted", "victim": victim.local_addr().unwrap().to_string()}), Limits::default()).await;
+    let e = s
+        .must_fail(
+            json!({"mode": "connect-ungranted", "victim": victim.local_addr().unwrap().to_string()}),
+            Limits::default(),
+        )
+        .await;
     message(&e);
     assert!(victim.accept().is_err());
 }
@@ -305,7 +326,9 @@ async fn using_a_dropped_handle_traps() {
 
 #[tokio::test]
 async fn invalid_entry_paths_are_refused() {
-    for (mode, shown) in [("path-dotdot", "../x"), ("path-absolute", "/etc/passwd"), ("path-empty", "``"), ("path-nul", "\\u{0}")] {
+    for (mode, shown) in
+        [("path-dotdot", "../x"), ("path-absolute", "/etc/passwd"), ("path-empty", "``"), ("path-nul", "\\u{0}")]
+    {
         let s = Scene::new().await;
         let e = s.must_fail(json!({"mode": mode}), Limits::default()).await;
         assert!(matches!(e, JobError::Fault { fault: Fault::Contract(_), .. }), "{mode}: {e}");

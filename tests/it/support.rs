@@ -12,7 +12,11 @@ pub fn coffer_bin() -> PathBuf {
     // target/<profile>/deps/it-<hash> -> target/<profile>/coffer
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("coffer");
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build -p coffer` (cargo xtask test does)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p coffer` (cargo xtask test does)",
+        bin.display()
+    );
     bin
 }
 

@@ -17,10 +17,11 @@ const DATASET_BYTES: u64 = 2 << 30;
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("repo") => repo(&args[1..]),
+        Some("runtime") => runtime(),
         Some("primitives") => {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
-        _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | primitives"),
+        _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | runtime | primitives"),
     }
 }
 
@@ -117,4 +118,22 @@ fn repo(args: &[String]) -> Result<()> {
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(())
+}
+
+/// The plugin runtime: instantiation, sink throughput, and the files
+/// plugin against the native directory backup on the `repo` data set.
+fn runtime() -> Result<()> {
+    let work = PathBuf::from("target/bench");
+    let dataset = work.join("dataset");
+    build_dataset(&dataset)?;
+    crate::build_plugins()?;
+    let plugins = PathBuf::from("target/plugins/wasm32-wasip2/release");
+    crate::run(crate::cargo_cmd().args(["build", "--release", "-p", "coffer-runtime", "--example", "bench_runtime"]))?;
+    crate::run(
+        Command::new("target/release/examples/bench_runtime")
+            .arg(plugins.join("coffer_plugin_files.wasm"))
+            .arg(plugins.join("coffer_fixture_hostile.wasm"))
+            .arg(&dataset)
+            .arg(work.join("runtime")),
+    )
 }

@@ -194,7 +194,7 @@ fn guest_packages() -> Vec<String> {
 
 /// Builds every plugin and fixture for wasm32-wasip2 into `target/plugins`
 /// (where the `coffer` build and the tests pick them up), stripped.
-fn build_plugins() -> Result<()> {
+pub(crate) fn build_plugins() -> Result<()> {
     deps::ensure_wasm_target()?;
     let mut cmd = cargo_cmd();
     cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/plugins"])

@@ -38,7 +38,9 @@ fn typed(key: &str, raw: &str, schema: Option<&Value>) -> Result<Value> {
         "integer" => Value::from(raw.parse::<i64>().map_err(|_| anyhow!("--set {key}={raw}: `{key}` is an integer"))?),
         "number" => {
             let n: f64 = raw.parse().map_err(|_| anyhow!("--set {key}={raw}: `{key}` is a number"))?;
-            serde_json::Number::from_f64(n).map(Value::Number).ok_or_else(|| anyhow!("--set {key}={raw}: not a finite number"))?
+            serde_json::Number::from_f64(n)
+                .map(Value::Number)
+                .ok_or_else(|| anyhow!("--set {key}={raw}: not a finite number"))?
         }
         "array" => Value::Array(
             raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_string())).collect(),
@@ -71,12 +73,18 @@ fn without_redacted(v: Value) -> Map<String, Value> {
 /// Builds a job's config: `base` (a stored snapshot's config) under the
 /// TOML file under `--set`; limits from the TOML `[limits]` table under the
 /// flags.
-pub fn build(args: &ConfigArgs, limit_args: &LimitArgs, schema: Option<&Value>, base: Option<Value>) -> Result<JobConfig> {
+pub fn build(
+    args: &ConfigArgs,
+    limit_args: &LimitArgs,
+    schema: Option<&Value>,
+    base: Option<Value>,
+) -> Result<JobConfig> {
     let mut map = base.map(without_redacted).unwrap_or_default();
     let mut limits = Limits::default();
     if let Some(file) = &args.config {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading config file {}", file.display()))?;
-        let table: toml::Table = text.parse().with_context(|| format!("config file {} is not valid TOML", file.display()))?;
+        let table: toml::Table =
+            text.parse().with_context(|| format!("config file {} is not valid TOML", file.display()))?;
         for (k, v) in table {
             if k == "limits" {
                 let toml::Value::Table(t) = v else { bail!("{}: `limits` must be a table", file.display()) };

@@ -15,9 +15,8 @@ pub fn repository_password(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
     if let Ok(p) = std::env::var("COFFER_PASSWORD") {
         return Ok(Zeroizing::new(p.into_bytes()));
     }
-    prompt("repository password: ").context(
-        "no password: set COFFER_PASSWORD_FILE (or --password-file) or COFFER_PASSWORD, or run on a terminal",
-    )
+    prompt("repository password: ")
+        .context("no password: set COFFER_PASSWORD_FILE (or --password-file) or COFFER_PASSWORD, or run on a terminal")
 }
 
 /// Reads a new password (for `init`, `key add`, `key passwd`):

@@ -26,7 +26,10 @@ pub fn load(rt: &Runtime, spec: &str) -> Result<LoadedPlugin> {
     let looks_like_path = spec.contains('/') || spec.ends_with(".wasm");
     if !looks_like_path {
         let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-        bail!("no built-in plugin `{spec}` (built-in: {}); give a path to a .wasm file for another plugin", names.join(", "));
+        bail!(
+            "no built-in plugin `{spec}` (built-in: {}); give a path to a .wasm file for another plugin",
+            names.join(", ")
+        );
     }
     let path = Path::new(spec);
     let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
@@ -36,7 +39,11 @@ pub fn load(rt: &Runtime, spec: &str) -> Result<LoadedPlugin> {
 /// Loads the plugin that wrote a snapshot: `override_spec` if given, else
 /// the built-in of that name. Warns when the component differs from the
 /// one that made the snapshot.
-pub fn for_snapshot(rt: &Runtime, manifest: &coffer_repo::SnapshotManifest, override_spec: Option<&str>) -> Result<LoadedPlugin> {
+pub fn for_snapshot(
+    rt: &Runtime,
+    manifest: &coffer_repo::SnapshotManifest,
+    override_spec: Option<&str>,
+) -> Result<LoadedPlugin> {
     let spec = override_spec.unwrap_or(&manifest.plugin.name);
     let p = load(rt, spec).with_context(|| {
         format!(

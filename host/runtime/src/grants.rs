@@ -170,10 +170,8 @@ impl GrantSet {
         } else {
             value.to_string()
         };
-        let addrs: Vec<SocketAddr> = host_port
-            .to_socket_addrs()
-            .map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?
-            .collect();
+        let addrs: Vec<SocketAddr> =
+            host_port.to_socket_addrs().map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?.collect();
         if addrs.is_empty() {
             return Err(err(format!("{host_port} resolved to no address")));
         }

@@ -8,7 +8,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer_repo::{EntryKind as RepoKind, EntryMeta as RepoMeta, EntryReader, EntryWriter, Repository, Snapshot, SnapshotWriter};
+use coffer_repo::{
+    EntryKind as RepoKind, EntryMeta as RepoMeta, EntryReader, EntryWriter, Repository, Snapshot, SnapshotWriter,
+};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -203,7 +205,8 @@ impl PluginState {
             (Some(parent), Some(name)) => (parent, name),
             _ => return Err(denied()),
         };
-        let real_parent = parent.canonicalize().map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(path))))?;
+        let real_parent =
+            parent.canonicalize().map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(path))))?;
         if self.job.grants.dir_covering(&real_parent).is_none() {
             return Err(denied());
         }
@@ -257,7 +260,9 @@ impl PluginState {
     /// the job.
     fn repo_fault(&mut self, e: coffer_repo::Error) -> wasmtime::Error {
         let f = match e {
-            coffer_repo::Error::InvalidEntry { path, reason } => Fault::Contract(format!("entry `{}`: {reason}", printable(&path))),
+            coffer_repo::Error::InvalidEntry { path, reason } => {
+                Fault::Contract(format!("entry `{}`: {reason}", printable(&path)))
+            }
             other => Fault::Repository(other.to_string()),
         };
         self.fault(f)
@@ -358,7 +363,10 @@ impl host::Host for PluginState {
 
     async fn symlink(&mut self, path: String, target: String) -> wasmtime::Result<Result<(), WitError>> {
         if target.is_empty() || target.contains('\0') {
-            return Ok(Err(WitError::Other(format!("{}: a symlink target must be non-empty text without NUL", printable(&path)))));
+            return Ok(Err(WitError::Other(format!(
+                "{}: a symlink target must be non-empty text without NUL",
+                printable(&path)
+            ))));
         }
         let parent = match self.resolve_in_target(&path, true) {
             Ok(p) => p,
@@ -370,7 +378,12 @@ impl host::Host for PluginState {
         }
     }
 
-    async fn set_metadata(&mut self, path: String, mode: u32, mtime: Timestamp) -> wasmtime::Result<Result<(), WitError>> {
+    async fn set_metadata(
+        &mut self,
+        path: String,
+        mode: u32,
+        mtime: Timestamp,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         use std::os::unix::fs::PermissionsExt;
         let cur = match self.resolve_in_target(&path, false) {
             Ok(p) => p,
@@ -451,7 +464,11 @@ impl sink::HostSnapshotSink for PluginState {
         Ok(Ok(self.table.push(slot)?))
     }
 
-    async fn reuse_entry(&mut self, _self: Resource<SinkSlot>, path: String) -> wasmtime::Result<Result<Digest, WitError>> {
+    async fn reuse_entry(
+        &mut self,
+        _self: Resource<SinkSlot>,
+        path: String,
+    ) -> wasmtime::Result<Result<Digest, WitError>> {
         match self.writer()?.reuse_entry(&path) {
             Ok(d) => Ok(Ok(Digest { size: d.size, blake3: d.blake3.to_hex() })),
             Err(coffer_repo::Error::CannotReuse { path, reason }) => {
@@ -488,7 +505,11 @@ impl sink::HostSnapshotSink for PluginState {
 }
 
 impl sink::HostEntryWriter for PluginState {
-    async fn write(&mut self, this: Resource<EntryWriterSlot>, data: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+    async fn write(
+        &mut self,
+        this: Resource<EntryWriterSlot>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         self.job.output_used += data.len() as u64;
         if self.job.output_used > self.job.limits.output_bytes {
             let limit = self.job.limits.output_bytes;
@@ -634,4 +655,3 @@ impl reader::HostEntryReader for PluginState {
         Ok(())
     }
 }
-

@@ -146,12 +146,16 @@ impl Runtime {
         }
         let (component, _hit) = match &self.inner.cache {
             Some(c) => c.load(&self.inner.engine, wasm).map_err(|e| err(format!("{e:#}")))?,
-            None => (wasmtime::component::Component::new(&self.inner.engine, wasm).map_err(|e| err(format!("{e:#}")))?, false),
+            None => (
+                wasmtime::component::Component::new(&self.inner.engine, wasm).map_err(|e| err(format!("{e:#}")))?,
+                false,
+            ),
         };
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             err(format!("it does not match the coffer:plugin@0.1.0 contract or imports something coffer does not provide ({e:#})"))
         })?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| err(format!("it does not export coffer:plugin/source ({e:#})")))?;
+        let pre = bindings::PluginPre::new(pre)
+            .map_err(|e| err(format!("it does not export coffer:plugin/source ({e:#})")))?;
         Ok(LoadedPlugin {
             runtime: self.clone(),
             label: name.to_string(),

@@ -12,8 +12,8 @@ use std::fs;
 use std::io::{Read, Write};
 
 use coffer_sdk::{
-    Capability, Config, ConfigError, EntryInfo, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions,
-    Sink, SnapshotReader, Timestamp, VerifyReport, host,
+    Capability, Config, ConfigError, EntryInfo, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
+    SnapshotReader, Timestamp, VerifyReport, host,
 };
 use serde::Deserialize;
 
@@ -426,7 +426,8 @@ impl Plugin for Files {
                                 // Same size and time: compare content only
                                 // when the metadata moved.
                                 let same = size == e.size
-                                    && hash_file(&join(&root, &e.path), &mut buf).ok().as_deref() == e.blake3.as_deref();
+                                    && hash_file(&join(&root, &e.path), &mut buf).ok().as_deref()
+                                        == e.blake3.as_deref();
                                 if !same {
                                     changed += 1;
                                     report.note(format!("drift: {} changed since the snapshot", e.path));

@@ -72,11 +72,13 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
     let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
     let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), None)?;
     let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
-    let opts = JobOptions { grants: grants.clone(), limits: job.limits, cancel: cancel.clone(), ..JobOptions::default() };
+    let opts =
+        JobOptions { grants: grants.clone(), limits: job.limits, cancel: cancel.clone(), ..JobOptions::default() };
     let described = plugin.info(Some(&job.config), &opts).await?;
-    let source = args.source.clone().unwrap_or_else(|| {
-        if described.source.is_empty() { described.name.clone() } else { described.source.clone() }
-    });
+    let source = args
+        .source
+        .clone()
+        .unwrap_or_else(|| if described.source.is_empty() { described.name.clone() } else { described.source.clone() });
     let snaps = repo.snapshots().await.context("listing snapshots")?;
     let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, &args);
 
@@ -120,18 +122,8 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
             BackupKind::Differential => format!("differential on {}", m.parent.map(|p| p.short()).unwrap_or_default()),
         };
         println!("snapshot {} saved ({kind}) for {}", id.short(), m.source);
-        println!(
-            "  {} files, {} dirs, {} symlinks, {} in the snapshot",
-            s.files,
-            s.dirs,
-            s.symlinks,
-            size(s.bytes)
-        );
-        println!(
-            "  read {}, kept {} unchanged entries from the parent",
-            size(s.bytes_read),
-            s.reused_entries
-        );
+        println!("  {} files, {} dirs, {} symlinks, {} in the snapshot", s.files, s.dirs, s.symlinks, size(s.bytes));
+        println!("  read {}, kept {} unchanged entries from the parent", size(s.bytes_read), s.reused_entries);
         println!(
             "  added {} new data ({} stored after compression and encryption) in {} blobs, {} packs",
             size(s.new_bytes),

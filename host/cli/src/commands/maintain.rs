@@ -103,7 +103,11 @@ pub async fn check(g: &Global, args: CheckArgs) -> Result<u8> {
         println!(
             "checked {} snapshots{}: {}",
             report.snapshots,
-            if report.packs_read > 0 { format!(", read back {} packs / {} blobs", report.packs_read, report.blobs_read) } else { String::new() },
+            if report.packs_read > 0 {
+                format!(", read back {} packs / {} blobs", report.packs_read, report.blobs_read)
+            } else {
+                String::new()
+            },
             if report.is_ok() { "no errors".to_string() } else { format!("{} errors", report.errors.len()) }
         );
     }
@@ -138,8 +142,10 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
             yearly: args.keep_yearly,
             within: match &args.keep_within {
                 Some(s) => Some(
-                    chrono::Duration::from_std(coffer_runtime::limits::parse_duration(s).map_err(|e| anyhow!(UsageError(e)))?)
-                        .map_err(|e| anyhow!("--keep-within {s}: {e}"))?,
+                    chrono::Duration::from_std(
+                        coffer_runtime::limits::parse_duration(s).map_err(|e| anyhow!(UsageError(e)))?,
+                    )
+                    .map_err(|e| anyhow!("--keep-within {s}: {e}"))?,
                 ),
                 None => None,
             },
@@ -158,7 +164,13 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
                 for d in &p.snapshots {
                     println!(
                         "  {} {} {} ({})",
-                        if d.keep { "keep  " } else if args.dry_run { "would remove" } else { "remove" },
+                        if d.keep {
+                            "keep  "
+                        } else if args.dry_run {
+                            "would remove"
+                        } else {
+                            "remove"
+                        },
                         d.id.short(),
                         d.time.format("%Y-%m-%d %H:%M:%S"),
                         d.reasons.join("; ")

@@ -68,7 +68,8 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
         None => {
             if !args.cfg.set.iter().any(|s| s.starts_with("url=")) {
                 return Err(anyhow!(UsageError(
-                    "give --target DIR to restore into a directory, or --set url=... to restore into a live server".into()
+                    "give --target DIR to restore into a directory, or --set url=... to restore into a live server"
+                        .into()
                 )));
             }
             None
@@ -162,7 +163,11 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
             report.checked,
             size(report.bytes),
             duration(took),
-            if report.problems.is_empty() { "no problems".to_string() } else { format!("{} problems", report.problems.len()) }
+            if report.problems.is_empty() {
+                "no problems".to_string()
+            } else {
+                format!("{} problems", report.problems.len())
+            }
         );
     }
     Ok(if report.problems.is_empty() { 0 } else { EXIT_DAMAGE })

@@ -118,7 +118,13 @@ pub async fn ls(g: &Global, args: LsArgs) -> Result<u8> {
         if args.long {
             let t = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec).unwrap_or_default();
             let link = e.target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
-            println!("{} {:>12} {} {}{link}", mode_string(e.kind, e.mode), e.size, t.format("%Y-%m-%d %H:%M:%S"), e.path);
+            println!(
+                "{} {:>12} {} {}{link}",
+                mode_string(e.kind, e.mode),
+                e.size,
+                t.format("%Y-%m-%d %H:%M:%S"),
+                e.path
+            );
         } else {
             println!("{}", e.path);
         }
