@@ -212,10 +212,10 @@ impl GrantSet {
                     }
                     _ => {}
                 }
-            } else if is_addr_key(&k) {
-                if let serde_json::Value::String(s) = value {
-                    g.connect(key, s)?;
-                }
+            } else if is_addr_key(&k)
+                && let serde_json::Value::String(s) = value
+            {
+                g.connect(key, s)?;
             }
         }
         Ok(g)

@@ -418,7 +418,7 @@ impl sink::Host for PluginState {}
 impl sink::HostSnapshotSink for PluginState {
     async fn add_entry(
         &mut self,
-        _self: Resource<SinkSlot>,
+        _sink: Resource<SinkSlot>,
         meta: EntryMeta,
     ) -> wasmtime::Result<Result<Resource<EntryWriterSlot>, WitError>> {
         if meta.mtime.nanoseconds >= 1_000_000_000 {
@@ -466,7 +466,7 @@ impl sink::HostSnapshotSink for PluginState {
 
     async fn reuse_entry(
         &mut self,
-        _self: Resource<SinkSlot>,
+        _sink: Resource<SinkSlot>,
         path: String,
     ) -> wasmtime::Result<Result<Digest, WitError>> {
         match self.writer()?.reuse_entry(&path) {
@@ -480,7 +480,7 @@ impl sink::HostSnapshotSink for PluginState {
 
     async fn set_attribute(
         &mut self,
-        _self: Resource<SinkSlot>,
+        _sink: Resource<SinkSlot>,
         key: String,
         value: String,
     ) -> wasmtime::Result<Result<(), WitError>> {
