@@ -777,12 +777,17 @@ impl RestoreOptions {
             .ok_or_else(|| Error::Unsupported("this plugin restores into a directory only: give --target DIR".into()))
     }
 
-    /// True if `path` is selected by [`RestoreOptions::include`].
+    /// True if `path` is selected by [`RestoreOptions::include`]: it is an
+    /// included path, below one, or a directory above one (so the tree
+    /// leading to a selected file is restored too).
     pub fn includes(&self, path: &str) -> bool {
         self.include.is_empty()
             || self.include.iter().any(|p| {
                 let p = p.trim_matches('/');
-                p.is_empty() || path == p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
+                p.is_empty()
+                    || path == p
+                    || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
+                    || p.strip_prefix(path).is_some_and(|rest| rest.starts_with('/'))
             })
     }
 }

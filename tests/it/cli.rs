@@ -320,3 +320,48 @@ fn keys_retention_and_prune_through_the_cli() {
     assert!(third(&["restore", "latest", "--target", dst.to_str().unwrap()]).status.success());
     assert_eq!(std::fs::read(dst.join("f")).unwrap(), "version 2".repeat(50_000).as_bytes());
 }
+
+#[test]
+fn partial_restore_creates_the_directories_above_the_selected_path() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    make_tree(&src);
+    std::fs::remove_file(src.join("pipe")).unwrap();
+    t.ok(&["backup", "files", "--set", &format!("path={}", src.display())]);
+    let dst = t.dir.path().join("dst");
+    t.ok(&["restore", "latest", "--target", dst.to_str().unwrap(), "--path", "docs/deep/random.bin"]);
+    assert_eq!(
+        std::fs::read(dst.join("docs/deep/random.bin")).unwrap(),
+        std::fs::read(src.join("docs/deep/random.bin")).unwrap()
+    );
+    assert!(!dst.join("run.sh").exists() && !dst.join("docs/readme.txt").exists());
+}
+
+#[test]
+fn setuid_bits_never_come_back_on_root_owned_files() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    t.ok(&["backup", "files", "--set", &format!("path={}", src.display())]);
+    let dst = t.dir.path().join("dst");
+    t.ok(&["restore", "latest", "--target", dst.to_str().unwrap()]);
+    let md = std::fs::metadata(dst.join("tool")).unwrap();
+    let expected = if md.uid() == 0 { 0o755 } else { 0o4755 };
+    assert_eq!(md.permissions().mode() & 0o7777, expected);
+}
+
+#[test]
+fn a_plugin_never_gets_another_plugins_snapshot_as_parent() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("secret"), b"files data").unwrap();
+    let first = t.json(&["backup", "files", "--set", &format!("path={}", src.display())]);
+    let source = first["source"].as_str().unwrap().to_string();
+    // A third-party plugin claiming the same source name starts from scratch.
+    let other = t.json(&["backup", support::hostile_wasm(), "--set", "mode=ok", "--source", &source]);
+    assert_eq!(other["kind"], "full");
+    assert!(other["parent"].is_null());
+}

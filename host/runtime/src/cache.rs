@@ -85,9 +85,12 @@ impl ComponentCache {
             }
         }
         let bytes = engine.precompile_component(wasm)?;
-        let tmp = self.dir.join(format!(".{}.tmp", std::process::id()));
+        // A name no other writer in this or another process uses.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{}.{seq}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)

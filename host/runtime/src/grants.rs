@@ -103,11 +103,27 @@ fn default_port(scheme: &str) -> Option<u16> {
     })
 }
 
+/// A URL with any password replaced, for messages.
+fn without_password(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<redacted>"));
+            u.to_string()
+        }
+        Ok(_) => value.to_string(),
+        Err(_) if value.contains('@') => "<unparsable address>".to_string(),
+        Err(_) => value.to_string(),
+    }
+}
+
 /// Lexically absolute and `..`-free version of `p` (relative to the current
 /// directory), then canonicalized so symlinks in the granted path itself
 /// are resolved once, by the operator's choice.
 fn canonical_dir(key: &str, raw: &str) -> Result<PathBuf, GrantError> {
     let err = |reason: String| GrantError::Directory { key: key.into(), path: raw.into(), reason };
+    if raw.trim().is_empty() {
+        return Err(err("empty; give a directory".into()));
+    }
     let p = Path::new(raw);
     let abs = if p.is_absolute() {
         p.to_path_buf()
@@ -157,7 +173,8 @@ impl GrantSet {
     /// Grants TCP connections to `host:port` or to the host and port of a URL
     /// (`postgres://user@db:5432/`). Names are resolved here, by the host.
     pub fn connect(&mut self, key: &str, value: &str) -> Result<(), GrantError> {
-        let err = |reason: String| GrantError::Address { key: key.into(), value: value.into(), reason };
+        let shown = without_password(value);
+        let err = |reason: String| GrantError::Address { key: key.into(), value: shown.clone(), reason };
         let host_port = if value.contains("://") {
             let u = url::Url::parse(value).map_err(|e| err(format!("not a URL ({e})")))?;
             let host = u.host_str().ok_or_else(|| err("the URL has no host".into()))?.to_string();
@@ -251,6 +268,17 @@ impl GrantSet {
         best
     }
 
+    /// True if a `host:port` a plugin declared was granted, compared as
+    /// text with the granted names or as a literal socket address. Names a
+    /// plugin supplies are never resolved: a lookup would itself send the
+    /// name out.
+    pub fn allows_connect_spec(&self, spec: &str) -> bool {
+        if let Ok(addr) = spec.parse::<SocketAddr>() {
+            return self.allows_addr(addr);
+        }
+        self.permissions.iter().any(|g| matches!(g, Permission::Connect(name, _) if name.eq_ignore_ascii_case(spec)))
+    }
+
     /// True if a TCP connection to `addr` was granted.
     pub fn allows_addr(&self, addr: SocketAddr) -> bool {
         self.permissions.iter().any(|g| matches!(g, Permission::Connect(_, addrs) if addrs.contains(&addr)))
@@ -331,6 +359,16 @@ mod tests {
         // Restores grant no source directory.
         let g = GrantSet::from_config(&mut cfg, Purpose::Restore).unwrap();
         assert!(!g.allows(&Permission::ReadDir(canon)));
+    }
+
+    #[test]
+    fn declared_addresses_are_compared_not_resolved() {
+        let mut g = GrantSet::none();
+        g.connect("url", "postgres://u:hunter2@127.0.0.1:5433/").unwrap();
+        assert!(g.allows_connect_spec("127.0.0.1:5433"));
+        assert!(!g.allows_connect_spec("leak.example.invalid:1"));
+        let e = GrantSet::none().connect("url", "postgres://u:hunter2@no-such-host.invalid:5432/").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,10 @@ const MAX_ATTRS: usize = 1024;
 const MAX_READ: u32 = 4 << 20;
 /// Most entries returned by one `entries` call.
 const MAX_PAGE: u32 = 10_000;
+/// Longest entry path and symlink target.
+const MAX_PATH: usize = 4096;
+/// Entries per snapshot (each costs host memory until commit).
+const MAX_ENTRIES: u64 = 100_000_000;
 
 /// A host-side reason to stop a plugin: it ends the instance (a trap) and
 /// fails the job, whatever the plugin would have returned.
@@ -102,15 +106,20 @@ pub struct EntryReaderSlot {
 /// Enforces the memory cap and remembers when it said no.
 pub(crate) struct MemoryLimiter {
     pub(crate) limit: u64,
+    /// Bytes of every memory of the instance together.
+    pub(crate) used: u64,
     pub(crate) denied: Option<u64>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.limit {
-            self.denied = Some(desired as u64);
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // The cap is on all of the instance's memories together.
+        let total = self.used.saturating_sub(current as u64).saturating_add(desired as u64);
+        if total > self.limit {
+            self.denied = Some(total);
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 
@@ -141,6 +150,9 @@ pub(crate) struct JobState {
     pub(crate) open_writers: u32,
     pub(crate) open_readers: u32,
     pub(crate) attributes: usize,
+    pub(crate) entries: u64,
+    /// An entry writer dropped unfinished (the snapshot cannot commit).
+    pub(crate) abandoned: Option<String>,
     pub(crate) log_lines: u64,
     pub(crate) fault: Option<Fault>,
 }
@@ -270,7 +282,7 @@ impl PluginState {
 }
 
 /// A path as it can be shown in a message (NUL and control bytes escaped).
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
@@ -313,13 +325,15 @@ impl host::Host for PluginState {
             }
             return Ok(());
         }
-        let mut m = printable(&message);
-        if m.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !m.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            m.truncate(cut);
+        // Cut before escaping, so a huge message costs no more than a
+        // short one.
+        let long = message.len() > MAX_LOG_LINE;
+        let mut cut = message.len().min(MAX_LOG_LINE);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut m = printable(&message[..cut]);
+        if long {
             m.push_str(" [cut]");
         }
         self.job.observer.log(&self.job.plugin, level, &m);
@@ -400,9 +414,24 @@ impl host::Host for PluginState {
             }
             return Ok(Ok(()));
         }
-        // Special bits only where the snapshot recorded them.
-        let recorded = self.job.restore.as_ref().and_then(|r| r.snapshot.entry(&path)).map(|e| e.mode).unwrap_or(0);
-        let allowed = 0o777 | (recorded & 0o7000);
+        // Special bits only where the snapshot recorded them for an entry
+        // of the same kind; setuid/setgid never on a file owned by root
+        // (snapshots do not record owners, so a user's setuid program must
+        // not come back as a root one).
+        use std::os::unix::fs::MetadataExt;
+        let recorded = self
+            .job
+            .restore
+            .as_ref()
+            .and_then(|r| r.snapshot.entry(&path))
+            .filter(|e| (e.kind == RepoKind::Dir) == md.is_dir())
+            .map(|e| e.mode)
+            .unwrap_or(0);
+        let mut special = recorded & 0o7000;
+        if md.uid() == 0 {
+            special &= 0o1000;
+        }
+        let allowed = 0o777 | special;
         if let Err(e) = std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode & allowed)) {
             return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
         }
@@ -427,6 +456,15 @@ impl sink::HostSnapshotSink for PluginState {
                 printable(&meta.path),
                 meta.mtime.nanoseconds
             ))));
+        }
+        if meta.path.len() > MAX_PATH || meta.link_target.as_ref().is_some_and(|t| t.len() > MAX_PATH) {
+            return Err(
+                self.fault(Fault::Contract(format!("entry paths and link targets are at most {MAX_PATH} bytes")))
+            );
+        }
+        self.job.entries += 1;
+        if self.job.entries > MAX_ENTRIES {
+            return Err(self.fault(Fault::Contract(format!("more than {MAX_ENTRIES} entries"))));
         }
         if meta.kind != EntryKind::Symlink && meta.link_target.is_some() {
             return Err(self.fault(Fault::Contract(format!(
@@ -544,12 +582,12 @@ impl sink::HostEntryWriter for PluginState {
         let slot = self.table.delete(rep)?;
         if slot.writer.is_some() {
             self.job.open_writers -= 1;
-            // Dropping the writer marks the snapshot failed in coffer-repo;
-            // say why here too.
-            return Err(self.fault(Fault::Contract(format!(
-                "entry `{}` was dropped before it was finished",
-                printable(&slot.path)
-            ))));
+            // Dropping the writer marks the snapshot failed in coffer-repo.
+            // No trap: a plugin abandons an entry when reading its source
+            // failed, and the error it then returns is the one to show.
+            if self.job.abandoned.is_none() {
+                self.job.abandoned = Some(printable(&slot.path));
+            }
         }
         Ok(())
     }

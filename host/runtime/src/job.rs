@@ -16,7 +16,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings::types::{self as t, LogLevel};
 use crate::grants::{GrantError, GrantSet, Permission};
-use crate::host::{Fault, JobState, MemoryLimiter, PluginState, ReaderSlot, RestoreRoot, SinkSlot, on_epoch};
+use crate::host::{
+    Fault, JobState, MemoryLimiter, PluginState, ReaderSlot, RestoreRoot, SinkSlot, on_epoch, printable,
+};
 use crate::limits::Limits;
 use crate::{LoadedPlugin, bindings};
 
@@ -137,16 +139,26 @@ pub enum PluginError {
     Other(String),
 }
 
+/// Plugin text shown to operators: control characters escaped (no
+/// terminal escape sequences) and cut at 4 KiB.
+fn shown(m: String) -> String {
+    let mut p = printable(&m.chars().take(4096).collect::<String>());
+    if m.len() > 4096 {
+        p.push_str(" [cut]");
+    }
+    p
+}
+
 impl From<t::Error> for PluginError {
     fn from(e: t::Error) -> Self {
         match e {
-            t::Error::InvalidConfig(m) => PluginError::InvalidConfig(m),
-            t::Error::AccessDenied(m) => PluginError::AccessDenied(m),
-            t::Error::Unavailable(m) => PluginError::Unavailable(m),
-            t::Error::Corrupt(m) => PluginError::Corrupt(m),
+            t::Error::InvalidConfig(m) => PluginError::InvalidConfig(shown(m)),
+            t::Error::AccessDenied(m) => PluginError::AccessDenied(shown(m)),
+            t::Error::Unavailable(m) => PluginError::Unavailable(shown(m)),
+            t::Error::Corrupt(m) => PluginError::Corrupt(shown(m)),
             t::Error::Cancelled => PluginError::Cancelled,
-            t::Error::Unsupported(m) => PluginError::Unsupported(m),
-            t::Error::Other(m) => PluginError::Other(m),
+            t::Error::Unsupported(m) => PluginError::Unsupported(shown(m)),
+            t::Error::Other(m) => PluginError::Other(shown(m)),
         }
     }
 }
@@ -338,13 +350,15 @@ impl LoadedPlugin {
             open_writers: 0,
             open_readers: 0,
             attributes: 0,
+            entries: 0,
+            abandoned: None,
             log_lines: 0,
             fault: None,
         };
         let state = PluginState {
             wasi: b.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: opts.limits.memory, denied: None },
+            limiter: MemoryLimiter { limit: opts.limits.memory, used: 0, denied: None },
             stderr,
             job,
         };
@@ -405,11 +419,11 @@ impl LoadedPlugin {
         let i = Self::call_info(&mut inst, text.as_deref(), opts).await?;
         Ok(PluginDescription {
             name: i.name,
-            version: i.version,
-            description: i.description,
+            version: shown(i.version),
+            description: shown(i.description),
             config_schema: i.config_schema,
             source: i.source,
-            capabilities: i.capabilities.iter().map(describe_capability).collect(),
+            capabilities: i.capabilities.iter().map(|c| shown(describe_capability(c))).collect(),
             restore_directory: i.restore_modes.contains(t::RestoreModes::DIRECTORY),
             restore_live: i.restore_modes.contains(t::RestoreModes::LIVE),
             digest: self.digest.clone(),
@@ -418,6 +432,12 @@ impl LoadedPlugin {
 
     /// Refuses a job whose declared needs were not granted.
     fn check_needs(plugin: &str, info: &t::PluginInfo, grants: &GrantSet) -> Result<(), JobError> {
+        if info.capabilities.len() > 256 {
+            return Err(JobError::Garbage {
+                plugin: plugin.into(),
+                reason: "it declared more than 256 capabilities".into(),
+            });
+        }
         for c in &info.capabilities {
             let (perm, hint) = match c {
                 t::Capability::ReadDir(d) => {
@@ -496,6 +516,12 @@ impl LoadedPlugin {
             let sink_borrow = Resource::<SinkSlot>::new_borrow(sink.rep());
             let r = guarded(opts, src.call_snapshot(&mut store, &config_text, parent_borrow, sink_borrow)).await;
             finish_call(&plugin, &mut store, r)?;
+            if let Some(path) = store.data().job.abandoned.clone() {
+                return Err(JobError::Fault {
+                    plugin: plugin.clone(),
+                    fault: Fault::Contract(format!("entry `{path}` was dropped before it was finished")),
+                });
+            }
             if store.data().job.open_writers > 0 {
                 let n = store.data().job.open_writers;
                 return Err(JobError::Fault {
@@ -587,8 +613,8 @@ impl LoadedPlugin {
         Ok(VerifyReport {
             checked: report.checked,
             bytes: report.bytes,
-            problems: report.problems.into_iter().map(|p| (p.path, p.reason)).collect(),
-            notes: report.notes,
+            problems: report.problems.into_iter().map(|p| (shown(p.path), shown(p.reason))).collect(),
+            notes: report.notes.into_iter().map(shown).collect(),
         })
     }
 }

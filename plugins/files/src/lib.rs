@@ -138,9 +138,14 @@ impl Walker<'_> {
                 let mode = host::file_mode(&full)? & 0o7777;
                 let mtime = mtime_of(&md);
                 if self.unchanged(&child, md.len(), mtime, mode) {
-                    self.sink.reuse_entry(&child)?;
-                    self.reused += 1;
-                    continue;
+                    match self.sink.reuse_entry(&child) {
+                        Ok(_) => {
+                            self.reused += 1;
+                            continue;
+                        }
+                        // The parent's data is gone (pruned): read it again.
+                        Err(e) => host::debug(format!("{child}: {e}; reading it again")),
+                    }
                 }
                 self.backup_file(&child, &full, mode, mtime, md.len())?;
             } else {

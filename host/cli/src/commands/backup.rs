@@ -40,13 +40,17 @@ pub struct BackupArgs {
 }
 
 /// Picks the parent for the requested kind among the source's snapshots.
+/// Only snapshots of the same tenant, source and plugin qualify: a plugin
+/// is never handed another plugin's snapshot as its parent.
 fn choose_parent(
     snaps: &[(Id, SnapshotManifest)],
     tenant: &str,
     source: &str,
+    plugin: &str,
     args: &BackupArgs,
 ) -> (BackupKind, Option<Id>) {
-    let mine = || snaps.iter().rev().filter(|(_, m)| m.tenant == tenant && m.source == source);
+    let mine =
+        || snaps.iter().rev().filter(|(_, m)| m.tenant == tenant && m.source == source && m.plugin.name == plugin);
     if args.full {
         return (BackupKind::Full, None);
     }
@@ -80,7 +84,7 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| if described.source.is_empty() { described.name.clone() } else { described.source.clone() });
     let snaps = repo.snapshots().await.context("listing snapshots")?;
-    let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, &args);
+    let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, &described.name, &args);
 
     let progress = Arc::new(Progress::new(g.json, g.quiet, &format!("backing up {source}")));
     let opts = JobOptions { observer: progress.clone(), ..opts };

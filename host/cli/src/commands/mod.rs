@@ -110,8 +110,13 @@ pub fn cancel_on_signal() -> CancelToken {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
         }
-        eprintln!("coffer: stopping...");
+        eprintln!("coffer: stopping (press Ctrl-C again to quit at once)...");
         t.cancel();
+        // Outside a plugin call there may be nothing to notice the token;
+        // a second signal ends the process.
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("coffer: interrupted");
+        std::process::exit(crate::EXIT_CANCELLED as i32);
     });
     token
 }
