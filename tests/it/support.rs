@@ -14,7 +14,7 @@ pub fn coffer_bin() -> PathBuf {
     let bin = dir.join("coffer");
     assert!(
         bin.is_file(),
-        "{} is missing: build it with `cargo build -p coffer` (cargo xtask test does)",
+        "{} is missing: build it with `cargo build -p coffer` (`cargo xtask test` does it first)",
         bin.display()
     );
     bin

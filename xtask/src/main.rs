@@ -123,6 +123,9 @@ fn test(args: &[String]) -> Result<()> {
     deps::ensure_test_deps()?;
     deps::ensure_wasm_target()?;
     build_plugins()?;
+    // The end-to-end tests run the `coffer` binary itself; `cargo test`
+    // builds only its unit-test harness.
+    run(cargo_cmd().args(["build", "-p", "coffer"]))?;
     let mut cmd = cargo_cmd();
     // Default members only: plugins and fixtures are wasm32-wasip2 crates,
     // built by build-plugins and by the test harness, never for the host.

@@ -70,6 +70,14 @@ impl Progress {
         Progress { bar, quiet: quiet || json, warnings: Mutex::new(0) }
     }
 
+    /// Sets the expected total before the plugin reports one (a backup
+    /// uses its parent's size, so the bar has an ETA from the start).
+    pub fn estimate(&self, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+        }
+    }
+
     /// Removes the bar.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {

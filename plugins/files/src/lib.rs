@@ -88,6 +88,8 @@ struct Walker<'a> {
     sink: &'a Sink<'a>,
     buf: Vec<u8>,
     read_bytes: u64,
+    /// Bytes read plus bytes kept from the parent: the progress figure.
+    covered: u64,
     reused: u64,
     skipped: u64,
 }
@@ -141,6 +143,7 @@ impl Walker<'_> {
                     match self.sink.reuse_entry(&child) {
                         Ok(_) => {
                             self.reused += 1;
+                            self.covered += md.len();
                             continue;
                         }
                         // The parent's data is gone (pruned): read it again.
@@ -181,9 +184,10 @@ impl Walker<'_> {
             }
             entry.write_all(&self.buf[..n]).map_err(|e| Error::from(e).context(full))?;
             self.read_bytes += n as u64;
+            self.covered += n as u64;
         }
         entry.finish()?;
-        host::progress(self.read_bytes, None);
+        host::progress(self.covered, None);
         Ok(())
     }
 }
@@ -317,6 +321,7 @@ impl Plugin for Files {
             sink,
             buf: vec![0; READ_BUF],
             read_bytes: 0,
+            covered: 0,
             reused: 0,
             skipped: 0,
         };
@@ -388,6 +393,7 @@ impl Plugin for Files {
         let mut report = VerifyReport::default();
         let mut buf = vec![0u8; READ_BUF];
         let mut done = 0u64;
+        let total: u64 = snapshot.entries().map(|e| e.size).sum();
         for e in snapshot.entries() {
             host::check_cancelled()?;
             if e.kind != EntryKind::File {
@@ -403,7 +409,7 @@ impl Plugin for Files {
                     }
                     report.checked(1, size);
                     done += size;
-                    host::progress(done, None);
+                    host::progress(done, Some(total));
                 }
                 Err(err) => report.problem(&e.path, format!("unreadable: {err}")),
             }

@@ -67,10 +67,11 @@ fn choose_parent(
 }
 
 pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
+    // First, so that Ctrl-C at any point takes the clean path.
+    let cancel = super::cancel_on_signal();
     let repo: Repository = super::open_repo(g).await?;
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::load(&rt, &args.plugin)?;
-    let cancel = super::cancel_on_signal();
     let base_opts = JobOptions { cancel: cancel.clone(), ..JobOptions::default() };
     let schema_info = plugin.info(None, &base_opts).await?;
     let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
@@ -87,6 +88,11 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
     let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, &described.name, &args);
 
     let progress = Arc::new(Progress::new(g.json, g.quiet, &format!("backing up {source}")));
+    // Bytes the plugin will read: the parent's size is the best guess (an
+    // incremental backup reads less, and finishes early).
+    if let Some(p) = parent.and_then(|p| snaps.iter().find(|(id, _)| *id == p)) {
+        progress.estimate(p.1.summary.bytes);
+    }
     let opts = JobOptions { observer: progress.clone(), ..opts };
     let started = Instant::now();
     let result = plugin

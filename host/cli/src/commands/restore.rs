@@ -48,12 +48,13 @@ pub struct VerifyArgs {
 }
 
 pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
+    // First, so that Ctrl-C at any point takes the clean path.
+    let cancel = super::cancel_on_signal();
     let repo = super::open_repo(g).await?;
     let id = repo.resolve_snapshot(&args.snapshot).await?;
     let manifest = repo.read_manifest(&id).await?;
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::for_snapshot(&rt, &manifest, args.plugin.as_deref())?;
-    let cancel = super::cancel_on_signal();
     let schema_info = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
     let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
     let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), Some(manifest.config.clone()))?;
@@ -113,12 +114,13 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
 }
 
 pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
+    // First, so that Ctrl-C at any point takes the clean path.
+    let cancel = super::cancel_on_signal();
     let repo = super::open_repo(g).await?;
     let id = repo.resolve_snapshot(&args.snapshot).await?;
     let manifest = repo.read_manifest(&id).await?;
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::for_snapshot(&rt, &manifest, args.plugin.as_deref())?;
-    let cancel = super::cancel_on_signal();
     let schema_info = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
     let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
     let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), Some(manifest.config.clone()))?;
