@@ -3,8 +3,8 @@
 //! optional `[limits]` table), and the limit flags.
 
 use anyhow::{Context, Result, anyhow, bail};
-use coffer_runtime::Limits;
 use coffer_runtime::limits::{parse_duration, parse_size};
+use coffer_runtime::{CancelToken, JobOptions, Limits, LoadedPlugin};
 use serde_json::{Map, Value};
 
 use crate::{ConfigArgs, LimitArgs};
@@ -119,6 +119,19 @@ pub fn build(
         apply_limit(&mut limits, "output", s).context("--output-limit")?;
     }
     Ok(JobConfig { config: Value::Object(map), limits })
+}
+
+/// [`build`] with `plugin`'s own schema typing the `--set` values.
+pub async fn for_plugin(
+    plugin: &LoadedPlugin,
+    cancel: &CancelToken,
+    args: &ConfigArgs,
+    limit_args: &LimitArgs,
+    base: Option<Value>,
+) -> Result<JobConfig> {
+    let described = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
+    let schema: Option<Value> = serde_json::from_str(&described.config_schema).ok();
+    build(args, limit_args, schema.as_ref(), base)
 }
 
 fn apply_limit(limits: &mut Limits, key: &str, value: &str) -> Result<()> {

@@ -75,12 +75,12 @@ impl ComponentCache {
     }
 
     /// Loads `wasm` compiled for `engine`, from the cache or by compiling
-    /// and storing it. Returns the component and whether it was a cache hit.
-    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    /// and storing it.
+    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
         let path = self.dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
         if path.is_file() {
             match load_precompiled(engine, &path) {
-                Ok(c) => return Ok((c, true)),
+                Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!("cached component {} unusable ({e}); recompiling", path.display()),
             }
         }
@@ -98,9 +98,9 @@ impl ComponentCache {
         if let Err(e) = write() {
             let _ = std::fs::remove_file(&tmp);
             tracing::warn!("cannot store compiled component in {} ({e})", self.dir.display());
-            return Ok((Component::new(engine, wasm)?, false));
+            return Component::new(engine, wasm);
         }
-        Ok((load_precompiled(engine, &path)?, false))
+        load_precompiled(engine, &path)
     }
 }
 

@@ -144,13 +144,11 @@ impl Runtime {
                 "a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2`".into(),
             ));
         }
-        let (component, _hit) = match &self.inner.cache {
-            Some(c) => c.load(&self.inner.engine, wasm).map_err(|e| err(format!("{e:#}")))?,
-            None => (
-                wasmtime::component::Component::new(&self.inner.engine, wasm).map_err(|e| err(format!("{e:#}")))?,
-                false,
-            ),
-        };
+        let component = match &self.inner.cache {
+            Some(c) => c.load(&self.inner.engine, wasm),
+            None => wasmtime::component::Component::new(&self.inner.engine, wasm),
+        }
+        .map_err(|e| err(format!("{e:#}")))?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             err(format!("it does not match the coffer:plugin@0.1.0 contract or imports something coffer does not provide ({e:#})"))
         })?;

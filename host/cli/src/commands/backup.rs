@@ -72,10 +72,7 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
     let repo: Repository = super::open_repo(g).await?;
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::load(&rt, &args.plugin)?;
-    let base_opts = JobOptions { cancel: cancel.clone(), ..JobOptions::default() };
-    let schema_info = plugin.info(None, &base_opts).await?;
-    let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
-    let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), None)?;
+    let mut job = crate::config::for_plugin(&plugin, &cancel, &args.cfg, &args.limits, None).await?;
     let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
     let opts =
         JobOptions { grants: grants.clone(), limits: job.limits, cancel: cancel.clone(), ..JobOptions::default() };

@@ -43,8 +43,7 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
             let described = if cfg.set.is_empty() && cfg.config.is_none() {
                 base
             } else {
-                let schema: Option<serde_json::Value> = serde_json::from_str(&base.config_schema).ok();
-                let job = crate::config::build(&cfg, &Default::default(), schema.as_ref(), None)?;
+                let job = crate::config::for_plugin(&p, &Default::default(), &cfg, &Default::default(), None).await?;
                 p.info(Some(&job.config), &JobOptions::default()).await?
             };
             if g.json {

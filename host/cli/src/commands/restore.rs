@@ -47,17 +47,38 @@ pub struct VerifyArgs {
     pub limits: LimitArgs,
 }
 
+/// A stored snapshot, the plugin that made it, and the job config: its
+/// stored config (secrets redacted) under the command line's.
+struct Stored {
+    repo: coffer_repo::Repository,
+    id: coffer_repo::Id,
+    manifest: coffer_repo::SnapshotManifest,
+    plugin: coffer_runtime::LoadedPlugin,
+    job: crate::config::JobConfig,
+}
+
+async fn open_stored(
+    g: &Global,
+    snapshot: &str,
+    plugin_override: Option<&str>,
+    cancel: &coffer_runtime::CancelToken,
+    cfg: &ConfigArgs,
+    limits: &LimitArgs,
+) -> Result<Stored> {
+    let repo = super::open_repo(g).await?;
+    let id = repo.resolve_snapshot(snapshot).await?;
+    let manifest = repo.read_manifest(&id).await?;
+    let rt = crate::plugins::runtime()?;
+    let plugin = crate::plugins::for_snapshot(&rt, &manifest, plugin_override)?;
+    let job = crate::config::for_plugin(&plugin, cancel, cfg, limits, Some(manifest.config.clone())).await?;
+    Ok(Stored { repo, id, manifest, plugin, job })
+}
+
 pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
     // First, so that Ctrl-C at any point takes the clean path.
     let cancel = super::cancel_on_signal();
-    let repo = super::open_repo(g).await?;
-    let id = repo.resolve_snapshot(&args.snapshot).await?;
-    let manifest = repo.read_manifest(&id).await?;
-    let rt = crate::plugins::runtime()?;
-    let plugin = crate::plugins::for_snapshot(&rt, &manifest, args.plugin.as_deref())?;
-    let schema_info = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
-    let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
-    let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), Some(manifest.config.clone()))?;
+    let Stored { repo, id, manifest, plugin, mut job } =
+        open_stored(g, &args.snapshot, args.plugin.as_deref(), &cancel, &args.cfg, &args.limits).await?;
     let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
     let target = match &args.target {
         Some(t) => {
@@ -116,18 +137,16 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
 pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     // First, so that Ctrl-C at any point takes the clean path.
     let cancel = super::cancel_on_signal();
-    let repo = super::open_repo(g).await?;
-    let id = repo.resolve_snapshot(&args.snapshot).await?;
-    let manifest = repo.read_manifest(&id).await?;
-    let rt = crate::plugins::runtime()?;
-    let plugin = crate::plugins::for_snapshot(&rt, &manifest, args.plugin.as_deref())?;
-    let schema_info = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
-    let schema: Option<serde_json::Value> = serde_json::from_str(&schema_info.config_schema).ok();
-    let mut job = crate::config::build(&args.cfg, &args.limits, schema.as_ref(), Some(manifest.config.clone()))?;
+    let Stored { repo, id, plugin, mut job, .. } =
+        open_stored(g, &args.snapshot, args.plugin.as_deref(), &cancel, &args.cfg, &args.limits).await?;
     // The source is granted read-only when it still exists here, for the
     // drift report; a source that is gone is left out, not an error.
-    let grants = match GrantSet::from_config(&mut job.config.clone(), Purpose::Read) {
-        Ok(_) => GrantSet::from_config(&mut job.config, Purpose::Read)?,
+    let mut probe = job.config.clone();
+    let grants = match GrantSet::from_config(&mut probe, Purpose::Read) {
+        Ok(g) => {
+            job.config = probe;
+            g
+        }
         Err(e) => {
             tracing::info!("no drift report: {e}");
             GrantSet::from_config(&mut job.config, Purpose::Restore)?
