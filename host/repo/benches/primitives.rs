@@ -37,6 +37,7 @@ fn real_bytes() -> Vec<u8> {
 fn primitives(c: &mut Criterion) {
     let data = real_bytes();
     let keys = Keys::derive(&MasterSecret::generate());
+    let dk = keys.epoch_zero();
     let mut g = c.benchmark_group("primitives");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(20);
@@ -47,11 +48,11 @@ fn primitives(c: &mut Criterion) {
     g.bench_function("FastCDC cut points", |b| b.iter(|| chunker.split_all(Bytes::from(data.clone())).len()));
     let id = keys.chunk_id(&data);
     g.bench_function("blob encode (zstd-3 + seal)", |b| {
-        b.iter(|| blob::encode(&keys, BlobKind::Data, &id, &data, Compression::default()))
+        b.iter(|| blob::encode(&dk, BlobKind::Data, &id, &data, Compression::default()))
     });
-    let sealed = blob::encode(&keys, BlobKind::Data, &id, &data, Compression::default());
+    let sealed = blob::encode(&dk, BlobKind::Data, &id, &data, Compression::default());
     g.bench_function("blob decode (open + unzstd + id check)", |b| {
-        b.iter(|| blob::decode(&keys, BlobKind::Data, &id, &sealed, data.len()).unwrap())
+        b.iter(|| blob::decode(&keys, &dk, BlobKind::Data, &id, &sealed, data.len()).unwrap())
     });
     g.finish();
 }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{AuthError, Keys, NONCE_LEN, TAG_LEN};
+use crate::crypto::{AuthError, DataKey, Keys, NONCE_LEN, TAG_LEN};
 use crate::id::Id;
 
 /// What a blob holds.
@@ -129,7 +129,7 @@ fn with_zstd<R>(level: i32, f: impl FnOnce(&mut ZstdContexts) -> R) -> R {
 }
 
 /// Compresses (when it pays) and seals a blob. Returns the sealed bytes.
-pub fn encode(keys: &Keys, kind: BlobKind, id: &Id, data: &[u8], compression: Compression) -> Vec<u8> {
+pub fn encode(key: &DataKey, kind: BlobKind, id: &Id, data: &[u8], compression: Compression) -> Vec<u8> {
     let level = compression.zstd_level;
     let mut out: Vec<u8> = Vec::new();
     if level != 0 && data.len() >= 64 {
@@ -161,14 +161,21 @@ pub fn encode(keys: &Keys, kind: BlobKind, id: &Id, data: &[u8], compression: Co
         out.push(ENC_RAW);
         out.extend_from_slice(data);
     }
-    keys.seal_in_place(&mut out, &aad(kind, id));
+    key.seal_in_place(&mut out, &aad(kind, id));
     out
 }
 
 /// Opens a sealed blob and returns its plaintext content, checking that it
 /// hashes to `id`.
-pub fn decode(keys: &Keys, kind: BlobKind, id: &Id, sealed: &[u8], raw_len_hint: usize) -> Result<Bytes, BlobError> {
-    let plain = keys.open(sealed, &aad(kind, id))?;
+pub fn decode(
+    keys: &Keys,
+    key: &DataKey,
+    kind: BlobKind,
+    id: &Id,
+    sealed: &[u8],
+    raw_len_hint: usize,
+) -> Result<Bytes, BlobError> {
+    let plain = key.open(sealed, &aad(kind, id))?;
     let content = match plain.first() {
         Some(&ENC_RAW) => Bytes::from(plain).slice(1..),
         Some(&ENC_ZSTD) => {
@@ -204,15 +211,18 @@ mod tests {
     #[test]
     fn round_trip_compressible_and_random() {
         let keys = Keys::derive(&MasterSecret::generate());
+        let dk = crate::crypto::DataKey::new(1, &[9; 32]);
+        let other = keys.epoch_zero();
         let text = b"coffer ".repeat(10_000);
         let random: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         for data in [&text[..], &random[..], b"", b"x"] {
             let id = keys.chunk_id(data);
-            let sealed = encode(&keys, BlobKind::Data, &id, data, Compression::default());
-            assert_eq!(&decode(&keys, BlobKind::Data, &id, &sealed, data.len()).unwrap()[..], data);
-            assert_eq!(decode(&keys, BlobKind::Tree, &id, &sealed, 0), Err(BlobError::Auth));
+            let sealed = encode(&dk, BlobKind::Data, &id, data, Compression::default());
+            assert_eq!(&decode(&keys, &dk, BlobKind::Data, &id, &sealed, data.len()).unwrap()[..], data);
+            assert_eq!(decode(&keys, &dk, BlobKind::Tree, &id, &sealed, 0), Err(BlobError::Auth));
+            assert_eq!(decode(&keys, &other, BlobKind::Data, &id, &sealed, 0), Err(BlobError::Auth));
         }
         let id = keys.chunk_id(&text);
-        assert!(encode(&keys, BlobKind::Data, &id, &text, Compression::default()).len() < text.len() / 10);
+        assert!(encode(&dk, BlobKind::Data, &id, &text, Compression::default()).len() < text.len() / 10);
     }
 }

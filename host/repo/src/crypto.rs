@@ -1,9 +1,13 @@
 //! Keys and authenticated encryption.
 //!
-//! The repository has one random 32-byte master secret. Every key in use is
-//! derived from it with BLAKE3's key derivation and a fixed context string, so
-//! the master secret itself never touches data. Every stored object and blob
-//! is sealed with XChaCha20-Poly1305 under a fresh random 24-byte nonce.
+//! The repository has one random 32-byte master secret. The keys that must
+//! never change (chunk ids, the chunker seed, the config MAC, the metadata
+//! key) are derived from it with BLAKE3's key derivation and a fixed context
+//! string, so the master secret itself never touches data. Pack contents are
+//! sealed under a *data key* of a numbered epoch: a random key stored in
+//! `epochs/`, wrapped under a key derived from the master secret, which
+//! `coffer key rotate` replaces (see [`Keyring`]). Every stored object and
+//! blob is sealed with XChaCha20-Poly1305 under a fresh random 24-byte nonce.
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -25,6 +29,7 @@ const CTX_DATA: &str = "coffer 2026-11 repository data encryption key";
 const CTX_CHUNK_ID: &str = "coffer 2026-11 chunk id key";
 const CTX_CHUNKER: &str = "coffer 2026-11 chunker gear seed";
 const CTX_CONFIG_MAC: &str = "coffer 2026-11 config authentication key";
+const CTX_EPOCH_WRAP: &str = "coffer 2026-11 epoch key wrapping key";
 
 /// Decryption failed: the data was not sealed with this key, or was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +64,15 @@ impl std::fmt::Debug for MasterSecret {
     }
 }
 
-/// The keys derived from the master secret, ready to use.
+/// The keys derived from the master secret, ready to use. The cipher here is
+/// the *metadata key*: it seals index files, manifests and markers, and is
+/// also epoch 0's data key (packs written before any rotation).
 #[derive(Clone)]
 pub struct Keys {
     cipher: XChaCha20Poly1305,
     id_key: Zeroizing<[u8; 32]>,
     mac_key: Zeroizing<[u8; 32]>,
+    wrap_key: Zeroizing<[u8; 32]>,
     chunker_seed: u64,
 }
 
@@ -80,9 +88,21 @@ impl Keys {
         let data = Zeroizing::new(blake3::derive_key(CTX_DATA, &master.0));
         let id_key = Zeroizing::new(blake3::derive_key(CTX_CHUNK_ID, &master.0));
         let mac_key = Zeroizing::new(blake3::derive_key(CTX_CONFIG_MAC, &master.0));
+        let wrap_key = Zeroizing::new(blake3::derive_key(CTX_EPOCH_WRAP, &master.0));
         let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, &master.0));
         let chunker_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
-        Keys { cipher: XChaCha20Poly1305::new((&*data).into()), id_key, mac_key, chunker_seed }
+        Keys { cipher: XChaCha20Poly1305::new((&*data).into()), id_key, mac_key, wrap_key, chunker_seed }
+    }
+
+    /// Epoch 0's data key: the metadata key, for packs written before the
+    /// first rotation.
+    pub fn epoch_zero(&self) -> DataKey {
+        DataKey { epoch: 0, cipher: self.cipher.clone() }
+    }
+
+    /// The cipher that wraps epoch data keys in `epochs/` files.
+    pub(crate) fn epoch_wrapper(&self) -> XChaCha20Poly1305 {
+        cipher_from(&self.wrap_key)
     }
 
     /// The chunk id of `plaintext`: BLAKE3 keyed with the repository's id key,
@@ -122,20 +142,104 @@ impl Keys {
     /// the rest is encrypted where it is, and the tag is appended. Saves the
     /// copy that [`Keys::seal`] makes, on the hot path.
     pub fn seal_in_place(&self, buf: &mut Vec<u8>, aad: &[u8]) {
-        use chacha20poly1305::aead::AeadInPlace;
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
-        buf[..NONCE_LEN].copy_from_slice(&nonce);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce, aad, &mut buf[NONCE_LEN..])
-            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-        buf.extend_from_slice(&tag);
+        seal_in_place_with(&self.cipher, buf, aad)
     }
 
     /// Opens what [`Keys::seal`] produced.
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, AuthError> {
         open_with(&self.cipher, sealed, aad)
     }
+}
+
+/// The data key of one epoch: it seals blobs and pack headers.
+#[derive(Clone)]
+pub struct DataKey {
+    epoch: u32,
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataKey(epoch {}, <redacted>)", self.epoch)
+    }
+}
+
+impl DataKey {
+    /// A data key for `epoch` from its 32 raw bytes.
+    pub(crate) fn new(epoch: u32, key: &[u8; 32]) -> Self {
+        DataKey { epoch, cipher: cipher_from(key) }
+    }
+
+    /// The epoch number.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Seals `plaintext` with `aad`.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        seal_with(&self.cipher, plaintext, aad)
+    }
+
+    /// Seals in place, like [`Keys::seal_in_place`].
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>, aad: &[u8]) {
+        seal_in_place_with(&self.cipher, buf, aad)
+    }
+
+    /// Opens what [`DataKey::seal`] produced.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, AuthError> {
+        open_with(&self.cipher, sealed, aad)
+    }
+}
+
+/// Every data key the repository still holds, by epoch, and the one new data
+/// is written under (the highest).
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    keys: std::collections::BTreeMap<u32, (DataKey, Option<chrono::DateTime<chrono::Utc>>)>,
+}
+
+impl Keyring {
+    /// A keyring with epoch 0 only (the metadata key).
+    pub fn new(keys: &Keys) -> Self {
+        let mut map = std::collections::BTreeMap::new();
+        map.insert(0, (keys.epoch_zero(), None));
+        Keyring { keys: map }
+    }
+
+    /// Adds an epoch's key and its creation time.
+    pub(crate) fn insert(&mut self, key: DataKey, created: chrono::DateTime<chrono::Utc>) {
+        self.keys.insert(key.epoch, (key, Some(created)));
+    }
+
+    /// The key new packs are sealed under: the highest epoch.
+    pub fn current(&self) -> &DataKey {
+        &self.keys.values().next_back().expect("epoch 0 is always present").0
+    }
+
+    /// The key of `epoch`, if the repository still holds it.
+    pub fn get(&self, epoch: u32) -> Option<&DataKey> {
+        self.keys.get(&epoch).map(|(k, _)| k)
+    }
+
+    /// When `epoch` was created (`None` for epoch 0, which has no file).
+    pub fn created(&self, epoch: u32) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.keys.get(&epoch).and_then(|(_, c)| *c)
+    }
+
+    /// Every epoch held, oldest first.
+    pub fn epochs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.keys.keys().copied()
+    }
+}
+
+fn seal_in_place_with(cipher: &XChaCha20Poly1305, buf: &mut Vec<u8>, aad: &[u8]) {
+    use chacha20poly1305::aead::AeadInPlace;
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
+    buf[..NONCE_LEN].copy_from_slice(&nonce);
+    let tag = cipher
+        .encrypt_in_place_detached(&nonce, aad, &mut buf[NONCE_LEN..])
+        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    buf.extend_from_slice(&tag);
 }
 
 /// Seals `plaintext` under `cipher` with a fresh random nonce.

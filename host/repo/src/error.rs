@@ -70,6 +70,11 @@ pub enum Error {
         /// The blob.
         id: Id,
     },
+    /// A pack's key epoch has no `epochs/` file.
+    #[error(
+        "key epoch {0} is missing (epochs/{0:08} was removed): data sealed under it cannot be read; restore the file from a copy of the repository"
+    )]
+    MissingEpoch(u32),
     /// No snapshot matches.
     #[error("no snapshot matches {0:?} (list them with `coffer snapshots`)")]
     SnapshotNotFound(String),

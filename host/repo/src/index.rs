@@ -3,7 +3,7 @@
 //! All index files are merged into one sorted vector of fixed-size
 //! [`IndexEntry`] records (52 bytes each, no per-entry heap allocation) and a
 //! table of pack ids; lookups are binary searches. Memory bound: 52 bytes per
-//! blob plus 32 bytes per pack in steady state, at most twice that while
+//! blob plus 44 bytes per pack in steady state, at most twice that while
 //! loading. With the default 1 MiB average chunk that is about 52 MB of RAM
 //! per TiB of unique data.
 
@@ -43,6 +43,8 @@ pub struct BlobLocation {
     pub raw_len: u32,
     /// Data or tree.
     pub kind: BlobKind,
+    /// Key epoch of the pack.
+    pub epoch: u32,
 }
 
 /// Every indexed blob.
@@ -50,6 +52,7 @@ pub struct BlobLocation {
 pub struct MasterIndex {
     packs: Vec<Id>,
     pack_sizes: Vec<u64>,
+    pack_epochs: Vec<u32>,
     entries: Vec<IndexEntry>,
     marked: HashSet<u32>,
     /// The index files this was built from.
@@ -59,7 +62,7 @@ pub struct MasterIndex {
 impl MasterIndex {
     /// Builds the index from decoded index files. When a blob is in several
     /// packs, one of them is kept, preferring packs not in `marked` (packs
-    /// that prune has marked for deletion).
+    /// that prune has marked for deletion), then newer key epochs.
     pub fn build(files: &[(Id, IndexFile)], marked: &HashSet<Id>) -> MasterIndex {
         let mut pack_pos: HashMap<Id, u32> = HashMap::new();
         let mut idx = MasterIndex::default();
@@ -69,6 +72,7 @@ impl MasterIndex {
                 let pos = *pack_pos.entry(p.id).or_insert_with(|| {
                     idx.packs.push(p.id);
                     idx.pack_sizes.push(p.size);
+                    idx.pack_epochs.push(p.epoch);
                     (idx.packs.len() - 1) as u32
                 });
                 idx.entries.extend(p.blobs.iter().map(|b| IndexEntry {
@@ -83,8 +87,14 @@ impl MasterIndex {
         }
         idx.marked = idx.packs.iter().enumerate().filter(|(_, p)| marked.contains(p)).map(|(i, _)| i as u32).collect();
         let m = &idx.marked;
+        let epochs = &idx.pack_epochs;
+        // Among copies of a blob, prefer an unmarked pack, then the newest
+        // key epoch (the copy a re-encryption wrote).
         idx.entries.sort_unstable_by(|a, b| {
-            a.id.cmp(&b.id).then(m.contains(&a.pack).cmp(&m.contains(&b.pack))).then(a.pack.cmp(&b.pack))
+            a.id.cmp(&b.id)
+                .then(m.contains(&a.pack).cmp(&m.contains(&b.pack)))
+                .then(epochs[b.pack as usize].cmp(&epochs[a.pack as usize]))
+                .then(a.pack.cmp(&b.pack))
         });
         idx.entries.dedup_by(|a, b| a.id == b.id && a.kind == b.kind);
         idx.entries.shrink_to_fit();
@@ -103,6 +113,7 @@ impl MasterIndex {
             length: e.length,
             raw_len: e.raw_len,
             kind: e.kind,
+            epoch: self.pack_epochs[e.pack as usize],
         })
     }
 
@@ -137,9 +148,15 @@ impl MasterIndex {
                     length: e.length,
                     raw_len: e.raw_len,
                     kind: e.kind,
+                    epoch: self.pack_epochs[e.pack as usize],
                 },
             )
         })
+    }
+
+    /// Every indexed pack with its size and key epoch.
+    pub fn packs_with_epochs(&self) -> impl Iterator<Item = (Id, u64, u32)> + '_ {
+        self.packs.iter().zip(&self.pack_sizes).zip(&self.pack_epochs).map(|((p, s), e)| (*p, *s, *e))
     }
 
     /// True if the blob is indexed in a pack that is not marked for
@@ -155,7 +172,7 @@ impl MasterIndex {
 
     /// Bytes of memory held by the entry table.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<IndexEntry>() + self.packs.capacity() * 40
+        self.entries.capacity() * std::mem::size_of::<IndexEntry>() + self.packs.capacity() * 44
     }
 }
 

@@ -18,14 +18,17 @@ pub mod index;
 pub mod packer;
 pub mod repofile;
 pub mod repository;
+pub mod shares;
 
 pub use backend::{Backend, BackendOptions, DynBackend, FileKind, ObjectBackend};
 pub use commands::check::{CheckReport, ReadData};
 pub use commands::diff::{SnapshotDiff, diff};
+pub use commands::epoch::EpochInfo;
 pub use commands::forget::{Decision, GroupPlan, KeepPolicy};
 pub use commands::prune::{PruneOptions, PruneReport};
 pub use commands::read::{EntryReader, Snapshot};
 pub use commands::snapshot::{EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter};
+pub use crypto::MasterSecret;
 pub use error::{Error, Result};
 pub use id::Id;
 pub use repofile::keyfile::KdfParams;

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::backend::{DynBackend, FileKind, PutMode};
 use crate::blob::{self, BlobKind, Compression};
-use crate::crypto::Keys;
+use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repofile::index::IndexedPack;
@@ -54,7 +54,7 @@ pub struct SaverStats {
 }
 
 struct Shared {
-    keys: Keys,
+    key: DataKey,
     compression: Compression,
     backend: DynBackend,
     pack_target: usize,
@@ -80,7 +80,8 @@ impl Shared {
         if pack.is_empty() {
             return;
         }
-        let (bytes, id, blobs) = pack.finish(&self.keys);
+        let (bytes, id, blobs) = pack.finish(&self.key);
+        let epoch = self.key.epoch();
         let permit = match self.rt.block_on(self.slots.clone().acquire_owned()) {
             Ok(p) => p,
             Err(_) => {
@@ -95,7 +96,7 @@ impl Shared {
             match me.backend.put(FileKind::Pack, &name, Bytes::from(bytes), PutMode::Overwrite).await {
                 Ok(()) => {
                     me.stats.packs.fetch_add(1, Ordering::Relaxed);
-                    me.uploaded.lock().expect("uploaded lock").push(IndexedPack { id, size, blobs });
+                    me.uploaded.lock().expect("uploaded lock").push(IndexedPack { id, size, epoch, blobs });
                 }
                 Err(e) => me.fail(e.to_string()),
             }
@@ -105,7 +106,7 @@ impl Shared {
     }
 
     fn process(self: &Arc<Self>, job: Job) {
-        let sealed = blob::encode(&self.keys, job.kind, &job.id, &job.data, self.compression);
+        let sealed = blob::encode(&self.key, job.kind, &job.id, &job.data, self.compression);
         self.stats.blobs.fetch_add(1, Ordering::Relaxed);
         self.stats.raw_bytes.fetch_add(job.data.len() as u64, Ordering::Relaxed);
         self.stats.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
@@ -132,10 +133,10 @@ pub struct BlobSaver {
 }
 
 impl BlobSaver {
-    /// Starts the worker threads.
-    pub fn new(keys: Keys, compression: Compression, backend: DynBackend, pack_target: usize) -> Self {
+    /// Starts the worker threads. Every pack is sealed under `key`.
+    pub fn new(key: DataKey, compression: Compression, backend: DynBackend, pack_target: usize) -> Self {
         let shared = Arc::new(Shared {
-            keys,
+            key,
             compression,
             backend,
             pack_target,

@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::backend::{BackendOptions, DynBackend, FileKind, ObjectBackend, PutMode};
 use crate::blob::{self, BlobKind, Compression};
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::crypto::{Keys, MasterSecret};
+use crate::crypto::{DataKey, Keyring, Keys, MasterSecret};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::MasterIndex;
@@ -53,7 +53,8 @@ pub struct Repository {
     pub(crate) config: RepoConfig,
     pub(crate) keys: Keys,
     pub(crate) secret: MasterSecret,
-    pub(crate) key_id: Id,
+    pub(crate) key_id: Option<Id>,
+    pub(crate) keyring: Arc<RwLock<Arc<Keyring>>>,
     pub(crate) chunker: Chunker,
     pub(crate) index: Arc<RwLock<Arc<MasterIndex>>>,
 }
@@ -124,6 +125,11 @@ impl Repository {
         // repository nobody can open.
         let key = KeyFile::create(&secret, password, opts.kdf, &config.id, "initial").map_err(Error::Invalid)?;
         let key_id = put_json(&backend, FileKind::Key, &key).await?;
+        // Data is sealed under epoch 1's random key from the start; epoch 0
+        // (the derived metadata key) never seals packs in a new repository.
+        let (epoch, _) = crate::repofile::epoch::EpochFile::create(&keys, &config.id, 1);
+        let body = serde_json::to_vec_pretty(&epoch).expect("epoch serializes");
+        backend.put(FileKind::Epoch, &crate::repofile::epoch::name(1), Bytes::from(body), PutMode::CreateNew).await?;
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
         // Create-only: of two racing inits exactly one wins; the loser fails
         // instead of leaving a key file bound to a config that was replaced.
@@ -134,7 +140,9 @@ impl Repository {
             }
             other => other?,
         }
-        Ok(Self::assemble(backend, config, secret, key_id))
+        let repo = Self::assemble(backend, config, secret, Some(key_id));
+        repo.load_keyring().await?;
+        Ok(repo)
     }
 
     /// Opens the repository at `backend` with any key file that `password` unlocks.
@@ -163,8 +171,10 @@ impl Repository {
                             "its authentication code does not match the repository key (the config was altered)",
                         ));
                     }
-                    let key_id = Id::from_hex(&listed.name).unwrap_or_default();
-                    return Ok(Self::assemble(backend, config, secret, key_id));
+                    let key_id = Id::from_hex(&listed.name);
+                    let repo = Self::assemble(backend, config, secret, key_id);
+                    repo.load_keyring().await?;
+                    return Ok(repo);
                 }
                 Err(KeyFileError::WrongPassword) => {}
                 Err(KeyFileError::Malformed(m) | KeyFileError::Other(m)) => {
@@ -180,20 +190,44 @@ impl Repository {
         }
     }
 
+    /// Opens the repository with its master secret (recovered from shares)
+    /// instead of a password. The secret is checked against the config's
+    /// authentication code, so a wrong secret is refused, never used.
+    pub async fn open_with_secret(backend: DynBackend, secret: MasterSecret) -> Result<Repository> {
+        let config = read_config(&backend).await?;
+        if !config.verify(&Keys::derive(&secret)) {
+            return Err(Error::Invalid(
+                "the recovered master secret does not belong to this repository (its config does not authenticate \
+                 with it): the shares are from another repository or another split, or one is wrong"
+                    .into(),
+            ));
+        }
+        let repo = Self::assemble(backend, config, secret, None);
+        repo.load_keyring().await?;
+        Ok(repo)
+    }
+
+    /// Reads the config (unauthenticated: for checks before a key is known).
+    pub async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
+        read_config(backend).await
+    }
+
     /// Opens the repository at a URL.
     pub async fn open_url(url: &str, options: &[(String, String)], password: &[u8]) -> Result<Repository> {
         Self::open(backend_for(url, options)?, password).await
     }
 
-    fn assemble(backend: DynBackend, config: RepoConfig, secret: MasterSecret, key_id: Id) -> Repository {
+    fn assemble(backend: DynBackend, config: RepoConfig, secret: MasterSecret, key_id: Option<Id>) -> Repository {
         let keys = Keys::derive(&secret);
         let chunker = Chunker::new(config.chunker, keys.chunker_seed());
+        let keyring = Arc::new(RwLock::new(Arc::new(Keyring::new(&keys))));
         Repository {
             backend,
             config,
             keys,
             secret,
             key_id,
+            keyring,
             chunker,
             index: Arc::new(RwLock::new(Arc::new(MasterIndex::default()))),
         }
@@ -219,9 +253,25 @@ impl Repository {
         &self.chunker
     }
 
-    /// The id of the key file this repository was opened with.
-    pub fn key_id(&self) -> Id {
+    /// The id of the key file this repository was opened with (`None` when
+    /// it was opened with a master secret recovered from shares).
+    pub fn key_id(&self) -> Option<Id> {
         self.key_id
+    }
+
+    /// The data keys as last loaded.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().expect("keyring lock"))
+    }
+
+    /// The data key of `epoch`, reloading the keyring once if it is not
+    /// known (another process may have rotated since this one opened).
+    pub async fn data_key(&self, epoch: u32) -> Result<DataKey> {
+        if let Some(k) = self.keyring().get(epoch) {
+            return Ok(k.clone());
+        }
+        let ring = self.load_keyring().await?;
+        ring.get(epoch).cloned().ok_or(Error::MissingEpoch(epoch))
     }
 
     /// The master secret (for key management).
@@ -316,11 +366,16 @@ impl Repository {
         let loc = idx.lookup(id).ok_or(Error::MissingBlob { kind: kind.name(), id: *id })?;
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
         let pack = loc.pack.to_hex();
+        let key = self.data_key(loc.epoch).await.map_err(|e| Error::Corrupt {
+            object: FileKind::Pack.path(&pack),
+            reason: e.to_string(),
+            hint: String::new(),
+        })?;
         let sealed = self.backend.get_range(FileKind::Pack, &pack, range).await?;
         let keys = self.keys.clone();
         let id = *id;
         let kind = loc.kind;
-        tokio::task::spawn_blocking(move || blob::decode(&keys, kind, &id, &sealed, loc.raw_len as usize))
+        tokio::task::spawn_blocking(move || blob::decode(&keys, &key, kind, &id, &sealed, loc.raw_len as usize))
             .await
             .map_err(|e| Error::Aborted(e.to_string()))?
             .map_err(|e| Error::Corrupt {

@@ -35,11 +35,13 @@ pub enum FileKind {
     PruneMarker,
     /// `sessions/<id>`: markers of backups in progress (never exclusive).
     Session,
+    /// `epochs/<number>`: wrapped data keys, one per key epoch.
+    Epoch,
 }
 
 impl FileKind {
     /// Every kind, in listing order.
-    pub const ALL: [FileKind; 7] = [
+    pub const ALL: [FileKind; 8] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Pack,
@@ -47,6 +49,7 @@ impl FileKind {
         FileKind::Snapshot,
         FileKind::PruneMarker,
         FileKind::Session,
+        FileKind::Epoch,
     ];
 
     /// The directory (prefix) of this kind, without a trailing slash.
@@ -59,6 +62,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::PruneMarker => "prune",
             FileKind::Session => "sessions",
+            FileKind::Epoch => "epochs",
         }
     }
 

@@ -229,9 +229,10 @@ impl Backend for ObjectBackend {
             for m in metas {
                 let Some(name) = m.location.filename() else { continue };
                 // Only names this repository writes: 64 hex characters (or
-                // "config"). Staging files and strangers are ignored.
+                // "config", or an 8-digit epoch number). Staging files and strangers are ignored.
                 let ok = match kind {
                     FileKind::Config => name == "config",
+                    FileKind::Epoch => name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit()),
                     _ => name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
                 };
                 if ok {

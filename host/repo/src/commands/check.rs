@@ -87,10 +87,21 @@ impl Repository {
         }
         let idx = std::sync::Arc::new(MasterIndex::build(&files, &marked));
         *self.index.write().expect("index lock") = std::sync::Arc::clone(&idx);
+        let keyring = self.load_keyring().await?;
         // Packs present vs indexed.
         let listed: HashMap<Id, u64> =
             self.backend.list(FileKind::Pack).await?.into_iter().filter_map(|l| Some((l.id()?, l.size))).collect();
         let mut bad_packs: HashSet<Id> = HashSet::new();
+        let mut lost_epochs: BTreeSet<u32> = BTreeSet::new();
+        for (p, _, epoch) in idx.packs_with_epochs() {
+            if keyring.get(epoch).is_none() {
+                lost_epochs.insert(epoch);
+                bad_packs.insert(p);
+            }
+        }
+        for e in lost_epochs {
+            r.errors.push(Error::MissingEpoch(e).to_string());
+        }
         for (p, size) in idx.packs() {
             match listed.get(&p) {
                 None => {
@@ -133,7 +144,8 @@ impl Repository {
             let results: Vec<(Id, Vec<String>, Vec<Id>, usize)> = futures::stream::iter(packs)
                 .map(|(p, _)| {
                     let exp = expected.remove(&p).unwrap_or_default();
-                    async move { self.read_back_pack(p, exp).await }
+                    let keyring = std::sync::Arc::clone(&keyring);
+                    async move { self.read_back_pack(p, exp, keyring).await }
                 })
                 .buffer_unordered(2)
                 .collect()
@@ -217,6 +229,7 @@ impl Repository {
         &self,
         p: Id,
         expected: Vec<(Id, crate::index::BlobLocation)>,
+        keyring: std::sync::Arc<crate::crypto::Keyring>,
     ) -> (Id, Vec<String>, Vec<Id>, usize) {
         let path = FileKind::Pack.path(&p.to_hex());
         let all_blobs = || expected.iter().map(|(id, _)| *id).collect::<Vec<_>>();
@@ -231,11 +244,11 @@ impl Repository {
             if Id::of_bytes(&data) != p {
                 errs.push(format!("pack {path}: content does not match its name (bytes changed or truncated)"));
             }
-            let header: HashMap<Id, pack::PackEntry> = match pack::parse_pack(&keys, &data) {
-                Ok(h) => h.into_iter().map(|e| (e.id, e)).collect(),
+            let (epoch, header): (Option<u32>, HashMap<Id, pack::PackEntry>) = match pack::parse_pack(&keyring, &data) {
+                Ok((epoch, h)) => (Some(epoch), h.into_iter().map(|e| (e.id, e)).collect()),
                 Err(e) => {
                     errs.push(format!("pack {path}: header: {e}"));
-                    HashMap::new()
+                    (None, HashMap::new())
                 }
             };
             let mut n = 0;
@@ -252,8 +265,19 @@ impl Repository {
                     bad.push(*id);
                     continue;
                 }
+                if epoch.is_some_and(|e| e != loc.epoch) {
+                    errs.push(format!(
+                        "pack {path}: the index says key epoch {}, the pack says {}",
+                        loc.epoch,
+                        epoch.unwrap_or_default()
+                    ));
+                }
+                let Some(key) = keyring.get(loc.epoch) else {
+                    bad.push(*id);
+                    continue;
+                };
                 n += 1;
-                if let Err(e) = blob::decode(&keys, loc.kind, id, &data[start..end], loc.raw_len as usize) {
+                if let Err(e) = blob::decode(&keys, key, loc.kind, id, &data[start..end], loc.raw_len as usize) {
                     errs.push(format!("pack {path}: {} blob {} at offset {start}: {e}", loc.kind.name(), id.short()));
                     bad.push(*id);
                 }

@@ -37,7 +37,7 @@ impl Repository {
             let Some(id) = l.id() else { continue };
             out.push(KeyInfo {
                 id,
-                current: id == self.key_id,
+                current: Some(id) == self.key_id,
                 created: kf.created,
                 host: kf.host,
                 user: kf.user,
@@ -63,7 +63,7 @@ impl Repository {
         if !keys.iter().any(|k| k.id == *id) {
             return Err(Error::Invalid(format!("no key file {id} (see `coffer key list`)")));
         }
-        if *id == self.key_id {
+        if Some(*id) == self.key_id {
             return Err(Error::Invalid(
                 "refusing to remove the key this session was opened with; open with another key to remove it".into(),
             ));

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod diff;
 pub mod dir;
+pub mod epoch;
 pub mod forget;
 pub mod key;
 pub mod prune;

@@ -52,6 +52,9 @@ pub struct PruneOptions {
     /// Minimum age of a staging file left by a killed local write before it
     /// is removed (a live upload's staging file is younger than any timeout).
     pub staging_grace: Duration,
+    /// Also rewrite every pack sealed under an older key epoch, then retire
+    /// the epochs nothing is sealed under any more.
+    pub reencrypt: bool,
 }
 
 impl Default for PruneOptions {
@@ -61,6 +64,7 @@ impl Default for PruneOptions {
             max_unused: 0.2,
             dry_run: false,
             staging_grace: Duration::from_secs(3600),
+            reencrypt: false,
         }
     }
 }
@@ -86,6 +90,14 @@ pub struct PruneReport {
     pub removed_sessions: usize,
     /// Staging files of killed local writes removed.
     pub removed_staging_files: usize,
+    /// Packs under an older key epoch whose blobs were copied into packs
+    /// under the current one (`reencrypt`).
+    pub reencrypted_packs: usize,
+    /// Key epochs whose key file was deleted (`reencrypt`).
+    pub retired_epochs: Vec<u32>,
+    /// Older key epochs kept: packs are still sealed under them (waiting for
+    /// a marker), or a running backup may still write under them.
+    pub kept_epochs: Vec<u32>,
 }
 
 /// Reads every prune marker: (name, last modified, marker).
@@ -133,7 +145,11 @@ impl Repository {
     /// Runs both phases of prune.
     pub async fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let mut report = PruneReport::default();
+        let keyring = self.load_keyring().await?;
+        let current = keyring.current().clone();
         let files = self.read_index_files().await?;
+        let pack_epoch: HashMap<Id, u32> =
+            files.iter().flat_map(|(_, f)| f.packs.iter().map(|p| (p.id, p.epoch))).collect();
         let markers = read_markers(self).await?;
         let already_marked: HashSet<Id> = markers.iter().flat_map(|(_, _, m)| m.packs.iter().copied()).collect();
         let full = std::sync::Arc::new(MasterIndex::build(&files, &already_marked));
@@ -170,6 +186,10 @@ impl Repository {
                 // Not in any index: left by a failed or running backup.
                 None => to_mark.push(id),
                 Some(&(0, _)) => to_mark.push(id),
+                Some(_) if opts.reencrypt && pack_epoch.get(&id).is_some_and(|e| *e != current.epoch()) => {
+                    report.reencrypted_packs += 1;
+                    to_repack.push(id)
+                }
                 Some(&(u, total)) if total > 0 && (total - u) as f64 / total as f64 > opts.max_unused => {
                     to_repack.push(id)
                 }
@@ -184,12 +204,18 @@ impl Repository {
         }
         if !to_repack.is_empty() {
             let saver = BlobSaver::new(
-                self.keys.clone(),
+                current.clone(),
                 self.config.compression,
                 std::sync::Arc::clone(&self.backend),
                 self.config.pack_size as usize,
             );
             for pack in &to_repack {
+                let epoch = pack_epoch.get(pack).copied().unwrap_or_default();
+                let key = self.data_key(epoch).await.map_err(|e| Error::Corrupt {
+                    object: FileKind::Pack.path(&pack.to_hex()),
+                    reason: e.to_string(),
+                    hint: "; prune stopped without deleting anything".into(),
+                })?;
                 let data = self.backend.get(FileKind::Pack, &pack.to_hex()).await?;
                 for (id, kind, offset, length) in keep_blobs.get(pack).into_iter().flatten() {
                     let (start, end) = (*offset as usize, *offset as usize + *length as usize);
@@ -198,7 +224,7 @@ impl Repository {
                         reason: format!("blob {id} lies beyond the end of the pack"),
                         hint: "; prune stopped without deleting anything".into(),
                     })?;
-                    let plain = blob::decode(&self.keys, *kind, id, sealed, 0).map_err(|e| Error::Corrupt {
+                    let plain = blob::decode(&self.keys, &key, *kind, id, sealed, 0).map_err(|e| Error::Corrupt {
                         object: FileKind::Pack.path(&pack.to_hex()),
                         reason: format!("blob {id}: {e}"),
                         hint: "; prune stopped without deleting anything".into(),
@@ -301,6 +327,9 @@ impl Repository {
             report.removed_sessions += 1;
         }
         report.removed_staging_files = self.backend.remove_stale_staging(opts.staging_grace).await?;
+        if opts.reencrypt {
+            (report.retired_epochs, report.kept_epochs) = self.retire_epochs().await?;
+        }
         self.load_index().await?;
         Ok(report)
     }

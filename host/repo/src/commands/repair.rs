@@ -35,9 +35,9 @@ impl Repository {
         for l in self.backend.list(FileKind::Pack).await? {
             let Some(id) = l.id() else { continue };
             match self.read_pack_header(&id, l.size).await {
-                Ok(blobs) => {
+                Ok((epoch, blobs)) => {
                     report.blobs_indexed += blobs.len();
-                    packs.push(IndexedPack { id, size: l.size, blobs });
+                    packs.push(IndexedPack { id, size: l.size, epoch, blobs });
                 }
                 Err(e) => report.unreadable_packs.push(format!("{}: {e}", FileKind::Pack.path(&l.name))),
             }
@@ -75,20 +75,23 @@ impl Repository {
         Ok(report)
     }
 
-    /// Reads a pack's header with two ranged reads.
-    pub async fn read_pack_header(&self, id: &Id, size: u64) -> Result<Vec<pack::PackEntry>> {
+    /// Reads a pack's key epoch and header with two ranged reads.
+    pub async fn read_pack_header(&self, id: &Id, size: u64) -> Result<(u32, Vec<pack::PackEntry>)> {
         let name = id.to_hex();
         let corrupt = |reason: String| Error::corrupt(FileKind::Pack.path(&name), reason);
-        if size < pack::TRAILER_LEN as u64 {
+        if size < 12 {
             return Err(corrupt("shorter than a pack trailer".into()));
         }
-        let trailer = self.backend.get_range(FileKind::Pack, &name, size - pack::TRAILER_LEN as u64..size).await?;
-        let hlen = pack::parse_trailer(&trailer).map_err(corrupt)? as u64;
-        let end = size - pack::TRAILER_LEN as u64;
+        let tail_len = (pack::TRAILER_LEN as u64).min(size);
+        let tail = self.backend.get_range(FileKind::Pack, &name, size - tail_len..size).await?;
+        let t = pack::parse_trailer(&tail).map_err(corrupt)?;
+        let end = size - t.len as u64;
+        let hlen = t.header_len as u64;
         if hlen > end {
             return Err(corrupt("header length exceeds the pack".into()));
         }
+        let key = self.data_key(t.epoch).await.map_err(|e| corrupt(e.to_string()))?;
         let sealed = self.backend.get_range(FileKind::Pack, &name, end - hlen..end).await?;
-        pack::parse_header(&self.keys, &sealed, end - hlen).map_err(corrupt)
+        Ok((t.epoch, pack::parse_header(&key, &sealed, end - hlen).map_err(corrupt)?))
     }
 }

@@ -159,6 +159,7 @@ pub struct SnapshotWriter {
     parent: Option<HashMap<String, Entry>>,
     session: Option<Session>,
     started: chrono::DateTime<chrono::Utc>,
+    epoch: u32,
 }
 
 impl Repository {
@@ -172,6 +173,10 @@ impl Repository {
         // before we load the index (see session.rs).
         let session = Session::start(self).await?;
         let loaded = async {
+            // The keyring is read after the session marker is written: an
+            // epoch retired later is never one this backup writes under
+            // (see `Repository::retire_epochs`).
+            let keyring = self.load_keyring().await?;
             let index = self.load_index().await?;
             let parent: Option<HashMap<String, Entry>> = match opts.parent {
                 Some(pid) => {
@@ -180,18 +185,19 @@ impl Repository {
                 }
                 None => None,
             };
-            Ok::<_, Error>((index, parent))
+            Ok::<_, Error>((keyring.current().clone(), index, parent))
         }
         .await;
-        let (index, parent) = match loaded {
+        let (data_key, index, parent) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 session.end().await;
                 return Err(e);
             }
         };
+        let epoch = data_key.epoch();
         let saver = BlobSaver::new(
-            self.keys.clone(),
+            data_key,
             self.config.compression,
             Arc::clone(&self.backend),
             self.config.pack_size as usize,
@@ -217,6 +223,7 @@ impl Repository {
             parent,
             session: Some(session),
             started,
+            epoch,
         })
     }
 }
@@ -392,6 +399,7 @@ impl SnapshotWriter {
         if let Some(session) = &self.session {
             session.check_alive()?;
         }
+        shared.repo.check_epoch_held(self.epoch).await?;
         shared.repo.write_sealed(FileKind::Snapshot, aad::SNAPSHOT, &body).await
     }
 

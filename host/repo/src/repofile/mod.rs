@@ -2,6 +2,7 @@
 //! describes every field.
 
 pub mod config;
+pub mod epoch;
 pub mod index;
 pub mod keyfile;
 pub mod pack;

@@ -5,21 +5,38 @@
 //! blob    := sealed blob bytes (see blob.rs), back to back from offset 0
 //! header  := sealed(version u8 = 1, count u32 LE, entry*)   (AAD "coffer pack header v1")
 //! entry   := kind u8, id [32], length u32 LE, raw_len u32 LE      (41 bytes)
-//! trailer := header_len u32 LE, magic "CFPACK01"
+//! trailer := epoch u32 LE, header_len u32 LE, magic "CFPACK02"
 //! ```
+//! Blobs and header are sealed under the data key of `epoch`. Packs written
+//! before key epochs existed end in `header_len u32 LE, "CFPACK01"` and are
+//! sealed under epoch 0's key.
 //! Blob offsets follow from the lengths in order. The pack id is the plain
 //! BLAKE3 of the whole file, so a pack's integrity can be checked without the
 //! key, and the index can be rebuilt from packs alone.
 
 use crate::blob::BlobKind;
-use crate::crypto::Keys;
+use crate::crypto::{DataKey, Keyring};
 use crate::id::Id;
 use crate::repofile::aad;
 
 /// Magic at the very end of every pack.
-pub const MAGIC: &[u8; 8] = b"CFPACK01";
-/// Bytes of the trailer.
-pub const TRAILER_LEN: usize = 4 + 8;
+pub const MAGIC: &[u8; 8] = b"CFPACK02";
+/// Magic of packs written before key epochs (epoch 0, shorter trailer).
+pub const MAGIC_V1: &[u8; 8] = b"CFPACK01";
+/// Bytes to read from the end of a pack to parse its trailer (the longest
+/// trailer; a version 1 trailer is its last 12 bytes).
+pub const TRAILER_LEN: usize = 4 + 4 + 8;
+
+/// What a pack's trailer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Length of the sealed header right before the trailer.
+    pub header_len: usize,
+    /// Key epoch the pack is sealed under.
+    pub epoch: u32,
+    /// Length of the trailer itself (16, or 12 for version 1 packs).
+    pub len: usize,
+}
 /// Bytes per header entry.
 pub const ENTRY_LEN: usize = 1 + 32 + 4 + 4;
 /// Upper bound on a sealed header we will read: 1 million blobs.
@@ -72,7 +89,7 @@ impl PackBuilder {
 
     /// Appends the sealed header and trailer; returns the pack bytes, its id
     /// and its entries.
-    pub fn finish(mut self, keys: &Keys) -> (Vec<u8>, Id, Vec<PackEntry>) {
+    pub fn finish(mut self, key: &DataKey) -> (Vec<u8>, Id, Vec<PackEntry>) {
         let mut plain = Vec::with_capacity(5 + self.entries.len() * ENTRY_LEN);
         plain.push(1u8);
         plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
@@ -82,8 +99,9 @@ impl PackBuilder {
             plain.extend_from_slice(&e.length.to_le_bytes());
             plain.extend_from_slice(&e.raw_len.to_le_bytes());
         }
-        let header = keys.seal(&plain, aad::PACK_HEADER);
+        let header = key.seal(&plain, aad::PACK_HEADER);
         self.data.extend_from_slice(&header);
+        self.data.extend_from_slice(&key.epoch().to_le_bytes());
         self.data.extend_from_slice(&(header.len() as u32).to_le_bytes());
         self.data.extend_from_slice(MAGIC);
         let id = Id::of_bytes(&self.data);
@@ -91,22 +109,41 @@ impl PackBuilder {
     }
 }
 
-/// Reads the sealed header length from the last [`TRAILER_LEN`] bytes.
-pub fn parse_trailer(trailer: &[u8]) -> Result<usize, String> {
-    if trailer.len() != TRAILER_LEN || &trailer[4..] != MAGIC {
+/// Parses the trailer from the last [`TRAILER_LEN`] bytes of a pack (or the
+/// whole pack, if it is shorter).
+pub fn parse_trailer(tail: &[u8]) -> Result<Trailer, String> {
+    let n = tail.len();
+    if n < 12 {
         return Err("no pack trailer (truncated, or not a pack)".into());
     }
-    let len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_HEADER_LEN {
-        return Err(format!("header length {len} is implausible"));
+    let u32_at = |at: usize| u32::from_le_bytes(tail[at..at + 4].try_into().expect("4 bytes"));
+    let magic = &tail[n - 8..];
+    let t = if magic == MAGIC && n >= TRAILER_LEN {
+        Trailer { header_len: u32_at(n - 12) as usize, epoch: u32_at(n - 16), len: 16 }
+    } else if magic == MAGIC_V1 {
+        Trailer { header_len: u32_at(n - 12) as usize, epoch: 0, len: 12 }
+    } else {
+        return Err("no pack trailer (truncated, or not a pack)".into());
+    };
+    if t.header_len > MAX_HEADER_LEN {
+        return Err(format!("header length {} is implausible", t.header_len));
     }
-    Ok(len)
+    Ok(t)
+}
+
+/// The data key of `epoch`, or an error naming the missing epoch.
+pub fn key_for(keyring: &Keyring, epoch: u32) -> Result<&DataKey, String> {
+    keyring.get(epoch).ok_or_else(|| {
+        format!(
+            "it is sealed under key epoch {epoch}, which this repository no longer holds (epochs/{epoch:08} is missing)"
+        )
+    })
 }
 
 /// Opens and parses a sealed header. `blob_area` is the number of bytes
 /// before the header, which the lengths must add up to.
-pub fn parse_header(keys: &Keys, sealed: &[u8], blob_area: u64) -> Result<Vec<PackEntry>, String> {
-    let plain = keys.open(sealed, aad::PACK_HEADER).map_err(|_| "pack header fails authentication".to_string())?;
+pub fn parse_header(key: &DataKey, sealed: &[u8], blob_area: u64) -> Result<Vec<PackEntry>, String> {
+    let plain = key.open(sealed, aad::PACK_HEADER).map_err(|_| "pack header fails authentication".to_string())?;
     if plain.len() < 5 || plain[0] != 1 {
         return Err("unknown pack header version".into());
     }
@@ -130,15 +167,13 @@ pub fn parse_header(keys: &Keys, sealed: &[u8], blob_area: u64) -> Result<Vec<Pa
     Ok(out)
 }
 
-/// Splits a whole pack into (blob area length, entries).
-pub fn parse_pack(keys: &Keys, pack: &[u8]) -> Result<Vec<PackEntry>, String> {
-    if pack.len() < TRAILER_LEN {
-        return Err("shorter than a pack trailer".into());
-    }
-    let hlen = parse_trailer(&pack[pack.len() - TRAILER_LEN..])?;
-    let end = pack.len() - TRAILER_LEN;
-    if hlen > end {
+/// Parses a whole pack: its epoch and its entries.
+pub fn parse_pack(keyring: &Keyring, pack: &[u8]) -> Result<(u32, Vec<PackEntry>), String> {
+    let t = parse_trailer(&pack[pack.len().saturating_sub(TRAILER_LEN)..])?;
+    let end = pack.len() - t.len;
+    if t.header_len > end {
         return Err("header length exceeds the pack".into());
     }
-    parse_header(keys, &pack[end - hlen..end], (end - hlen) as u64)
+    let key = key_for(keyring, t.epoch)?;
+    Ok((t.epoch, parse_header(key, &pack[end - t.header_len..end], (end - t.header_len) as u64)?))
 }
