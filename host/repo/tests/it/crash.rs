@@ -1,5 +1,6 @@
-//! kill -9 at random moments during backup and during prune; after each
-//! kill, `check` passes and every committed snapshot is intact.
+//! kill -9 at random moments during backup, during prune and during key
+//! rotation with re-encryption; after each kill, `check` passes and every
+//! committed snapshot is intact.
 //!
 //! The test binary re-runs itself as the child (`child_worker`, which only
 //! does something when `COFFER_CRASH_CHILD` is set).
@@ -36,6 +37,12 @@ async fn child_worker() {
             repo.forget(&KeepPolicy { last: Some(2), ..Default::default() }, false).await.unwrap();
             let r = repo.prune(&PruneOptions { max_unused: 0.0, ..Default::default() }).await.unwrap();
             eprintln!("pruned: {r:?}");
+        }
+        if mode == "reencrypt" {
+            repo.forget(&KeepPolicy { last: Some(3), ..Default::default() }, false).await.unwrap();
+            let epoch = repo.rotate_key().await.unwrap();
+            let r = repo.prune(&PruneOptions { reencrypt: true, ..Default::default() }).await.unwrap();
+            eprintln!("reencrypted to epoch {epoch}: {r:?}");
         }
     }
 }
@@ -83,10 +90,30 @@ fn kill_loop(mode: &str, iterations: usize) {
         let sweeps = text.lines().filter(|l| l.contains("pruned:") && !l.contains("deleted_packs: 0,")).count();
         assert!(sweeps > 0, "no prune sweep completed between kills:\n{text}");
     }
+    if mode == "reencrypt" {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let done =
+            text.lines().filter(|l| l.contains("reencrypted to epoch") && !l.contains("retired_epochs: []")).count();
+        assert!(done > 0, "no re-encryption retired an epoch between kills:\n{text}");
+    }
     // And the last state restores, and one more prune cleans up everything
     // the kills left behind.
     rt.block_on(async {
         let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+        if mode == "reencrypt" {
+            for l in repo.backend().list(FileKind::Session).await.unwrap() {
+                repo.backend().delete(FileKind::Session, &l.name).await.unwrap();
+            }
+            let opts = PruneOptions { reencrypt: true, staging_grace: Duration::ZERO, ..Default::default() };
+            let r = repo.prune(&opts).await.unwrap();
+            assert!(r.kept_epochs.is_empty(), "epochs kept after a quiet re-encryption: {r:?}");
+            let epochs = repo.epochs().await.unwrap();
+            assert_eq!(epochs.len(), 1, "only the current epoch is left: {epochs:?}");
+            assert!(epochs[0].current && epochs[0].packs > 0);
+            assert_eq!(repo.backend().list(FileKind::Epoch).await.unwrap().len(), 1);
+            let c = repo.check(ReadData::All).await.unwrap();
+            assert!(c.is_ok(), "{:?}", c.errors);
+        }
         if mode == "prune" {
             for l in repo.backend().list(FileKind::Session).await.unwrap() {
                 repo.backend().delete(FileKind::Session, &l.name).await.unwrap();
@@ -115,4 +142,9 @@ fn kill_9_during_backup_fifty_times() {
 #[test]
 fn kill_9_during_prune_fifty_times() {
     kill_loop("prune", 50);
+}
+
+#[test]
+fn kill_9_during_key_rotation_and_reencryption_forty_times() {
+    kill_loop("reencrypt", 40);
 }

@@ -5,6 +5,7 @@ mod backends;
 mod crash;
 mod damage;
 mod faults;
+mod keys;
 mod retention;
 mod roundtrip;
 mod servers;

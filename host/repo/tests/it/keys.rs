@@ -1,0 +1,191 @@
+//! Key epochs and rotation, re-encryption beside a running backup, and
+//! opening with a master secret recovered from Shamir shares.
+
+use std::sync::Arc;
+
+use coffer_repo::repofile::pack;
+use coffer_repo::{EntryKind, EntryMeta, FileKind, PruneOptions, ReadData, Repository, shares};
+
+use crate::support::*;
+
+/// The key epoch in each pack's trailer.
+fn pack_epochs(t: &TempRepo) -> Vec<u32> {
+    t.packs()
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            pack::parse_trailer(&bytes[bytes.len() - pack::TRAILER_LEN..]).unwrap().epoch
+        })
+        .collect()
+}
+
+fn reencrypt() -> PruneOptions {
+    PruneOptions { reencrypt: true, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_old_data_readable_and_reencryption_retires_the_old_key() {
+    let t = TempRepo::new(small_pack_options()).await;
+    let (a, b) = (t.dir.path().join("a"), t.dir.path().join("b"));
+    make_random_tree(&a, 4, 1 << 20, 1);
+    make_random_tree(&b, 4, 1 << 20, 2);
+    let snap_a = t.repo.backup_dir(&a, opts("a")).await.unwrap();
+    assert!(pack_epochs(&t).iter().all(|e| *e == 1), "a new repository seals under epoch 1");
+
+    assert_eq!(t.repo.rotate_key().await.unwrap(), 2);
+    let snap_b = t.repo.backup_dir(&b, opts("b")).await.unwrap();
+    let epochs = pack_epochs(&t);
+    assert!(epochs.contains(&1) && epochs.contains(&2), "{epochs:?}");
+    // Chunk ids do not depend on the epoch: the same data dedups across it.
+    let again = t.repo.backup_dir(&a, opts("a")).await.unwrap();
+    assert_eq!(t.repo.read_manifest(&again).await.unwrap().summary.new_blobs, 0);
+
+    let listed = t.repo.epochs().await.unwrap();
+    assert_eq!(listed.iter().map(|e| (e.epoch, e.current)).collect::<Vec<_>>(), vec![(1, false), (2, true)]);
+    assert!(listed.iter().all(|e| e.packs > 0 && e.bytes > 0 && e.held));
+
+    // Another process opening now reads both epochs.
+    let other = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    for (snap, src) in [(snap_a, &a), (snap_b, &b)] {
+        let out = t.dir.path().join(format!("out-{}", snap.short()));
+        other.restore_dir(&snap, &out).await.unwrap();
+        assert_same_tree(src, &out);
+    }
+
+    let r = t.repo.prune(&reencrypt()).await.unwrap();
+    assert!(r.reencrypted_packs > 0 && r.deleted_packs >= r.reencrypted_packs, "{r:?}");
+    assert_eq!(r.retired_epochs, vec![1]);
+    assert!(pack_epochs(&t).iter().all(|e| *e == 2), "every pack is under epoch 2 now");
+    assert_eq!(t.repo.backend().list(FileKind::Epoch).await.unwrap().len(), 1, "epoch 1's key file is deleted");
+    let listed = t.repo.epochs().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let c = t.repo.check(ReadData::All).await.unwrap();
+    assert!(c.is_ok(), "{:?}", c.errors);
+    for (snap, src) in [(snap_a, &a), (snap_b, &b)] {
+        let out = t.dir.path().join(format!("after-{}", snap.short()));
+        let fresh = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+        fresh.restore_dir(&snap, &out).await.unwrap();
+        assert_same_tree(src, &out);
+    }
+    // Nothing left to do: a second run changes nothing.
+    let r = t.repo.prune(&reencrypt()).await.unwrap();
+    assert_eq!((r.reencrypted_packs, r.deleted_packs, r.retired_epochs.len()), (0, 0, 0), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencryption_waits_for_a_backup_that_began_before_the_rotation() {
+    let t = TempRepo::new(small_pack_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 2, 1 << 20, 3);
+    t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    // A backup starts under epoch 1 and is still running...
+    let w = t.repo.start_snapshot(opts("late")).await.unwrap();
+    // ...while the key is rotated and a re-encryption runs.
+    let other = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    other.rotate_key().await.unwrap();
+    let r = other.prune(&reencrypt()).await.unwrap();
+    assert!(r.retired_epochs.is_empty() && r.kept_epochs == vec![1], "{r:?}");
+    assert!(r.waiting_markers > 0 && r.deleted_packs == 0, "old packs wait for the backup: {r:?}");
+    // The backup writes new data under epoch 1 and commits.
+    let data = random_bytes(3 << 20, 99);
+    let mut e = w
+        .add_entry(EntryMeta {
+            path: "late".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime: 0,
+            mtime_nsec: 0,
+            target: None,
+        })
+        .unwrap();
+    e.write(&data).await.unwrap();
+    e.finish().await.unwrap();
+    let late = w.commit().await.unwrap();
+    assert!(pack_epochs(&t).contains(&1));
+    // Now nothing holds epoch 1 back: its packs (old and new) are rewritten
+    // and its key retired.
+    let r = other.prune(&reencrypt()).await.unwrap();
+    assert_eq!(r.retired_epochs, vec![1], "{r:?}");
+    assert!(pack_epochs(&t).iter().all(|e| *e == 2));
+    let c = other.check(ReadData::All).await.unwrap();
+    assert!(c.is_ok(), "{:?}", c.errors);
+    let snap = other.open_snapshot(&late).await.unwrap();
+    let entry = snap.entries.iter().find(|e| e.path == "late").unwrap();
+    let mut got = Vec::new();
+    let mut reader = other.entry_reader(entry);
+    while let Some(chunk) = reader.next_chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == data, "the late backup's data reads back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_does_not_commit_under_an_epoch_removed_while_it_ran() {
+    let t = TempRepo::new(test_init_options()).await;
+    let w = t.repo.start_snapshot(opts("s")).await.unwrap();
+    t.repo.rotate_key().await.unwrap();
+    // What a careless operator (or a storage fault) could do: delete the key
+    // file of the epoch the running backup writes under.
+    t.repo.backend().delete(FileKind::Epoch, "00000001").await.unwrap();
+    let mut e = w
+        .add_entry(EntryMeta {
+            path: "x".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime: 0,
+            mtime_nsec: 0,
+            target: None,
+        })
+        .unwrap();
+    e.write(b"hello").await.unwrap();
+    e.finish().await.unwrap();
+    let err = w.commit().await.unwrap_err().to_string();
+    assert!(err.contains("key epoch 1") && err.contains("retired"), "{err}");
+    assert!(t.repo.snapshots().await.unwrap().is_empty(), "nothing was committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_epoch_key_is_named_by_check_and_restore() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 2, 100_000, 4);
+    let snap = t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    t.repo.rotate_key().await.unwrap();
+    std::fs::remove_file(t.root().join("epochs/00000001")).unwrap();
+    let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    let c = repo.check(ReadData::None).await.unwrap();
+    assert!(c.errors.iter().any(|e| e.contains("key epoch 1 is missing")), "{:?}", c.errors);
+    assert!(!c.damaged_paths.is_empty());
+    let err = repo.restore_dir(&snap, &t.dir.path().join("out")).await.unwrap_err().to_string();
+    assert!(err.contains("key epoch 1 is missing"), "{err}");
+    // A damaged epoch file is refused by name when opening.
+    std::fs::write(t.root().join("epochs/00000002"), b"{}").unwrap();
+    let err = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap_err().to_string();
+    assert!(err.contains("epochs/00000002"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_open_the_repository_and_a_wrong_secret_does_not() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 2, 100_000, 5);
+    let snap = t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    let id = t.repo.config().id;
+    let parts = shares::split(t.repo.master_secret(), &id, 2, 3).unwrap();
+    let given: Vec<(String, shares::Share)> =
+        [&parts[2], &parts[0]].iter().map(|s| (format!("share {}", s.index), (*s).clone())).collect();
+    let secret = shares::combine(&given, &id).unwrap();
+    let repo = Repository::open_with_secret(Arc::clone(&t.backend), secret).await.unwrap();
+    assert_eq!(repo.key_id(), None);
+    let out = t.dir.path().join("out");
+    repo.restore_dir(&snap, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+    // A new password key made from the recovered secret opens it too.
+    repo.add_key(b"recovered", coffer_repo::KdfParams::insecure_fast(), "recovered").await.unwrap();
+    Repository::open(Arc::clone(&t.backend), b"recovered").await.unwrap();
+    let err = Repository::open_with_secret(Arc::clone(&t.backend), coffer_repo::MasterSecret::generate())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not belong to this repository"), "{err}");
+}
