@@ -283,7 +283,8 @@ fn ctrl_c_stops_the_plugin_and_leaves_the_repository_clean() {
 fn keys_retention_and_prune_through_the_cli() {
     let t = TestRepo::new();
     let keys = t.json(&["key", "list"]);
-    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(keys["epochs"][0]["epoch"], 1, "a new repository starts at key epoch 1: {keys}");
     let added = t.cmd().env("COFFER_NEW_PASSWORD", "second password").args(["--json", "key", "add"]).output().unwrap();
     assert!(added.status.success(), "{}", stderr(&added));
     let out = t.cmd().env("COFFER_PASSWORD", "second password").args(["snapshots"]).output().unwrap();
@@ -295,6 +296,7 @@ fn keys_retention_and_prune_through_the_cli() {
     assert!(!out.status.success(), "the old password no longer opens it");
     let third = |args: &[&str]| t.cmd().env("COFFER_PASSWORD", "third password").args(args).output().unwrap();
     let keys: serde_json::Value = serde_json::from_slice(&third(&["--json", "key", "list"]).stdout).unwrap();
+    let keys = &keys["keys"];
     assert_eq!(keys.as_array().unwrap().len(), 2);
     // The key in use cannot be removed.
     let current =

@@ -4,4 +4,5 @@
 
 mod cli;
 mod hostile;
+mod keys;
 mod support;

@@ -44,6 +44,11 @@ pub struct Global {
     /// File holding the repository password (first line).
     #[arg(long, env = "COFFER_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
+    /// Open the repository with Shamir shares of its key (from `coffer key
+    /// split`) instead of a password: a file with one share per line, or `-`
+    /// for stdin.
+    #[arg(long, env = "COFFER_SHARES_FROM", global = true, value_name = "FILE")]
+    pub shares_from: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -85,7 +90,7 @@ pub struct ConfigArgs {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create a repository.
-    Init,
+    Init(commands::key::KdfArgs),
     /// Back up a source with a plugin (a built-in name or a .wasm file).
     Backup(commands::backup::BackupArgs),
     /// List snapshots.
@@ -104,7 +109,7 @@ pub enum Cmd {
     Forget(commands::maintain::ForgetArgs),
     /// Remove data no snapshot uses.
     Prune(commands::maintain::PruneArgs),
-    /// Manage key files (passwords).
+    /// Manage keys: passwords, Shamir shares, key epochs and rotation.
     #[command(subcommand)]
     Key(commands::key::KeyCmd),
     /// List and inspect plugins.

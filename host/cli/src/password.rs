@@ -64,8 +64,10 @@ fn from_file(f: &Path) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 fn prompt(label: &str) -> Result<Zeroizing<Vec<u8>>> {
-    if !std::io::stdin().is_terminal() {
-        bail!("cannot prompt for a password: stdin is not a terminal");
+    // The prompt reads the controlling terminal, so stdin may carry other
+    // input (shares for `key combine`).
+    if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
+        bail!("cannot prompt for a password: there is no terminal");
     }
     let p = rpassword::prompt_password(label).context("reading the password")?;
     Ok(Zeroizing::new(p.into_bytes()))

@@ -1,27 +1,59 @@
-//! `coffer key list|add|remove|passwd`.
+//! `coffer key list|add|remove|passwd|split|combine|rotate`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::Subcommand;
-use coffer_repo::{Id, KdfParams, Repository};
+use clap::{Args, Subcommand};
+use coffer_repo::shares::{self, Share};
+use coffer_repo::{DynBackend, Id, KdfParams, PruneOptions, Repository};
+use zeroize::Zeroizing;
 
+use super::UsageError;
 use crate::Global;
-use crate::output::print_json;
+use crate::output::{print_json, size};
+
+/// Argon2id cost of a new key file.
+#[derive(Args, Debug, Clone)]
+pub struct KdfArgs {
+    /// Argon2id memory in MiB (8 to 4096).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes (1 to 64).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub kdf_passes: u32,
+    /// Argon2id lanes (1 to 64).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub kdf_lanes: u32,
+}
+
+impl KdfArgs {
+    /// The parameters, refused when outside safe bounds.
+    pub fn params(&self) -> Result<KdfParams> {
+        if !(8..=4096).contains(&self.kdf_memory_mib) {
+            bail!(UsageError("--kdf-memory-mib must be between 8 and 4096".into()));
+        }
+        if !(1..=64).contains(&self.kdf_passes) {
+            bail!(UsageError("--kdf-passes must be between 1 and 64".into()));
+        }
+        if !(1..=64).contains(&self.kdf_lanes) {
+            bail!(UsageError("--kdf-lanes must be between 1 and 64".into()));
+        }
+        Ok(KdfParams { m_cost_kib: self.kdf_memory_mib * 1024, t_cost: self.kdf_passes, p_cost: self.kdf_lanes })
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
-    /// List key files.
+    /// List key files and key epochs (with the data each epoch still protects).
     List,
     /// Add a key file for a new password (COFFER_NEW_PASSWORD or a prompt).
     Add {
         /// A label to recognize the key by.
         #[arg(long, default_value = "")]
         label: String,
-        /// Argon2id memory in MiB.
-        #[arg(long, default_value_t = 64)]
-        kdf_memory_mib: u32,
-        /// Argon2id passes.
-        #[arg(long, default_value_t = 3)]
-        kdf_passes: u32,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
     /// Remove a key file (not the one in use, not the last one).
     Remove {
@@ -29,17 +61,42 @@ pub enum KeyCmd {
         id: String,
     },
     /// Change the password: add a key for the new one, remove the one in use.
-    Passwd,
-}
-
-fn kdf(memory_mib: u32, passes: u32) -> Result<KdfParams> {
-    if !(8..=4096).contains(&memory_mib) {
-        bail!("--kdf-memory-mib must be between 8 and 4096");
-    }
-    if !(1..=64).contains(&passes) {
-        bail!("--kdf-passes must be between 1 and 64");
-    }
-    Ok(KdfParams { m_cost_kib: memory_mib * 1024, t_cost: passes, p_cost: 1 })
+    Passwd {
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Split the repository's master key into N Shamir shares, any K of which
+    /// recover it (`key combine`, or `--shares-from` on any command).
+    Split {
+        /// Shares to make (N, at most 255).
+        #[arg(long)]
+        shares: u8,
+        /// Shares needed to recover the key (K, at least 2).
+        #[arg(long)]
+        threshold: u8,
+        /// Write each share to its own file here (mode 0600) instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Recover the master key from K shares and add a key file for a new
+    /// password (COFFER_NEW_PASSWORD or a prompt). Needs no password.
+    Combine {
+        /// Files with shares, one per line; none reads stdin.
+        files: Vec<PathBuf>,
+        /// A label for the new key file.
+        #[arg(long, default_value = "recovered from shares")]
+        label: String,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Start a new key epoch: new data is sealed under a fresh data key;
+    /// older data stays readable until `prune --reencrypt` rewrites it.
+    Rotate {
+        /// Re-encrypt older data right away and retire the old keys
+        /// (what `coffer prune --reencrypt` does).
+        #[arg(long)]
+        reencrypt: bool,
+    },
 }
 
 async fn resolve_key(repo: &Repository, prefix: &str) -> Result<Id> {
@@ -53,29 +110,176 @@ async fn resolve_key(repo: &Repository, prefix: &str) -> Result<Id> {
     }
 }
 
-pub async fn run(g: &Global, cmd: KeyCmd) -> Result<u8> {
-    let repo = super::open_repo(g).await?;
-    match cmd {
-        KeyCmd::List => {
-            let keys = repo.keys_list().await?;
-            if g.json {
-                print_json(&keys)?;
-            } else {
-                println!("{:<2}{:<10} {:<20} {:<20} label", "", "id", "created", "user@host");
-                for k in keys {
-                    println!(
-                        "{:<2}{:<10} {:<20} {:<20} {}",
-                        if k.current { "*" } else { "" },
-                        k.id.short(),
-                        k.created.format("%Y-%m-%d %H:%M:%S"),
-                        format!("{}@{}", k.user, k.host),
-                        k.label
-                    );
-                }
+/// Reads shares from files (or `-` / no files: stdin), one per line; blank
+/// lines and `#` comments are skipped. Each share is named by where it came
+/// from, for error messages.
+pub fn read_shares(sources: &[PathBuf]) -> Result<Vec<(String, Share)>> {
+    let mut lines: Vec<(String, Zeroizing<String>)> = Vec::new();
+    let mut take = |name: &str, text: &str| {
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            lines.push((format!("{name} line {}", i + 1), Zeroizing::new(t.to_string())));
+        }
+    };
+    if sources.is_empty() || sources.iter().any(|s| s == Path::new("-")) {
+        let mut text = Zeroizing::new(String::new());
+        for line in std::io::stdin().lock().lines() {
+            text.push_str(&line.context("reading shares from stdin")?);
+            text.push('\n');
+        }
+        take("stdin", &text);
+    }
+    for f in sources.iter().filter(|s| *s != Path::new("-")) {
+        let text =
+            Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("reading shares from {}", f.display()))?);
+        take(&f.display().to_string(), &text);
+    }
+    if lines.is_empty() {
+        bail!(UsageError("no shares were given: pass share files, or one share per line on stdin".into()));
+    }
+    lines
+        .into_iter()
+        .map(|(name, text)| match Share::parse(&text) {
+            Ok(s) => Ok((name, s)),
+            Err(e) => Err(anyhow!("the share in {name} is not valid: {e}")),
+        })
+        .collect()
+}
+
+/// Recovers the master secret from shares and opens the repository with it.
+pub async fn open_with_shares(backend: DynBackend, shares: &[(String, Share)]) -> Result<Repository> {
+    let config = Repository::read_config(&backend).await?;
+    let secret = shares::combine(shares, &config.id).map_err(|e| anyhow!("cannot recover the key: {e}"))?;
+    Ok(Repository::open_with_secret(backend, secret).await?)
+}
+
+fn write_share_file(dir: &Path, name: &str, line: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {} (an existing share file is never overwritten)", path.display()))?;
+    f.write_all(line.as_bytes()).and_then(|_| f.write_all(b"\n")).and_then(|_| f.sync_all())?;
+    Ok(path)
+}
+
+async fn split(g: &Global, repo: &Repository, count: u8, threshold: u8, out_dir: Option<PathBuf>) -> Result<u8> {
+    let id = repo.config().id;
+    let parts = shares::split(repo.master_secret(), &id, threshold, count).map_err(|e| anyhow!(UsageError(e)))?;
+    let Some(dir) = out_dir else {
+        // Printing the shares is this command's purpose: they go to stdout,
+        // in JSON too when asked.
+        if g.json {
+            let list: Vec<_> =
+                parts.iter().map(|s| serde_json::json!({"index": s.index, "share": s.code().as_str()})).collect();
+            print_json(&serde_json::json!({"repository": id.to_hex(), "threshold": threshold, "shares": list}))?;
+        } else {
+            eprintln!(
+                "{count} shares of repository {}; any {threshold} recover its key. Give each to a different custodian.",
+                id.short()
+            );
+            for s in &parts {
+                println!("{}", s.line().as_str());
             }
         }
-        KeyCmd::Add { label, kdf_memory_mib, kdf_passes } => {
-            let params = kdf(kdf_memory_mib, kdf_passes)?;
+        return Ok(0);
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    for s in &parts {
+        let name = format!("coffer-share-{}-{}-of-{}.txt", &id.to_hex()[..8], s.index, s.count);
+        match write_share_file(&dir, &name, &s.line()) {
+            Ok(p) => written.push(p),
+            Err(e) => {
+                // All or nothing: a partial set of one split is useless.
+                for p in &written {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    if g.json {
+        let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        print_json(&serde_json::json!({"repository": id.to_hex(), "threshold": threshold, "files": files}))?;
+    } else {
+        println!("wrote {count} shares of repository {} (any {threshold} recover its key):", id.short());
+        for p in &written {
+            println!("  {}", p.display());
+        }
+    }
+    Ok(0)
+}
+
+async fn list(g: &Global, repo: &Repository) -> Result<()> {
+    let keys = repo.keys_list().await?;
+    let epochs = repo.epochs().await?;
+    if g.json {
+        return print_json(&serde_json::json!({"keys": keys, "epochs": epochs}));
+    }
+    println!("{:<2}{:<10} {:<20} {:<20} label", "", "key", "created", "user@host");
+    for k in keys {
+        println!(
+            "{:<2}{:<10} {:<20} {:<20} {}",
+            if k.current { "*" } else { "" },
+            k.id.short(),
+            k.created.format("%Y-%m-%d %H:%M:%S"),
+            format!("{}@{}", k.user, k.host),
+            k.label
+        );
+    }
+    println!();
+    println!("{:<2}{:<6} {:<20} {:>7} {:>12}", "", "epoch", "created", "packs", "protects");
+    for e in epochs {
+        let created = match (e.epoch, e.created) {
+            (_, Some(c)) => c.format("%Y-%m-%d %H:%M:%S").to_string(),
+            (0, None) => "(metadata key)".into(),
+            (_, None) => "KEY MISSING".into(),
+        };
+        println!(
+            "{:<2}{:<6} {:<20} {:>7} {:>12}",
+            if e.current { "*" } else { "" },
+            e.epoch,
+            created,
+            e.packs,
+            size(e.bytes)
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(g: &Global, cmd: KeyCmd) -> Result<u8> {
+    if let KeyCmd::Combine { files, label, kdf } = cmd {
+        let params = kdf.params()?;
+        let url = super::repo_url(g)?;
+        let backend = coffer_repo::backend_for(&url, &super::repo_options(g)?)?;
+        let shares = read_shares(&files)?;
+        let repo = open_with_shares(backend, &shares).await.with_context(|| format!("repository {url}"))?;
+        let pw = crate::password::new_password(None, false)?;
+        let id = repo.add_key(&pw, params, &label).await?;
+        if g.json {
+            print_json(&serde_json::json!({"added": id.to_hex()}))?;
+        } else {
+            println!(
+                "recovered the key of repository {}; added key {} for the new password",
+                repo.config().id.short(),
+                id.short()
+            );
+        }
+        return Ok(0);
+    }
+    let repo = super::open_repo(g).await?;
+    match cmd {
+        KeyCmd::Combine { .. } => unreachable!("handled above"),
+        KeyCmd::List => list(g, &repo).await?,
+        KeyCmd::Add { label, kdf } => {
+            let params = kdf.params()?;
             let pw = crate::password::new_password(None, false)?;
             let id = repo.add_key(&pw, params, &label).await?;
             if g.json {
@@ -93,14 +297,20 @@ pub async fn run(g: &Global, cmd: KeyCmd) -> Result<u8> {
                 println!("removed key {}", id.short());
             }
         }
-        KeyCmd::Passwd => {
-            let old = repo.key_id();
+        KeyCmd::Passwd { kdf } => {
+            let params = kdf.params()?;
+            let Some(old) = repo.key_id() else {
+                bail!(UsageError(
+                    "the repository was opened with shares, not with a key file: use `coffer key combine` or `key add`"
+                        .into()
+                ));
+            };
             let pw = crate::password::new_password(None, false)?;
-            let new = repo.add_key(&pw, KdfParams::default(), "").await?;
+            let new = repo.add_key(&pw, params, "").await?;
             let reopened = Repository::open(repo.backend().clone(), &pw)
                 .await
                 .context("opening the repository with the new password")?;
-            if reopened.key_id() != new {
+            if reopened.key_id() != Some(new) {
                 return Err(anyhow!("the new password opened another key file; the old key {} was kept", old.short()));
             }
             reopened.remove_key(&old).await.context("removing the old key file")?;
@@ -108,6 +318,31 @@ pub async fn run(g: &Global, cmd: KeyCmd) -> Result<u8> {
                 print_json(&serde_json::json!({"added": new.to_hex(), "removed": old.to_hex()}))?;
             } else {
                 println!("password changed: key {} replaces {}", new.short(), old.short());
+            }
+        }
+        KeyCmd::Split { shares, threshold, out_dir } => return split(g, &repo, shares, threshold, out_dir).await,
+        KeyCmd::Rotate { reencrypt } => {
+            let epoch = repo.rotate_key().await?;
+            let report = if reencrypt {
+                Some(repo.prune(&PruneOptions { reencrypt: true, ..PruneOptions::default() }).await?)
+            } else {
+                None
+            };
+            let older: Vec<_> = repo.epochs().await?.into_iter().filter(|e| e.epoch != epoch && e.packs > 0).collect();
+            if g.json {
+                print_json(&serde_json::json!({"epoch": epoch, "reencrypt": report, "older_epochs": older}))?;
+            } else {
+                println!("started key epoch {epoch}: new data is sealed under its key");
+                if let Some(r) = &report {
+                    super::maintain::print_prune(r, false);
+                }
+                let (packs, bytes) = older.iter().fold((0, 0), |(p, b), e| (p + e.packs, b + e.bytes));
+                if packs > 0 {
+                    println!(
+                        "{packs} packs ({}) are still sealed under older epochs; `coffer prune --reencrypt` rewrites them",
+                        size(bytes)
+                    );
+                }
             }
         }
     }

@@ -65,6 +65,10 @@ pub struct PruneArgs {
     /// Repack packs with more than this share unused (0 to 1).
     #[arg(long, default_value_t = 0.2)]
     pub max_unused: f64,
+    /// Also rewrite every pack sealed under an older key epoch (see `key
+    /// rotate`), then delete the keys of epochs nothing is sealed under.
+    #[arg(long)]
+    pub reencrypt: bool,
 }
 
 pub async fn check(g: &Global, args: CheckArgs) -> Result<u8> {
@@ -180,7 +184,7 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
         }
     }
     if args.prune && !args.dry_run {
-        return prune(g, PruneArgs { dry_run: false, grace: "0s".into(), max_unused: 0.2 }).await;
+        return prune(g, PruneArgs { dry_run: false, grace: "0s".into(), max_unused: 0.2, reencrypt: false }).await;
     }
     Ok(0)
 }
@@ -191,20 +195,45 @@ pub async fn prune(g: &Global, args: PruneArgs) -> Result<u8> {
     if !(0.0..=1.0).contains(&args.max_unused) {
         return Err(anyhow!(UsageError("--max-unused must be between 0 and 1".into())));
     }
-    let opts = PruneOptions { grace, max_unused: args.max_unused, dry_run: args.dry_run, ..PruneOptions::default() };
+    let opts = PruneOptions {
+        grace,
+        max_unused: args.max_unused,
+        dry_run: args.dry_run,
+        reencrypt: args.reencrypt,
+        ..PruneOptions::default()
+    };
     let r = repo.prune(&opts).await?;
     if g.json {
         print_json(&r)?;
     } else {
-        println!(
-            "{}marked {} packs, repacked {} blobs, deleted {} packs ({}), {} marks waiting for their grace period",
-            if args.dry_run { "dry run: " } else { "" },
-            r.marked_packs,
-            r.repacked_blobs,
-            r.deleted_packs,
-            size(r.deleted_bytes),
-            r.waiting_markers
-        );
+        print_prune(&r, args.dry_run);
     }
     Ok(0)
+}
+
+/// The human summary of a prune.
+pub fn print_prune(r: &coffer_repo::PruneReport, dry_run: bool) {
+    println!(
+        "{}marked {} packs, repacked {} blobs, deleted {} packs ({}), {} marks waiting (grace period or running backups)",
+        if dry_run { "dry run: " } else { "" },
+        r.marked_packs,
+        r.repacked_blobs,
+        r.deleted_packs,
+        size(r.deleted_bytes),
+        r.waiting_markers
+    );
+    if r.reencrypted_packs > 0 {
+        println!("re-encrypted {} packs under the current key epoch", r.reencrypted_packs);
+    }
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    if !r.retired_epochs.is_empty() {
+        println!("retired key epochs {}: their keys are deleted", list(&r.retired_epochs));
+    }
+    if !r.kept_epochs.is_empty() {
+        println!(
+            "kept key epochs {}: data is still sealed under them, or a backup that began before the rotation is \
+             running; run `coffer prune --reencrypt` again once it has finished",
+            list(&r.kept_epochs)
+        );
+    }
 }

@@ -32,7 +32,7 @@ impl std::error::Error for UsageError {}
 pub async fn run(cli: Cli) -> ExitCode {
     let g = cli.global.clone();
     let r = match cli.command {
-        Cmd::Init => init(&g).await,
+        Cmd::Init(k) => init(&g, k).await,
         Cmd::Backup(a) => backup::run(&g, a).await,
         Cmd::Snapshots(a) => snapshots::list(&g, a).await,
         Cmd::Ls(a) => snapshots::ls(&g, a).await,
@@ -75,22 +75,29 @@ pub fn repo_options(g: &Global) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Opens the repository with the password from the environment or a prompt.
+/// Opens the repository with the password from the environment or a
+/// prompt, or with Shamir shares (`--shares-from`).
 pub async fn open_repo(g: &Global) -> Result<Repository> {
     let url = repo_url(g)?;
     let opts = repo_options(g)?;
+    if let Some(from) = &g.shares_from {
+        let backend = coffer_repo::backend_for(&url, &opts).with_context(|| format!("repository {url}"))?;
+        let shares = key::read_shares(std::slice::from_ref(from))?;
+        return key::open_with_shares(backend, &shares).await.with_context(|| format!("opening repository {url}"));
+    }
     let password = crate::password::repository_password(g.password_file.as_deref())?;
     Repository::open_url(&url, &opts, &password).await.with_context(|| format!("opening repository {url}"))
 }
 
-async fn init(g: &Global) -> Result<u8> {
+async fn init(g: &Global, kdf: key::KdfArgs) -> Result<u8> {
     let url = repo_url(g)?;
     let opts = repo_options(g)?;
+    let kdf = kdf.params()?;
     let password = crate::password::new_password(g.password_file.as_deref(), true)?;
     let backend = coffer_repo::backend_for(&url, &opts).with_context(|| format!("repository {url}"))?;
-    let repo = Repository::init(backend, &password, coffer_repo::InitOptions::default())
-        .await
-        .with_context(|| format!("creating repository {url}"))?;
+    let init = coffer_repo::InitOptions { kdf, ..Default::default() };
+    let repo =
+        Repository::init(backend, &password, init).await.with_context(|| format!("creating repository {url}"))?;
     if g.json {
         crate::output::print_json(&serde_json::json!({"repository": url, "id": repo.config().id.to_hex()}))?;
     } else {
