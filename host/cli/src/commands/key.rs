@@ -1,6 +1,6 @@
 //! `coffer key list|add|remove|passwd|split|combine|rotate`.
 
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -125,11 +125,9 @@ pub fn read_shares(sources: &[PathBuf]) -> Result<Vec<(String, Share)>> {
         }
     };
     if sources.is_empty() || sources.iter().any(|s| s == Path::new("-")) {
-        let mut text = Zeroizing::new(String::new());
-        for line in std::io::stdin().lock().lines() {
-            text.push_str(&line.context("reading shares from stdin")?);
-            text.push('\n');
-        }
+        // Reserved up front so that growing never leaves copies behind.
+        let mut text = Zeroizing::new(String::with_capacity(64 * 1024));
+        std::io::stdin().lock().read_to_string(&mut text).context("reading shares from stdin")?;
         take("stdin", &text);
     }
     for f in sources.iter().filter(|s| *s != Path::new("-")) {
