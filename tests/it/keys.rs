@@ -97,6 +97,15 @@ fn shamir_split_and_combine_through_the_cli() {
     let again = t.coffer(&["key", "split", "--shares", "5", "--threshold", "3", "--out-dir", dir.to_str().unwrap()]);
     assert!(!again.status.success() && stderr(&again).contains("never overwritten"), "{}", stderr(&again));
     assert_eq!(share_files(&dir), files, "the failed split left nothing behind");
+    // `--json` prints the shares of a fresh split as JSON; any 3 of them work.
+    let printed = t.json(&["key", "split", "--shares", "4", "--threshold", "3"]);
+    assert_eq!(printed["threshold"], 3);
+    let codes: Vec<&str> = printed["shares"].as_array().unwrap().iter().map(|s| s["share"].as_str().unwrap()).collect();
+    assert_eq!(codes.len(), 4);
+    let from_json = t.dir.path().join("from-json");
+    std::fs::write(&from_json, format!("{}\n{}\n{}\n", codes[3], codes[1], codes[0])).unwrap();
+    let out = no_password(&t).args(["--shares-from", from_json.to_str().unwrap(), "snapshots"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // Every 3 of the 5 open the repository, without a password.
     for a in 0..5 {

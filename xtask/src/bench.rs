@@ -3,7 +3,8 @@
 //! `repo`: builds (once) a data set of about 2 GiB of real files copied from
 //! `/usr/lib`, then runs each phase (backup, unchanged re-backup, restore,
 //! check --read-data, primitives) in its own process of the release
-//! `bench_repo` example so each phase's peak RSS is its own, and prints a
+//! `bench_repo` example so each phase's peak RSS is its own (then a key
+//! rotation with re-encryption of every pack), and prints a
 //! table. `primitives`: the criterion micro-benchmarks.
 
 use std::path::{Path, PathBuf};
@@ -101,7 +102,7 @@ fn repo(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&repo_dir);
     println!("| phase | time (s) | MB/s | peak RSS (MiB) | notes |");
     println!("|---|---:|---:|---:|---|");
-    for phase in ["init", "backup", "rebackup", "restore", "check", "primitives"] {
+    for phase in ["init", "backup", "rebackup", "restore", "check", "reencrypt", "primitives"] {
         if phase == "restore" {
             let _ = std::fs::remove_dir_all(&restore_dir);
         }

@@ -118,6 +118,23 @@ async fn main() -> Result<()> {
             }
             row("restore (incl. sync)", t.elapsed().as_secs_f64(), n, "");
         }
+        "reencrypt" => {
+            // `coffer key rotate --reencrypt`: every pack is rewritten under
+            // the new epoch and the old key retired.
+            let bytes = size_of(&repo_dir.join("data"));
+            let t = Instant::now();
+            repo.rotate_key().await?;
+            let r = repo.prune(&coffer_repo::PruneOptions { reencrypt: true, ..Default::default() }).await?;
+            if r.retired_epochs.is_empty() {
+                bail!("re-encryption retired nothing: {r:?}");
+            }
+            row(
+                "rotate + prune --reencrypt",
+                t.elapsed().as_secs_f64(),
+                bytes,
+                &format!("{} packs rewritten, epochs {:?} retired", r.reencrypted_packs, r.retired_epochs),
+            );
+        }
         "check" => {
             let t = Instant::now();
             let r = repo.check(ReadData::All).await?;

@@ -196,6 +196,9 @@ impl DataKey {
 #[derive(Clone, Debug)]
 pub struct Keyring {
     keys: std::collections::BTreeMap<u32, (DataKey, Option<chrono::DateTime<chrono::Utc>>)>,
+    /// Epoch files that exist but could not be read, with the reason: one
+    /// damaged file only fails the work that needs its key.
+    unreadable: std::collections::BTreeMap<u32, String>,
 }
 
 impl Keyring {
@@ -203,7 +206,35 @@ impl Keyring {
     pub fn new(keys: &Keys) -> Self {
         let mut map = std::collections::BTreeMap::new();
         map.insert(0, (keys.epoch_zero(), None));
-        Keyring { keys: map }
+        Keyring { keys: map, unreadable: Default::default() }
+    }
+
+    /// Records an epoch file that exists but cannot be read.
+    pub(crate) fn insert_unreadable(&mut self, epoch: u32, reason: String) {
+        self.unreadable.insert(epoch, reason);
+    }
+
+    /// Epoch files that exist but could not be read, with the reason.
+    pub fn unreadable(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
+        self.unreadable.iter().map(|(e, r)| (*e, r.as_str()))
+    }
+
+    /// Why `epoch`'s file could not be read, if it exists but is damaged.
+    pub fn unreadable_reason(&self, epoch: u32) -> Option<&str> {
+        self.unreadable.get(&epoch).map(String::as_str)
+    }
+
+    /// The highest epoch number with a file, readable or not: the next
+    /// rotation takes the number after it.
+    pub fn highest_number(&self) -> u32 {
+        let held = self.current().epoch;
+        self.unreadable.keys().next_back().map_or(held, |u| held.max(*u))
+    }
+
+    /// True if `epoch` is older than the current one and has no key: its
+    /// file was retired (or lost), so its packs cannot be read.
+    pub fn is_retired(&self, epoch: u32) -> bool {
+        epoch < self.current().epoch && !self.keys.contains_key(&epoch) && !self.unreadable.contains_key(&epoch)
     }
 
     /// Adds an epoch's key and its creation time.

@@ -72,7 +72,7 @@ pub enum Error {
     },
     /// A pack's key epoch has no `epochs/` file.
     #[error(
-        "key epoch {0} is missing (epochs/{0:08} was removed): data sealed under it cannot be read; restore the file from a copy of the repository"
+        "key epoch {0} is missing (no file epochs/{0:08}, even after reloading the index): data sealed under it cannot be read; restore that file from a copy of the repository"
     )]
     MissingEpoch(u32),
     /// No snapshot matches.

@@ -55,6 +55,9 @@ pub struct MasterIndex {
     pack_epochs: Vec<u32>,
     entries: Vec<IndexEntry>,
     marked: HashSet<u32>,
+    /// Packs under a key epoch that was retired: unreadable, never used for
+    /// deduplication.
+    unusable: HashSet<u32>,
     /// The index files this was built from.
     pub files: Vec<Id>,
 }
@@ -99,6 +102,12 @@ impl MasterIndex {
         idx.entries.dedup_by(|a, b| a.id == b.id && a.kind == b.kind);
         idx.entries.shrink_to_fit();
         idx
+    }
+
+    /// Stops deduplicating against packs whose key epoch `retired` says is
+    /// gone (a backup whose epoch was retired under it may have indexed some).
+    pub fn exclude_epochs(&mut self, retired: impl Fn(u32) -> bool) {
+        self.unusable = (0..self.packs.len() as u32).filter(|p| retired(self.pack_epochs[*p as usize])).collect();
     }
 
     fn find(&self, id: &Id) -> Option<&IndexEntry> {
@@ -162,7 +171,7 @@ impl MasterIndex {
     /// True if the blob is indexed in a pack that is not marked for
     /// deletion: a backup may reference it without storing it again.
     pub fn contains_usable(&self, id: &Id) -> bool {
-        self.find(id).is_some_and(|e| !self.marked.contains(&e.pack))
+        self.find(id).is_some_and(|e| !self.marked.contains(&e.pack) && !self.unusable.contains(&e.pack))
     }
 
     /// True if the pack is indexed.

@@ -172,6 +172,11 @@ impl BlobSaver {
         BlobSaver { shared, jobs: Mutex::new(Some(tx)), workers: Mutex::new(workers) }
     }
 
+    /// The key epoch every pack of this saver is sealed under.
+    pub fn epoch(&self) -> u32 {
+        self.shared.key.epoch()
+    }
+
     /// The first error, if any.
     pub fn error(&self) -> Option<String> {
         self.shared.error.lock().expect("error lock").clone()

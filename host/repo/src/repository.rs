@@ -55,6 +55,8 @@ pub struct Repository {
     pub(crate) secret: MasterSecret,
     pub(crate) key_id: Option<Id>,
     pub(crate) keyring: Arc<RwLock<Arc<Keyring>>>,
+    /// Held while reloading the index and keyring after a failed read.
+    reload: Arc<tokio::sync::Mutex<()>>,
     pub(crate) chunker: Chunker,
     pub(crate) index: Arc<RwLock<Arc<MasterIndex>>>,
 }
@@ -129,7 +131,15 @@ impl Repository {
         // (the derived metadata key) never seals packs in a new repository.
         let (epoch, _) = crate::repofile::epoch::EpochFile::create(&keys, &config.id, 1);
         let body = serde_json::to_vec_pretty(&epoch).expect("epoch serializes");
-        backend.put(FileKind::Epoch, &crate::repofile::epoch::name(1), Bytes::from(body), PutMode::CreateNew).await?;
+        match backend.put(FileKind::Epoch, &crate::repofile::epoch::name(1), Bytes::from(body), PutMode::CreateNew).await
+        {
+            // Another init got here first.
+            Err(crate::backend::BackendError::AlreadyExists { .. }) => {
+                let _ = backend.delete(FileKind::Key, &key_id.to_hex()).await;
+                return Err(Error::AlreadyInitialized { location });
+            }
+            other => other?,
+        }
         let body = serde_json::to_vec_pretty(&config).expect("config serializes");
         // Create-only: of two racing inits exactly one wins; the loser fails
         // instead of leaving a key file bound to a config that was replaced.
@@ -172,6 +182,7 @@ impl Repository {
                         ));
                     }
                     let key_id = Id::from_hex(&listed.name);
+                    let config = upgrade_config(&backend, config, &keys).await;
                     let repo = Self::assemble(backend, config, secret, key_id);
                     repo.load_keyring().await?;
                     return Ok(repo);
@@ -195,13 +206,15 @@ impl Repository {
     /// authentication code, so a wrong secret is refused, never used.
     pub async fn open_with_secret(backend: DynBackend, secret: MasterSecret) -> Result<Repository> {
         let config = read_config(&backend).await?;
-        if !config.verify(&Keys::derive(&secret)) {
+        let keys = Keys::derive(&secret);
+        if !config.verify(&keys) {
             return Err(Error::Invalid(
                 "the recovered master secret does not belong to this repository (its config does not authenticate \
                  with it): the shares are from another repository or another split, or one is wrong"
                     .into(),
             ));
         }
+        let config = upgrade_config(&backend, config, &keys).await;
         let repo = Self::assemble(backend, config, secret, None);
         repo.load_keyring().await?;
         Ok(repo)
@@ -228,6 +241,7 @@ impl Repository {
             secret,
             key_id,
             keyring,
+            reload: Arc::new(tokio::sync::Mutex::new(())),
             chunker,
             index: Arc::new(RwLock::new(Arc::new(MasterIndex::default()))),
         }
@@ -271,7 +285,20 @@ impl Repository {
             return Ok(k.clone());
         }
         let ring = self.load_keyring().await?;
-        ring.get(epoch).cloned().ok_or(Error::MissingEpoch(epoch))
+        if let Some(k) = ring.get(epoch) {
+            return Ok(k.clone());
+        }
+        match ring.unreadable_reason(epoch) {
+            Some(reason) => Err(Error::Corrupt {
+                object: FileKind::Epoch.path(&crate::repofile::epoch::name(epoch)),
+                reason: reason.to_string(),
+                hint: format!(
+                    "; data sealed under key epoch {epoch} cannot be read until the file is restored from a copy \
+                     of the repository"
+                ),
+            }),
+            None => Err(Error::MissingEpoch(epoch)),
+        }
     }
 
     /// The master secret (for key management).
@@ -307,7 +334,10 @@ impl Repository {
         // index that lists a doomed pack with a marker set that lacks it.
         let marked = self.marked_packs().await?;
         let files = self.read_index_files().await?;
-        let idx = Arc::new(MasterIndex::build(&files, &marked));
+        let mut idx = MasterIndex::build(&files, &marked);
+        let ring = self.keyring();
+        idx.exclude_epochs(|e| ring.is_retired(e));
+        let idx = Arc::new(idx);
         *self.index.write().expect("index lock") = Arc::clone(&idx);
         Ok(idx)
     }
@@ -344,8 +374,12 @@ impl Repository {
             .map_err(|e| Error::corrupt(FileKind::Index.path(&id.to_hex()), format!("decompression: {e}")))?;
         IndexFile::decode(&plain).map_err(|e| Error::Corrupt {
             object: FileKind::Index.path(&id.to_hex()),
+            hint: if e.starts_with("unknown index file version") {
+                "; it was written by a newer coffer: upgrade coffer (`repair index` would not help)".into()
+            } else {
+                "; `coffer repair index` rebuilds the index from the packs".into()
+            },
             reason: e,
-            hint: "; `coffer repair index` rebuilds the index from the packs".into(),
         })
     }
 
@@ -361,16 +395,34 @@ impl Repository {
     }
 
     /// Loads and decodes one blob.
+    ///
+    /// A prune (`--reencrypt` or not) may move the blob to a new pack and
+    /// delete the old one, or retire the old pack's key epoch, while a
+    /// restore runs: when the pack or its epoch key is gone, the index and
+    /// keyring are reloaded once (by one caller at a time) and the read is
+    /// tried again at the blob's new place.
     pub async fn load_blob(&self, kind: BlobKind, id: &Id) -> Result<Bytes> {
-        let idx = self.index();
+        let before = self.index();
+        match self.load_blob_from(&before, kind, id).await {
+            Err(Error::MissingEpoch(_)) => {}
+            Err(Error::Backend(e)) if e.is_not_found() => {}
+            other => return other,
+        }
+        {
+            let _one = self.reload.lock().await;
+            if Arc::ptr_eq(&before, &self.index()) {
+                self.load_keyring().await?;
+                self.load_index().await?;
+            }
+        }
+        self.load_blob_from(&self.index(), kind, id).await
+    }
+
+    async fn load_blob_from(&self, idx: &MasterIndex, kind: BlobKind, id: &Id) -> Result<Bytes> {
         let loc = idx.lookup(id).ok_or(Error::MissingBlob { kind: kind.name(), id: *id })?;
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
         let pack = loc.pack.to_hex();
-        let key = self.data_key(loc.epoch).await.map_err(|e| Error::Corrupt {
-            object: FileKind::Pack.path(&pack),
-            reason: e.to_string(),
-            hint: String::new(),
-        })?;
+        let key = self.data_key(loc.epoch).await?;
         let sealed = self.backend.get_range(FileKind::Pack, &pack, range).await?;
         let keys = self.keys.clone();
         let id = *id;
@@ -441,6 +493,33 @@ impl Repository {
             0 => Err(Error::SnapshotNotFound(spec.to_string())),
             1 => matches[0].id().ok_or_else(|| Error::SnapshotNotFound(spec.to_string())),
             _ => Err(Error::AmbiguousSnapshot(spec.to_string())),
+        }
+    }
+}
+
+/// Raises an authenticated config of an older format version to
+/// [`FORMAT_VERSION`], so that builds that do not know what this one writes
+/// refuse the repository instead of misreading it. Storage that refuses the
+/// write (read-only credentials) leaves it as it was: reading needs no
+/// upgrade.
+async fn upgrade_config(backend: &DynBackend, mut config: RepoConfig, keys: &Keys) -> RepoConfig {
+    if config.version >= FORMAT_VERSION {
+        return config;
+    }
+    let old = config.version;
+    config.version = FORMAT_VERSION;
+    config.sign(keys);
+    let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+    match backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await {
+        Ok(()) => {
+            tracing::info!(from = old, to = FORMAT_VERSION, "repository format version raised");
+            config
+        }
+        Err(e) => {
+            tracing::warn!("could not raise the repository format version from {old} to {FORMAT_VERSION}: {e}");
+            config.version = old;
+            config.sign(keys);
+            config
         }
     }
 }

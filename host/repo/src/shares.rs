@@ -245,8 +245,10 @@ pub fn combine(shares: &[(String, Share)], repo_id: &Id) -> Result<MasterSecret,
         })
         .collect();
     let secret = Zeroizing::new(blahaj::Sharks(first.threshold).recover(&parsed).map_err(|e| e.to_string())?);
-    let bytes: [u8; 32] = secret[..].try_into().map_err(|_| "the recovered secret is not 32 bytes".to_string())?;
-    Ok(MasterSecret::from_bytes(bytes))
+    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+        secret[..].try_into().map_err(|_| "the recovered secret is not 32 bytes".to_string())?,
+    );
+    Ok(MasterSecret::from_bytes(*bytes))
 }
 
 #[cfg(test)]

@@ -174,9 +174,18 @@ async fn split(g: &Global, repo: &Repository, count: u8, threshold: u8, out_dir:
         // Printing the shares is this command's purpose: they go to stdout,
         // in JSON too when asked.
         if g.json {
-            let list: Vec<_> =
-                parts.iter().map(|s| serde_json::json!({"index": s.index, "share": s.code().as_str()})).collect();
-            print_json(&serde_json::json!({"repository": id.to_hex(), "threshold": threshold, "shares": list}))?;
+            // Built by hand in one zeroized buffer: share codes are base32
+            // and dashes, so nothing needs escaping.
+            let mut out = zeroize::Zeroizing::new(String::with_capacity(128 + parts.len() * 128));
+            out.push_str(&format!("{{\n  \"repository\": \"{}\",\n  \"threshold\": {threshold},\n  \"shares\": [", id.to_hex()));
+            for (i, s) in parts.iter().enumerate() {
+                out.push_str(if i == 0 { "\n" } else { ",\n" });
+                out.push_str(&format!("    {{ \"index\": {}, \"share\": \"", s.index));
+                out.push_str(s.code().as_str());
+                out.push_str("\" }");
+            }
+            out.push_str("\n  ]\n}\n");
+            print!("{}", out.as_str());
         } else {
             eprintln!(
                 "{count} shares of repository {}; any {threshold} recover its key. Give each to a different custodian.",
@@ -238,6 +247,7 @@ async fn list(g: &Global, repo: &Repository) -> Result<()> {
         let created = match (e.epoch, e.created) {
             (_, Some(c)) => c.format("%Y-%m-%d %H:%M:%S").to_string(),
             (0, None) => "(metadata key)".into(),
+            (_, None) if e.damaged.is_some() => "KEY FILE DAMAGED".into(),
             (_, None) => "KEY MISSING".into(),
         };
         println!(

@@ -231,8 +231,9 @@ pub fn print_prune(r: &coffer_repo::PruneReport, dry_run: bool) {
     }
     if !r.kept_epochs.is_empty() {
         println!(
-            "kept key epochs {}: data is still sealed under them, or a backup that began before the rotation is \
-             running; run `coffer prune --reencrypt` again once it has finished",
+            "kept key epochs {}: packs sealed under them are still indexed (marked packs wait out the grace \
+             period or a running backup before they are deleted), or a backup that began before the rotation is \
+             still running; run `coffer prune --reencrypt` again later to retire them",
             list(&r.kept_epochs)
         );
     }

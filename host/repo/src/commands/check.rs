@@ -76,6 +76,10 @@ impl Repository {
         // damage.
         let snapshot_list = self.backend.list(FileKind::Snapshot).await?;
         let marked = self.marked_packs().await?;
+        // The keyring before the index: `prune --reencrypt` retires an epoch
+        // only after no index file names a pack under it, so in this order a
+        // concurrent re-encryption is never taken for a lost key.
+        let keyring = self.load_keyring().await?;
         // Index files.
         let mut files = Vec::new();
         for l in self.backend.list(FileKind::Index).await? {
@@ -87,7 +91,6 @@ impl Repository {
         }
         let idx = std::sync::Arc::new(MasterIndex::build(&files, &marked));
         *self.index.write().expect("index lock") = std::sync::Arc::clone(&idx);
-        let keyring = self.load_keyring().await?;
         // Packs present vs indexed.
         let listed: HashMap<Id, u64> =
             self.backend.list(FileKind::Pack).await?.into_iter().filter_map(|l| Some((l.id()?, l.size))).collect();
@@ -100,7 +103,22 @@ impl Repository {
             }
         }
         for e in lost_epochs {
-            r.errors.push(Error::MissingEpoch(e).to_string());
+            if keyring.unreadable_reason(e).is_none() {
+                r.errors.push(Error::MissingEpoch(e).to_string());
+            }
+        }
+        for (e, reason) in keyring.unreadable() {
+            r.errors.push(
+                Error::Corrupt {
+                    object: FileKind::Epoch.path(&crate::repofile::epoch::name(e)),
+                    reason: reason.to_string(),
+                    hint: format!(
+                        "; data sealed under key epoch {e} cannot be read until the file is restored from a copy of \
+                         the repository"
+                    ),
+                }
+                .to_string(),
+            );
         }
         for (p, size) in idx.packs() {
             match listed.get(&p) {
@@ -252,6 +270,9 @@ impl Repository {
                 }
             };
             let mut n = 0;
+            if let (Some(e), Some((_, loc))) = (epoch, expected.iter().find(|(_, l)| Some(l.epoch) != epoch)) {
+                errs.push(format!("pack {path}: the index says key epoch {}, the pack says {e}", loc.epoch));
+            }
             for (id, loc) in &expected {
                 if !header.is_empty() {
                     match header.get(id) {
@@ -264,13 +285,6 @@ impl Repository {
                     errs.push(format!("pack {path}: blob {} lies beyond the end of the pack", id.short()));
                     bad.push(*id);
                     continue;
-                }
-                if epoch.is_some_and(|e| e != loc.epoch) {
-                    errs.push(format!(
-                        "pack {path}: the index says key epoch {}, the pack says {}",
-                        loc.epoch,
-                        epoch.unwrap_or_default()
-                    ));
                 }
                 let Some(key) = keyring.get(loc.epoch) else {
                     bad.push(*id);

@@ -38,8 +38,11 @@ pub struct EpochInfo {
     pub packs: u64,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// False if packs use it but its key file is gone.
+    /// False if packs use it but its key file is gone or damaged.
     pub held: bool,
+    /// Why its key file could not be read, if it is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl Repository {
@@ -53,10 +56,18 @@ impl Repository {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let path = FileKind::Epoch.path(&l.name);
-            let file: EpochFile = serde_json::from_slice(&raw).map_err(|e| Error::corrupt(&path, e.to_string()))?;
-            let key = file.open(&self.keys, &self.config.id, &l.name).map_err(|e| Error::corrupt(&path, e))?;
-            ring.insert(key, file.created);
+            let opened = serde_json::from_slice::<EpochFile>(&raw)
+                .map_err(|e| format!("unreadable JSON ({e})"))
+                .and_then(|f| Ok((f.open(&self.keys, &self.config.id, &l.name)?, f.created)));
+            match opened {
+                Ok((key, created)) => ring.insert(key, created),
+                Err(reason) => {
+                    // Listing only yields 8-digit names, so this parses.
+                    let number: u32 = l.name.parse().unwrap_or(u32::MAX);
+                    tracing::warn!(file = %FileKind::Epoch.path(&l.name), "skipping damaged key epoch file: {reason}");
+                    ring.insert_unreadable(number, reason);
+                }
+            }
         }
         let ring = Arc::new(ring);
         *self.keyring.write().expect("keyring lock") = Arc::clone(&ring);
@@ -68,7 +79,7 @@ impl Repository {
     pub async fn rotate_key(&self) -> Result<u32> {
         let ring = self.load_keyring().await?;
         let next =
-            ring.current().epoch().checked_add(1).ok_or_else(|| Error::Invalid("no epoch numbers left".into()))?;
+            ring.highest_number().checked_add(1).ok_or_else(|| Error::Invalid("no epoch numbers left".into()))?;
         let (file, _) = EpochFile::create(&self.keys, &self.config.id, next);
         let body = serde_json::to_vec_pretty(&file).expect("epoch serializes");
         match self.backend.put(FileKind::Epoch, &epoch::name(next), Bytes::from(body), PutMode::CreateNew).await {
@@ -100,6 +111,7 @@ impl Repository {
                     packs: 0,
                     bytes: 0,
                     held: true,
+                    damaged: None,
                 };
                 (e, info)
             })
@@ -112,9 +124,22 @@ impl Repository {
                 packs: 0,
                 bytes: 0,
                 held: false,
+                damaged: None,
             });
             slot.packs += 1;
             slot.bytes += size;
+        }
+        for (e, reason) in ring.unreadable() {
+            let slot = out.entry(e).or_insert(EpochInfo {
+                epoch: e,
+                current: false,
+                created: None,
+                packs: 0,
+                bytes: 0,
+                held: false,
+                damaged: None,
+            });
+            slot.damaged = Some(reason.to_string());
         }
         // Epoch 0 is only worth listing when data is sealed under it.
         Ok(out.into_values().filter(|i| i.epoch != 0 || i.packs > 0).collect())
@@ -125,11 +150,13 @@ impl Repository {
     /// before the next epoch existed (it may still write packs under it).
     /// Returns the retired epochs and the ones still in use.
     pub async fn retire_epochs(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        // Sessions before index files: a backup that commits between the two
+        // reads is either still live in the first or indexed in the second.
+        let (live, _) = live_sessions(self).await?;
         let ring = self.load_keyring().await?;
         let files = self.read_index_files().await?;
         let used: std::collections::HashSet<u32> =
             files.iter().flat_map(|(_, f)| f.packs.iter().map(|p| p.epoch)).collect();
-        let (live, _) = live_sessions(self).await?;
         let current = ring.current().epoch();
         let epochs: Vec<u32> = ring.epochs().collect();
         let mut retired = Vec::new();

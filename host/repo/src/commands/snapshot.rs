@@ -132,7 +132,13 @@ impl WriterShared {
             }
             std::mem::take(&mut *pending)
         };
-        if let Err(e) = self.repo.write_index_file(&IndexFile { supersedes: vec![], packs: packs.clone() }).await {
+        // Never index packs under an epoch that was retired meanwhile (only
+        // possible if this session's marker went stale): nobody could read them.
+        let written = match self.repo.check_epoch_held(self.saver.epoch()).await {
+            Ok(()) => self.repo.write_index_file(&IndexFile { supersedes: vec![], packs: packs.clone() }).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             // Keep them for the final index (or for cleanup on abort).
             self.pending_packs.lock().expect("packs lock").extend(packs);
             self.fail(&e);
@@ -177,6 +183,16 @@ impl Repository {
             // epoch retired later is never one this backup writes under
             // (see `Repository::retire_epochs`).
             let keyring = self.load_keyring().await?;
+            let newest = keyring.highest_number();
+            if let Some(reason) = keyring.unreadable_reason(newest) {
+                return Err(Error::Corrupt {
+                    object: FileKind::Epoch.path(&crate::repofile::epoch::name(newest)),
+                    reason: format!("the current key epoch's file is damaged: {reason}"),
+                    hint: "; restore it from a copy of the repository, or run `coffer key rotate` to start a new \
+                           epoch for new backups"
+                        .into(),
+                });
+            }
             let index = self.load_index().await?;
             let parent: Option<HashMap<String, Entry>> = match opts.parent {
                 Some(pid) => {
@@ -350,6 +366,7 @@ impl SnapshotWriter {
         let mut packs = std::mem::take(&mut *shared.pending_packs.lock().expect("packs lock"));
         packs.extend(last);
         if !packs.is_empty() {
+            shared.repo.check_epoch_held(self.epoch).await?;
             shared.repo.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
         }
         let stats = (

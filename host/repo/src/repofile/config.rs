@@ -13,7 +13,12 @@ use crate::crypto::Keys;
 use crate::id::Id;
 
 /// The format version this build writes and the highest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added key epochs (`epochs/`, pack trailer and index files that
+/// name the epoch). This build reads version 1 repositories too and raises
+/// their config to version 2 when it opens them with a key, because what it
+/// writes there is version 2 data that older builds would misread.
+pub const FORMAT_VERSION: u32 = 2;
 /// The constant in `format`, to recognise a coffer repository.
 pub const FORMAT_NAME: &str = "coffer-repository";
 

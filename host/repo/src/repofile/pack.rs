@@ -177,3 +177,52 @@ pub fn parse_pack(keyring: &Keyring, pack: &[u8]) -> Result<(u32, Vec<PackEntry>
     let key = key_for(keyring, t.epoch)?;
     Ok((t.epoch, parse_header(key, &pack[end - t.header_len..end], (end - t.header_len) as u64)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Keys, MasterSecret};
+
+    fn keyring_with(keys: &Keys, epoch: u32) -> (Keyring, DataKey) {
+        let mut ring = Keyring::new(keys);
+        let key = DataKey::new(epoch, &[epoch as u8; 32]);
+        ring.insert(key.clone(), chrono::Utc::now());
+        (ring, key)
+    }
+
+    #[test]
+    fn the_trailer_names_the_epoch_and_the_key_must_be_held() {
+        let keys = Keys::derive(&MasterSecret::generate());
+        let (ring, key) = keyring_with(&keys, 7);
+        let mut b = PackBuilder::with_capacity(64);
+        b.add(BlobKind::Data, Id([1; 32]), b"sealed-bytes", 3);
+        let (bytes, _, entries) = b.finish(&key);
+        let (epoch, parsed) = parse_pack(&ring, &bytes).unwrap();
+        assert_eq!((epoch, parsed), (7, entries));
+        let t = parse_trailer(&bytes[bytes.len() - TRAILER_LEN..]).unwrap();
+        assert_eq!((t.epoch, t.len), (7, 16));
+        let (other, _) = keyring_with(&keys, 8);
+        assert!(parse_pack(&other, &bytes).unwrap_err().contains("key epoch 7"));
+        // Short or foreign input is an error, never a panic.
+        for n in 0..20 {
+            assert!(parse_pack(&ring, &bytes[bytes.len() - n.min(bytes.len())..]).is_err());
+        }
+        assert!(parse_pack(&ring, b"0123456789abcdefCFPACK02").is_err());
+    }
+
+    #[test]
+    fn version_1_packs_read_as_epoch_0() {
+        let keys = Keys::derive(&MasterSecret::generate());
+        let ring = Keyring::new(&keys);
+        let mut b = PackBuilder::with_capacity(64);
+        b.add(BlobKind::Tree, Id([2; 32]), b"abc", 3);
+        let (v2, _, entries) = b.finish(&keys.epoch_zero());
+        // A version 1 pack: the same header, without the epoch field.
+        let hlen_at = v2.len() - 12;
+        let mut v1 = v2[..hlen_at - 4].to_vec();
+        v1.extend_from_slice(&v2[hlen_at..hlen_at + 4]);
+        v1.extend_from_slice(MAGIC_V1);
+        assert_eq!(parse_pack(&ring, &v1).unwrap(), (0, entries));
+        assert_eq!(parse_trailer(&v1[v1.len() - TRAILER_LEN..]).unwrap().len, 12);
+    }
+}

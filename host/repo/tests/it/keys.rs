@@ -158,10 +158,56 @@ async fn a_missing_epoch_key_is_named_by_check_and_restore() {
     assert!(!c.damaged_paths.is_empty());
     let err = repo.restore_dir(&snap, &t.dir.path().join("out")).await.unwrap_err().to_string();
     assert!(err.contains("key epoch 1 is missing"), "{err}");
-    // A damaged epoch file is refused by name when opening.
+    // A damaged epoch file does not stop the repository from opening; check
+    // names it, and backups refuse to write until a new epoch is started.
     std::fs::write(t.root().join("epochs/00000002"), b"{}").unwrap();
-    let err = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap_err().to_string();
-    assert!(err.contains("epochs/00000002"), "{err}");
+    let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    let c = repo.check(ReadData::None).await.unwrap();
+    assert!(c.errors.iter().any(|e| e.contains("epochs/00000002")), "{:?}", c.errors);
+    let err = repo.backup_dir(&src, opts("s")).await.unwrap_err().to_string();
+    assert!(err.contains("epochs/00000002") && err.contains("key rotate"), "{err}");
+    assert_eq!(repo.rotate_key().await.unwrap(), 3, "the damaged number is not reused");
+    let again = repo.backup_dir(&src, opts("s")).await.unwrap();
+    let out = t.dir.path().join("out3");
+    repo.restore_dir(&again, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+    let listed = repo.epochs().await.unwrap();
+    assert!(listed.iter().any(|e| e.epoch == 2 && e.damaged.is_some()), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_under_a_retired_epoch_are_not_used_for_deduplication() {
+    let t = TempRepo::new(test_init_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 3, 200_000, 6);
+    t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    t.repo.rotate_key().await.unwrap();
+    // Epoch 1's key is gone while its packs are still indexed (a backup
+    // whose marker went stale indexed them after its epoch was retired).
+    std::fs::remove_file(t.root().join("epochs/00000001")).unwrap();
+    let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    let again = repo.backup_dir(&src, opts("s")).await.unwrap();
+    let out = t.dir.path().join("out");
+    repo.restore_dir(&again, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+    assert!(pack_epochs(&t).contains(&2), "the data was stored again under epoch 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_config_is_raised_to_version_2_on_open() {
+    let t = TempRepo::new(test_init_options()).await;
+    let cfg_path = t.root().join("config");
+    let mut cfg = t.repo.config().clone();
+    assert_eq!(cfg.version, 2);
+    cfg.version = 1;
+    cfg.sign(t.repo.keys());
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    assert_eq!(repo.config().version, 2);
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(stored["version"], 2);
+    // The raised config still authenticates.
+    Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
