@@ -1,0 +1,321 @@
+//! A small blocking Redis client over the TCP address the host granted:
+//! connect, authenticate, send pipelined commands, decode RESP2 replies
+//! (with `redis-protocol`), and read the raw bytes of a `SYNC` transfer.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+
+use coffer_sdk::Error;
+use redis_protocol::resp2::types::OwnedFrame;
+
+/// Where a Redis server is and how to log in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host as written in the URL.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user (`AUTH user password`); `None` for the default user.
+    pub user: Option<String>,
+    /// Password, never shown.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr())
+    }
+}
+
+impl Target {
+    /// Parses `redis://[user[:password]@]host[:port][/db]`; `password`
+    /// (from the config, read by the host from a file or the environment)
+    /// wins over one in the URL.
+    pub fn parse(url: &str, user: Option<&str>, password: Option<&str>) -> Result<Target, Error> {
+        let bad = |why: &str| Error::InvalidConfig(format!("url: {why} (expected redis://[user@]host:port/)"));
+        let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if u.scheme() != "redis" {
+            return Err(if u.scheme() == "rediss" {
+                Error::Unsupported("url: TLS (rediss://) is not supported yet; use redis:// over a trusted network".into())
+            } else {
+                bad(&format!("the scheme is `{}`", u.scheme()))
+            });
+        }
+        let host = u.host_str().ok_or_else(|| bad("no host"))?.trim_matches(['[', ']']).to_string();
+        let port = u.port().unwrap_or(6379);
+        let url_user = (!u.username().is_empty()).then(|| u.username().to_string());
+        let url_password = u.password().map(percent_decode).filter(|p| p != "<redacted>");
+        let user = user.map(str::to_string).or(url_user).filter(|u| u != "default" || password.is_some());
+        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password) })
+    }
+
+    /// `host:port`, for messages and grants.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+    }
+
+    fn socket_addr(&self) -> Result<SocketAddr, Error> {
+        let ip: IpAddr = if self.host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.host.parse().map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "url: `{}` is a host name; plugins cannot look names up, give its IP address",
+                    self.host
+                ))
+            })?
+        };
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// Decodes `%XX` escapes of a URL part.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A reply, decoded.
+pub type Reply = OwnedFrame;
+
+/// The text of a simple or bulk string reply.
+pub fn text(r: &Reply) -> String {
+    match r {
+        OwnedFrame::SimpleString(b) | OwnedFrame::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        OwnedFrame::Integer(i) => i.to_string(),
+        OwnedFrame::Error(e) => e.clone(),
+        OwnedFrame::Null => String::new(),
+        OwnedFrame::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// One connection.
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    addr: String,
+}
+
+/// Read piece.
+const READ_PIECE: usize = 1 << 20;
+
+impl Conn {
+    /// Connects and authenticates; a wrong password, a missing one, an
+    /// unreachable server and an address that was not granted each get
+    /// their own message.
+    pub fn open(t: &Target) -> Result<Conn, Error> {
+        let addr = t.addr();
+        let sa = t.socket_addr()?;
+        let stream = TcpStream::connect(sa).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Error::AccessDenied(format!(
+                "connecting to Redis at {addr}: the address was not granted to this plugin (give it as --set url=...)"
+            )),
+            _ => Error::Unavailable(format!("cannot connect to Redis at {addr}: {e}")),
+        })?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn { stream, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), addr };
+        if let Some(pw) = &t.password {
+            let r = match &t.user {
+                Some(u) => c.call(&[b"AUTH", u.as_bytes(), pw.as_bytes()]),
+                None => c.call(&[b"AUTH", pw.as_bytes()]),
+            };
+            match r {
+                Ok(_) => {}
+                Err(Error::Other(m)) if m.contains("WRONGPASS") || m.contains("invalid password") => {
+                    return Err(Error::AccessDenied(format!(
+                        "Redis at {}: wrong {} (the server said: {})",
+                        c.addr,
+                        if t.user.is_some() { "user name or password" } else { "password" },
+                        m.rsplit(": ").next().unwrap_or(&m)
+                    )));
+                }
+                Err(Error::Other(m)) if m.contains("without any password configured") => {
+                    coffer_sdk::host::warn(format!("Redis at {} has no password set; the one given is not needed", c.addr));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // The first real command tells whether a password was needed.
+        match c.call(&[b"PING"]) {
+            Ok(_) => Ok(c),
+            Err(Error::Other(m)) if m.contains("NOAUTH") => Err(Error::AccessDenied(format!(
+                "Redis at {} requires a password: give --set password_file=FILE or --set password_env=VAR",
+                c.addr
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The server's address (`host:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Appends a command to the write buffer.
+    pub fn push(&mut self, args: &[&[u8]]) {
+        self.wbuf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            self.wbuf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            self.wbuf.extend_from_slice(a);
+            self.wbuf.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Bytes waiting in the write buffer.
+    pub fn pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    fn lost(&self, e: std::io::Error) -> Error {
+        Error::Unavailable(format!("the connection to Redis at {} failed: {e}", self.addr))
+    }
+
+    /// Sends the write buffer.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let r = self.stream.write_all(&self.wbuf);
+        self.wbuf.clear();
+        r.map_err(|e| self.lost(e))
+    }
+
+    fn read_more(&mut self) -> Result<(), Error> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > READ_PIECE {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let old = self.rbuf.len();
+        self.rbuf.resize(old + READ_PIECE, 0);
+        let n = loop {
+            match self.stream.read(&mut self.rbuf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.rbuf.truncate(old);
+                    return Err(self.lost(e));
+                }
+            }
+        };
+        self.rbuf.truncate(old + n);
+        if n == 0 {
+            return Err(Error::Unavailable(format!("Redis at {} closed the connection", self.addr)));
+        }
+        Ok(())
+    }
+
+    /// Reads one reply; an error reply is returned as a frame, not an Err.
+    pub fn reply(&mut self) -> Result<Reply, Error> {
+        loop {
+            match redis_protocol::resp2::decode::decode(&self.rbuf[self.rpos..]) {
+                Ok(Some((frame, used))) => {
+                    self.rpos += used;
+                    return Ok(frame);
+                }
+                Ok(None) => self.read_more()?,
+                Err(e) => {
+                    return Err(Error::Corrupt(format!("Redis at {} sent a malformed reply: {e:?}", self.addr)));
+                }
+            }
+        }
+    }
+
+    /// Sends one command and waits for its reply; an error reply becomes
+    /// [`Error::Other`] with the command's name and the server's words.
+    pub fn call(&mut self, args: &[&[u8]]) -> Result<Reply, Error> {
+        self.push(args);
+        self.flush()?;
+        match self.reply()? {
+            OwnedFrame::Error(e) => Err(Error::Other(format!(
+                "Redis at {}: {} failed: {e}",
+                self.addr,
+                String::from_utf8_lossy(args[0]).to_uppercase()
+            ))),
+            r => Ok(r),
+        }
+    }
+
+    /// `INFO section`, as field → value.
+    pub fn info(&mut self, section: &str) -> Result<BTreeMap<String, String>, Error> {
+        let r = self.call(&[b"INFO", section.as_bytes()])?;
+        Ok(text(&r)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect())
+    }
+
+    /// Reads one `\n`-terminated line of raw bytes (without the line end).
+    pub fn line(&mut self) -> Result<Vec<u8>, Error> {
+        loop {
+            if let Some(i) = self.rbuf[self.rpos..].iter().position(|b| *b == b'\n') {
+                let mut l = self.rbuf[self.rpos..self.rpos + i].to_vec();
+                self.rpos += i + 1;
+                if l.last() == Some(&b'\r') {
+                    l.pop();
+                }
+                return Ok(l);
+            }
+            if self.rbuf.len() - self.rpos > 4096 {
+                return Err(Error::Corrupt(format!("Redis at {} sent a line of more than 4 KiB", self.addr)));
+            }
+            self.read_more()?;
+        }
+    }
+
+    /// Raw bytes: what is buffered first, then the socket (`Ok(0)` when the
+    /// server closed the connection).
+    pub fn read_raw(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.rpos < self.rbuf.len() {
+            let n = out.len().min(self.rbuf.len() - self.rpos);
+            out[..n].copy_from_slice(&self.rbuf[self.rpos..self.rpos + n]);
+            self.rpos += n;
+            return Ok(n);
+        }
+        self.stream.read(out)
+    }
+}
+
+/// The RDB version the server at the other end loads, from `INFO server`.
+pub fn server_rdb_version(info: &BTreeMap<String, String>) -> Option<u16> {
+    crate::rdb::rdb_version_of(info.get("redis_version")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = Target::parse("redis://127.0.0.1:6380/", None, None).unwrap();
+        assert_eq!((t.addr(), t.user, t.password), ("127.0.0.1:6380".into(), None, None));
+        let t = Target::parse("redis://alice:s%40cret@10.0.0.1", None, None).unwrap();
+        assert_eq!((t.port, t.user.as_deref(), t.password.as_deref()), (6379, Some("alice"), Some("s@cret")));
+        let t = Target::parse("redis://:<redacted>@127.0.0.1", None, Some("pw")).unwrap();
+        assert_eq!(t.password.as_deref(), Some("pw"));
+        assert!(Target::parse("http://x", None, None).is_err());
+        assert!(matches!(Target::parse("rediss://x", None, None), Err(Error::Unsupported(_))));
+        assert!(format!("{t:?}").find("pw").is_none(), "Debug never shows the password");
+        let named = Target::parse("redis://cache.internal:6379", None, None).unwrap();
+        assert!(named.socket_addr().unwrap_err().to_string().contains("IP address"));
+    }
+}
