@@ -5,4 +5,5 @@
 mod cli;
 mod hostile;
 mod keys;
+mod redis;
 mod support;

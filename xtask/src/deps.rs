@@ -32,9 +32,12 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// Whether `apt-get update` already ran in this process.
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the three storage servers the integration tests run against
-/// (SeaweedFS, fake-gcs-server, Azurite) unless they are already present.
+/// Installs the servers the integration tests run against (Redis from
+/// Debian; SeaweedFS, fake-gcs-server, Azurite) unless they are present.
 pub fn ensure_test_deps() -> Result<()> {
+    // Redis 7.0 for the redis plugin's tests (redis-server, and
+    // redis-check-rdb / redis-cli from the same packages).
+    ensure_debian_packages(&["redis-server", "redis-tools"])?;
     ensure_seaweedfs()?;
     ensure_fake_gcs()?;
     ensure_azurite()?;

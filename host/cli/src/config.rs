@@ -62,12 +62,70 @@ fn toml_to_json(v: toml::Value) -> Value {
     }
 }
 
-/// Drops values that were redacted when the config was stored.
+/// Drops values that were redacted when the config was stored, and the
+/// redacted password of a URL (`redis://:<redacted>@host` becomes
+/// `redis://host`), so a restore asks for them again.
 fn without_redacted(v: Value) -> Map<String, Value> {
     match v {
-        Value::Object(m) => m.into_iter().filter(|(_, v)| v.as_str() != Some(REDACTED)).collect(),
+        Value::Object(m) => m
+            .into_iter()
+            .filter(|(_, v)| v.as_str() != Some(REDACTED))
+            .map(|(k, v)| match v {
+                Value::String(s) => (k, Value::String(without_url_password(&s))),
+                other => (k, other),
+            })
+            .collect(),
         _ => Map::new(),
     }
+}
+
+fn without_url_password(s: &str) -> String {
+    let marker = format!(":{REDACTED}@");
+    let Some(at) = s.find(&marker) else { return s.to_string() };
+    let Some(scheme_end) = s.find("://") else { return s.to_string() };
+    let user = &s[scheme_end + 3..at];
+    let rest = &s[at + marker.len()..];
+    if user.is_empty() {
+        format!("{}{rest}", &s[..scheme_end + 3])
+    } else {
+        format!("{}{user}@{rest}", &s[..scheme_end + 3])
+    }
+}
+
+/// Fills secrets the operator named instead of typing: `KEY_file` (a file
+/// whose first line is the value) and `KEY_env` (an environment variable)
+/// set `KEY`, for keys that name a password (`password_file` sets
+/// `password`). The plugin sees the value; the stored config keeps only
+/// the file path or variable name.
+fn resolve_secrets(map: &mut Map<String, Value>) -> Result<()> {
+    let mut found = Vec::new();
+    for (k, v) in map.iter() {
+        let Some(name) = v.as_str() else { continue };
+        let lk = k.to_ascii_lowercase();
+        for (suffix, from_file) in [("_file", true), ("_env", false)] {
+            if let Some(base) = k.strip_suffix(suffix)
+                && lk.contains("password")
+            {
+                found.push((k.clone(), base.to_string(), name.to_string(), from_file));
+            }
+        }
+    }
+    for (key, base, name, from_file) in found {
+        if map.get(&base).is_some_and(|v| !v.is_null()) {
+            continue;
+        }
+        let value = if from_file {
+            let text = std::fs::read_to_string(&name).with_context(|| format!("reading {key} {name}"))?;
+            text.lines().next().unwrap_or_default().to_string()
+        } else {
+            std::env::var(&name).map_err(|_| anyhow!("{key}: the environment variable {name} is not set"))?
+        };
+        if value.is_empty() {
+            bail!("{key}: {name} is empty");
+        }
+        map.insert(base, Value::String(value));
+    }
+    Ok(())
 }
 
 /// Builds a job's config: `base` (a stored snapshot's config) under the
@@ -109,6 +167,7 @@ pub fn build(
         }
         map.insert(k.to_string(), typed(k, v, schema)?);
     }
+    resolve_secrets(&mut map)?;
     if let Some(s) = &limit_args.memory_limit {
         apply_limit(&mut limits, "memory", s).context("--memory-limit")?;
     }
@@ -162,6 +221,31 @@ mod tests {
         assert_eq!(c.config, serde_json::json!({"n": 5, "b": true, "l": ["a", "b"], "s": "5"}));
         let bad = ConfigArgs { set: vec!["n=five".into()], config: None };
         assert!(build(&bad, &LimitArgs::default(), Some(&schema), None).unwrap_err().to_string().contains("integer"));
+    }
+
+    #[test]
+    fn passwords_come_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\nignored\n").unwrap();
+        let args = ConfigArgs { set: vec![format!("password_file={}", f.display())], config: None };
+        let c = build(&args, &LimitArgs::default(), None, None).unwrap();
+        assert_eq!(c.config["password"], "s3cret");
+        // PATH stands in for a variable the operator set.
+        let args = ConfigArgs { set: vec!["password_env=PATH".into()], config: None };
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(build(&args, &LimitArgs::default(), None, None).unwrap().config["password"], path.as_str());
+        let args = ConfigArgs { set: vec!["password_env=COFFER_TEST_CONFIG_UNSET".into()], config: None };
+        assert!(build(&args, &LimitArgs::default(), None, None).unwrap_err().to_string().contains("not set"));
+        let args = ConfigArgs { set: vec!["password_file=/nonexistent/pw".into()], config: None };
+        assert!(build(&args, &LimitArgs::default(), None, None).unwrap_err().to_string().contains("password_file"));
+    }
+
+    #[test]
+    fn redacted_url_passwords_are_dropped() {
+        assert_eq!(without_url_password("redis://:<redacted>@127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(without_url_password("postgres://app:<redacted>@db/x"), "postgres://app@db/x");
+        assert_eq!(without_url_password("redis://127.0.0.1/"), "redis://127.0.0.1/");
     }
 
     #[test]

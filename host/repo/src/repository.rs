@@ -131,7 +131,9 @@ impl Repository {
         // (the derived metadata key) never seals packs in a new repository.
         let (epoch, _) = crate::repofile::epoch::EpochFile::create(&keys, &config.id, 1);
         let body = serde_json::to_vec_pretty(&epoch).expect("epoch serializes");
-        match backend.put(FileKind::Epoch, &crate::repofile::epoch::name(1), Bytes::from(body), PutMode::CreateNew).await
+        match backend
+            .put(FileKind::Epoch, &crate::repofile::epoch::name(1), Bytes::from(body), PutMode::CreateNew)
+            .await
         {
             // Another init got here first.
             Err(crate::backend::BackendError::AlreadyExists { .. }) => {

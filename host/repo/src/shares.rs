@@ -245,9 +245,8 @@ pub fn combine(shares: &[(String, Share)], repo_id: &Id) -> Result<MasterSecret,
         })
         .collect();
     let secret = Zeroizing::new(blahaj::Sharks(first.threshold).recover(&parsed).map_err(|e| e.to_string())?);
-    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
-        secret[..].try_into().map_err(|_| "the recovered secret is not 32 bytes".to_string())?,
-    );
+    let bytes: Zeroizing<[u8; 32]> =
+        Zeroizing::new(secret[..].try_into().map_err(|_| "the recovered secret is not 32 bytes".to_string())?);
     Ok(MasterSecret::from_bytes(*bytes))
 }
 

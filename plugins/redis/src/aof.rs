@@ -174,10 +174,7 @@ impl RespWalker {
                 }
             }
             if rest[0] != b'*' {
-                return Err(format!(
-                    "at byte {}: expected a command (`*`), found byte 0x{:02x}",
-                    self.offset, rest[0]
-                ));
+                return Err(format!("at byte {}: expected a command (`*`), found byte 0x{:02x}", self.offset, rest[0]));
             }
             match redis_protocol::resp2::decode::decode_range(rest) {
                 Ok(Some((frame, used))) => {
@@ -218,7 +215,11 @@ pub fn check_commands(mut r: impl Read) -> Result<(u64, u64), String> {
         w.feed(&buf[..n])?;
     }
     if w.incomplete() > 0 {
-        return Err(format!("at byte {}: the last command is cut short ({} bytes)", w.complete_offset(), w.incomplete()));
+        return Err(format!(
+            "at byte {}: the last command is cut short ({} bytes)",
+            w.complete_offset(),
+            w.incomplete()
+        ));
     }
     Ok((w.commands, total))
 }

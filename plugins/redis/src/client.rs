@@ -37,7 +37,9 @@ impl Target {
         let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
         if u.scheme() != "redis" {
             return Err(if u.scheme() == "rediss" {
-                Error::Unsupported("url: TLS (rediss://) is not supported yet; use redis:// over a trusted network".into())
+                Error::Unsupported(
+                    "url: TLS (rediss://) is not supported yet; use redis:// over a trusted network".into(),
+                )
             } else {
                 bad(&format!("the scheme is `{}`", u.scheme()))
             });
@@ -52,7 +54,11 @@ impl Target {
 
     /// `host:port`, for messages and grants.
     pub fn addr(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     fn socket_addr(&self) -> Result<SocketAddr, Error> {
@@ -148,7 +154,10 @@ impl Conn {
                     )));
                 }
                 Err(Error::Other(m)) if m.contains("without any password configured") => {
-                    coffer_sdk::host::warn(format!("Redis at {} has no password set; the one given is not needed", c.addr));
+                    coffer_sdk::host::warn(format!(
+                        "Redis at {} has no password set; the one given is not needed",
+                        c.addr
+                    ));
                 }
                 Err(e) => return Err(e),
             }

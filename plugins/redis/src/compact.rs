@@ -158,7 +158,9 @@ pub fn ziplist<'a>(b: &'a [u8], mut each: impl FnMut(Element<'a>)) -> Result<usi
             unreachable!("0xff handled above")
         };
         if prevlen != prev_len {
-            return Err(format!("ziplist entry at byte {start} says the previous entry is {prevlen} bytes, it is {prev_len}"));
+            return Err(format!(
+                "ziplist entry at byte {start} says the previous entry is {prevlen} bytes, it is {prev_len}"
+            ));
         }
         let e = p + plen;
         let enc = *b.get(e).ok_or_else(cut)?;
@@ -385,7 +387,8 @@ pub(crate) mod tests {
     #[test]
     fn ziplist_round_trip() {
         let big = vec![b'z'; 300];
-        let items = [Element::Int(7), Element::Bytes(b"a"), Element::Int(-99999), Element::Bytes(&big), Element::Int(0)];
+        let items =
+            [Element::Int(7), Element::Bytes(b"a"), Element::Int(-99999), Element::Bytes(&big), Element::Int(0)];
         let zl = make_ziplist(&items);
         let mut seen = Vec::new();
         assert_eq!(ziplist(&zl, |e| seen.push(e)).unwrap(), 5);

@@ -26,8 +26,8 @@ use std::io::{Read, Write};
 
 use client::{Conn, Target};
 use coffer_sdk::{
-    Capability, Config, ConfigError, EntryKind, EntryMeta, EntryWriter, Error, Plugin, PluginInfo, RestoreOptions, Sink,
-    SnapshotReader, Timestamp, VerifyReport, host,
+    Capability, Config, ConfigError, EntryKind, EntryMeta, EntryWriter, Error, Plugin, PluginInfo, RestoreOptions,
+    Sink, SnapshotReader, Timestamp, VerifyReport, host,
 };
 use rdb::{Checksum, Depth, Item, Parser, RdbError};
 use serde::Deserialize;
@@ -118,7 +118,9 @@ impl Config for RedisConfig {
 impl RedisConfig {
     fn target(&self) -> Result<Target, Error> {
         let url = self.url.as_deref().ok_or_else(|| {
-            Error::InvalidConfig("url: is required (redis://[user@]host:port/) for RDB backups and live restores".into())
+            Error::InvalidConfig(
+                "url: is required (redis://[user@]host:port/) for RDB backups and live restores".into(),
+            )
         })?;
         Target::parse(url, self.user.as_deref(), self.password.as_deref())
     }
@@ -227,7 +229,10 @@ impl RdbStats {
         }
         sink.set_attribute(&format!("{prefix}functions"), &self.functions.to_string())?;
         if !self.modules.is_empty() {
-            sink.set_attribute(&format!("{prefix}modules"), &self.modules.iter().cloned().collect::<Vec<_>>().join(","))?;
+            sink.set_attribute(
+                &format!("{prefix}modules"),
+                &self.modules.iter().cloned().collect::<Vec<_>>().join(","),
+            )?;
         }
         Ok(())
     }
@@ -257,7 +262,9 @@ fn parse_rdb(r: impl Read, depth: Depth) -> Result<RdbStats, RdbError> {
     let mut probe = [0u8; 64];
     match rest.read(&mut probe) {
         Ok(0) => Ok(stats),
-        Ok(k) => Err(RdbError { offset: stats.bytes, reason: format!("{k}+ bytes follow the end of the RDB"), io: false }),
+        Ok(k) => {
+            Err(RdbError { offset: stats.bytes, reason: format!("{k}+ bytes follow the end of the RDB"), io: false })
+        }
         Err(e) => Err(RdbError { offset: stats.bytes, reason: e.to_string(), io: true }),
     }
 }
@@ -448,7 +455,11 @@ fn snapshot_rdb(config: &RedisConfig, sink: &Sink) -> Result<(), Error> {
     sink.set_attribute("redis.mode", "rdb")?;
     sink.set_attribute("redis.version", &server_version)?;
     stats.set_attributes(sink, "redis.")?;
-    host::info(format!("{RDB_ENTRY} from Redis {server_version} at {addr}: {} bytes, {}", digest.size, stats.summary()));
+    host::info(format!(
+        "{RDB_ENTRY} from Redis {server_version} at {addr}: {} bytes, {}",
+        digest.size,
+        stats.summary()
+    ));
     if stats.module_keys > 0 {
         host::warn(format!(
             "{} keys hold module values ({}); they are stored, and restore needs the same modules loaded",
@@ -475,7 +486,11 @@ fn find_manifest(dir: &str) -> Result<String, Error> {
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(Error::Unavailable(format!("no AOF manifest in {dir}: is `appendonly yes` set on Redis 7 or later?"))),
-        _ => Err(Error::Corrupt(format!("{dir} holds {} manifests ({}); Redis writes one", found.len(), found.join(", ")))),
+        _ => Err(Error::Corrupt(format!(
+            "{dir} holds {} manifests ({}); Redis writes one",
+            found.len(),
+            found.join(", ")
+        ))),
     }
 }
 
@@ -517,7 +532,9 @@ fn open_aof_set(dir: &str) -> Result<AofSet, Error> {
         }
         let again = fs::read(&path).ok();
         match missing {
-            None if again.as_deref() == Some(&manifest[..]) => return Ok(AofSet { manifest_name: name, manifest, files }),
+            None if again.as_deref() == Some(&manifest[..]) => {
+                return Ok(AofSet { manifest_name: name, manifest, files });
+            }
             None => last_err = Some(format!("{path} changed while the files were opened (an AOF rewrite)")),
             Some(p) => last_err = Some(format!("{p}, named by {path}, does not exist")),
         }
@@ -579,7 +596,8 @@ fn snapshot_aof(config: &RedisConfig, sink: &Sink) -> Result<(), Error> {
         let path = format!("{dir}/{}", f.name);
         let fmode = host::file_mode(&path).unwrap_or(0o644) & 0o7777;
         let mtime = fd.metadata().and_then(|m| m.modified()).map(Timestamp::from).unwrap_or_default();
-        let mut entry = sink.add_entry(EntryMeta::file(format!("{prefix}/{}", f.name), fmode).mtime(mtime).size_hint(size))?;
+        let mut entry =
+            sink.add_entry(EntryMeta::file(format!("{prefix}/{}", f.name), fmode).mtime(mtime).size_hint(size))?;
         if f.name.ends_with(".rdb") {
             let tee = FileTee { fd: (&mut fd).take(size), entry: &mut entry };
             let stats = parse_rdb(tee, Depth::Shallow).map_err(|e| rdb_failure(&path, e))?;
@@ -657,7 +675,10 @@ fn restore_files(snapshot: &SnapshotReader, dir: &str, options: &RestoreOptions)
                 }
                 out.sync_all().map_err(|err| Error::from(err).context(&dest))?;
                 if n_total != e.size {
-                    return Err(Error::Corrupt(format!("{}: read {n_total} bytes, the snapshot says {}", e.path, e.size)));
+                    return Err(Error::Corrupt(format!(
+                        "{}: read {n_total} bytes, the snapshot says {}",
+                        e.path, e.size
+                    )));
                 }
             }
             EntryKind::Symlink => continue,
@@ -750,7 +771,9 @@ impl LiveRestore {
                 if let Some(m) = &k.module {
                     self.skipped_modules += 1;
                     if self.skipped_modules == 1 {
-                        host::warn(format!("skipping keys with values of module {m}: load the module and restore the files instead"));
+                        host::warn(format!(
+                            "skipping keys with values of module {m}: load the module and restore the files instead"
+                        ));
                     }
                     return Ok(());
                 }
@@ -880,7 +903,11 @@ fn restore_live(config: &RedisConfig, snapshot: &SnapshotReader, options: &Resto
         "restored {} keys and {} function libraries into Redis {server} at {addr}{}",
         live.restored,
         live.functions,
-        if live.skipped_modules > 0 { format!("; skipped {} module values", live.skipped_modules) } else { String::new() }
+        if live.skipped_modules > 0 {
+            format!("; skipped {} module values", live.skipped_modules)
+        } else {
+            String::new()
+        }
     ));
     Ok(())
 }
@@ -907,10 +934,7 @@ fn verify_rdb(snapshot: &SnapshotReader, report: &mut VerifyReport) -> Result<()
             if let Some(recorded) = snapshot.attribute("redis.keys")
                 && recorded != stats.total_keys().to_string()
             {
-                report.problem(
-                    RDB_ENTRY,
-                    format!("holds {} keys, the backup recorded {recorded}", stats.total_keys()),
-                );
+                report.problem(RDB_ENTRY, format!("holds {} keys, the backup recorded {recorded}", stats.total_keys()));
             }
             if stats.bytes != entry.size {
                 report.problem(RDB_ENTRY, format!("parsed {} bytes of {}", stats.bytes, entry.size));

@@ -107,8 +107,14 @@ pub fn type_name(t: u8) -> &'static str {
         LIST | LIST_ZIPLIST | LIST_QUICKLIST | LIST_QUICKLIST_2 => "list",
         SET | SET_INTSET | SET_LISTPACK => "set",
         ZSET | ZSET_2 | ZSET_ZIPLIST | ZSET_LISTPACK => "zset",
-        HASH | HASH_ZIPMAP | HASH_ZIPLIST | HASH_LISTPACK | HASH_METADATA | HASH_LISTPACK_EX
-        | HASH_METADATA_PRE_GA | HASH_LISTPACK_EX_PRE_GA => "hash",
+        HASH
+        | HASH_ZIPMAP
+        | HASH_ZIPLIST
+        | HASH_LISTPACK
+        | HASH_METADATA
+        | HASH_LISTPACK_EX
+        | HASH_METADATA_PRE_GA
+        | HASH_LISTPACK_EX_PRE_GA => "hash",
         STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => "stream",
         MODULE_PRE_GA | MODULE_2 => "module",
         _ => "unknown",
@@ -331,9 +337,10 @@ impl<R: Read> Parser<R> {
                 io: false,
             });
         }
-        let version = std::str::from_utf8(&magic[5..]).ok().and_then(|v| v.parse::<u16>().ok()).ok_or_else(|| {
-            RdbError { offset: 5, reason: "the RDB version is not 4 digits".into(), io: false }
-        })?;
+        let version = std::str::from_utf8(&magic[5..])
+            .ok()
+            .and_then(|v| v.parse::<u16>().ok())
+            .ok_or_else(|| RdbError { offset: 5, reason: "the RDB version is not 4 digits".into(), io: false })?;
         if version == 0 || version > MAX_VERSION {
             return Err(RdbError {
                 offset: 5,
@@ -344,7 +351,17 @@ impl<R: Read> Parser<R> {
                 io: false,
             });
         }
-        Ok(Parser { input, version, depth, capture: false, db: 0, expire_ms: None, idle: None, freq: None, done: false })
+        Ok(Parser {
+            input,
+            version,
+            depth,
+            capture: false,
+            db: 0,
+            expire_ms: None,
+            idle: None,
+            freq: None,
+            done: false,
+        })
     }
 
     /// Keeps each value's bytes in [`KeyRecord::raw`] from now on.
@@ -423,8 +440,7 @@ impl<R: Read> Parser<R> {
                     return Err(self.err(format!("a string of {len} bytes is longer than any Redis writes")));
                 }
                 let data = self.input.vec(clen)?;
-                crate::lzf::decompress(&data, len as usize)
-                    .map_err(|e| RdbError { offset: at, reason: e, io: false })
+                crate::lzf::decompress(&data, len as usize).map_err(|e| RdbError { offset: at, reason: e, io: false })
             }
             Len::Special(k) => Err(self.err(format!("unknown string encoding {k}"))),
         }

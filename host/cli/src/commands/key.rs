@@ -177,7 +177,10 @@ async fn split(g: &Global, repo: &Repository, count: u8, threshold: u8, out_dir:
             // Built by hand in one zeroized buffer: share codes are base32
             // and dashes, so nothing needs escaping.
             let mut out = zeroize::Zeroizing::new(String::with_capacity(128 + parts.len() * 128));
-            out.push_str(&format!("{{\n  \"repository\": \"{}\",\n  \"threshold\": {threshold},\n  \"shares\": [", id.to_hex()));
+            out.push_str(&format!(
+                "{{\n  \"repository\": \"{}\",\n  \"threshold\": {threshold},\n  \"shares\": [",
+                id.to_hex()
+            ));
             for (i, s) in parts.iter().enumerate() {
                 out.push_str(if i == 0 { "\n" } else { ",\n" });
                 out.push_str(&format!("    {{ \"index\": {}, \"share\": \"", s.index));

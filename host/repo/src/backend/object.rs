@@ -281,13 +281,11 @@ fn remove_staging_under(root: &std::path::Path, older_than: Duration) -> Backend
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
-            let staging = name
-                .split_once('#')
-                .is_some_and(|(base, n)| {
-                    // Content-addressed names, and epoch files (8 digits).
-                    let named = base.len() == 64 || (base.len() == 8 && base.bytes().all(|b| b.is_ascii_digit()));
-                    named && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-                });
+            let staging = name.split_once('#').is_some_and(|(base, n)| {
+                // Content-addressed names, and epoch files (8 digits).
+                let named = base.len() == 64 || (base.len() == 8 && base.bytes().all(|b| b.is_ascii_digit()));
+                named && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            });
             let old = md.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= older_than);
             if staging && old && std::fs::remove_file(&p).is_ok() {
                 removed += 1;

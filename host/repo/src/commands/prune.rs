@@ -186,11 +186,13 @@ impl Repository {
                 // Not in any index: left by a failed or running backup.
                 None => to_mark.push(id),
                 Some(&(0, _)) => to_mark.push(id),
-                Some(_) if opts.reencrypt && pack_epoch
-                        .get(&id)
-                        // Packs under an epoch whose key is gone cannot be read;
-                        // `check` reports them.
-                        .is_some_and(|e| *e < current.epoch() && keyring.get(*e).is_some()) =>
+                Some(_)
+                    if opts.reencrypt
+                        && pack_epoch
+                            .get(&id)
+                            // Packs under an epoch whose key is gone cannot be read;
+                            // `check` reports them.
+                            .is_some_and(|e| *e < current.epoch() && keyring.get(*e).is_some()) =>
                 {
                     report.reencrypted_packs += 1;
                     to_repack.push(id)

@@ -107,7 +107,8 @@ pub fn redact_config(value: &serde_json::Value) -> serde_json::Value {
                 .map(|(k, v)| {
                     let lk = k.to_ascii_lowercase().replace('-', "_");
                     let secret = SECRET_WORDS.iter().any(|w| lk.contains(w)) || lk == "key" || lk.ends_with("_key");
-                    let v = if secret && !v.is_null() && !lk.ends_with("_file") {
+                    // `_file` and `_env` keys name where a secret is, not the secret.
+                    let v = if secret && !v.is_null() && !lk.ends_with("_file") && !lk.ends_with("_env") {
                         Value::String("<redacted>".into())
                     } else {
                         redact_config(v)
@@ -145,11 +146,18 @@ mod tests {
             "url": "postgres://app:hunter2@db:5432/x",
             "password": "hunter2",
             "password_file": "/run/secrets/pg",
+            "password_env": "PGPASSWORD",
             "nested": {"api_token": "t", "path": "/data"},
         });
         let r = redact_config(&c).to_string();
         assert!(!r.contains("hunter2"), "{r}");
         assert!(!r.contains("\"t\""), "{r}");
-        assert!(r.contains("/run/secrets/pg") && r.contains("/data") && r.contains("app:<redacted>@db"), "{r}");
+        assert!(
+            r.contains("/run/secrets/pg")
+                && r.contains("PGPASSWORD")
+                && r.contains("/data")
+                && r.contains("app:<redacted>@db"),
+            "{r}"
+        );
     }
 }
