@@ -5,7 +5,9 @@
 //! check --read-data, primitives) in its own process of the release
 //! `bench_repo` example so each phase's peak RSS is its own (then a key
 //! rotation with re-encryption of every pack), and prints a
-//! table. `primitives`: the criterion micro-benchmarks.
+//! table. `redis`: the redis plugin against `redis-cli --rdb` and a
+//! restart on the RDB (see `bench_redis`). `primitives`: the criterion
+//! micro-benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +21,11 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("repo") => repo(&args[1..]),
         Some("runtime") => runtime(),
+        Some("redis") => crate::bench_redis::run(&args[1..]),
         Some("primitives") => {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
-        _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | runtime | primitives"),
+        _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | primitives"),
     }
 }
 

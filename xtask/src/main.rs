@@ -10,6 +10,7 @@
 //! ```
 
 mod bench;
+mod bench_redis;
 mod deps;
 
 use std::path::{Path, PathBuf};
