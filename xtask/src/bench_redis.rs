@@ -98,7 +98,10 @@ fn dataset(keys: usize) -> Vec<u8> {
             0..=9 => push(&mut out, &["SET", &k, &i.to_string()]),
             10..=19 => push(&mut out, &["SET", &k, &format!("value-{i}")]),
             20..=29 => push(&mut out, &["SET", &k, &format!("{pad}{i:010}")]),
-            30..=34 => push(&mut out, &["HSET", &k, "name", &format!("user{i}"), "age", "42", "city", "Lyon", "n", &i.to_string()]),
+            30..=34 => push(
+                &mut out,
+                &["HSET", &k, "name", &format!("user{i}"), "age", "42", "city", "Lyon", "n", &i.to_string()],
+            ),
             35..=39 => push(&mut out, &["RPUSH", &k, "a", "b", "c", &i.to_string()]),
             40..=43 => push(&mut out, &["SADD", &k, "1", "2", "3", &i.to_string()]),
             44..=47 => push(&mut out, &["ZADD", &k, "1", "a", "2", "b", &i.to_string(), "c"]),
@@ -259,10 +262,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("|---|---:|---:|---:|");
     println!("| backup (s) | {c:.2} | {b:.2} (`redis-cli --rdb`) | {:.2}x |", c / b);
     println!("| backup rate (MB/s of RDB) | {:.0} | {:.0} | |", mb / c, mb / b);
-    println!(
-        "| restore (s) | {r:.2} (live, RESTORE) | {l:.2} (restart on the RDB) | {:.2}x |",
-        r / l
-    );
+    println!("| restore (s) | {r:.2} (live, RESTORE) | {l:.2} (restart on the RDB) | {:.2}x |", r / l);
     println!("| restore rate (keys/s) | {:.0} | {:.0} | |", loaded as f64 / r, loaded as f64 / l);
     println!("| repository after one backup (MB) | {:.1} | | |", repo_size as f64 / 1e6);
     println!("| unchanged re-backup: new data (MB) | {:.1} | | |", new_bytes as f64 / 1e6);
