@@ -524,9 +524,17 @@ impl<R: Read> Parser<R> {
     fn module_value(&mut self) -> Result<String> {
         let id = self.plain_len("module id")?;
         let name = module_name(id);
+        self.module_fields(&name)?;
+        Ok(name)
+    }
+
+    /// The typed fields of module data (a value or aux data), up to the
+    /// module EOF opcode: signed and unsigned integers as lengths, a
+    /// 4-byte float, an 8-byte double, strings.
+    fn module_fields(&mut self, name: &str) -> Result<()> {
         loop {
             match self.plain_len("module field")? {
-                0 => break,
+                0 => return Ok(()),
                 1 | 2 => {
                     self.plain_len("module integer")?;
                 }
@@ -542,7 +550,6 @@ impl<R: Read> Parser<R> {
                 other => return Err(self.err(format!("module {name}: unknown field opcode {other}"))),
             }
         }
-        Ok(name)
     }
 
     fn stream(&mut self, kind: u8) -> Result<()> {
@@ -736,26 +743,9 @@ impl<R: Read> Parser<R> {
                     let id = self.plain_len("module id")?;
                     self.plain_len("module aux when-opcode")?;
                     self.plain_len("module aux when")?;
-                    // The same field stream as a module value, after its id.
-                    loop {
-                        match self.plain_len("module field")? {
-                            0 => break,
-                            1 | 2 => {
-                                self.plain_len("module integer")?;
-                            }
-                            3 => {
-                                self.input.bytes::<4>()?;
-                            }
-                            4 => {
-                                self.input.bytes::<8>()?;
-                            }
-                            5 => {
-                                self.value_string()?;
-                            }
-                            other => return Err(self.err(format!("module aux: unknown field opcode {other}"))),
-                        }
-                    }
-                    return Ok(Some(Item::ModuleAux { module: module_name(id) }));
+                    let module = module_name(id);
+                    self.module_fields(&module)?;
+                    return Ok(Some(Item::ModuleAux { module }));
                 }
                 op::FUNCTION2 => {
                     if self.capture {
@@ -952,6 +942,7 @@ pub(crate) mod tests {
         // A module value (type ids encode "ReJSON-RL").
         let id = module_id("ReJSON-RL", 3);
         w.byte(MODULE_2).s(b"json").len(id).len(5).s(b"{}").len(2).len(7).len(4).raw(&1.0f64.to_le_bytes()).len(0);
+        w.byte(op::MODULE_AUX).len(id).len(2).len(0).len(5).s(b"aux").len(0);
         w.byte(op::SELECTDB).len(3);
         w.byte(op::FREQ).byte(9);
         w.byte(STRING).s(b"\x00binary\xffkey").s(b"\x00\x01");
@@ -985,6 +976,7 @@ pub(crate) mod tests {
             let json = keys.iter().find(|k| k.key == b"json").unwrap();
             assert_eq!(json.module.as_deref(), Some("ReJSON-RL"));
             assert!(items.iter().any(|i| matches!(i, Item::Function { .. })));
+            assert!(items.contains(&Item::ModuleAux { module: "ReJSON-RL".into() }));
         }
     }
 

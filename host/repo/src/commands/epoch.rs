@@ -45,6 +45,14 @@ pub struct EpochInfo {
     pub damaged: Option<String>,
 }
 
+impl EpochInfo {
+    /// An epoch that packs name (or whose file is damaged) but whose key
+    /// is not held.
+    fn unheld(epoch: u32) -> Self {
+        EpochInfo { epoch, current: false, created: None, packs: 0, bytes: 0, held: false, damaged: None }
+    }
+}
+
 impl Repository {
     /// Reads every `epochs/` file and replaces the keyring.
     pub async fn load_keyring(&self) -> Result<Arc<Keyring>> {
@@ -117,28 +125,12 @@ impl Repository {
             })
             .collect();
         for (_, size, e) in idx.packs_with_epochs() {
-            let slot = out.entry(e).or_insert(EpochInfo {
-                epoch: e,
-                current: false,
-                created: None,
-                packs: 0,
-                bytes: 0,
-                held: false,
-                damaged: None,
-            });
+            let slot = out.entry(e).or_insert_with(|| EpochInfo::unheld(e));
             slot.packs += 1;
             slot.bytes += size;
         }
         for (e, reason) in ring.unreadable() {
-            let slot = out.entry(e).or_insert(EpochInfo {
-                epoch: e,
-                current: false,
-                created: None,
-                packs: 0,
-                bytes: 0,
-                held: false,
-                damaged: None,
-            });
+            let slot = out.entry(e).or_insert_with(|| EpochInfo::unheld(e));
             slot.damaged = Some(reason.to_string());
         }
         // Epoch 0 is only worth listing when data is sealed under it.
