@@ -180,9 +180,10 @@ impl Conn {
 
     /// Appends a command to the write buffer.
     pub fn push(&mut self, args: &[&[u8]]) {
-        self.wbuf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.wbuf, "*{}\r\n", args.len());
         for a in args {
-            self.wbuf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            let _ = write!(self.wbuf, "${}\r\n", a.len());
             self.wbuf.extend_from_slice(a);
             self.wbuf.extend_from_slice(b"\r\n");
         }

@@ -782,7 +782,7 @@ impl LiveRestore {
                     self.batch.push(Sent::Select(k.db));
                     self.db = Some(k.db);
                 }
-                let payload = rdb::dump_payload(&k.raw, self.version);
+                let payload = rdb::dump_payload(k.raw, self.version);
                 let ttl = k.expire_ms.unwrap_or(0).max(0).to_string();
                 let idle = k.idle.map(|i| i.to_string());
                 let freq = k.freq.map(|f| f.to_string());
@@ -804,7 +804,7 @@ impl LiveRestore {
                 self.batch.push(Sent::Key { db: k.db, key: k.key });
             }
             Item::Function { raw, .. } => {
-                let payload = rdb::dump_payload(&raw, self.version);
+                let payload = rdb::dump_payload(raw, self.version);
                 let policy: &[u8] = if self.replace { b"REPLACE" } else { b"APPEND" };
                 self.conn.push(&[b"FUNCTION", b"RESTORE", &payload, policy]);
                 self.batch.push(Sent::Function);
@@ -864,10 +864,8 @@ fn restore_live(config: &RedisConfig, snapshot: &SnapshotReader, options: &Resto
     }
     if config.flush {
         conn.call(&[b"FLUSHALL"])?;
-        // Functions exist from 7.0; an older server has nothing to flush.
-        if let Err(e) = conn.call(&[b"FUNCTION", b"FLUSH"])
-            && version >= 10
-        {
+        // Functions exist from 7.0; an older server has none to flush.
+        if let Err(e) = conn.call(&[b"FUNCTION", b"FLUSH"]) {
             host::debug(format!("FUNCTION FLUSH: {e}"));
         }
     }

@@ -803,16 +803,14 @@ pub fn module_name(id: u64) -> String {
     name
 }
 
-/// The `RESTORE` / `FUNCTION RESTORE` payload for captured value bytes:
-/// the bytes, the RDB version (2 bytes, little-endian) and the CRC-64 of
-/// both (8 bytes, little-endian).
-pub fn dump_payload(raw: &[u8], version: u16) -> Vec<u8> {
-    let mut p = Vec::with_capacity(raw.len() + 10);
-    p.extend_from_slice(raw);
-    p.extend_from_slice(&version.to_le_bytes());
-    let crc = CRC64.checksum(&p);
-    p.extend_from_slice(&crc.to_le_bytes());
-    p
+/// Turns captured value bytes into a `RESTORE` / `FUNCTION RESTORE`
+/// payload in place: appends the RDB version (2 bytes, little-endian) and
+/// the CRC-64 of everything before it (8 bytes, little-endian).
+pub fn dump_payload(mut raw: Vec<u8>, version: u16) -> Vec<u8> {
+    raw.extend_from_slice(&version.to_le_bytes());
+    let crc = CRC64.checksum(&raw);
+    raw.extend_from_slice(&crc.to_le_bytes());
+    raw
 }
 
 /// The RDB version a Redis release writes (and the newest it loads).
@@ -992,7 +990,7 @@ pub(crate) mod tests {
             })
             .unwrap();
         assert_eq!(k.raw, b"\x00\x05value");
-        let p = dump_payload(&k.raw, 11);
+        let p = dump_payload(k.raw.clone(), 11);
         assert_eq!(&p[7..9], &11u16.to_le_bytes());
         assert_eq!(CRC64.checksum(&p[..9]).to_le_bytes(), p[9..]);
         let f = items.iter().find_map(|i| if let Item::Function { raw, .. } = i { Some(raw) } else { None }).unwrap();
