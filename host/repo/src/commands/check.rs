@@ -262,8 +262,15 @@ impl Repository {
             if Id::of_bytes(&data) != p {
                 errs.push(format!("pack {path}: content does not match its name (bytes changed or truncated)"));
             }
-            let (epoch, header): (Option<u32>, HashMap<Id, pack::PackEntry>) = match pack::parse_pack(&keyring, &data) {
-                Ok((epoch, h)) => (Some(epoch), h.into_iter().map(|e| (e.id, e)).collect()),
+            // A blob may sit in a pack more than once; any copy will do.
+            let (epoch, header): (Option<u32>, HashMap<Id, Vec<(u32, u32)>>) = match pack::parse_pack(&keyring, &data) {
+                Ok((epoch, h)) => {
+                    let mut m: HashMap<Id, Vec<(u32, u32)>> = HashMap::new();
+                    for e in h {
+                        m.entry(e.id).or_default().push((e.offset, e.length));
+                    }
+                    (Some(epoch), m)
+                }
                 Err(e) => {
                     errs.push(format!("pack {path}: header: {e}"));
                     (None, HashMap::new())
@@ -276,7 +283,7 @@ impl Repository {
             for (id, loc) in &expected {
                 if !header.is_empty() {
                     match header.get(id) {
-                        Some(h) if h.offset == loc.offset && h.length == loc.length => {}
+                        Some(h) if h.contains(&(loc.offset, loc.length)) => {}
                         _ => errs.push(format!("pack {path}: blob {} is not where the index says", id.short())),
                     }
                 }

@@ -160,8 +160,13 @@ impl Repository {
         // Phase 1: classify packs not yet marked.
         let mut pack_used: HashMap<Id, (u64, u64)> = HashMap::new(); // (used bytes, total blob bytes)
         let mut keep_blobs: HashMap<Id, Vec<(Id, BlobKind, u32, u32)>> = HashMap::new();
+        // A pack can be listed by more than one index file (a prune that was
+        // killed after writing its consolidated index and before deleting the
+        // files it replaces): count and copy each pack's blobs once, or a
+        // repack would store every blob of it twice.
+        let mut classified: HashSet<Id> = HashSet::new();
         for (_, file) in &files {
-            for p in &file.packs {
+            for p in file.packs.iter().filter(|p| classified.insert(p.id)) {
                 for b in &p.blobs {
                     let slot = pack_used.entry(p.id).or_default();
                     slot.1 += b.length as u64;

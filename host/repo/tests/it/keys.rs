@@ -235,3 +235,53 @@ async fn shares_open_the_repository_and_a_wrong_secret_does_not() {
         .to_string();
     assert!(err.contains("does not belong to this repository"), "{err}");
 }
+
+/// A prune killed after writing its consolidated index, before deleting the
+/// index files it replaces, leaves every pack listed twice. Re-encrypting
+/// from there must copy each blob once, and `check --read-data` must pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencryption_after_an_interrupted_index_consolidation_copies_each_blob_once() {
+    use coffer_repo::backend::fault::{Fault, FaultyBackend, Op};
+    let t = TempRepo::new(small_pack_options()).await;
+    let faulty = Arc::new(FaultyBackend::new(Arc::clone(&t.backend)));
+    let repo = Repository::open(faulty.clone(), PASSWORD).await.unwrap();
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 3, 1 << 20, 9);
+    repo.backup_dir(&src, opts("s")).await.unwrap();
+    std::fs::write(src.join("f1"), random_bytes(1 << 20, 10)).unwrap();
+    let snap = repo.backup_dir(&src, opts("s")).await.unwrap();
+    let before = t.backend.list(FileKind::Index).await.unwrap().len();
+    assert!(before >= 2);
+    // Make prune's phase 2 run (something to delete), and stop it at its
+    // first index deletion.
+    repo.forget(&coffer_repo::KeepPolicy { last: Some(1), ..Default::default() }, false).await.unwrap();
+    faulty.inject(Fault::always(Op::Delete, Some(FileKind::Index)));
+    let opts0 = PruneOptions { max_unused: 0.0, ..Default::default() };
+    repo.prune(&opts0).await.expect_err("index deletion fails");
+    faulty.clear();
+    assert!(t.backend.list(FileKind::Index).await.unwrap().len() > before, "the consolidated index is beside the old");
+
+    assert_eq!(repo.rotate_key().await.unwrap(), 2);
+    let r = repo.prune(&reencrypt()).await.unwrap();
+    assert!(r.reencrypted_packs > 0, "{r:?}");
+    let c = repo.check(ReadData::All).await.unwrap();
+    assert!(c.is_ok(), "{:?}", c.errors);
+    // No pack holds a blob twice.
+    let ring_repo = Repository::open(Arc::clone(&t.backend), PASSWORD).await.unwrap();
+    for p in t.packs() {
+        let bytes = std::fs::read(&p).unwrap();
+        let trailer = pack::parse_trailer(&bytes[bytes.len() - pack::TRAILER_LEN..]).unwrap();
+        if trailer.epoch != 2 {
+            continue;
+        }
+        let (_, entries) = pack::parse_pack(&ring_repo.load_keyring().await.unwrap(), &bytes).unwrap();
+        let mut ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "pack {} holds a blob twice", p.display());
+    }
+    let out = t.dir.path().join("out");
+    repo.restore_dir(&snap, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+}
