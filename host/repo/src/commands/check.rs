@@ -67,6 +67,9 @@ impl CheckReport {
     }
 }
 
+/// Where a pack's header puts each blob: (offset, length) of every copy.
+type BlobPlaces = HashMap<Id, Vec<(u32, u32)>>;
+
 impl Repository {
     /// Checks the repository.
     pub async fn check(&self, read: ReadData) -> Result<CheckReport> {
@@ -263,9 +266,9 @@ impl Repository {
                 errs.push(format!("pack {path}: content does not match its name (bytes changed or truncated)"));
             }
             // A blob may sit in a pack more than once; any copy will do.
-            let (epoch, header): (Option<u32>, HashMap<Id, Vec<(u32, u32)>>) = match pack::parse_pack(&keyring, &data) {
+            let (epoch, header): (Option<u32>, BlobPlaces) = match pack::parse_pack(&keyring, &data) {
                 Ok((epoch, h)) => {
-                    let mut m: HashMap<Id, Vec<(u32, u32)>> = HashMap::new();
+                    let mut m = BlobPlaces::new();
                     for e in h {
                         m.entry(e.id).or_default().push((e.offset, e.length));
                     }
