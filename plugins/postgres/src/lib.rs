@@ -1,0 +1,14 @@
+//! coffer's `postgres` plugin (in progress).
+//!
+//! The plugin will take physical base backups over the replication
+//! protocol (`BASE_BACKUP` with a fast checkpoint, the WAL needed for
+//! consistency and the backup manifest), restore them into a directory,
+//! fully or to a point in time with the WAL archive coffer keeps, and
+//! verify them against the backup manifest's checksums.
+//!
+//! What is here so far: [`conn`], the replication-mode client with its
+//! authentication (trust, password, md5, SCRAM-SHA-256) and the errors
+//! that name what an operator has to change. The plugin's entry points are
+//! not exported yet, so `coffer` does not offer it.
+
+pub mod conn;
