@@ -8,7 +8,10 @@
 //!
 //! What is here so far: [`conn`], the replication-mode client with its
 //! authentication (trust, password, md5, SCRAM-SHA-256) and the errors
-//! that name what an operator has to change. The plugin's entry points are
+//! that name what an operator has to change; [`tar`], the member headers of
+//! the backup stream; [`wal`], LSNs and segment names. The entry points are
 //! not exported yet, so `coffer` does not offer it.
 
 pub mod conn;
+pub mod tar;
+pub mod wal;
