@@ -9,9 +9,11 @@
 //! What is here so far: [`conn`], the replication-mode client with its
 //! authentication (trust, password, md5, SCRAM-SHA-256) and the errors
 //! that name what an operator has to change; [`tar`], the member headers of
-//! the backup stream; [`wal`], LSNs and segment names. The entry points are
+//! the backup stream; [`manifest`], the backup manifest and its checksums;
+//! [`wal`], LSNs and segment names. The entry points are
 //! not exported yet, so `coffer` does not offer it.
 
 pub mod conn;
+pub mod manifest;
 pub mod tar;
 pub mod wal;
