@@ -81,6 +81,36 @@ pub enum Error {
     /// Several snapshots match a prefix.
     #[error("snapshot id prefix {0:?} is ambiguous: give more characters")]
     AmbiguousSnapshot(String),
+    /// The WAL archive holds no file of that name in that stream (a normal
+    /// answer while PostgreSQL recovers: it asks for files beyond the end).
+    #[error("WAL file {name} is not in the archive (stream {stream})")]
+    WalNotFound {
+        /// The stream.
+        stream: String,
+        /// The WAL file name.
+        name: String,
+    },
+    /// A push of a file whose name the archive already holds with other content.
+    #[error(
+        "WAL file {name}: the archive already holds a different file under that name in stream {stream} \
+         (archived: {archived_size} bytes, BLAKE3 {archived_blake3}; pushed: {size} bytes, BLAKE3 {blake3}); \
+         an archived WAL file is never overwritten. If two clusters share this stream, give each its own \
+         (--stream); if this cluster was restored and diverged, it must be on a new timeline"
+    )]
+    WalConflict {
+        /// The stream.
+        stream: String,
+        /// The WAL file name.
+        name: String,
+        /// Size of the archived file.
+        archived_size: u64,
+        /// BLAKE3 hex of the archived file.
+        archived_blake3: String,
+        /// Size of the pushed file.
+        size: u64,
+        /// BLAKE3 hex of the pushed file.
+        blake3: String,
+    },
     /// The caller passed something invalid.
     #[error("{0}")]
     Invalid(String),

@@ -17,6 +17,7 @@ use crate::index::MasterIndex;
 use crate::repofile::aad;
 use crate::repofile::config::{
     ConfigHead, DEFAULT_PACK_SIZE, FORMAT_NAME, FORMAT_VERSION, MAX_PACK_SIZE, MIN_PACK_SIZE, RepoConfig,
+    WAL_FORMAT_VERSION,
 };
 use crate::repofile::index::IndexFile;
 use crate::repofile::keyfile::{KdfParams, KeyFile, KeyFileError};
@@ -85,8 +86,8 @@ async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
         return Err(Error::corrupt("config", "not a coffer repository config"));
     }
     let version = head.version.unwrap_or(0);
-    if version > FORMAT_VERSION || version == 0 {
-        return Err(Error::UnsupportedVersion { location, found: version, supported: FORMAT_VERSION });
+    if version > WAL_FORMAT_VERSION || version == 0 {
+        return Err(Error::UnsupportedVersion { location, found: version, supported: WAL_FORMAT_VERSION });
     }
     let config: RepoConfig =
         serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", format!("unreadable ({e})")))?;
@@ -523,6 +524,40 @@ async fn upgrade_config(backend: &DynBackend, mut config: RepoConfig, keys: &Key
             config.sign(keys);
             config
         }
+    }
+}
+
+impl Repository {
+    /// Raises the stored config to format `version` unless it is there
+    /// already, before this build writes something older builds would
+    /// mishandle. Fails (writing nothing else) if the config cannot be
+    /// rewritten.
+    pub(crate) async fn require_version(&self, version: u32) -> Result<()> {
+        if self.config.version >= version {
+            return Ok(());
+        }
+        let mut current = read_config(&self.backend).await?;
+        if current.version >= version {
+            return Ok(());
+        }
+        if !current.verify(&self.keys) {
+            return Err(Error::corrupt(
+                "config",
+                "its authentication code does not match the repository key (the config was altered)",
+            ));
+        }
+        let old = current.version;
+        current.version = version;
+        current.sign(&self.keys);
+        let body = serde_json::to_vec_pretty(&current).expect("config serializes");
+        self.backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await.map_err(|e| {
+            Error::Invalid(format!(
+                "the repository's format version must be raised from {old} to {version} first, and the config \
+                 could not be rewritten ({e}); nothing was written"
+            ))
+        })?;
+        tracing::info!(from = old, to = version, "repository format version raised");
+        Ok(())
     }
 }
 

@@ -37,11 +37,14 @@ pub enum FileKind {
     Session,
     /// `epochs/<number>`: wrapped data keys, one per key epoch.
     Epoch,
+    /// `wal/<stream>/<name>`: the WAL archive, one object per archived
+    /// PostgreSQL WAL file; the name within this kind is `<stream>/<name>`.
+    Wal,
 }
 
 impl FileKind {
     /// Every kind, in listing order.
-    pub const ALL: [FileKind; 8] = [
+    pub const ALL: [FileKind; 9] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Pack,
@@ -50,6 +53,7 @@ impl FileKind {
         FileKind::PruneMarker,
         FileKind::Session,
         FileKind::Epoch,
+        FileKind::Wal,
     ];
 
     /// The directory (prefix) of this kind, without a trailing slash.
@@ -63,6 +67,7 @@ impl FileKind {
             FileKind::PruneMarker => "prune",
             FileKind::Session => "sessions",
             FileKind::Epoch => "epochs",
+            FileKind::Wal => "wal",
         }
     }
 
@@ -97,7 +102,8 @@ pub struct Listed {
 }
 
 impl Listed {
-    /// The name as an id (every name but `config` is 64 hex characters).
+    /// The name as an id (every name but `config`, epoch numbers and WAL
+    /// objects is 64 hex characters).
     pub fn id(&self) -> Option<crate::id::Id> {
         crate::id::Id::from_hex(&self.name)
     }

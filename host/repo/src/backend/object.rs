@@ -226,16 +226,23 @@ impl Backend for ObjectBackend {
             let metas: Vec<object_store::ObjectMeta> =
                 self.timed("list", dir, self.store.list(Some(&prefix)).try_collect()).await?;
             let mut out = Vec::with_capacity(metas.len());
+            let wal_prefix = format!("{}/", prefix.as_ref());
             for m in metas {
                 let Some(name) = m.location.filename() else { continue };
                 // Only names this repository writes: 64 hex characters (or
-                // "config", or an 8-digit epoch number). Staging files and strangers are ignored.
-                let ok = match kind {
-                    FileKind::Config => name == "config",
-                    FileKind::Epoch => name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit()),
-                    _ => name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+                // "config", an 8-digit epoch number, or `<stream>/<WAL file
+                // name>`). Staging files and strangers are ignored.
+                let name = match kind {
+                    FileKind::Config => (name == "config").then_some(name),
+                    FileKind::Epoch => (name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit())).then_some(name),
+                    FileKind::Wal => m
+                        .location
+                        .as_ref()
+                        .strip_prefix(&wal_prefix)
+                        .filter(|rel| crate::repofile::wal::split_object_name(rel).is_some()),
+                    _ => (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())).then_some(name),
                 };
-                if ok {
+                if let Some(name) = name {
                     out.push(Listed { name: name.to_string(), size: m.size, modified: m.last_modified });
                 }
             }
@@ -282,8 +289,11 @@ fn remove_staging_under(root: &std::path::Path, older_than: Duration) -> Backend
             }
             let name = e.file_name().to_string_lossy().into_owned();
             let staging = name.split_once('#').is_some_and(|(base, n)| {
-                // Content-addressed names, and epoch files (8 digits).
-                let named = base.len() == 64 || (base.len() == 8 && base.bytes().all(|b| b.is_ascii_digit()));
+                // Content-addressed names, epoch files (8 digits) and WAL
+                // archive objects.
+                let named = base.len() == 64
+                    || (base.len() == 8 && base.bytes().all(|b| b.is_ascii_digit()))
+                    || crate::repofile::wal::WalFile::parse(base).is_some();
                 named && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
             });
             let old = md.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= older_than);

@@ -2,11 +2,12 @@
 //!
 //! Structure: every index file decrypts, every indexed pack exists with the
 //! size the index says, every snapshot's manifest and tree are readable and
-//! every blob they reference is indexed. `read_data`: each selected pack is
+//! every blob they reference is indexed, and so is every chunk of every
+//! archived WAL file. `read_data`: each selected pack is
 //! downloaded, its BLAKE3 checked against its name, its header opened and
 //! compared with the index, and every blob decrypted, decompressed and
 //! re-hashed. Damaged packs are named together with the snapshots and paths
-//! that lose data.
+//! that lose data, and the archived WAL files that do.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -52,8 +53,12 @@ pub struct CheckReport {
     pub damaged_packs: BTreeSet<Id>,
     /// Snapshot paths that depend on damaged or missing data.
     pub damaged_paths: BTreeSet<DamagedPath>,
+    /// Archived WAL files (`<stream>/<name>`) that depend on damaged or missing data.
+    pub damaged_wal: BTreeSet<String>,
     /// Snapshots checked.
     pub snapshots: usize,
+    /// Archived WAL files checked.
+    pub wal_files: usize,
     /// Packs read back.
     pub packs_read: usize,
     /// Blobs verified by read-back.
@@ -78,6 +83,7 @@ impl Repository {
         // commits meanwhile (its index file lands first) is not taken for
         // damage.
         let snapshot_list = self.backend.list(FileKind::Snapshot).await?;
+        let wal_list = self.wal_listings().await?;
         let marked = self.marked_packs().await?;
         // The keyring before the index: `prune --reencrypt` retires an epoch
         // only after no index file names a pack under it, so in this order a
@@ -238,8 +244,32 @@ impl Repository {
                 }
             }
         }
+        // Archived WAL files.
+        for (stream, l) in wal_list {
+            let obj = match self.read_wal(&stream, &l.name).await {
+                Ok(o) => o,
+                // Removed by WAL retention while we were checking.
+                Err(Error::WalNotFound { .. }) => continue,
+                Err(e) => {
+                    r.wal_files += 1;
+                    r.errors.push(format!("WAL file {stream}/{}: {e}", l.name));
+                    r.damaged_wal.insert(format!("{stream}/{}", l.name));
+                    continue;
+                }
+            };
+            r.wal_files += 1;
+            if let Some(c) = obj.chunks.iter().find(|c| !idx.contains(c)) {
+                r.errors.push(format!("WAL file {stream}/{}: data blob {} is in no index", l.name, c.short()));
+                r.damaged_wal.insert(format!("{stream}/{}", l.name));
+            } else if obj.chunks.iter().any(|c| bad_blobs.contains(c)) {
+                r.damaged_wal.insert(format!("{stream}/{}", l.name));
+            }
+        }
         for d in &r.damaged_paths {
             r.errors.push(format!("snapshot {} loses data at {}", d.snapshot.short(), d.path));
+        }
+        for w in &r.damaged_wal {
+            r.errors.push(format!("archived WAL file {w} loses data"));
         }
         Ok(r)
     }

@@ -11,3 +11,4 @@ pub mod read;
 pub mod repair;
 pub mod session;
 pub mod snapshot;
+pub mod wal;

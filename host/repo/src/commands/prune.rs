@@ -116,10 +116,26 @@ pub async fn read_markers(repo: &Repository) -> Result<Vec<(String, chrono::Date
     Ok(out)
 }
 
+/// What prune has read of the objects that reference blobs, so that its
+/// second phase reads only what appeared since the first.
+#[derive(Default)]
+struct UsedCache {
+    /// Snapshot id -> its tree and data blobs.
+    snapshots: HashMap<Id, Vec<Id>>,
+    /// WAL object name -> its chunks.
+    wal: HashMap<String, Vec<Id>>,
+}
+
 impl Repository {
-    /// Every blob referenced by a snapshot (tree and data), reading each
-    /// snapshot not already in `cache`.
-    async fn used_blobs(&self, cache: &mut HashMap<Id, Vec<Id>>) -> Result<HashSet<Id>> {
+    /// Every blob referenced by a snapshot (tree and data) or by an archived
+    /// WAL file, reading each object not already in `cache`.
+    async fn used_blobs(&self, cache: &mut UsedCache) -> Result<HashSet<Id>> {
+        let mut used = self.snapshot_blobs(&mut cache.snapshots).await?;
+        used.extend(self.wal_chunks(&mut cache.wal).await?);
+        Ok(used)
+    }
+
+    async fn snapshot_blobs(&self, cache: &mut HashMap<Id, Vec<Id>>) -> Result<HashSet<Id>> {
         let listed = self.backend.list(FileKind::Snapshot).await?;
         let mut used = HashSet::new();
         for l in listed {
@@ -154,7 +170,7 @@ impl Repository {
         let already_marked: HashSet<Id> = markers.iter().flat_map(|(_, _, m)| m.packs.iter().copied()).collect();
         let full = std::sync::Arc::new(MasterIndex::build(&files, &already_marked));
         *self.index.write().expect("index lock") = std::sync::Arc::clone(&full);
-        let mut snap_cache = HashMap::new();
+        let mut snap_cache = UsedCache::default();
         let used = self.used_blobs(&mut snap_cache).await?;
 
         // Phase 1: classify packs not yet marked.

@@ -12,13 +12,21 @@ use crate::chunker::ChunkerParams;
 use crate::crypto::Keys;
 use crate::id::Id;
 
-/// The format version this build writes and the highest it reads.
+/// The format version this build writes when it creates or opens a repository.
 ///
 /// Version 2 added key epochs (`epochs/`, pack trailer and index files that
 /// name the epoch). This build reads version 1 repositories too and raises
 /// their config to version 2 when it opens them with a key, because what it
 /// writes there is version 2 data that older builds would misread.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// The version a repository is raised to when it first archives WAL, and
+/// the highest this build reads.
+///
+/// Version 3 added the WAL archive (`wal/`). Builds that do not know it
+/// would not count archived WAL as a user of blobs, and their prune would
+/// delete it; so they must refuse such a repository.
+pub const WAL_FORMAT_VERSION: u32 = 3;
 /// The constant in `format`, to recognise a coffer repository.
 pub const FORMAT_NAME: &str = "coffer-repository";
 

@@ -8,6 +8,7 @@ pub mod keyfile;
 pub mod pack;
 pub mod snapshot;
 pub mod tree;
+pub mod wal;
 
 /// Associated data binding a sealed file to its kind, so one kind of file
 /// cannot be substituted for another.
@@ -22,4 +23,6 @@ pub mod aad {
     pub const PRUNE_MARKER: &[u8] = b"coffer prune marker v1";
     /// Backup session markers.
     pub const SESSION: &[u8] = b"coffer session v1";
+    /// WAL archive objects.
+    pub const WAL: &[u8] = b"coffer wal v1";
 }

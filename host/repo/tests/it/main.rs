@@ -10,3 +10,4 @@ mod retention;
 mod roundtrip;
 mod servers;
 mod support;
+mod wal;
