@@ -7,3 +7,4 @@ mod hostile;
 mod keys;
 mod redis;
 mod support;
+mod wal;

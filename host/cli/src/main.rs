@@ -115,6 +115,9 @@ pub enum Cmd {
     /// List and inspect plugins.
     #[command(subcommand)]
     Plugin(commands::plugin::PluginCmd),
+    /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list.
+    #[command(subcommand)]
+    Wal(commands::wal::WalCmd),
 }
 
 fn main() -> ExitCode {

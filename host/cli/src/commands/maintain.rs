@@ -1,5 +1,6 @@
-//! `coffer check`, `coffer forget`, `coffer prune`.
+//! `coffer check`, `coffer forget` (with WAL retention), `coffer prune`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -105,8 +106,9 @@ pub async fn check(g: &Global, args: CheckArgs) -> Result<u8> {
             println!("damaged: snapshot {} path {}", d.snapshot.short(), d.path);
         }
         println!(
-            "checked {} snapshots{}: {}",
+            "checked {} snapshots{}{}: {}",
             report.snapshots,
+            if report.wal_files > 0 { format!(" and {} archived WAL files", report.wal_files) } else { String::new() },
             if report.packs_read > 0 {
                 format!(", read back {} packs / {} blobs", report.packs_read, report.blobs_read)
             } else {
@@ -120,11 +122,13 @@ pub async fn check(g: &Global, args: CheckArgs) -> Result<u8> {
 
 pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
     let repo = super::open_repo(g).await?;
+    let mut forgotten: HashSet<coffer_repo::Id> = HashSet::new();
     if !args.snapshots.is_empty() {
         let mut ids = Vec::new();
         for s in &args.snapshots {
             ids.push(repo.resolve_snapshot(s).await?);
         }
+        forgotten.extend(ids.iter().copied());
         for id in &ids {
             if !args.dry_run {
                 repo.forget_snapshot(id).await?;
@@ -160,6 +164,7 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
             )));
         }
         let plans = repo.forget(&policy, args.dry_run).await?;
+        forgotten.extend(plans.iter().flat_map(|p| p.snapshots.iter()).filter(|d| !d.keep).map(|d| d.id));
         if g.json {
             print_json(&plans)?;
         } else {
@@ -183,6 +188,9 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
             }
         }
     }
+    // WAL retention follows the base backups that remain.
+    let retention = super::wal::apply_retention(&repo, &forgotten, args.dry_run).await?;
+    super::wal::print_retention(&retention, args.dry_run, g.json);
     if args.prune && !args.dry_run {
         return prune(g, PruneArgs { dry_run: false, grace: "0s".into(), max_unused: 0.2, reencrypt: false }).await;
     }

@@ -7,6 +7,7 @@ pub mod maintain;
 pub mod plugin;
 pub mod restore;
 pub mod snapshots;
+pub mod wal;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Prune(a) => maintain::prune(&g, a).await,
         Cmd::Key(k) => key::run(&g, k).await,
         Cmd::Plugin(p) => plugin::run(&g, p).await,
+        Cmd::Wal(w) => wal::run(&g, w).await,
     };
     match r {
         Ok(code) => ExitCode::from(code),

@@ -1,5 +1,6 @@
 //! `coffer restore` and `coffer verify`: both run the plugin that made the
 //! snapshot, with the config it stored (secrets redacted) under `--set`.
+//! For PostgreSQL base backups both also consult the WAL archive.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,6 +80,11 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
     let cancel = super::cancel_on_signal();
     let Stored { repo, id, manifest, plugin, mut job } =
         open_stored(g, &args.snapshot, args.plugin.as_deref(), &cancel, &args.cfg, &args.limits).await?;
+    // A point-in-time target is checked against the WAL archive before
+    // anything is written.
+    if manifest.plugin.name == super::wal::POSTGRES_PLUGIN {
+        super::wal::check_restore_target(&repo, &id, &manifest, &job.config).await?;
+    }
     let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
     let target = match &args.target {
         Some(t) => {
@@ -137,7 +143,7 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
 pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     // First, so that Ctrl-C at any point takes the clean path.
     let cancel = super::cancel_on_signal();
-    let Stored { repo, id, plugin, mut job, .. } =
+    let Stored { repo, id, manifest, plugin, mut job } =
         open_stored(g, &args.snapshot, args.plugin.as_deref(), &cancel, &args.cfg, &args.limits).await?;
     // The source is granted read-only when it still exists here, for the
     // drift report; a source that is gone is left out, not an error.
@@ -157,7 +163,17 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     let started = Instant::now();
     let r = plugin.verify(&repo, &id, &job.config, &opts).await;
     progress.finish();
-    let report = r.with_context(|| format!("verify of snapshot {} failed", id.short()))?;
+    let mut report = r.with_context(|| format!("verify of snapshot {} failed", id.short()))?;
+    // A PostgreSQL base backup also needs its WAL: the archive must hold what
+    // the snapshot lacks from its start to its stop, and gaps after the stop
+    // limit point-in-time recovery.
+    if manifest.plugin.name == super::wal::POSTGRES_PLUGIN {
+        let (problems, notes) = super::wal::verify_archive(&repo, &id, &manifest)
+            .await
+            .with_context(|| format!("checking the WAL archive for snapshot {}", id.short()))?;
+        report.problems.extend(problems);
+        report.notes.extend(notes);
+    }
     let took = started.elapsed();
     if g.json {
         print_json(&serde_json::json!({
