@@ -72,7 +72,7 @@ fn backup_refused(addr: &str, e: ServerError) -> Error {
 
 fn lsn_of(addr: &str, s: Option<&Option<String>>, what: &str) -> Result<Lsn, Error> {
     s.and_then(|v| v.as_deref())
-        .and_then(Lsn::parse)
+        .and_then(|t| Lsn::parse(t).ok())
         .ok_or_else(|| Error::Corrupt(format!("PostgreSQL at {addr} sent an unreadable {what} position")))
 }
 

@@ -6,88 +6,20 @@
 //! archive is listed without reading it and a second, different file under
 //! the same name is refused by a create-only write. Names are checked
 //! strictly ([`valid_stream`], [`WalFile::parse`]) before they reach storage.
-//! This module also holds the small pure functions of WAL positions: LSNs,
-//! segment numbers and segment names.
-
-use std::fmt;
-use std::str::FromStr;
+//! The grammar of WAL positions and file names is `coffer-pgwal`'s,
+//! re-exported here.
 
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 
-/// The segment size PostgreSQL uses unless `initdb --wal-segsize` changed it.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+pub use coffer_pgwal::{
+    DEFAULT_SEGMENT_SIZE, Lsn, TimelineSwitch, WalFile, parse_history, parse_segment_name, segment_name,
+    segments_per_log, valid_segment_size,
+};
 
 /// Longest stream name, in bytes.
 pub const MAX_STREAM_LEN: usize = 100;
-
-/// A WAL position: a 64-bit byte offset, written `HI/LO` in hex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
-
-impl Lsn {
-    /// Parses `HI/LO` (1 to 8 hex digits each, either case), as PostgreSQL
-    /// prints LSNs (`16/B374D848`).
-    pub fn parse(s: &str) -> Result<Lsn, String> {
-        let bad = || format!("{s:?} is not an LSN (expected two hex numbers such as 16/B374D848)");
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
-        let word = |p: &str| {
-            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            u32::from_str_radix(p, 16).ok()
-        };
-        let (hi, lo) = (word(hi).ok_or_else(bad)?, word(lo).ok_or_else(bad)?);
-        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
-    }
-
-    /// The number of the segment holding this position.
-    pub fn segno(self, segment_size: u64) -> u64 {
-        self.0 / segment_size.max(1)
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
-
-impl FromStr for Lsn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Lsn, String> {
-        Lsn::parse(s)
-    }
-}
-
-/// True for a segment size PostgreSQL allows: a power of two from 1 MiB to 1 GiB.
-pub fn valid_segment_size(segment_size: u64) -> bool {
-    segment_size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&segment_size)
-}
-
-/// Segments per "log", the middle 8 digits of a segment name.
-pub fn segments_per_log(segment_size: u64) -> u64 {
-    0x1_0000_0000 / segment_size.clamp(1, 0x1_0000_0000)
-}
-
-/// The file name of segment `segno` on `timeline`.
-pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
-    let per = segments_per_log(segment_size);
-    format!("{timeline:08X}{:08X}{:08X}", segno / per, segno % per)
-}
-
-/// Parses a segment file name into (timeline, segment number); `None` if it
-/// is not one, or names a segment that cannot exist with this segment size.
-pub fn parse_segment_name(name: &str, segment_size: u64) -> Option<(u32, u64)> {
-    match WalFile::parse(name)? {
-        WalFile::Segment { timeline, log, seg } => {
-            let per = segments_per_log(segment_size);
-            (u64::from(seg) < per).then(|| (timeline, u64::from(log) * per + u64::from(seg)))
-        }
-        _ => None,
-    }
-}
 
 /// Checks a stream name: 1 to [`MAX_STREAM_LEN`] ASCII letters, digits,
 /// `.`, `_` or `-`, not starting with `.` or `-`.
@@ -109,171 +41,6 @@ pub fn valid_stream(stream: &str) -> Result<(), String> {
 /// The stream name coffer uses for a PostgreSQL cluster: `pg-<system identifier>`.
 pub fn stream_for_system(system_identifier: u64) -> String {
     format!("pg-{system_identifier}")
-}
-
-/// What an archived WAL file is, parsed from its name. Names are upper-case
-/// hex, exactly as PostgreSQL writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WalFile {
-    /// A segment, `TTTTTTTTLLLLLLLLSSSSSSSS`: timeline, log, segment in log.
-    Segment {
-        /// Timeline.
-        timeline: u32,
-        /// The middle 8 digits.
-        log: u32,
-        /// The last 8 digits.
-        seg: u32,
-    },
-    /// The unfinished last segment of a timeline, `<segment>.partial`.
-    Partial {
-        /// Timeline.
-        timeline: u32,
-        /// The middle 8 digits.
-        log: u32,
-        /// The last 8 digits.
-        seg: u32,
-    },
-    /// A timeline history file, `TTTTTTTT.history`.
-    History {
-        /// The timeline it describes.
-        timeline: u32,
-    },
-    /// A backup history file, `<segment>.OOOOOOOO.backup` (the backup's start
-    /// segment and offset in it).
-    BackupHistory {
-        /// Timeline.
-        timeline: u32,
-        /// The middle 8 digits.
-        log: u32,
-        /// The last 8 digits.
-        seg: u32,
-        /// Start offset within the segment.
-        offset: u32,
-    },
-}
-
-fn hex8(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
-        u32::from_str_radix(s, 16).ok()
-    } else {
-        None
-    }
-}
-
-fn hex24(s: &str) -> Option<(u32, u32, u32)> {
-    if s.len() != 24 {
-        return None;
-    }
-    Some((hex8(s.get(..8)?)?, hex8(s.get(8..16)?)?, hex8(s.get(16..)?)?))
-}
-
-impl WalFile {
-    /// Parses an archived file's name; `None` for anything else.
-    pub fn parse(name: &str) -> Option<WalFile> {
-        if let Some((timeline, log, seg)) = hex24(name) {
-            return Some(WalFile::Segment { timeline, log, seg });
-        }
-        if let Some(base) = name.strip_suffix(".partial") {
-            let (timeline, log, seg) = hex24(base)?;
-            return Some(WalFile::Partial { timeline, log, seg });
-        }
-        if let Some(tli) = name.strip_suffix(".history") {
-            return Some(WalFile::History { timeline: hex8(tli)? });
-        }
-        if let Some(rest) = name.strip_suffix(".backup") {
-            let (base, offset) = rest.split_once('.')?;
-            let (timeline, log, seg) = hex24(base)?;
-            return Some(WalFile::BackupHistory { timeline, log, seg, offset: hex8(offset)? });
-        }
-        None
-    }
-
-    /// Checks a name, with a message naming what is accepted.
-    pub fn parse_checked(name: &str) -> Result<WalFile, String> {
-        WalFile::parse(name).ok_or_else(|| {
-            format!(
-                "{name:?} is not a WAL file name (a segment such as 000000010000000000000003, \
-                 00000002.history, 000000010000000000000003.00000028.backup or a .partial segment)"
-            )
-        })
-    }
-
-    /// The timeline.
-    pub fn timeline(&self) -> u32 {
-        match *self {
-            WalFile::Segment { timeline, .. }
-            | WalFile::Partial { timeline, .. }
-            | WalFile::History { timeline }
-            | WalFile::BackupHistory { timeline, .. } => timeline,
-        }
-    }
-
-    /// The (log, segment in log) position, for every kind but history files.
-    pub fn position(&self) -> Option<(u32, u32)> {
-        match *self {
-            WalFile::Segment { log, seg, .. }
-            | WalFile::Partial { log, seg, .. }
-            | WalFile::BackupHistory { log, seg, .. } => Some((log, seg)),
-            WalFile::History { .. } => None,
-        }
-    }
-
-    /// The segment number, for every kind but history files; `None` too if
-    /// the name cannot exist with this segment size.
-    pub fn segno(&self, segment_size: u64) -> Option<u64> {
-        let (log, seg) = self.position()?;
-        let per = segments_per_log(segment_size);
-        (u64::from(seg) < per).then(|| u64::from(log) * per + u64::from(seg))
-    }
-
-    /// True for a complete segment.
-    pub fn is_segment(&self) -> bool {
-        matches!(self, WalFile::Segment { .. })
-    }
-
-    /// The key that sorts files in WAL order: by timeline, the history file
-    /// first, then by position; at one position the segment, then backup
-    /// history files, then the partial segment. It is also the order of the
-    /// names as strings.
-    pub fn order_key(&self) -> (u32, u8, u32, u32, u8, u32) {
-        match *self {
-            WalFile::History { timeline } => (timeline, 0, 0, 0, 0, 0),
-            WalFile::Segment { timeline, log, seg } => (timeline, 1, log, seg, 0, 0),
-            WalFile::BackupHistory { timeline, log, seg, offset } => (timeline, 1, log, seg, 1, offset),
-            WalFile::Partial { timeline, log, seg } => (timeline, 1, log, seg, 2, 0),
-        }
-    }
-}
-
-/// One entry of a timeline history file: `parent` ended at `switch`, where
-/// its child began.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimelineSwitch {
-    /// The ancestor timeline.
-    pub parent: u32,
-    /// Where it ended.
-    pub switch: Lsn,
-}
-
-/// Parses a timeline history file (`<parent tli> <switch LSN> <reason>` per
-/// line; blank lines and `#` comments ignored). Entries are oldest first.
-pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split_whitespace();
-        let bad = || format!("line {}: expected `<timeline> <LSN> <reason>`, found {line:?}", n + 1);
-        let parent: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-        let switch = Lsn::parse(fields.next().ok_or_else(bad)?).map_err(|_| bad())?;
-        if out.last().is_some_and(|p: &TimelineSwitch| p.parent >= parent || p.switch > switch) {
-            return Err(format!("line {}: timelines must increase and switch points must not go back", n + 1));
-        }
-        out.push(TimelineSwitch { parent, switch });
-    }
-    Ok(out)
 }
 
 /// Where one chunk was stored when the file was pushed: lets a fetch read it
@@ -333,79 +100,6 @@ pub fn split_object_name(object: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
 
-    const MIB16: u64 = 16 * 1024 * 1024;
-
-    #[test]
-    fn lsns_parse_print_and_map_to_segments() {
-        let l = Lsn::parse("16/B374D848").unwrap();
-        assert_eq!(l.0, 0x16_B374_D848);
-        assert_eq!(l.to_string(), "16/B374D848");
-        assert_eq!(Lsn::parse("0/0").unwrap(), Lsn(0));
-        assert_eq!(Lsn::parse(" 1/a ").unwrap(), Lsn(0x1_0000_000A));
-        for bad in ["", "16", "16/", "/1", "1/2/3", "123456789/0", "g/0", "1 /2"] {
-            assert!(Lsn::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(l.segno(MIB16), 0x16B3);
-        assert_eq!(segment_name(1, l.segno(MIB16), MIB16), "0000000100000016000000B3");
-        assert_eq!(segment_name(1, Lsn::parse("0/3000028").unwrap().segno(MIB16), MIB16), "000000010000000000000003");
-        // 1 GiB segments: 4 per log.
-        assert_eq!(segment_name(2, 9, 1 << 30), "000000020000000200000001");
-        assert_eq!(segments_per_log(MIB16), 256);
-    }
-
-    #[test]
-    fn segment_names_round_trip_and_reject_impossible_ones() {
-        for segno in [0u64, 1, 255, 256, 0x16B3, 0xFFFF_FFFF] {
-            let n = segment_name(3, segno, MIB16);
-            assert_eq!(parse_segment_name(&n, MIB16), Some((3, segno)), "{n}");
-        }
-        // Segment 0x100 does not exist in a log of 256.
-        assert_eq!(parse_segment_name("000000010000000000000100", MIB16), None);
-        assert_eq!(parse_segment_name("000000010000000000000100", 1 << 20), Some((1, 0x100)));
-        assert_eq!(parse_segment_name("00000001000000000000000a", MIB16), None, "lower case");
-        assert_eq!(parse_segment_name("00000002.history", MIB16), None);
-        assert!(valid_segment_size(MIB16) && valid_segment_size(1 << 20) && valid_segment_size(1 << 30));
-        assert!(!valid_segment_size(3 << 20) && !valid_segment_size(1 << 19) && !valid_segment_size(1 << 31));
-    }
-
-    #[test]
-    fn wal_file_names_parse_and_sort_in_wal_order() {
-        let names = [
-            "000000010000000000000003",
-            "000000010000000000000003.00000028.backup",
-            "000000010000000000000004.partial",
-            "00000002.history",
-            "000000020000000000000004",
-            "000000020000000100000000",
-        ];
-        let files: Vec<WalFile> = names.iter().map(|n| WalFile::parse(n).unwrap()).collect();
-        assert_eq!(files[1], WalFile::BackupHistory { timeline: 1, log: 0, seg: 3, offset: 0x28 });
-        assert_eq!(files[3], WalFile::History { timeline: 2 });
-        let mut shuffled = files.clone();
-        shuffled.reverse();
-        shuffled.sort_by_key(WalFile::order_key);
-        assert_eq!(shuffled, files);
-        let mut sorted = names.to_vec();
-        sorted.sort();
-        assert_eq!(sorted, names, "string order is WAL order");
-        for bad in [
-            "",
-            "00000001000000000000000",
-            "0000000100000000000000030",
-            "00000001000000000000000g",
-            "000000010000000000000003.backup",
-            "00000002.History",
-            "0000002.history",
-            "000000010000000000000003.partial.partial",
-            "../00000002.history",
-            "000000010000000000000003#1",
-        ] {
-            assert!(WalFile::parse(bad).is_none(), "{bad}");
-        }
-        assert_eq!(files[5].segno(MIB16), Some(256));
-        assert_eq!(files[3].segno(MIB16), None);
-    }
-
     #[test]
     fn stream_names_are_checked() {
         assert!(valid_stream("pg-7283947561234567890").is_ok());
@@ -417,21 +111,5 @@ mod tests {
         assert_eq!(split_object_name("pg-1/00000002.history"), Some(("pg-1", "00000002.history")));
         assert_eq!(split_object_name("pg-1/00000002.history#3"), None);
         assert_eq!(split_object_name("pg-1"), None);
-    }
-
-    #[test]
-    fn history_files_parse() {
-        let h = "1\t0/3000060\tno recovery target specified\n\n# comment\n2\t0/5000000\tat restore point \"x\"\n";
-        let e = parse_history(h).unwrap();
-        assert_eq!(
-            e,
-            vec![
-                TimelineSwitch { parent: 1, switch: Lsn(0x300_0060) },
-                TimelineSwitch { parent: 2, switch: Lsn(0x500_0000) }
-            ]
-        );
-        assert!(parse_history("x 0/1 r").is_err());
-        assert!(parse_history("2 0/5 r\n1 0/6 r").is_err());
-        assert_eq!(parse_history("").unwrap(), vec![]);
     }
 }
