@@ -5,7 +5,7 @@
 //! `BASE_BACKUP`.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 
 use bytes::BytesMut;
 use coffer_sdk::Error;
@@ -55,25 +55,7 @@ impl Target {
 
     /// `host:port`, for messages and grants.
     pub fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn socket_addr(&self) -> Result<SocketAddr, Error> {
-        let ip: IpAddr = if self.host.eq_ignore_ascii_case("localhost") {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            self.host.parse().map_err(|_| {
-                Error::InvalidConfig(format!(
-                    "url: `{}` is a host name; plugins cannot look names up, give its IP address",
-                    self.host
-                ))
-            })?
-        };
-        Ok(SocketAddr::new(ip, self.port))
+        coffer_sdk::net::host_port(&self.host, self.port)
     }
 }
 
@@ -151,15 +133,7 @@ impl Conn {
     /// Connects and logs in in physical-replication mode.
     pub fn open(t: &Target) -> Result<Conn, Error> {
         let addr = t.addr();
-        let sa = t.socket_addr()?;
-        let stream = TcpStream::connect(sa).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => Error::AccessDenied(format!(
-                "connecting to PostgreSQL at {addr} was refused by the sandbox: the address is not granted (give it \
-                 in --set url=...)"
-            )),
-            _ => Error::Unavailable(format!("PostgreSQL at {addr} cannot be reached: {e}")),
-        })?;
-        let _ = stream.set_nodelay(true);
+        let stream = coffer_sdk::net::connect("PostgreSQL", &t.host, t.port)?;
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK * 2),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 
 use coffer_sdk::Error;
 use redis_protocol::resp2::types::OwnedFrame;
@@ -54,25 +54,7 @@ impl Target {
 
     /// `host:port`, for messages and grants.
     pub fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn socket_addr(&self) -> Result<SocketAddr, Error> {
-        let ip: IpAddr = if self.host.eq_ignore_ascii_case("localhost") {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            self.host.parse().map_err(|_| {
-                Error::InvalidConfig(format!(
-                    "url: `{}` is a host name; plugins cannot look names up, give its IP address",
-                    self.host
-                ))
-            })?
-        };
-        Ok(SocketAddr::new(ip, self.port))
+        coffer_sdk::net::host_port(&self.host, self.port)
     }
 }
 
@@ -129,14 +111,7 @@ impl Conn {
     /// their own message.
     pub fn open(t: &Target) -> Result<Conn, Error> {
         let addr = t.addr();
-        let sa = t.socket_addr()?;
-        let stream = TcpStream::connect(sa).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => Error::AccessDenied(format!(
-                "connecting to Redis at {addr}: the address was not granted to this plugin (give it as --set url=...)"
-            )),
-            _ => Error::Unavailable(format!("cannot connect to Redis at {addr}: {e}")),
-        })?;
-        let _ = stream.set_nodelay(true);
+        let stream = coffer_sdk::net::connect("Redis", &t.host, t.port)?;
         let mut c = Conn { stream, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), addr };
         if let Some(pw) = &t.password {
             let r = match &t.user {
@@ -326,6 +301,6 @@ mod tests {
         assert!(matches!(Target::parse("rediss://x", None, None), Err(Error::Unsupported(_))));
         assert!(format!("{t:?}").find("pw").is_none(), "Debug never shows the password");
         let named = Target::parse("redis://cache.internal:6379", None, None).unwrap();
-        assert!(named.socket_addr().unwrap_err().to_string().contains("IP address"));
+        assert!(coffer_sdk::net::socket_addr(&named.host, named.port).unwrap_err().to_string().contains("IP address"));
     }
 }
