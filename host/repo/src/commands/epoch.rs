@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::backend::{BackendError, FileKind, PutMode};
 use crate::commands::session::live_sessions;
-use crate::crypto::Keyring;
+use crate::crypto::{DataKey, Keyring};
 use crate::error::{Error, Result};
 use crate::repofile::epoch::{self, EpochFile};
 use crate::repository::Repository;
@@ -24,6 +24,23 @@ use crate::repository::Repository;
 /// A backup session that began up to this long after an epoch was created
 /// may still have read the keyring before it (clock skew between hosts).
 const SKEW_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+
+/// The key new data is sealed under (the current epoch's). Refused while
+/// the newest epoch's file is damaged: falling back to an older key would
+/// seal new data under a key the operator rotated away from.
+pub(crate) fn writable_key(keyring: &Keyring) -> Result<DataKey> {
+    let newest = keyring.highest_number();
+    if let Some(reason) = keyring.unreadable_reason(newest) {
+        return Err(Error::Corrupt {
+            object: FileKind::Epoch.path(&epoch::name(newest)),
+            reason: format!("the current key epoch's file is damaged: {reason}"),
+            hint: "; restore it from a copy of the repository, or run `coffer key rotate` to start a new epoch for \
+                   new data"
+                .into(),
+        });
+    }
+    Ok(keyring.current().clone())
+}
 
 /// One key epoch as listed by `coffer key list`.
 #[derive(Debug, Clone, Serialize)]

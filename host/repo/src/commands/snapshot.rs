@@ -183,16 +183,7 @@ impl Repository {
             // epoch retired later is never one this backup writes under
             // (see `Repository::retire_epochs`).
             let keyring = self.load_keyring().await?;
-            let newest = keyring.highest_number();
-            if let Some(reason) = keyring.unreadable_reason(newest) {
-                return Err(Error::Corrupt {
-                    object: FileKind::Epoch.path(&crate::repofile::epoch::name(newest)),
-                    reason: format!("the current key epoch's file is damaged: {reason}"),
-                    hint: "; restore it from a copy of the repository, or run `coffer key rotate` to start a new \
-                           epoch for new backups"
-                        .into(),
-                });
-            }
+            let data_key = crate::commands::epoch::writable_key(&keyring)?;
             let index = self.load_index().await?;
             let parent: Option<HashMap<String, Entry>> = match opts.parent {
                 Some(pid) => {
@@ -201,7 +192,7 @@ impl Repository {
                 }
                 None => None,
             };
-            Ok::<_, Error>((keyring.current().clone(), index, parent))
+            Ok::<_, Error>((data_key, index, parent))
         }
         .await;
         let (data_key, index, parent) = match loaded {

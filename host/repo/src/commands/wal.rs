@@ -256,16 +256,7 @@ impl Repository {
         digest: &str,
         report: &mut WalPushReport,
     ) -> Result<()> {
-        let keyring = self.load_keyring().await?;
-        let newest = keyring.highest_number();
-        if let Some(reason) = keyring.unreadable_reason(newest) {
-            return Err(Error::Corrupt {
-                object: FileKind::Epoch.path(&crate::repofile::epoch::name(newest)),
-                reason: format!("the current key epoch's file is damaged: {reason}"),
-                hint: "; restore it from a copy of the repository, or run `coffer key rotate`".into(),
-            });
-        }
-        let key = keyring.current().clone();
+        let key = crate::commands::epoch::writable_key(&*self.load_keyring().await?)?;
         let epoch = key.epoch();
         let index = self.load_index().await?;
         let saver =
