@@ -510,21 +510,28 @@ async fn upgrade_config(backend: &DynBackend, mut config: RepoConfig, keys: &Key
         return config;
     }
     let old = config.version;
-    config.version = FORMAT_VERSION;
-    config.sign(keys);
-    let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-    match backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await {
-        Ok(()) => {
-            tracing::info!(from = old, to = FORMAT_VERSION, "repository format version raised");
-            config
-        }
-        Err(e) => {
-            tracing::warn!("could not raise the repository format version from {old} to {FORMAT_VERSION}: {e}");
-            config.version = old;
-            config.sign(keys);
-            config
-        }
+    if let Err(e) = raise_config(backend, &mut config, keys, FORMAT_VERSION).await {
+        tracing::warn!("could not raise the repository format version from {old} to {FORMAT_VERSION}: {e}");
+        config.version = old;
+        config.sign(keys);
     }
+    config
+}
+
+/// Stores `config` raised to format `version`, signed.
+async fn raise_config(
+    backend: &DynBackend,
+    config: &mut RepoConfig,
+    keys: &Keys,
+    version: u32,
+) -> std::result::Result<(), crate::backend::BackendError> {
+    let old = config.version;
+    config.version = version;
+    config.sign(keys);
+    let body = serde_json::to_vec_pretty(config).expect("config serializes");
+    backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await?;
+    tracing::info!(from = old, to = version, "repository format version raised");
+    Ok(())
 }
 
 impl Repository {
@@ -547,17 +554,12 @@ impl Repository {
             ));
         }
         let old = current.version;
-        current.version = version;
-        current.sign(&self.keys);
-        let body = serde_json::to_vec_pretty(&current).expect("config serializes");
-        self.backend.put(FileKind::Config, "config", Bytes::from(body), PutMode::Overwrite).await.map_err(|e| {
+        raise_config(&self.backend, &mut current, &self.keys, version).await.map_err(|e| {
             Error::Invalid(format!(
                 "the repository's format version must be raised from {old} to {version} first, and the config \
                  could not be rewritten ({e}); nothing was written"
             ))
-        })?;
-        tracing::info!(from = old, to = version, "repository format version raised");
-        Ok(())
+        })
     }
 }
 
