@@ -654,50 +654,34 @@ pub async fn verify_archive(
 /// followed by an optional zone (`Z`, `UTC`, `GMT`, `+HH`, `+HH:MM`,
 /// `+HHMM`, with or without a space before it). No zone means UTC.
 pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    use chrono::{NaiveDateTime, TimeZone, Utc};
+    use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
     let t = s.trim();
-    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Ok(d.with_timezone(&Utc));
     }
-    let bad = || {
-        format!("{s:?} is not a time: use RFC 3339 (2026-05-01T12:00:00Z) or YYYY-MM-DD HH:MM:SS with an optional zone")
+    // `T` or a space between date and time.
+    let t = match t.get(10..11) {
+        Some("T") => format!("{} {}", &t[..10], &t[11..]),
+        _ => t.to_string(),
     };
-    let head = t.get(..19).ok_or_else(bad)?;
-    let naive = NaiveDateTime::parse_from_str(&head.replacen('T', " ", 1), "%Y-%m-%d %H:%M:%S").map_err(|_| bad())?;
-    let mut rest = &t[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 9 {
-            return Err(bad());
+    // No zone, or UTC by name.
+    for zone in ["", "Z", "z", "UTC", "GMT"] {
+        if let Some(Ok(n)) =
+            t.strip_suffix(zone).map(|body| NaiveDateTime::parse_from_str(body.trim_end(), "%Y-%m-%d %H:%M:%S%.f"))
+        {
+            return Ok(Utc.from_utc_datetime(&n));
         }
-        nanos = frac[..digits].parse::<u32>().map_err(|_| bad())? * 10u32.pow(9 - digits as u32);
-        rest = &frac[digits..];
     }
-    let zone = rest.trim();
-    let offset_secs: i32 = match zone {
-        "" | "Z" | "z" | "UTC" | "GMT" => 0,
-        z => {
-            let (sign, body) = match z.as_bytes().first() {
-                Some(b'+') => (1, &z[1..]),
-                Some(b'-') => (-1, &z[1..]),
-                _ => return Err(format!("{s:?}: unknown time zone {z:?} (use UTC or an offset such as +02:00)")),
-            };
-            let digits: String = body.chars().filter(|c| *c != ':').collect();
-            if !digits.bytes().all(|b| b.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) || body.len() > 5 {
-                return Err(format!("{s:?}: unknown time zone {z:?} (use UTC or an offset such as +02:00)"));
-            }
-            let h: i32 = digits[..2].parse().map_err(|_| bad())?;
-            let m: i32 = if digits.len() == 4 { digits[2..].parse().map_err(|_| bad())? } else { 0 };
-            if h > 15 || m > 59 {
-                return Err(format!("{s:?}: time zone offset {z:?} is out of range"));
-            }
-            sign * (h * 3600 + m * 60)
+    // A numeric offset (`+02`, `+0200`, `+02:00`), with or without a space.
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f %#z"] {
+        if let Ok(d) = DateTime::parse_from_str(&t, format) {
+            return Ok(d.with_timezone(&Utc));
         }
-    };
-    let naive = naive.with_nanosecond(nanos).ok_or_else(bad)?;
-    let utc = Utc.from_utc_datetime(&naive) - chrono::Duration::seconds(i64::from(offset_secs));
-    Ok(utc)
+    }
+    Err(format!(
+        "{s:?} is not a time: use RFC 3339 (2026-05-01T12:00:00Z) or YYYY-MM-DD HH:MM:SS with UTC or an offset such \
+         as +02:00"
+    ))
 }
 
 /// Checks a point-in-time restore target of a `postgres` snapshot against
