@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use chrono::Timelike;
 use clap::{Args, Subcommand};
 use coffer_repo::repofile::wal::{DEFAULT_SEGMENT_SIZE, stream_for_system, valid_segment_size, valid_stream};
 use coffer_repo::{Id, Lsn, Repository, SnapshotManifest, WalCoverage, WalFile};
