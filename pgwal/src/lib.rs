@@ -251,9 +251,168 @@ pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>, String> {
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------
+// WAL page headers
+
+/// The long header of a WAL segment's first page (the fields coffer reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongPageHeader {
+    /// Format magic (changes with PostgreSQL major versions).
+    pub magic: u16,
+    /// Flag bits; `XLP_LONG_HEADER` is set on a segment's first page.
+    pub info: u16,
+    /// Timeline of the page's first record.
+    pub timeline: u32,
+    /// WAL position of the page.
+    pub pageaddr: u64,
+    /// The cluster's system identifier.
+    pub system_identifier: u64,
+    /// Segment size in bytes.
+    pub segment_size: u32,
+    /// WAL block size in bytes.
+    pub block_size: u32,
+}
+
+/// `XLP_LONG_HEADER`: the page starts with the long header.
+pub const XLP_LONG_HEADER: u16 = 0x0002;
+/// Bytes of the long header read here: standard header (20, padded to 24),
+/// system identifier u64 at 24, segment size u32 at 32, block size u32 at 36.
+const LONG_HEADER_LEN: usize = 40;
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads and sanity-checks the long page header at the start of a segment.
+pub fn parse_long_header(data: &[u8]) -> Result<LongPageHeader, String> {
+    if data.len() < LONG_HEADER_LEN {
+        return Err(format!("it has {} bytes, too few for a WAL page header", data.len()));
+    }
+    let h = LongPageHeader {
+        magic: le_u16(data, 0),
+        info: le_u16(data, 2),
+        timeline: le_u32(data, 4),
+        pageaddr: le_u64(data, 8),
+        system_identifier: le_u64(data, 24),
+        segment_size: le_u32(data, 32),
+        block_size: le_u32(data, 36),
+    };
+    if h.info & XLP_LONG_HEADER == 0 {
+        return Err("its first page has no long header (not a WAL segment, or a recycled one)".into());
+    }
+    if !valid_segment_size(u64::from(h.segment_size)) {
+        return Err(format!(
+            "its header gives a segment size of {} bytes, which PostgreSQL never uses",
+            h.segment_size
+        ));
+    }
+    if !h.block_size.is_power_of_two() || !(1024..=65536).contains(&h.block_size) {
+        return Err(format!(
+            "its header gives a WAL block size of {} bytes, which PostgreSQL never uses",
+            h.block_size
+        ));
+    }
+    if h.system_identifier == 0 {
+        return Err("its header carries no system identifier".into());
+    }
+    Ok(h)
+}
+
+// ---------------------------------------------------------------------------
+// Recovery target times
+
+/// Parses a recovery target time: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.frac]`
+/// followed by an optional zone (`Z`, `UTC`, `GMT`, `+HH`, `+HH:MM`,
+/// `+HHMM`, with or without a space before it). No zone means UTC.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+    let t = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    // `T` or a space between date and time.
+    let t = match t.get(10..11) {
+        Some("T") => format!("{} {}", &t[..10], &t[11..]),
+        _ => t.to_string(),
+    };
+    // No zone, or UTC by name.
+    for zone in ["", "Z", "z", "UTC", "GMT"] {
+        if let Some(Ok(n)) =
+            t.strip_suffix(zone).map(|body| NaiveDateTime::parse_from_str(body.trim_end(), "%Y-%m-%d %H:%M:%S%.f"))
+        {
+            return Ok(Utc.from_utc_datetime(&n));
+        }
+    }
+    // A numeric offset (`+02`, `+0200`, `+02:00`), with or without a space.
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f %#z"] {
+        if let Ok(d) = DateTime::parse_from_str(&t, format) {
+            return Ok(d.with_timezone(&Utc));
+        }
+    }
+    Err(format!(
+        "{s:?} is not a time: use RFC 3339 (2026-05-01T12:00:00Z) or YYYY-MM-DD HH:MM:SS with UTC or an offset such \
+         as +02:00"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SEG: u64 = 16 * 1024 * 1024;
+
+    fn header(sysid: u64, pageaddr: u64, seg_size: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 8192];
+        h[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        h[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[8..16].copy_from_slice(&pageaddr.to_le_bytes());
+        h[24..32].copy_from_slice(&sysid.to_le_bytes());
+        h[32..36].copy_from_slice(&seg_size.to_le_bytes());
+        h[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn the_long_page_header_gives_the_system_identifier() {
+        let h = parse_long_header(&header(7_283_947_561_234_567_890, 0x300_0000, SEG as u32)).unwrap();
+        assert_eq!(h.system_identifier, 7_283_947_561_234_567_890);
+        assert_eq!((h.pageaddr, h.segment_size, h.block_size, h.timeline), (0x300_0000, SEG as u32, 8192, 1));
+        assert!(parse_long_header(&[0u8; 10]).unwrap_err().contains("too few"));
+        let mut no_long = header(1, 0, SEG as u32);
+        no_long[2] = 0;
+        assert!(parse_long_header(&no_long).unwrap_err().contains("no long header"));
+        assert!(parse_long_header(&header(1, 0, 12345)).unwrap_err().contains("segment size"));
+        assert!(parse_long_header(&header(0, 0, SEG as u32)).unwrap_err().contains("no system identifier"));
+    }
+
+    #[test]
+    fn target_times_parse_in_the_accepted_forms() {
+        let want = parse_time("2026-05-01T10:00:00Z").unwrap();
+        for s in [
+            "2026-05-01T12:00:00+02:00",
+            "2026-05-01 10:00:00",
+            "2026-05-01 10:00:00 UTC",
+            "2026-05-01 12:00:00+02",
+            "2026-05-01 12:00:00 +0200",
+            "2026-05-01 07:30:00-02:30",
+            "2026-05-01 10:00:00.000000+00",
+        ] {
+            assert_eq!(parse_time(s).unwrap(), want, "{s}");
+        }
+        assert_eq!(parse_time("2026-05-01 10:00:00.25").unwrap(), want + chrono::Duration::milliseconds(250));
+        for bad in
+            ["", "yesterday", "2026-05-01", "2026-13-01 10:00:00", "2026-05-01 10:00:00 CEST", "2026-05-01 10:00:00+2"]
+        {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
 
     const MIB16: u64 = 16 * 1024 * 1024;
 

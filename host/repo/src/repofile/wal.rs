@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::id::Id;
 
 pub use coffer_pgwal::{
-    DEFAULT_SEGMENT_SIZE, Lsn, TimelineSwitch, WalFile, parse_history, parse_segment_name, segment_name,
-    segments_per_log, valid_segment_size,
+    DEFAULT_SEGMENT_SIZE, LongPageHeader, Lsn, TimelineSwitch, WalFile, XLP_LONG_HEADER, parse_history,
+    parse_long_header, parse_segment_name, parse_time, segment_name, segments_per_log, valid_segment_size,
 };
 
 /// Longest stream name, in bytes.
