@@ -5,6 +5,7 @@
 mod cli;
 mod hostile;
 mod keys;
+mod postgres;
 mod redis;
 mod support;
 mod wal;

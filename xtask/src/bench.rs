@@ -6,7 +6,8 @@
 //! `bench_repo` example so each phase's peak RSS is its own (then a key
 //! rotation with re-encryption of every pack), and prints a
 //! table. `redis`: the redis plugin against `redis-cli --rdb` and a
-//! restart on the RDB (see `bench_redis`). `primitives`: the criterion
+//! restart on the RDB (see `bench_redis`). `postgres`: the postgres plugin
+//! against `pg_basebackup` and pgBackRest (see `bench_postgres`). `primitives`: the criterion
 //! micro-benchmarks.
 
 use std::path::{Path, PathBuf};
@@ -22,10 +23,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("repo") => repo(&args[1..]),
         Some("runtime") => runtime(),
         Some("redis") => crate::bench_redis::run(&args[1..]),
+        Some("postgres") => crate::bench_postgres::run(&args[1..]),
         Some("primitives") => {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
-        _ => bail!("usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | primitives"),
+        _ => bail!(
+            "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | postgres [--scale N] \
+             [--runs N] | primitives"
+        ),
     }
 }
 

@@ -32,12 +32,15 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 /// Whether `apt-get update` already ran in this process.
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the servers the integration tests run against (Redis from
-/// Debian; SeaweedFS, fake-gcs-server, Azurite) unless they are present.
+/// Installs the servers the integration tests run against (Redis and
+/// PostgreSQL from Debian; SeaweedFS, fake-gcs-server, Azurite) unless they are present.
 pub fn ensure_test_deps() -> Result<()> {
     // Redis 7.0 for the redis plugin's tests (redis-server, and
     // redis-check-rdb / redis-cli from the same packages).
     ensure_debian_packages(&["redis-server", "redis-tools"])?;
+    // PostgreSQL 15 for the postgres plugin's tests: initdb, pg_ctl,
+    // postgres, psql and pgbench under /usr/lib/postgresql/15/bin.
+    ensure_debian_packages(&["postgresql"])?;
     ensure_seaweedfs()?;
     ensure_fake_gcs()?;
     ensure_azurite()?;

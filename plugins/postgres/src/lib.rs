@@ -449,7 +449,7 @@ impl Plugin for Postgres {
             &m,
             &stored,
             |p| Ok(Box::new(snapshot.open(p)?) as Box<dyn Read>),
-            verify::expected_extra_in_snapshot,
+            verify::Compared::Snapshot,
             "",
             &mut report,
             |d| {
@@ -475,7 +475,7 @@ impl Plugin for Postgres {
                         &m,
                         &files,
                         |p| Ok(Box::new(fs::File::open(format!("{d}/{p}")).map_err(Error::from)?) as Box<dyn Read>),
-                        verify::ignored_in_data_dir,
+                        verify::Compared::DataDir,
                         &prefix,
                         &mut report,
                         |_| host::check_cancelled(),

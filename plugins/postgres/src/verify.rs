@@ -13,30 +13,47 @@ use crate::manifest::{Manifest, Summer};
 /// Copy buffer for checksums.
 pub const BUF: usize = 1 << 20;
 
-/// Files `pg_verifybackup` leaves out of a data directory's comparison: the
-/// manifest itself, the WAL directory (checked on its own), and files a
-/// restore or a standby set-up is expected to add or change.
-pub fn ignored_in_data_dir(path: &str) -> bool {
-    matches!(path, "backup_manifest" | "postgresql.auto.conf" | "recovery.signal" | "standby.signal" | "pg_wal")
-        || path.starts_with("pg_wal/")
+/// What [`check_files`] compares with the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compared {
+    /// The files a snapshot stores: exactly what the server sent, so every
+    /// listed file is checked; the manifest and the WAL may be there unlisted.
+    Snapshot,
+    /// A restored data directory: like `pg_verifybackup`, the manifest, the
+    /// WAL directory (checked on its own) and the files a restore or a
+    /// standby set-up adds or changes are left out altogether.
+    DataDir,
 }
 
-/// Files a stored snapshot holds besides those the manifest lists.
-pub fn expected_extra_in_snapshot(path: &str) -> bool {
-    path == "backup_manifest" || path == "pg_wal" || path.starts_with("pg_wal/")
+impl Compared {
+    /// Whether `path` may be present without the manifest listing it.
+    fn may_be_unlisted(self, path: &str) -> bool {
+        match self {
+            Compared::Snapshot => path == "backup_manifest" || path == "pg_wal" || path.starts_with("pg_wal/"),
+            Compared::DataDir => self.left_out(path),
+        }
+    }
+
+    /// Whether a listed `path` is left out of the comparison.
+    fn left_out(self, path: &str) -> bool {
+        self == Compared::DataDir
+            && (matches!(path, "backup_manifest" | "postgresql.auto.conf" | "recovery.signal" | "standby.signal")
+                || path == "pg_wal"
+                || path.starts_with("pg_wal/"))
+    }
 }
 
 /// Compares `files` (path → size of every regular file present) with the
 /// manifest: missing, extra and wrong-sized files, then the checksum of
 /// each file the manifest lists, read through `open`. Problem paths are
-/// prefixed with `prefix`. `skip_extra` names paths that may be present
-/// without being listed. `progress` gets the bytes read so far before each
+/// prefixed with `prefix`. `what` says which files may be unlisted and
+/// which are left out. `progress` gets the bytes read so far before each
 /// file; its error (a cancel) ends the check.
 pub fn check_files(
     m: &Manifest,
     files: &BTreeMap<String, u64>,
     mut open: impl FnMut(&str) -> Result<Box<dyn Read + '_>, Error>,
-    skip_extra: impl Fn(&str) -> bool,
+    what: Compared,
     prefix: &str,
     report: &mut VerifyReport,
     mut progress: impl FnMut(u64) -> Result<(), Error>,
@@ -44,12 +61,12 @@ pub fn check_files(
     let mut buf = vec![0u8; BUF];
     let listed: BTreeMap<&str, &crate::manifest::ManifestFile> = m.files.iter().map(|f| (f.path.as_str(), f)).collect();
     for (path, size) in files {
-        if !listed.contains_key(path.as_str()) && !skip_extra(path) {
+        if !listed.contains_key(path.as_str()) && !what.may_be_unlisted(path) {
             report.problem(format!("{prefix}{path}"), format!("present ({size} bytes) but not in the backup manifest"));
         }
     }
     let mut done = 0u64;
-    for f in &m.files {
+    for f in m.files.iter().filter(|f| !what.left_out(&f.path)) {
         progress(done)?;
         let Some(&size) = files.get(&f.path) else {
             report.problem(format!("{prefix}{}", f.path), format!("missing (the manifest lists {} bytes)", f.size));
@@ -272,7 +289,7 @@ mod tests {
                 "PG_VERSION" => Ok(Box::new(std::io::Cursor::new(version.clone()))),
                 _ => Ok(Box::new(std::io::Cursor::new(flipped.clone()))),
             },
-            expected_extra_in_snapshot,
+            Compared::Snapshot,
             "",
             &mut report,
             |_| Ok(()),
@@ -285,5 +302,30 @@ mod tests {
         assert!(!by_path.contains_key("pg_wal/000000010000000000000002"));
         assert!(by_path["backup_label"].starts_with("missing"));
         assert_eq!(report.problems.len(), 2 + m.files.len() - 2, "every other listed file is missing");
+    }
+
+    #[test]
+    fn a_restored_directory_may_change_what_a_restore_writes() {
+        let m = Manifest::parse(
+            &std::fs::read(format!("{}/testdata/backup_manifest", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+        )
+        .unwrap();
+        // Every listed file present with a wrong size, plus the files a
+        // restore adds: only the listed files outside the left-out set count.
+        let mut files: BTreeMap<String, u64> = m.files.iter().map(|f| (f.path.clone(), f.size + 1)).collect();
+        files.insert("recovery.signal".into(), 0);
+        files.insert("pg_wal/000000010000000000000009".into(), 16 << 20);
+        let mut report = VerifyReport::default();
+        check_files(&m, &files, |_| Ok(Box::new(std::io::empty())), Compared::DataDir, "/d/", &mut report, |_| Ok(()))
+            .unwrap();
+        let paths: Vec<&str> = report.problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(!paths.contains(&"/d/postgresql.auto.conf"), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.starts_with("/d/pg_wal/")), "{paths:?}");
+        assert!(!paths.contains(&"/d/recovery.signal"));
+        assert!(paths.contains(&"/d/PG_VERSION"));
+        let left_out =
+            m.files.iter().filter(|f| f.path == "postgresql.auto.conf" || f.path.starts_with("pg_wal/")).count();
+        assert_eq!(left_out, 2, "the test manifest lists both");
+        assert_eq!(paths.len(), m.files.len() - left_out);
     }
 }

@@ -84,6 +84,22 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
     // anything is written.
     if manifest.plugin.name == super::wal::POSTGRES_PLUGIN {
         super::wal::check_restore_target(&repo, &id, &manifest, &job.config).await?;
+        if let Some(obj) = job.config.as_object_mut()
+            && obj.get("restore_command").is_none_or(|v| v.as_str().is_none_or(|s| s.trim().is_empty()))
+        {
+            let (cmd, warning) = super::wal::default_restore_command(g, &manifest)?;
+            let targeted = ["to_time", "to_lsn", "to_xid"].iter().any(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
+                || obj.get("to_end").and_then(|v| v.as_bool()).unwrap_or(false);
+            if let Some(w) = warning
+                && targeted
+            {
+                eprintln!("warning: {w}");
+            }
+            obj.insert("restore_command".into(), serde_json::Value::String(cmd));
+        }
+        if let Some(t) = &args.target {
+            super::wal::private_target(t)?;
+        }
     }
     let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
     let target = match &args.target {

@@ -677,6 +677,108 @@ pub async fn check_restore_target(
     Ok(())
 }
 
+/// A word quoted for `/bin/sh`, which PostgreSQL runs `restore_command` with.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+".contains(&b)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Repository option keys whose values are credentials, which must not be
+/// written into a data directory's configuration.
+fn secret_option(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "key", "token", "password", "credential", "sas"].iter().any(|w| k.contains(w))
+}
+
+/// The `restore_command` a point-in-time restore of snapshot `m` writes
+/// when the operator gave none: this `coffer` binary fetching from this
+/// repository and stream, with the same password file. Returns the command
+/// and, when something has to come from the server's environment instead,
+/// a warning saying what.
+pub fn default_restore_command(g: &Global, m: &SnapshotManifest) -> Result<(String, Option<String>)> {
+    let exe = std::env::current_exe().context("finding the coffer binary for restore_command")?;
+    let mut words = vec![sh_quote(&exe.to_string_lossy())];
+    let mut missing = Vec::new();
+    match &g.repo {
+        Some(r) => {
+            // PostgreSQL runs the command in the data directory: a relative
+            // repository path must be made absolute.
+            let r = if r.contains("://") {
+                r.clone()
+            } else {
+                std::path::absolute(r).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| r.clone())
+            };
+            words.push("--repo".into());
+            words.push(sh_quote(&r));
+        }
+        None => missing.push("COFFER_REPO"),
+    }
+    match &g.password_file {
+        Some(f) => {
+            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            words.push("--password-file".into());
+            words.push(sh_quote(&f.to_string_lossy()));
+        }
+        None => missing.push("COFFER_PASSWORD_FILE"),
+    }
+    let mut secret_opts = false;
+    for kv in &g.repo_options {
+        match kv.split_once('=') {
+            Some((k, _)) if secret_option(k) => secret_opts = true,
+            _ => {
+                words.push("--repo-option".into());
+                words.push(sh_quote(kv));
+            }
+        }
+    }
+    if let Ok(b) = base_backup(m) {
+        words.push("--quiet".into());
+        words.extend(["wal".into(), "fetch".into(), "--stream".into(), sh_quote(&b.stream)]);
+    } else {
+        words.extend(["--quiet".into(), "wal".into(), "fetch".into()]);
+    }
+    words.extend(["%f".into(), "%p".into()]);
+    let mut warn = Vec::new();
+    if !missing.is_empty() {
+        warn.push(format!("set {} in the PostgreSQL server's environment", missing.join(" and ")));
+    }
+    if secret_opts {
+        warn.push(
+            "give the storage credentials to the server's environment (they are not written into the data directory)"
+                .to_string(),
+        );
+    }
+    let warning = (!warn.is_empty()).then(|| {
+        format!(
+            "restore_command for the restored cluster: {}, or pass --set restore_command=... yourself",
+            warn.join("; ")
+        )
+    });
+    Ok((words.join(" "), warning))
+}
+
+/// Makes a PostgreSQL restore target private (0700), as the server requires
+/// of a data directory, creating it if needed.
+pub fn private_target(t: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !t.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(t)
+            .with_context(|| format!("creating restore target {}", t.display()))?;
+    }
+    let md = std::fs::metadata(t).with_context(|| format!("restore target {}", t.display()))?;
+    if md.is_dir() && md.permissions().mode() & 0o027 != 0 {
+        std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making restore target {} private (0700), as PostgreSQL requires", t.display()))?;
+        tracing::info!("made {} private (0700): PostgreSQL refuses a data directory others can read", t.display());
+    }
+    Ok(())
+}
+
 /// What WAL retention did to one stream.
 #[derive(Debug, Serialize)]
 pub struct RetentionOutcome {
