@@ -325,9 +325,19 @@ fn pgbench_backup_then_full_and_point_in_time_restores_match_the_tables() {
     let t = pg.psql("select clock_timestamp()");
     std::thread::sleep(Duration::from_millis(1100));
     pg.pgbench(&["-t", "300", "-c", "2"]);
+    // A transaction id, then a WAL position, each with the tables there.
+    let xid = pg.psql(
+        "begin; update pgbench_branches set bbalance = bbalance + 1 where bid = 1; select pg_current_xact_id(); commit;",
+    );
+    let at_xid = pg.tables();
+    pg.pgbench(&["-t", "100"]);
+    let lsn = pg.psql("select pg_current_wal_lsn()");
+    let at_lsn = pg.tables();
+    pg.pgbench(&["-t", "300", "-c", "2"]);
     let at_end = pg.tables();
-    assert_ne!(at_t, at_end);
-    assert_ne!(at_backup, at_t);
+    for (a, b) in [(&at_backup, &at_t), (&at_t, &at_xid), (&at_xid, &at_lsn), (&at_lsn, &at_end)] {
+        assert_ne!(a, b, "each point differs from the next");
+    }
     pg.archive_current_wal();
 
     // A backup of the changed cluster stores the files pgbench did not
@@ -375,6 +385,17 @@ fn pgbench_backup_then_full_and_point_in_time_restores_match_the_tables() {
     c.wait_promoted();
     assert_eq!(c.tables(), at_t, "a restore to T holds the tables as they were at T");
     c.stop();
+
+    // To the transaction id (inclusive: its update is in), and to the LSN.
+    for (name, set, want) in [("xid", format!("to_xid={xid}"), &at_xid), ("lsn", format!("to_lsn={lsn}"), &at_lsn)] {
+        let dir = target(root, &format!("pitr-{name}"));
+        repo.ok(&["restore", &id, "--target", dir.to_str().unwrap(), "--set", &set, "--set", "archive_mode=off"]);
+        let c = Cluster::over(root, &dir);
+        c.start();
+        c.wait_promoted();
+        assert_eq!(&c.tables(), want, "a restore with {set} holds the tables as they were there");
+        c.stop();
+    }
 
     // A flipped byte, a removed file and a stray one in a restored directory
     // are each found by path.
@@ -460,6 +481,17 @@ fn bad_input_is_refused_with_a_clear_message_and_nothing_is_written() {
     minimal.psql(&format!("create role backup with login replication password '{BACKUP_PW}'"));
     fails(&["backup", "postgres", "--set", &minimal.url("backup"), "--set", &pw], &["wal_level"]);
     drop(minimal);
+
+    // A tablespace outside the data directory is refused, naming where it is.
+    let ts = root.join("tablespace");
+    std::fs::create_dir(&ts).unwrap();
+    chown_postgres(&ts);
+    pg.psql(&format!("create tablespace elsewhere location '{}'", ts.display()));
+    fails(
+        &["backup", "postgres", "--set", &pg.url("backup"), "--set", &pw],
+        &["tablespaces outside its data directory", ts.to_str().unwrap()],
+    );
+    pg.psql("drop tablespace elsewhere");
 
     // A backup to restore from, and WAL after it.
     pg.pgbench(&["-i", "-s", "1"]);

@@ -7,7 +7,8 @@
 //! rotation with re-encryption of every pack), and prints a
 //! table. `redis`: the redis plugin against `redis-cli --rdb` and a
 //! restart on the RDB (see `bench_redis`). `postgres`: the postgres plugin
-//! against `pg_basebackup` and pgBackRest (see `bench_postgres`). `primitives`: the criterion
+//! against `pg_basebackup` and pgBackRest (see `bench_postgres`). `compare`:
+//! coffer against restic, borg and rustic (see `bench_compare`). `primitives`: the criterion
 //! micro-benchmarks.
 
 use std::path::{Path, PathBuf};
@@ -24,12 +25,13 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("runtime") => runtime(),
         Some("redis") => crate::bench_redis::run(&args[1..]),
         Some("postgres") => crate::bench_postgres::run(&args[1..]),
+        Some("compare") => crate::bench_compare::run(&args[1..]),
         Some("primitives") => {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
         _ => bail!(
             "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | postgres [--scale N] \
-             [--runs N] | primitives"
+             [--runs N] | compare [--quick] [--runs N] [--rustic] | primitives"
         ),
     }
 }

@@ -5,11 +5,12 @@
 //! cargo xtask demo [--source DIR]   coffer CLI: init a local repository, back up a real directory, verify, restore
 //! cargo xtask test                  install test servers, run every test
 //! cargo xtask ci                    fmt check + clippy + test (what .ci/run runs)
-//! cargo xtask bench repo|runtime|redis|postgres|primitives   end-to-end and criterion benchmarks
+//! cargo xtask bench repo|runtime|redis|postgres|compare|primitives   end-to-end and criterion benchmarks
 //! cargo xtask build-plugins         build every plugin and fixture for wasm32-wasip2
 //! ```
 
 mod bench;
+mod bench_compare;
 mod bench_postgres;
 mod bench_redis;
 mod deps;
@@ -31,7 +32,7 @@ fn main() -> Result<()> {
         Some("build-plugins") => build_plugins(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo [--source DIR] | test [FILTER] | ci | bench repo|runtime|redis|postgres|primitives | build-plugins>"
+                "usage: cargo xtask <demo [--source DIR] | test [FILTER] | ci | bench repo|runtime|redis|postgres|compare|primitives | build-plugins>"
             );
             std::process::exit(2)
         }
