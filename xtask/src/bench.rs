@@ -36,7 +36,8 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// Bytes of the regular files under `p`.
+pub(crate) fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
@@ -52,6 +53,20 @@ fn dir_size(p: &Path) -> u64 {
         }
     }
     total
+}
+
+/// The median of `v` (NaN when empty).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+/// A loopback port nothing listens on now.
+pub(crate) fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Copies subdirectories of /usr/lib (sorted, so the set is stable on one

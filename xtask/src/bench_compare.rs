@@ -33,6 +33,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::bench::{dir_size, median};
+
 const PASSWORD: &str = "coffer bench compare password";
 
 /// The phases measured, in the order they run.
@@ -181,18 +183,6 @@ impl Tool {
         let [wall, user, sys, rss_kib] = v[..] else { bail!("GNU time printed {text:?}") };
         Ok(Cost { wall, cpu: user + sys, rss_mib: rss_kib / 1024.0 })
     }
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if let Ok(md) = e.path().symlink_metadata() {
-                total += if md.is_dir() { dir_size(&e.path()) } else { md.len() };
-            }
-        }
-    }
-    total
 }
 
 /// Every regular file under `dir`, sorted.
@@ -389,14 +379,6 @@ fn warm_cache(data: &Path) -> Result<()> {
         while std::io::Read::read(&mut r, &mut buf)? > 0 {}
     }
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
 }
 
 fn sync() -> Result<f64> {

@@ -18,20 +18,17 @@
 //! touches the cluster runs as the `postgres` user, as PostgreSQL requires.
 //! Needs Debian's `postgresql` and `pgbackrest` (installed if missing).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::bench::{dir_size, free_port, median};
+
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "coffer bench password";
 const PGBACKREST_CIPHER: &str = "pgbackrest bench cipher pass";
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// `program` run as the `postgres` user.
 fn as_postgres(program: &str) -> Command {
@@ -85,26 +82,6 @@ fn remove(p: &Path) -> Result<()> {
 
 fn sync() -> Result<()> {
     crate::run(&mut Command::new("sync"))
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            match path.symlink_metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&path),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
 }
 
 /// A cluster in `data`, listening on loopback and on a socket in `sock`.

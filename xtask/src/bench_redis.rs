@@ -14,12 +14,14 @@
 //! and redis-tools (installed if missing).
 
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::bench::{dir_size, free_port, median};
 
 const PASSWORD: &str = "coffer bench password";
 
@@ -33,10 +35,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Starts redis-server on `dir` and waits until it has loaded its data.
@@ -121,26 +119,6 @@ fn dataset(keys: usize) -> Vec<u8> {
         }
     }
     out
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            match path.symlink_metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&path),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
 }
 
 fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
