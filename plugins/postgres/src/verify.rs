@@ -28,19 +28,20 @@ pub enum Compared {
 impl Compared {
     /// Whether `path` may be present without the manifest listing it.
     fn may_be_unlisted(self, path: &str) -> bool {
-        match self {
-            Compared::Snapshot => path == "backup_manifest" || path == "pg_wal" || path.starts_with("pg_wal/"),
-            Compared::DataDir => self.left_out(path),
-        }
+        manifest_or_wal(path) || self.left_out(path)
     }
 
     /// Whether a listed `path` is left out of the comparison.
     fn left_out(self, path: &str) -> bool {
         self == Compared::DataDir
-            && (matches!(path, "backup_manifest" | "postgresql.auto.conf" | "recovery.signal" | "standby.signal")
-                || path == "pg_wal"
-                || path.starts_with("pg_wal/"))
+            && (manifest_or_wal(path) || matches!(path, "postgresql.auto.conf" | "recovery.signal" | "standby.signal"))
     }
+}
+
+/// The manifest itself and the WAL directory, which the manifest does not
+/// describe file by file.
+fn manifest_or_wal(path: &str) -> bool {
+    path == "backup_manifest" || path == "pg_wal" || path.starts_with("pg_wal/")
 }
 
 /// Compares `files` (path → size of every regular file present) with the
