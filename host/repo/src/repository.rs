@@ -23,6 +23,9 @@ use crate::repofile::index::IndexFile;
 use crate::repofile::keyfile::{KdfParams, KeyFile, KeyFileError};
 use crate::repofile::snapshot::SnapshotManifest;
 
+/// Blobs up to this size are decoded on the calling thread.
+const INLINE_DECODE: usize = 256 << 10;
+
 /// Settings for a new repository.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -430,10 +433,17 @@ impl Repository {
         let keys = self.keys.clone();
         let id = *id;
         let kind = loc.kind;
-        tokio::task::spawn_blocking(move || blob::decode(&keys, &key, kind, &id, &sealed, loc.raw_len as usize))
-            .await
-            .map_err(|e| Error::Aborted(e.to_string()))?
-            .map_err(|e| Error::Corrupt {
+        let raw_len = loc.raw_len as usize;
+        // A small blob decodes in less time than a hand-off to the blocking
+        // pool and back takes.
+        let decoded = if raw_len <= INLINE_DECODE {
+            blob::decode(&keys, &key, kind, &id, &sealed, raw_len)
+        } else {
+            tokio::task::spawn_blocking(move || blob::decode(&keys, &key, kind, &id, &sealed, raw_len))
+                .await
+                .map_err(|e| Error::Aborted(e.to_string()))?
+        };
+        decoded.map_err(|e| Error::Corrupt {
                 object: FileKind::Pack.path(&pack),
                 reason: format!("{} blob {id} at offset {}: {e}", kind.name(), loc.offset),
                 hint: String::new(),

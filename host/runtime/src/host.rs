@@ -146,6 +146,8 @@ pub(crate) struct JobState {
     pub(crate) repo: Option<Repository>,
     pub(crate) writer: Option<SnapshotWriter>,
     pub(crate) restore: Option<RestoreRoot>,
+    /// Syncs and releases the files of a restore into a directory.
+    pub(crate) settler: Option<crate::settle::Settler>,
     pub(crate) output_used: u64,
     pub(crate) open_writers: u32,
     pub(crate) open_readers: u32,
@@ -437,6 +439,11 @@ impl host::Host for PluginState {
         }
         if let Err(e) = filetime::set_file_mtime(&cur, ft) {
             return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
+        }
+        if md.is_file()
+            && let Some(settler) = &mut self.job.settler
+        {
+            settler.finished(cur, md.len());
         }
         Ok(Ok(()))
     }

@@ -16,6 +16,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings::types::{self as t, LogLevel};
 use crate::grants::{GrantError, GrantSet, Permission};
+use crate::settle::Settler;
 use crate::host::{
     Fault, JobState, MemoryLimiter, PluginState, ReaderSlot, RestoreRoot, SinkSlot, on_epoch, printable,
 };
@@ -220,6 +221,13 @@ pub enum JobError {
         /// The mode asked for.
         mode: &'static str,
     },
+    /// The restored files could not be written to disk (found by the
+    /// file-system sync that ends a restore into a directory).
+    #[error("{reason}; the restore is not complete on disk: check the disk (free space, I/O errors) and restore again")]
+    WriteBack {
+        /// The target and the error.
+        reason: String,
+    },
     /// The repository failed.
     #[error(transparent)]
     Repository(#[from] coffer_repo::Error),
@@ -346,6 +354,7 @@ impl LoadedPlugin {
             repo: None,
             writer: None,
             restore: None,
+            settler: None,
             output_used: 0,
             open_writers: 0,
             open_readers: 0,
@@ -578,6 +587,7 @@ impl LoadedPlugin {
             job.repo = Some(repo.clone());
             if let Some(root) = &req.target {
                 job.restore = Some(RestoreRoot { root: root.clone(), snapshot: Arc::clone(&snap) });
+                job.settler = Some(Settler::new(root.clone()));
             }
         }
         let reader = store.data_mut().table.push(ReaderSlot::new(snap)).map_err(|e| runtime_err(&plugin, e))?;
@@ -585,7 +595,15 @@ impl LoadedPlugin {
         let src = bindings.coffer_plugin_source();
         let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
         let r = guarded(opts, src.call_restore(&mut store, &config_text, borrow, &options)).await;
-        finish_call(&plugin, &mut store, r)
+        let settler = store.data_mut().job.settler.take();
+        finish_call(&plugin, &mut store, r)?;
+        if let Some(settler) = settler {
+            tokio::task::spawn_blocking(move || settler.finish())
+                .await
+                .map_err(|e| runtime_err(&plugin, e))?
+                .map_err(|reason| JobError::WriteBack { reason })?;
+        }
+        Ok(())
     }
 
     /// Runs the plugin's verify of a snapshot.

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod host;
 pub mod job;
 pub mod limits;
+mod settle;
 
 use std::sync::Arc;
 use std::time::Duration;
