@@ -381,6 +381,21 @@ fn warm_cache(data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// ext4 without a journal (this machine's root file system) will not hand
+/// out an inode freed less than a minute ago (five when its table block is
+/// still dirty) and scans past every such inode for each new file: a
+/// restore that starts right after the previous tool's 90,000 restored
+/// files were deleted runs several times slower, through no fault of its
+/// own. Every restore therefore starts at least 65 s after the last
+/// deletion of a restored tree, which was followed by a `sync`.
+fn wait_for_inode_reuse(cleared: Option<std::time::Instant>) {
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(65);
+    if let Some(left) = cleared.and_then(|t| QUIET.checked_sub(t.elapsed())) {
+        eprintln!("  waiting {:.0} s for freed inodes to become reusable", left.as_secs_f64());
+        std::thread::sleep(left);
+    }
+}
+
 fn sync() -> Result<f64> {
     let t = Instant::now();
     crate::run(&mut Command::new("sync"))?;
@@ -462,6 +477,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut costs: BTreeMap<&str, BTreeMap<&str, Vec<Cost>>> = BTreeMap::new();
     let mut sizes: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut mode_diffs: BTreeMap<&str, usize> = BTreeMap::new();
+    // When the last restored tree was deleted (see `wait_for_inode_reuse`).
+    let mut cleared: Option<std::time::Instant> = None;
     for run in 0..runs {
         for &name in &names {
             eprintln!("run {} of {runs}: {name}", run + 1);
@@ -480,9 +497,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 s.1.push(dir_size(&tool.repo) as f64);
                 if restore.exists() {
                     std::fs::remove_dir_all(&restore)?;
+                    sync()?;
+                    cleared = Some(std::time::Instant::now());
                 }
                 std::fs::create_dir_all(&restore)?;
                 sync()?;
+                wait_for_inode_reuse(cleared);
                 let (mut cost, root) = tool.restore(&data, &restore)?;
                 cost.wall += sync()?;
                 c.entry(PHASES[3]).or_default().push(cost);
@@ -496,6 +516,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
                 mode_diffs.insert(name, differ.len());
                 std::fs::remove_dir_all(&restore)?;
+                sync()?;
+                cleared = Some(std::time::Instant::now());
                 c.entry(PHASES[4]).or_default().push(tool.check()?);
                 Ok(())
             })();

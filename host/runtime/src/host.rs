@@ -146,6 +146,9 @@ pub(crate) struct JobState {
     pub(crate) repo: Option<Repository>,
     pub(crate) writer: Option<SnapshotWriter>,
     pub(crate) restore: Option<RestoreRoot>,
+    /// The last parent directory `resolve_in_grants` resolved under
+    /// read-only grants: (as asked, as resolved).
+    pub(crate) last_parent: Option<(PathBuf, PathBuf)>,
     /// Syncs and releases the files of a restore into a directory.
     pub(crate) settler: Option<crate::settle::Settler>,
     pub(crate) output_used: u64,
@@ -209,20 +212,36 @@ impl PluginState {
     /// A host path inside a grant, with its parent resolved the way the OS
     /// would and checked to still be inside a grant (a symlink in the middle
     /// must not lead out). The final component is not resolved.
-    fn resolve_in_grants(&self, path: &str) -> Result<PathBuf, WitError> {
+    ///
+    /// The last parent resolved under a read-only grant is remembered: a
+    /// backup asks about every file of a directory in turn, and resolving
+    /// the parent anew each time (a `readlink` per path component) was a
+    /// tenth of a backup's system time. The plugin cannot change a tree it
+    /// may only read; under a writable grant nothing is remembered.
+    fn resolve_in_grants(&mut self, path: &str) -> Result<PathBuf, WitError> {
         let p = Path::new(path);
         let denied = || WitError::AccessDenied(format!("{} is not inside a granted directory", printable(path)));
-        if self.job.grants.dir_covering(p).is_none() {
+        let Some((_, writable)) = self.job.grants.dir_covering(p) else {
             return Err(denied());
-        }
+        };
         let (parent, name) = match (p.parent(), p.file_name()) {
             (Some(parent), Some(name)) => (parent, name),
             _ => return Err(denied()),
         };
+        if !writable
+            && let Some((asked, real)) = &self.job.last_parent
+            && asked == parent
+        {
+            return Ok(real.join(name));
+        }
         let real_parent =
             parent.canonicalize().map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(path))))?;
-        if self.job.grants.dir_covering(&real_parent).is_none() {
-            return Err(denied());
+        match self.job.grants.dir_covering(&real_parent) {
+            None => return Err(denied()),
+            Some((_, real_writable)) => {
+                self.job.last_parent =
+                    (!writable && !real_writable).then(|| (parent.to_path_buf(), real_parent.clone()));
+            }
         }
         Ok(real_parent.join(name))
     }

@@ -355,6 +355,7 @@ impl LoadedPlugin {
             writer: None,
             restore: None,
             settler: None,
+            last_parent: None,
             output_used: 0,
             open_writers: 0,
             open_readers: 0,
