@@ -444,10 +444,10 @@ impl Repository {
                 .map_err(|e| Error::Aborted(e.to_string()))?
         };
         decoded.map_err(|e| Error::Corrupt {
-                object: FileKind::Pack.path(&pack),
-                reason: format!("{} blob {id} at offset {}: {e}", kind.name(), loc.offset),
-                hint: String::new(),
-            })
+            object: FileKind::Pack.path(&pack),
+            reason: format!("{} blob {id} at offset {}: {e}", kind.name(), loc.offset),
+            hint: String::new(),
+        })
     }
 
     /// Lists every snapshot, oldest first.

@@ -16,11 +16,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings::types::{self as t, LogLevel};
 use crate::grants::{GrantError, GrantSet, Permission};
-use crate::settle::Settler;
 use crate::host::{
     Fault, JobState, MemoryLimiter, PluginState, ReaderSlot, RestoreRoot, SinkSlot, on_epoch, printable,
 };
 use crate::limits::Limits;
+use crate::settle::Settler;
 use crate::{LoadedPlugin, bindings};
 
 /// Bytes of a plugin's stderr kept (for panic messages).

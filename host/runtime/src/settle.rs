@@ -50,9 +50,7 @@ impl Settler {
             // three batches of written data are in the page cache at once.
             let (tx, rx) = mpsc::sync_channel::<Vec<PathBuf>>(1);
             let root = self.root.clone();
-            let worker = std::thread::Builder::new()
-                .name("coffer-settle".into())
-                .spawn(move || settle_loop(&root, rx));
+            let worker = std::thread::Builder::new().name("coffer-settle".into()).spawn(move || settle_loop(&root, rx));
             match worker {
                 Ok(w) => {
                     self.tx = Some(tx);
@@ -117,5 +115,41 @@ fn release(files: &[PathBuf]) {
         if file.metadata().is_ok_and(|m| m.is_file()) {
             let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_syncs_and_keeps_every_file_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settler::new(dir.path().to_path_buf());
+        // Enough bytes to send a batch to the thread before `finish`.
+        for i in 0..3u8 {
+            let p = dir.path().join(format!("f{i}"));
+            std::fs::write(&p, vec![i; 1 << 20]).unwrap();
+            s.finished(p, BATCH_BYTES / 2);
+        }
+        // A file replaced by a symlink after it was recorded is not followed.
+        let p = dir.path().join("swapped");
+        std::os::unix::fs::symlink("/etc/hostname", &p).unwrap();
+        s.finished(p, 1);
+        s.finish().unwrap();
+        for i in 0..3u8 {
+            assert_eq!(std::fs::read(dir.path().join(format!("f{i}"))).unwrap(), vec![i; 1 << 20]);
+        }
+    }
+
+    #[test]
+    fn a_target_that_went_away_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("target");
+        std::fs::create_dir(&gone).unwrap();
+        let s = Settler::new(gone.clone());
+        std::fs::remove_dir(&gone).unwrap();
+        let e = s.finish().unwrap_err();
+        assert!(e.contains(&gone.display().to_string()), "{e}");
     }
 }
