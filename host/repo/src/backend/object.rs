@@ -266,7 +266,11 @@ impl Backend for ObjectBackend {
         let rel = kind.path(name);
         Box::pin(async move {
             let path = self.full(&rel);
-            self.timed("read", &rel, async { self.store.get(&path).await?.bytes().await }).await
+            let got = self.timed("read", &rel, async { self.store.get(&path).await?.bytes().await }).await?;
+            if kind == FileKind::Pack {
+                self.release_cached(&rel, 0..got.len() as u64).await;
+            }
+            Ok(got)
         })
     }
 
