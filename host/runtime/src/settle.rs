@@ -33,7 +33,9 @@ impl Settler {
         Settler { root, pending: Vec::new(), pending_bytes: 0, tx: None, worker: None }
     }
 
-    /// Records a regular file whose content is complete.
+    /// Records a regular file whose content is complete. When a batch is
+    /// full and the previous one is still being synced, this waits for it:
+    /// the restore cannot run more than two batches ahead of the disk.
     pub(crate) fn finished(&mut self, path: PathBuf, len: u64) {
         self.pending.push(path);
         self.pending_bytes += len;
@@ -70,15 +72,14 @@ impl Settler {
     /// restore wrote is on disk. The error names the target and the cause
     /// (an I/O error or a full disk found during write-back).
     pub(crate) fn finish(mut self) -> Result<(), String> {
-        self.send();
+        let rest = std::mem::take(&mut self.pending);
         drop(self.tx.take());
-        let queued = match self.worker.take() {
-            Some(w) => w.join().unwrap_or_else(|_| Err("the write-back thread panicked".into())),
-            None => Ok(()),
-        };
-        // Catches whatever the thread could not (it failed early or never
-        // started); cheap when everything is already clean.
-        queued.and(sync_fs(&self.root))
+        if let Some(w) = self.worker.take() {
+            w.join().unwrap_or_else(|_| Err("the write-back thread panicked".into()))?;
+        }
+        sync_fs(&self.root)?;
+        release(&rest);
+        Ok(())
     }
 }
 

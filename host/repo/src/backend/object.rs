@@ -182,9 +182,7 @@ impl ObjectBackend {
         })
         .await;
     }
-}
 
-impl ObjectBackend {
     /// The file behind `rel` in a `file://` repository.
     fn local_file(&self, rel: &str) -> Option<std::path::PathBuf> {
         let mut file = self.local_root.clone()?;
