@@ -385,6 +385,29 @@ pub mod host {
         wit::host::file_mode(path).map_err(|e| Error::from_wit(e).context(path))
     }
 
+    /// What a directory inside a grant holds, with each item's kind,
+    /// permission bits, size and modification time (a final symlink is not
+    /// followed), sorted by name: one host call per directory, where a walk
+    /// through WASI would make a `stat` and a [`file_mode`] call per item.
+    pub fn list_dir(path: &str) -> Result<super::DirListing, Error> {
+        let l = wit::host::list_dir(path).map_err(|e| Error::from_wit(e).context(path))?;
+        Ok(super::DirListing {
+            items: l
+                .items
+                .into_iter()
+                .map(|i| super::DirItem {
+                    name: i.name,
+                    kind: i.kind,
+                    mode: i.mode,
+                    size: i.size,
+                    mtime: super::Timestamp::from_wit(i.mtime),
+                })
+                .collect(),
+            special: l.special,
+            not_utf8: l.not_utf8,
+        })
+    }
+
     /// The target of a symlink inside a grant, absolute or not (WASI
     /// refuses absolute ones).
     pub fn read_link(path: &str) -> Result<String, Error> {
@@ -440,6 +463,33 @@ impl From<std::time::SystemTime> for Timestamp {
             }
         }
     }
+}
+
+/// One item of a directory, from [`host::list_dir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirItem {
+    /// The item's name (one path component).
+    pub name: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Permission bits, setuid, setgid and sticky included.
+    pub mode: u32,
+    /// Content length (0 for directories and symlinks).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+}
+
+/// What a directory holds, from [`host::list_dir`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DirListing {
+    /// Files, directories and symlinks, sorted by name.
+    pub items: Vec<DirItem>,
+    /// Names of sockets, FIFOs and devices (a snapshot cannot hold them).
+    pub special: Vec<String>,
+    /// Names that are not UTF-8, shown with U+FFFD (a snapshot cannot name
+    /// them).
+    pub not_utf8: Vec<String>,
 }
 
 /// Metadata of a new entry.
@@ -574,6 +624,15 @@ impl Sink<'_> {
     pub fn reuse_entry(&self, path: &str) -> Result<Digest, Error> {
         let d = self.inner.reuse_entry(path).map_err(|e| Error::from_wit(e).context(path))?;
         Ok(Digest { size: d.size, blake3: d.blake3 })
+    }
+
+    /// Keeps the parent's file at `path` when the parent holds a file
+    /// there with this size, modification time and permission bits: the
+    /// change check and [`Sink::reuse_entry`] in one host call. False when
+    /// there is no parent, it changed, or its data is gone; then add the
+    /// file and write its content.
+    pub fn reuse_unchanged(&self, path: &str, size: u64, mtime: Timestamp, mode: u32) -> bool {
+        self.inner.reuse_unchanged(path, size, mtime.to_wit(), mode)
     }
 
     /// The generated binding (for test fixtures that misuse it on purpose).

@@ -144,6 +144,18 @@ fn incremental_reuses_unchanged_files_and_differential_starts_from_the_last_full
     assert!(ls.lines().any(|l| l == "docs/deep/random.bin"));
     let diff = t.ok(&["diff", &first_id[..10], "latest"]);
     assert!(diff.contains("+ docs/new.txt"), "{diff}");
+
+    // A changed mode or mtime is a change, even with the same size.
+    std::fs::set_permissions(src.join("private/key"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let t0 = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_790);
+    filetime::set_file_mtime(src.join("docs/readme.txt"), t0).unwrap();
+    let fifth = t.json(&["backup", "files", "--set", &path]);
+    assert_eq!(fifth["kind"], "incremental");
+    let read = fifth["summary"]["bytes_read"].as_u64().unwrap();
+    assert_eq!(read, 16 + 18_000, "only the re-moded key and the touched readme are read");
+    let dst = t.dir.path().join("dst");
+    t.ok(&["restore", "latest", "--target", dst.to_str().unwrap()]);
+    assert_eq!(scan(&dst), scan(&src));
 }
 
 #[test]

@@ -24,6 +24,9 @@ const TESTED: &[&str] = &[
     "read-dotdot",
     "read-absolute",
     "read-symlink",
+    "list-dotdot",
+    "list-absolute",
+    "list-symlink",
     "write-readonly",
     "connect-ungranted",
     "connect-granted",
@@ -195,6 +198,29 @@ async fn a_symlink_out_of_the_preopen_is_not_followed() {
     std::os::unix::fs::symlink("../outside", s.dir.path().join("data/escape")).unwrap();
     let e = s.must_fail(json!({"mode": "read-symlink", "path": s.data()}), Limits::default()).await;
     message(&e);
+}
+
+#[tokio::test]
+async fn listing_outside_the_grant_is_denied() {
+    let s = Scene::new().await;
+    for mode in ["list-dotdot", "list-absolute"] {
+        let e = s.must_fail(json!({"mode": mode, "path": s.data()}), Limits::default()).await;
+        let m = message(&e);
+        assert!(m.contains("not inside a granted directory"), "{mode}: {m}");
+    }
+}
+
+#[tokio::test]
+async fn listing_through_a_symlink_out_of_the_grant_is_refused() {
+    let s = Scene::new().await;
+    std::fs::create_dir(s.dir.path().join("outside")).unwrap();
+    std::fs::write(s.dir.path().join("outside/TOP SECRET name"), b"x").unwrap();
+    for target in [s.dir.path().join("outside"), "../outside".into()] {
+        let _ = std::fs::remove_file(s.dir.path().join("data/escape"));
+        std::os::unix::fs::symlink(&target, s.dir.path().join("data/escape")).unwrap();
+        let e = s.must_fail(json!({"mode": "list-symlink", "path": s.data()}), Limits::default()).await;
+        message(&e);
+    }
 }
 
 #[tokio::test]

@@ -2,10 +2,15 @@
 //!
 //! All index files are merged into one sorted vector of fixed-size
 //! [`IndexEntry`] records (52 bytes each, no per-entry heap allocation) and a
-//! table of pack ids; lookups are binary searches. Memory bound: 52 bytes per
-//! blob plus 44 bytes per pack in steady state, at most twice that while
-//! loading. With the default 1 MiB average chunk that is about 52 MB of RAM
-//! per TiB of unique data.
+//! table of pack ids. Blob ids are hashes, so their leading bits are
+//! uniform: a table of bucket starts by the leading bits (one `u32` per one
+//! to two blobs) narrows a lookup to a couple of neighbouring records, where
+//! a binary search over the whole vector touched a cold cache line at each
+//! of its ~17 steps (unchanged files of a re-backup are each looked up).
+//! Memory bound: 52 bytes per blob, plus at most 4 for the buckets, plus 44
+//! bytes per pack in steady state, at most twice that while loading. With
+//! the default 1 MiB average chunk that is about 56 MB of RAM per TiB of
+//! unique data.
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,6 +59,11 @@ pub struct MasterIndex {
     pack_sizes: Vec<u64>,
     pack_epochs: Vec<u32>,
     entries: Vec<IndexEntry>,
+    /// `buckets[b]` is the first entry whose id's leading `bucket_bits`
+    /// bits are `b` or more; one more at the end holds `entries.len()`.
+    /// Empty until built.
+    buckets: Vec<u32>,
+    bucket_bits: u32,
     marked: HashSet<u32>,
     /// Packs under a key epoch that was retired: unreadable, never used for
     /// deduplication.
@@ -101,7 +111,24 @@ impl MasterIndex {
         });
         idx.entries.dedup_by(|a, b| a.id == b.id && a.kind == b.kind);
         idx.entries.shrink_to_fit();
+        idx.build_buckets();
         idx
+    }
+
+    /// Fills [`Self::buckets`]: about one bucket per two blobs, at most 2^24.
+    fn build_buckets(&mut self) {
+        let n = self.entries.len();
+        self.bucket_bits = if n < 64 { 0 } else { (usize::BITS - (n / 2).leading_zeros()).min(24) };
+        let count = 1usize << self.bucket_bits;
+        self.buckets = Vec::with_capacity(count + 1);
+        let mut i = 0;
+        for b in 0..count {
+            while i < n && bucket_of(&self.entries[i].id, self.bucket_bits) < b {
+                i += 1;
+            }
+            self.buckets.push(i as u32);
+        }
+        self.buckets.push(n as u32);
     }
 
     /// Stops deduplicating against packs whose key epoch `retired` says is
@@ -111,7 +138,14 @@ impl MasterIndex {
     }
 
     fn find(&self, id: &Id) -> Option<&IndexEntry> {
-        self.entries.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| &self.entries[i])
+        let range = match self.buckets.as_slice() {
+            [] => &self.entries[..],
+            starts => {
+                let b = bucket_of(id, self.bucket_bits);
+                &self.entries[starts[b] as usize..starts[b + 1] as usize]
+            }
+        };
+        range.binary_search_by(|e| e.id.cmp(id)).ok().map(|i| &range[i])
     }
 
     /// Where a blob is.
@@ -181,16 +215,79 @@ impl MasterIndex {
 
     /// Bytes of memory held by the entry table.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<IndexEntry>() + self.packs.capacity() * 44
+        self.entries.capacity() * std::mem::size_of::<IndexEntry>()
+            + self.buckets.capacity() * 4
+            + self.packs.capacity() * 44
     }
+}
+
+/// The bucket of an id: its leading `bits` bits.
+fn bucket_of(id: &Id, bits: u32) -> usize {
+    if bits == 0 {
+        return 0;
+    }
+    let lead = u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"));
+    (lead >> (64 - bits)) as usize
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    impl Id {
+        fn with_last(mut self, b: u8) -> Id {
+            self.0[31] = b;
+            self
+        }
+    }
+
     #[test]
     fn entry_size_is_the_documented_bound() {
         assert_eq!(std::mem::size_of::<IndexEntry>(), 52);
+    }
+
+    fn file_with(ids: &[Id]) -> IndexFile {
+        use crate::repofile::index::IndexedPack;
+        use crate::repofile::pack::PackEntry;
+        IndexFile {
+            packs: vec![IndexedPack {
+                id: Id([0xEE; 32]),
+                size: 1,
+                epoch: 0,
+                blobs: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| PackEntry { id: *id, kind: BlobKind::Data, offset: i as u32, length: 1, raw_len: 1 })
+                    .collect(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bucketed_lookups_find_every_blob_and_nothing_else() {
+        // Random ids, plus ids crowded at both ends of the range and into
+        // one bucket, which a bucket table must not get wrong.
+        let mut ids: Vec<Id> = (0u32..5000).map(|i| Id(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect();
+        for i in 0u8..40 {
+            ids.push(Id([0; 32]).with_last(i));
+            ids.push(Id([0xFF; 32]).with_last(i));
+            ids.push(Id([0x80; 32]).with_last(i));
+        }
+        let idx = MasterIndex::build(&[(Id([1; 32]), file_with(&ids))], &HashSet::new());
+        assert!(idx.bucket_bits > 8);
+        assert_eq!(idx.len(), ids.len());
+        for id in &ids {
+            assert!(idx.contains(id), "{id:?} is indexed");
+        }
+        for i in 5000u32..10_000 {
+            assert!(!idx.contains(&Id(*blake3::hash(&i.to_le_bytes()).as_bytes())));
+        }
+        assert!(!idx.contains(&Id([0x80; 32]).with_last(200)));
+        // A small index has one bucket.
+        let small = MasterIndex::build(&[(Id([1; 32]), file_with(&ids[..10]))], &HashSet::new());
+        assert_eq!(small.bucket_bits, 0);
+        assert!(ids[..10].iter().all(|id| small.contains(id)) && !small.contains(&ids[11]));
+        assert!(!MasterIndex::default().contains(&ids[0]));
     }
 }

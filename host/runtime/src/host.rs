@@ -17,7 +17,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::coffer::plugin::{host, reader, sink, types};
-use crate::bindings::types::{Digest, EntryInfo, EntryKind, EntryMeta, Error as WitError, LogLevel, Timestamp};
+use crate::bindings::types::{
+    Digest, DirItem, DirListing, EntryInfo, EntryKind, EntryMeta, Error as WitError, LogLevel, Timestamp,
+};
 use crate::grants::GrantSet;
 use crate::job::{CancelToken, JobObserver};
 use crate::limits::Limits;
@@ -246,6 +248,42 @@ impl PluginState {
         Ok(real_parent.join(name))
     }
 
+    /// Opens the directory at `path` with one `openat2(RESOLVE_BENEATH)`
+    /// from the root of the grant covering it, so no symlink on the way can
+    /// lead out of that grant, and a final symlink is not followed. `None`
+    /// when that fails for any reason (a kernel without `openat2`, a symlink
+    /// into another grant, a missing directory): the caller then resolves
+    /// the path with [`Self::resolve_dir_in_grants`], which also makes the
+    /// error message. This spares a `realpath` (a `readlink` per component)
+    /// for each directory a walk lists.
+    fn open_dir_beneath(&self, path: &str) -> Option<rustix::fd::OwnedFd> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let p = Path::new(path);
+        let (root, _) = self.job.grants.dir_covering(p)?;
+        let rel = p.strip_prefix(root).ok()?;
+        let root_fd = rustix::fs::openat(
+            rustix::fs::CWD,
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        open_dir_nofollow(&root_fd, rel, Some(ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)).ok()
+    }
+
+    /// A directory inside a grant, for `list-dir`: a granted directory
+    /// itself, or a path resolved as [`Self::resolve_in_grants`] does.
+    fn resolve_dir_in_grants(&mut self, path: &str) -> Result<PathBuf, WitError> {
+        let p = Path::new(path);
+        if let Some((root, _)) = self.job.grants.dir_covering(p)
+            && root == p
+        {
+            return Ok(root.to_path_buf());
+        }
+        self.resolve_in_grants(path)
+    }
+
     /// `rel` (a snapshot path) inside the restore target, with every
     /// component but the last checked to be a real directory: a symlink the
     /// plugin planted must not redirect a host-side change. With `create`,
@@ -335,6 +373,93 @@ fn entry_info(e: &coffer_repo::Entry) -> EntryInfo {
     }
 }
 
+/// Why a directory could not be listed.
+enum ListError {
+    /// Opening or reading the directory, or the `statx` of the named item.
+    Io(Option<String>, std::io::Error),
+    /// The listing grew past what the plugin's memory could take.
+    TooBig(usize),
+}
+
+/// Opens the directory `path` relative to `at` for reading, not following
+/// a final symlink; with `beneath`, through `openat2` with those flags.
+fn open_dir_nofollow(
+    at: impl rustix::fd::AsFd,
+    path: &Path,
+    beneath: Option<rustix::fs::ResolveFlags>,
+) -> rustix::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match beneath {
+        Some(resolve) => rustix::fs::openat2(at, path, flags, Mode::empty(), resolve),
+        None => rustix::fs::openat(at, path, flags, Mode::empty()),
+    }
+}
+
+/// Lists the open directory `fd` with the `lstat` metadata of each item:
+/// the names first, then one `statx` per name relative to the directory's
+/// own descriptor, so no path is looked up again. An item that vanishes in
+/// between is left out. Stops once the listing needs more than `cap` bytes,
+/// which the plugin could not receive.
+fn list_dir_fd(fd: rustix::fd::OwnedFd, cap: u64) -> Result<DirListing, ListError> {
+    use rustix::fs::{AtFlags, FileType, StatxFlags};
+    let io = |name: Option<&str>, e: rustix::io::Errno| ListError::Io(name.map(str::to_string), e.into());
+    let mut dir = rustix::fs::Dir::new(fd).map_err(|e| io(None, e))?;
+    let mut names: Vec<std::ffi::CString> = Vec::new();
+    let mut bytes = 0u64;
+    while let Some(item) = dir.read() {
+        let item = item.map_err(|e| io(None, e))?;
+        let name = item.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        // A name, an item record and the list slot for it in the plugin.
+        bytes += name.to_bytes().len() as u64 + 64;
+        if bytes > cap {
+            return Err(ListError::TooBig(names.len()));
+        }
+        names.push(name.to_owned());
+    }
+    let fd = dir.fd().map_err(|e| io(None, e))?;
+    let mut listing = DirListing { items: Vec::with_capacity(names.len()), special: Vec::new(), not_utf8: Vec::new() };
+    for raw in names {
+        let name = match raw.into_string() {
+            Ok(n) => n,
+            Err(e) => {
+                listing.not_utf8.push(String::from_utf8_lossy(e.into_cstring().as_bytes()).into_owned());
+                continue;
+            }
+        };
+        let want = StatxFlags::TYPE | StatxFlags::MODE | StatxFlags::SIZE | StatxFlags::MTIME;
+        let st = match rustix::fs::statx(fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW, want) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(io(Some(&name), e)),
+        };
+        let mode = u32::from(st.stx_mode);
+        let kind = match FileType::from_raw_mode(mode) {
+            FileType::RegularFile => EntryKind::File,
+            FileType::Directory => EntryKind::Dir,
+            FileType::Symlink => EntryKind::Symlink,
+            _ => {
+                listing.special.push(name);
+                continue;
+            }
+        };
+        listing.items.push(DirItem {
+            name,
+            kind,
+            mode: mode & 0o7777,
+            size: if kind == EntryKind::File { st.stx_size } else { 0 },
+            mtime: Timestamp { seconds: st.stx_mtime.tv_sec, nanoseconds: st.stx_mtime.tv_nsec },
+        });
+    }
+    listing.items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    listing.special.sort_unstable();
+    listing.not_utf8.sort_unstable();
+    Ok(listing)
+}
+
 impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
@@ -380,6 +505,26 @@ impl host::Host for PluginState {
             Ok(md) => Ok(Ok(md.permissions().mode() & 0o7777)),
             Err(e) => Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
         }
+    }
+
+    async fn list_dir(&mut self, path: String) -> wasmtime::Result<Result<DirListing, WitError>> {
+        let fd = match self.open_dir_beneath(&path) {
+            Some(fd) => Ok(fd),
+            None => match self.resolve_dir_in_grants(&path) {
+                Ok(real) => open_dir_nofollow(rustix::fs::CWD, &real, None).map_err(|e| ListError::Io(None, e.into())),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        Ok(fd.and_then(|fd| list_dir_fd(fd, self.job.limits.memory)).map_err(|e| match e {
+            ListError::Io(None, e) => WitError::Unavailable(format!("{}: {e}", printable(&path))),
+            ListError::Io(Some(name), e) => {
+                WitError::Unavailable(format!("{}/{}: {e}", printable(&path), printable(&name)))
+            }
+            ListError::TooBig(n) => WitError::Other(format!(
+                "{}: {n} items and more do not fit in the plugin's memory cap; raise --memory",
+                printable(&path)
+            )),
+        }))
     }
 
     async fn read_link(&mut self, path: String) -> wasmtime::Result<Result<String, WitError>> {
@@ -538,6 +683,20 @@ impl sink::HostSnapshotSink for PluginState {
             Err(coffer_repo::Error::CannotReuse { path, reason }) => {
                 Ok(Err(WitError::Other(format!("cannot reuse {}: {reason}", printable(&path)))))
             }
+            Err(e) => Err(self.repo_fault(e)),
+        }
+    }
+
+    async fn reuse_unchanged(
+        &mut self,
+        _sink: Resource<SinkSlot>,
+        path: String,
+        size: u64,
+        mtime: Timestamp,
+        mode: u32,
+    ) -> wasmtime::Result<bool> {
+        match self.writer()?.reuse_unchanged(&path, size, (mtime.seconds, mtime.nanoseconds), mode) {
+            Ok(kept) => Ok(kept),
             Err(e) => Err(self.repo_fault(e)),
         }
     }

@@ -62,6 +62,10 @@ const SCHEMA: &str = r#"{
 /// Read buffer for file content.
 const READ_BUF: usize = 1 << 20;
 
+/// A walk asks whether the job was cancelled at each directory and after
+/// this many items of a big one.
+const CANCEL_EVERY: usize = 256;
+
 fn root(config: &FilesConfig) -> String {
     let r = config.path.trim_end_matches('/');
     if r.is_empty() { "/".into() } else { r.to_string() }
@@ -77,14 +81,11 @@ fn join(root: &str, rel: &str) -> String {
     }
 }
 
-fn mtime_of(md: &fs::Metadata) -> Timestamp {
-    md.modified().map(Timestamp::from).unwrap_or_default()
-}
-
 struct Walker<'a> {
     root: String,
     exclude: &'a [String],
-    parent: Option<&'a SnapshotReader<'a>>,
+    /// Unchanged files can be kept from a parent snapshot.
+    has_parent: bool,
     sink: &'a Sink<'a>,
     buf: Vec<u8>,
     read_bytes: u64,
@@ -100,71 +101,53 @@ impl Walker<'_> {
     }
 
     fn walk(&mut self, rel: &str) -> Result<(), Error> {
+        host::check_cancelled()?;
         let dir = join(&self.root, rel);
-        let mut names: Vec<String> = Vec::new();
-        for item in fs::read_dir(&dir).map_err(|e| Error::from(e).context(&dir))? {
-            let item = item.map_err(|e| Error::from(e).context(&dir))?;
-            match item.file_name().into_string() {
-                Ok(n) => names.push(n),
-                Err(n) => {
-                    host::warn(format!("skipping {dir}/{}: the name is not UTF-8", n.to_string_lossy()));
-                    self.skipped += 1;
-                }
-            }
+        let listing = host::list_dir(&dir)?;
+        for name in &listing.not_utf8 {
+            host::warn(format!("skipping {dir}/{name}: the name is not UTF-8"));
+            self.skipped += 1;
         }
-        names.sort();
-        for name in names {
-            host::check_cancelled()?;
+        for name in &listing.special {
             let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-            if self.excluded(&child, &name) {
-                continue;
-            }
-            let full = join(&self.root, &child);
-            let md = match fs::symlink_metadata(&full) {
-                Ok(md) => md,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    host::warn(format!("{full} vanished during the backup; skipped"));
-                    continue;
-                }
-                Err(e) => return Err(Error::from(e).context(&full)),
-            };
-            let ft = md.file_type();
-            if ft.is_dir() {
-                let mode = host::file_mode(&full)?;
-                self.sink.add_entry(EntryMeta::dir(&child, mode & 0o7777).mtime(mtime_of(&md)))?.finish()?;
-                self.walk(&child)?;
-            } else if ft.is_symlink() {
-                let target = host::read_link(&full)?;
-                self.sink.add_entry(EntryMeta::symlink(&child, &target).mtime(mtime_of(&md)))?.finish()?;
-            } else if ft.is_file() {
-                let mode = host::file_mode(&full)? & 0o7777;
-                let mtime = mtime_of(&md);
-                if self.unchanged(&child, md.len(), mtime, mode) {
-                    match self.sink.reuse_entry(&child) {
-                        Ok(_) => {
-                            self.reused += 1;
-                            self.covered += md.len();
-                            continue;
-                        }
-                        // The parent's data is gone (pruned): read it again.
-                        Err(e) => host::debug(format!("{child}: {e}; reading it again")),
-                    }
-                }
-                self.backup_file(&child, &full, mode, mtime, md.len())?;
-            } else {
-                host::warn(format!("skipping {full}: sockets, FIFOs and devices are not backed up"));
+            if !self.excluded(&child, name) {
+                host::warn(format!(
+                    "skipping {}: sockets, FIFOs and devices are not backed up",
+                    join(&self.root, &child)
+                ));
                 self.skipped += 1;
             }
         }
-        Ok(())
-    }
-
-    fn unchanged(&self, path: &str, size: u64, mtime: Timestamp, mode: u32) -> bool {
-        let Some(parent) = self.parent else { return false };
-        match parent.entry(path) {
-            Some(e) => e.kind == EntryKind::File && e.size == size && e.mtime == mtime && e.mode & 0o7777 == mode,
-            None => false,
+        for (i, item) in listing.items.into_iter().enumerate() {
+            if i % CANCEL_EVERY == CANCEL_EVERY - 1 {
+                host::check_cancelled()?;
+            }
+            let child = if rel.is_empty() { item.name.clone() } else { format!("{rel}/{}", item.name) };
+            if self.excluded(&child, &item.name) {
+                continue;
+            }
+            match item.kind {
+                EntryKind::Dir => {
+                    self.sink.add_entry(EntryMeta::dir(&child, item.mode).mtime(item.mtime))?.finish()?;
+                    self.walk(&child)?;
+                }
+                EntryKind::Symlink => {
+                    let full = join(&self.root, &child);
+                    let target = host::read_link(&full)?;
+                    self.sink.add_entry(EntryMeta::symlink(&child, &target).mtime(item.mtime))?.finish()?;
+                }
+                EntryKind::File => {
+                    if self.has_parent && self.sink.reuse_unchanged(&child, item.size, item.mtime, item.mode) {
+                        self.reused += 1;
+                        self.covered += item.size;
+                        continue;
+                    }
+                    let full = join(&self.root, &child);
+                    self.backup_file(&child, &full, item.mode, item.mtime, item.size)?;
+                }
+            }
         }
+        Ok(())
     }
 
     fn backup_file(&mut self, rel: &str, full: &str, mode: u32, mtime: Timestamp, size: u64) -> Result<(), Error> {
@@ -264,24 +247,15 @@ fn live_tree(
     rel: &str,
     exclude: &[String],
     out: &mut BTreeMap<String, (EntryKind, u64, Timestamp)>,
-) -> std::io::Result<()> {
-    let dir = join(root, rel);
-    for item in fs::read_dir(&dir)? {
-        let item = item?;
-        let Ok(name) = item.file_name().into_string() else { continue };
-        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-        if exclude.iter().any(|e| *e == name || *e == child) {
+) -> Result<(), Error> {
+    for item in host::list_dir(&join(root, rel))?.items {
+        let child = if rel.is_empty() { item.name.clone() } else { format!("{rel}/{}", item.name) };
+        if exclude.iter().any(|e| *e == item.name || *e == child) {
             continue;
         }
-        let md = fs::symlink_metadata(join(root, &child))?;
-        let ft = md.file_type();
-        if ft.is_dir() {
-            out.insert(child.clone(), (EntryKind::Dir, 0, mtime_of(&md)));
+        out.insert(child.clone(), (item.kind, item.size, item.mtime));
+        if item.kind == EntryKind::Dir {
             live_tree(root, &child, exclude, out)?;
-        } else if ft.is_symlink() {
-            out.insert(child, (EntryKind::Symlink, 0, mtime_of(&md)));
-        } else if ft.is_file() {
-            out.insert(child, (EntryKind::File, md.len(), mtime_of(&md)));
         }
     }
     Ok(())
@@ -317,7 +291,7 @@ impl Plugin for Files {
         let mut w = Walker {
             root,
             exclude: &config.exclude,
-            parent,
+            has_parent: parent.is_some(),
             sink,
             buf: vec![0; READ_BUF],
             read_bytes: 0,

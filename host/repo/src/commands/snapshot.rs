@@ -303,6 +303,27 @@ impl SnapshotWriter {
         Ok(EntryDigest { size: entry.size, blake3: entry.blake3.unwrap_or_default() })
     }
 
+    /// Keeps the parent's file at `path` when it is a file there with this
+    /// size, modification time and permission bits, as [`Self::reuse_entry`]
+    /// does. `Ok(false)` when there is no parent, no such file, it changed,
+    /// or its data is no longer available: the caller then reads it afresh.
+    pub fn reuse_unchanged(&self, path: &str, size: u64, mtime: (i64, u32), mode: u32) -> Result<bool> {
+        let unchanged = self.parent_entry(path).is_some_and(|p| {
+            p.kind == EntryKind::File
+                && p.size == size
+                && (p.mtime, p.mtime_nsec) == mtime
+                && p.mode & 0o7777 == mode & 0o7777
+        });
+        if !unchanged {
+            return Ok(false);
+        }
+        match self.reuse_entry(path) {
+            Ok(_) => Ok(true),
+            Err(Error::CannotReuse { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The parent's entry at `path`, if any (for size+mtime change detection).
     pub fn parent_entry(&self, path: &str) -> Option<&Entry> {
         self.parent.as_ref()?.get(path)

@@ -60,8 +60,12 @@ pub fn encode_entries(entries: &[Entry]) -> Vec<u8> {
 pub fn decode_entries(data: &[u8]) -> Result<Vec<Entry>, String> {
     let mut cursor = std::io::Cursor::new(data);
     let mut out = Vec::new();
+    // One scratch buffer for every entry (`from_reader` would clear a fresh
+    // 4 KiB one for each).
+    let mut scratch = vec![0u8; 4096];
     while (cursor.position() as usize) < data.len() {
-        let e: Entry = ciborium::from_reader(&mut cursor).map_err(|e| format!("entry {}: {e}", out.len()))?;
+        let e: Entry = ciborium::de::from_reader_with_buffer(&mut cursor, &mut scratch)
+            .map_err(|e| format!("entry {}: {e}", out.len()))?;
         out.push(e);
     }
     Ok(out)

@@ -185,4 +185,26 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
     assert_eq!((m.summary.reused_entries, m.summary.bytes_read, m.summary.new_blobs), (1, 0, 0));
     assert_eq!(t.repo.resolve_snapshot("latest").await.unwrap(), second);
     assert_eq!(t.repo.resolve_snapshot(&second.to_hex()[..10]).await.unwrap(), second);
+
+    // The change check and the keeping in one step: only an exact match of
+    // size, mtime and permission bits keeps the parent's file.
+    let w = t
+        .repo
+        .start_snapshot(SnapshotOptions { source: "pg-main".into(), parent: Some(second), ..Default::default() })
+        .await
+        .unwrap();
+    let size = data.len() as u64;
+    let mtime = (1_700_000_000, 5);
+    assert!(!w.reuse_unchanged("base/1", size + 1, mtime, 0o600).unwrap(), "size differs");
+    assert!(!w.reuse_unchanged("base/1", size, (1_700_000_000, 6), 0o600).unwrap(), "mtime differs");
+    assert!(!w.reuse_unchanged("base/1", size, mtime, 0o644).unwrap(), "mode differs");
+    assert!(!w.reuse_unchanged("base/2", size, mtime, 0o600).unwrap(), "not in the parent");
+    assert!(w.reuse_unchanged("base/1", size, mtime, 0o600).unwrap());
+    let err = w.reuse_unchanged("base/1", size, mtime, 0o600).unwrap_err().to_string();
+    assert!(err.contains("added twice"), "{err}");
+    let third = w.commit().await.unwrap();
+    let m = t.repo.read_manifest(&third).await.unwrap();
+    assert_eq!((m.summary.reused_entries, m.summary.bytes_read), (1, 0));
+    let snap = t.repo.open_snapshot(&third).await.unwrap();
+    assert_eq!(snap.entry("base/1").unwrap().blake3.unwrap().0, *blake3::hash(&data).as_bytes());
 }
