@@ -489,10 +489,6 @@ impl LoadedPlugin {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| if info.source.is_empty() { info.name.clone() } else { info.source.clone() });
-        let parent_snapshot = match req.parent {
-            Some(p) => Some(Arc::new(repo.open_snapshot(&p).await?)),
-            None => None,
-        };
         let writer = repo
             .start_snapshot(SnapshotOptions {
                 tenant: req.tenant.clone(),
@@ -508,6 +504,8 @@ impl LoadedPlugin {
                 tags: req.tags.clone(),
             })
             .await?;
+        // The writer loaded the parent; the plugin reads the same copy.
+        let parent_snapshot = writer.parent().cloned();
         let Instance { mut store, bindings, plugin } = inst;
         {
             let job = &mut store.data_mut().job;

@@ -5,7 +5,7 @@
 //! is visible; packs and index entries left by a failed backup are
 //! unreferenced data that the next prune removes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crate::backend::FileKind;
 use crate::blob::BlobKind;
 use crate::chunker::StreamChunker;
+use crate::commands::read::Snapshot;
 use crate::commands::session::Session;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -162,7 +163,10 @@ impl WriterShared {
 pub struct SnapshotWriter {
     shared: Arc<WriterShared>,
     opts: SnapshotOptions,
-    parent: Option<HashMap<String, Entry>>,
+    /// The parent snapshot, shared with whoever else reads it (the plugin's
+    /// parent reader), and where the last lookup in it found its entry.
+    parent: Option<Arc<Snapshot>>,
+    parent_hint: AtomicUsize,
     session: Option<Session>,
     started: chrono::DateTime<chrono::Utc>,
     epoch: u32,
@@ -185,11 +189,8 @@ impl Repository {
             let keyring = self.load_keyring().await?;
             let data_key = crate::commands::epoch::writable_key(&keyring)?;
             let index = self.load_index().await?;
-            let parent: Option<HashMap<String, Entry>> = match opts.parent {
-                Some(pid) => {
-                    let snap = self.open_snapshot(&pid).await?;
-                    Some(snap.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
-                }
+            let parent = match opts.parent {
+                Some(pid) => Some(Arc::new(self.open_snapshot(&pid).await?)),
                 None => None,
             };
             Ok::<_, Error>((data_key, index, parent))
@@ -228,6 +229,7 @@ impl Repository {
             }),
             opts,
             parent,
+            parent_hint: AtomicUsize::new(0),
             session: Some(session),
             started,
             epoch,
@@ -284,10 +286,10 @@ impl SnapshotWriter {
     /// its data is no longer available (the caller then reads it afresh).
     pub fn reuse_entry(&self, path: &str) -> Result<EntryDigest> {
         self.shared.check_failed()?;
-        let Some(parent) = &self.parent else {
+        if self.parent.is_none() {
             return Err(Error::CannotReuse { path: path.into(), reason: "the snapshot has no parent".into() });
-        };
-        let Some(entry) = parent.get(path) else {
+        }
+        let Some(entry) = self.parent_entry(path) else {
             return Err(Error::CannotReuse { path: path.into(), reason: "the parent has no such entry".into() });
         };
         if let Some(missing) = entry.content.iter().find(|id| !self.shared.index.contains_usable(id)) {
@@ -325,8 +327,23 @@ impl SnapshotWriter {
     }
 
     /// The parent's entry at `path`, if any (for size+mtime change detection).
+    ///
+    /// A tree walk asks in nearly path order, so the entries just after the
+    /// last one found are tried before a binary search.
     pub fn parent_entry(&self, path: &str) -> Option<&Entry> {
-        self.parent.as_ref()?.get(path)
+        let entries = &self.parent.as_ref()?.entries;
+        let hint = self.parent_hint.load(Ordering::Relaxed);
+        let i = match (hint..entries.len().min(hint + 3)).find(|i| entries[*i].path == path) {
+            Some(i) => i,
+            None => entries.binary_search_by(|e| e.path.as_str().cmp(path)).ok()?,
+        };
+        self.parent_hint.store(i + 1, Ordering::Relaxed);
+        Some(&entries[i])
+    }
+
+    /// The parent snapshot, as loaded when the snapshot started.
+    pub fn parent(&self) -> Option<&Arc<Snapshot>> {
+        self.parent.as_ref()
     }
 
     /// Sets a source attribute (replacing an earlier value).
