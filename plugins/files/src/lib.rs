@@ -81,6 +81,11 @@ fn join(root: &str, rel: &str) -> String {
     }
 }
 
+/// The snapshot path of `name` inside the directory at snapshot path `rel`.
+fn child_of(rel: &str, name: &str) -> String {
+    if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") }
+}
+
 struct Walker<'a> {
     root: String,
     exclude: &'a [String],
@@ -109,7 +114,7 @@ impl Walker<'_> {
             self.skipped += 1;
         }
         for name in &listing.special {
-            let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let child = child_of(rel, name);
             if !self.excluded(&child, name) {
                 host::warn(format!(
                     "skipping {}: sockets, FIFOs and devices are not backed up",
@@ -122,7 +127,7 @@ impl Walker<'_> {
             if i % CANCEL_EVERY == CANCEL_EVERY - 1 {
                 host::check_cancelled()?;
             }
-            let child = if rel.is_empty() { item.name.clone() } else { format!("{rel}/{}", item.name) };
+            let child = child_of(rel, &item.name);
             if self.excluded(&child, &item.name) {
                 continue;
             }
@@ -249,7 +254,7 @@ fn live_tree(
     out: &mut BTreeMap<String, (EntryKind, u64, Timestamp)>,
 ) -> Result<(), Error> {
     for item in host::list_dir(&join(root, rel))?.items {
-        let child = if rel.is_empty() { item.name.clone() } else { format!("{rel}/{}", item.name) };
+        let child = child_of(rel, &item.name);
         if exclude.iter().any(|e| *e == item.name || *e == child) {
             continue;
         }

@@ -62,8 +62,8 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 impl Repository {
-    /// Backs up a directory tree. With a parent, files whose size and mtime
-    /// are unchanged are reused without being read.
+    /// Backs up a directory tree. With a parent, files whose size, mtime
+    /// and permission bits are unchanged are reused without being read.
     pub async fn backup_dir(&self, root: &Path, mut opts: SnapshotOptions) -> Result<Id> {
         if opts.source.is_empty() {
             opts.source = root.display().to_string();
@@ -83,12 +83,9 @@ impl Repository {
                     tracing::warn!(path = %path.display(), "skipping special file");
                     continue;
                 };
+                let mode = md.permissions().mode() & 0o7777;
                 if kind == EntryKind::File
-                    && let Some(p) = w.parent_entry(&rel)
-                    && p.kind == EntryKind::File
-                    && p.size == md.len()
-                    && (p.mtime, p.mtime_nsec) == (md.mtime(), md.mtime_nsec() as u32)
-                    && w.reuse_entry(&rel).is_ok()
+                    && w.reuse_unchanged(&rel, md.len(), (md.mtime(), md.mtime_nsec() as u32), mode)?
                 {
                     continue;
                 }
@@ -97,14 +94,8 @@ impl Repository {
                 } else {
                     None
                 };
-                let meta = EntryMeta {
-                    path: rel,
-                    kind,
-                    mode: md.permissions().mode() & 0o7777,
-                    mtime: md.mtime(),
-                    mtime_nsec: md.mtime_nsec() as u32,
-                    target,
-                };
+                let meta =
+                    EntryMeta { path: rel, kind, mode, mtime: md.mtime(), mtime_nsec: md.mtime_nsec() as u32, target };
                 let mut ew = w.add_entry(meta)?;
                 if kind == EntryKind::File {
                     // Plain blocking reads on this worker thread: a thread

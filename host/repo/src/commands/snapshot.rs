@@ -285,13 +285,19 @@ impl SnapshotWriter {
     /// its data. Fails if there is no parent, the parent has no such entry, or
     /// its data is no longer available (the caller then reads it afresh).
     pub fn reuse_entry(&self, path: &str) -> Result<EntryDigest> {
-        self.shared.check_failed()?;
         if self.parent.is_none() {
             return Err(Error::CannotReuse { path: path.into(), reason: "the snapshot has no parent".into() });
         }
         let Some(entry) = self.parent_entry(path) else {
             return Err(Error::CannotReuse { path: path.into(), reason: "the parent has no such entry".into() });
         };
+        self.keep(path, entry)
+    }
+
+    /// Adds the parent's `entry` at `path` to this snapshot, if its data is
+    /// all still available.
+    fn keep(&self, path: &str, entry: &Entry) -> Result<EntryDigest> {
+        self.shared.check_failed()?;
         if let Some(missing) = entry.content.iter().find(|id| !self.shared.index.contains_usable(id)) {
             return Err(Error::CannotReuse {
                 path: path.into(),
@@ -310,16 +316,15 @@ impl SnapshotWriter {
     /// does. `Ok(false)` when there is no parent, no such file, it changed,
     /// or its data is no longer available: the caller then reads it afresh.
     pub fn reuse_unchanged(&self, path: &str, size: u64, mtime: (i64, u32), mode: u32) -> Result<bool> {
-        let unchanged = self.parent_entry(path).is_some_and(|p| {
+        let Some(entry) = self.parent_entry(path).filter(|p| {
             p.kind == EntryKind::File
                 && p.size == size
                 && (p.mtime, p.mtime_nsec) == mtime
                 && p.mode & 0o7777 == mode & 0o7777
-        });
-        if !unchanged {
+        }) else {
             return Ok(false);
-        }
-        match self.reuse_entry(path) {
+        };
+        match self.keep(path, entry) {
             Ok(_) => Ok(true),
             Err(Error::CannotReuse { .. }) => Ok(false),
             Err(e) => Err(e),
