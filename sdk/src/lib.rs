@@ -769,6 +769,17 @@ impl SnapshotReader<'_> {
         let inner = self.inner.open(path).map_err(|e| Error::from_wit(e).context(path))?;
         Ok(EntryReader { inner, buf: Vec::new(), pos: 0, eof: false })
     }
+
+    /// During a restore into a directory: has the host write these file
+    /// entries (content, permission bits, modification time) to the same
+    /// paths under the target, several at once, and returns the bytes
+    /// written. The content never passes through the plugin, which makes
+    /// this the fast way to restore files; use [`Self::open`] where the
+    /// plugin must transform the bytes. Parent directories must exist;
+    /// at most 10,000 paths a call.
+    pub fn restore_files(&self, paths: &[String]) -> Result<u64, Error> {
+        self.inner.restore_files(paths).map_err(Error::from_wit)
+    }
 }
 
 /// Bytes asked of the host per read call.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use coffer_repo::{FileKind, InitOptions, KdfParams, Repository};
 use coffer_runtime::{
-    CancelToken, Fault, GrantSet, JobError, JobOptions, Limits, LoadedPlugin, Purpose, Runtime, RuntimeOptions,
-    SnapshotRequest,
+    CancelToken, Fault, GrantSet, JobError, JobOptions, Limits, LoadedPlugin, Purpose, RestoreRequest, Runtime,
+    RuntimeOptions, SnapshotRequest,
 };
 use serde_json::json;
 
@@ -42,6 +42,9 @@ const TESTED: &[&str] = &[
     "long-source",
     "unfinished",
     "stream",
+    "restore-onto-symlink",
+    "restore-through-symlink",
+    "restore-files-in-verify",
 ];
 
 fn runtime() -> &'static Runtime {
@@ -408,4 +411,60 @@ async fn fifty_plugin_instances_back_up_at_once() {
     assert_eq!(s.repo.snapshots().await.unwrap().len(), 50);
     let report = s.repo.check(coffer_repo::ReadData::All).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.errors);
+}
+
+impl Scene {
+    /// Snapshots with a restore mode (two files and a directory), then
+    /// restores that snapshot with the same mode into a new `target`.
+    async fn restore_with(&self, mode: &str, victim: &std::path::Path) -> Result<(), JobError> {
+        self.run(json!({"mode": mode}), Limits::default(), CancelToken::new()).await.unwrap();
+        let id = self.repo.snapshots().await.unwrap().pop().unwrap().0;
+        let target = self.dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let mut grants = GrantSet::none();
+        let target = grants.write_dir("--target", target.to_str().unwrap()).unwrap();
+        let opts = JobOptions { grants, ..JobOptions::default() };
+        let req = RestoreRequest {
+            config: json!({"mode": mode, "victim": victim.to_str().unwrap()}),
+            target: Some(target),
+            force: false,
+            paths: Vec::new(),
+        };
+        hostile().restore(&self.repo, &id, req, &opts).await
+    }
+}
+
+#[tokio::test]
+async fn restore_files_onto_a_planted_symlink_is_refused() {
+    let s = Scene::new().await;
+    let victim = s.dir.path().join("secret");
+    let e = s.restore_with("restore-onto-symlink", &victim).await.expect_err("writing through the link must fail");
+    let m = message(&e);
+    assert!(m.contains("symlink"), "{m}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"TOP SECRET outside the grant", "the host wrote through a symlink");
+}
+
+#[tokio::test]
+async fn restore_files_through_a_planted_directory_symlink_is_refused() {
+    let s = Scene::new().await;
+    let outside = s.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let e = s.restore_with("restore-through-symlink", &outside).await.expect_err("writing through the link must fail");
+    let m = message(&e);
+    assert!(m.contains("symlink"), "{m}");
+    assert!(!outside.join("inner.txt").exists(), "the host wrote outside the restore target");
+}
+
+#[tokio::test]
+async fn restore_files_outside_a_restore_is_refused() {
+    let s = Scene::new().await;
+    let mode = "restore-files-in-verify";
+    s.run(json!({"mode": mode}), Limits::default(), CancelToken::new()).await.unwrap();
+    let id = s.repo.snapshots().await.unwrap().pop().unwrap().0;
+    let e = hostile()
+        .verify(&s.repo, &id, &json!({"mode": mode}), &JobOptions::default())
+        .await
+        .expect_err("a verify must not write files");
+    let m = message(&e);
+    assert!(m.contains("only during a restore into a directory"), "{m}");
 }

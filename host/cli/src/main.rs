@@ -16,6 +16,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// jemalloc, configured in `.cargo/config.toml` (two arenas, freed pages
+/// handed back after a second). Blobs are allocated on one thread and freed
+/// on another; glibc's per-thread arenas kept most of them (peak RSS of a
+/// restore 200 MiB against 120 MiB with this).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code when check or verify finds damage.
 pub const EXIT_DAMAGE: u8 = 3;
 /// Exit code for a usage error.

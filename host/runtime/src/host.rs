@@ -843,6 +843,74 @@ impl reader::HostSnapshotReader for PluginState {
         Ok(Ok(self.table.push(EntryReaderSlot { reader })?))
     }
 
+    async fn restore_files(
+        &mut self,
+        this: Resource<ReaderSlot>,
+        paths: Vec<String>,
+    ) -> wasmtime::Result<Result<u64, WitError>> {
+        use crate::restore_files::{Dest, Job, MAX_PATHS, open_target, run};
+        if paths.len() > MAX_PATHS {
+            return Ok(Err(WitError::Other(format!(
+                "restore-files takes at most {MAX_PATHS} paths a call, not {}",
+                paths.len()
+            ))));
+        }
+        let snapshot = Arc::clone(&self.table.get(&this)?.snapshot);
+        let root = match &self.job.restore {
+            Some(r) if Arc::ptr_eq(&r.snapshot, &snapshot) => r.root.clone(),
+            Some(_) => {
+                return Ok(Err(WitError::AccessDenied(
+                    "restore-files writes only entries of the snapshot being restored".into(),
+                )));
+            }
+            None => {
+                return Ok(Err(WitError::AccessDenied("this works only during a restore into a directory".into())));
+            }
+        };
+        let Some(repo) = self.job.repo.clone() else {
+            return Err(self.fault(Fault::Contract("no repository for this reader".into())));
+        };
+        let target = open_target(&root);
+        let mut jobs = Vec::with_capacity(paths.len());
+        for p in paths {
+            let Some(entry) = snapshot.entry(&p) else {
+                return Ok(Err(WitError::Other(format!(
+                    "snapshot {} has no entry {}",
+                    snapshot.id.short(),
+                    printable(&p)
+                ))));
+            };
+            if entry.kind != RepoKind::File {
+                return Ok(Err(WitError::Other(format!("{}: only files have content to restore", printable(&p)))));
+            }
+            let (dest, path) = match &target {
+                Some(fd) => {
+                    if let Err(reason) = coffer_repo::repofile::tree::validate_path(&p) {
+                        return Ok(Err(WitError::AccessDenied(format!("{}: {reason}", printable(&p)))));
+                    }
+                    (Dest::Beneath(Arc::clone(fd), p.clone()), root.join(&p))
+                }
+                None => match self.resolve_in_target(&p, false) {
+                    Ok(path) => (Dest::Checked(path.clone()), path),
+                    Err(e) => return Ok(Err(e)),
+                },
+            };
+            jobs.push(Job { entry: entry.clone(), dest, path });
+        }
+        match run(repo, jobs, self.job.cancel.clone()).await {
+            Ok(files) => {
+                let bytes = files.iter().map(|(_, len)| len).sum();
+                if let Some(settler) = &mut self.job.settler {
+                    for (path, len) in files {
+                        settler.finished(path, len);
+                    }
+                }
+                Ok(Ok(bytes))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
     async fn drop(&mut self, rep: Resource<ReaderSlot>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
         Ok(())

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod host;
 pub mod job;
 pub mod limits;
+mod restore_files;
 mod settle;
 
 use std::sync::Arc;

@@ -199,23 +199,38 @@ fn clear_for(path: &str, want_dir: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn restore_file(snapshot: &SnapshotReader, e: &EntryInfo, dest: &str, buf: &mut [u8]) -> Result<u64, Error> {
-    let mut reader = snapshot.open(&e.path)?;
-    let mut out = fs::File::create(dest).map_err(|err| Error::from(err).context(dest))?;
-    let mut total = 0u64;
-    loop {
-        let n = reader.read(buf).map_err(|err| Error::from(err).context(&e.path))?;
-        if n == 0 {
-            break;
+/// Files handed to the host per `restore-files` call: the host writes a
+/// batch several files at once, and waits for the batch's last file.
+const BATCH_FILES: usize = 2_000;
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// Files waiting to be restored by the host.
+#[derive(Default)]
+struct Batch {
+    paths: Vec<String>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn add(&mut self, snapshot: &SnapshotReader, e: &EntryInfo, done: &mut u64, total: u64) -> Result<(), Error> {
+        self.paths.push(e.path.clone());
+        self.bytes += e.size;
+        if self.paths.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES {
+            self.flush(snapshot, done, total)?;
         }
-        out.write_all(&buf[..n]).map_err(|err| Error::from(err).context(dest))?;
-        total += n as u64;
+        Ok(())
     }
-    out.flush().map_err(|err| Error::from(err).context(dest))?;
-    if total != e.size {
-        return Err(Error::Corrupt(format!("{}: read {total} bytes, the snapshot records {}", e.path, e.size)));
+
+    fn flush(&mut self, snapshot: &SnapshotReader, done: &mut u64, total: u64) -> Result<(), Error> {
+        if self.paths.is_empty() {
+            return Ok(());
+        }
+        *done += snapshot.restore_files(&self.paths)?;
+        self.paths.clear();
+        self.bytes = 0;
+        host::progress(*done, Some(total));
+        Ok(())
     }
-    Ok(total)
 }
 
 fn hash_entry(snapshot: &SnapshotReader, path: &str, buf: &mut [u8]) -> Result<(u64, String), Error> {
@@ -320,10 +335,10 @@ impl Plugin for Files {
                 "restore target {target} is not empty; restore into an empty directory or pass --force to overwrite"
             )));
         }
-        let mut buf = vec![0u8; READ_BUF];
         let mut dirs: Vec<EntryInfo> = Vec::new();
         let total: u64 = snapshot.entries().map(|e| e.size).sum();
         let mut done = 0u64;
+        let mut batch = Batch::default();
         for e in snapshot.entries() {
             host::check_cancelled()?;
             if !options.includes(&e.path) {
@@ -346,9 +361,7 @@ impl Plugin for Files {
                     if options.force {
                         clear_for(&dest, false)?;
                     }
-                    done += restore_file(snapshot, &e, &dest, &mut buf)?;
-                    host::set_metadata(&e.path, e.mode, e.mtime)?;
-                    host::progress(done, Some(total));
+                    batch.add(snapshot, &e, &mut done, total)?;
                 }
                 EntryKind::Symlink => {
                     if options.force {
@@ -360,6 +373,7 @@ impl Plugin for Files {
                 }
             }
         }
+        batch.flush(snapshot, &mut done, total)?;
         // Directories last and deepest first, so writing their children
         // neither changes their mtime nor needs write permission they lack.
         for d in dirs.iter().rev() {

@@ -179,11 +179,25 @@ impl Repository {
             block_in_place(|| std::fs::create_dir_all(parent)).map_err(|err| Error::io(parent, err))?;
         }
         let mut f = block_in_place(|| std::fs::File::create(&dest)).map_err(|err| Error::io(&dest, err))?;
-        let mut r = self.entry_reader(e);
+        self.write_entry(e, &mut f, &dest).await
+    }
+
+    /// Writes a file entry's content to `file` from its current position,
+    /// reading a few blobs ahead, and returns the bytes written (`dest`
+    /// names the file in errors). Content whose length differs from the
+    /// size the tree records is an error: the snapshot is damaged.
+    pub async fn write_entry(&self, entry: &Entry, file: &mut std::fs::File, dest: &Path) -> Result<u64> {
+        let mut r = self.entry_reader(entry);
         let mut written = 0;
         while let Some(chunk) = r.next_chunk().await? {
-            block_in_place(|| std::io::Write::write_all(&mut f, &chunk)).map_err(|err| Error::io(&dest, err))?;
+            block_in_place(|| std::io::Write::write_all(file, &chunk)).map_err(|err| Error::io(dest, err))?;
             written += chunk.len() as u64;
+        }
+        if written != entry.size {
+            return Err(Error::corrupt(
+                format!("the snapshot tree entry {}", entry.path),
+                format!("its blobs hold {written} bytes, the tree records {}", entry.size),
+            ));
         }
         Ok(written)
     }
