@@ -340,6 +340,32 @@ impl PluginState {
     }
 }
 
+/// The file entry at `path`, or the error a plugin gets for a path the
+/// snapshot does not hold or one that is not a file (`open`,
+/// `restore-files`).
+fn file_entry<'a>(snapshot: &'a Snapshot, path: &str) -> Result<&'a coffer_repo::Entry, WitError> {
+    match snapshot.entry(path) {
+        None => Err(WitError::Other(format!("snapshot {} has no entry {}", snapshot.id.short(), printable(path)))),
+        Some(e) if e.kind != RepoKind::File => {
+            Err(WitError::Other(format!("{}: only files have content to read or restore", printable(path))))
+        }
+        Some(e) => Ok(e),
+    }
+}
+
+/// The permission bits a restore may set on a file or directory: the
+/// requested `mode`'s rwx bits, plus the special bits the snapshot
+/// recorded for it (`recorded`); setuid and setgid never on an item owned
+/// by root, because snapshots do not record owners and a user's setuid
+/// program must not come back as a root one.
+pub(crate) fn granted_mode(mode: u32, recorded: u32, owner: u32) -> u32 {
+    let mut special = recorded & 0o7000;
+    if owner == 0 {
+        special &= 0o1000;
+    }
+    mode & (0o777 | special)
+}
+
 /// A path as it can be shown in a message (NUL and control bytes escaped).
 pub(crate) fn printable(s: &str) -> String {
     s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
@@ -581,9 +607,7 @@ impl host::Host for PluginState {
             return Ok(Ok(()));
         }
         // Special bits only where the snapshot recorded them for an entry
-        // of the same kind; setuid/setgid never on a file owned by root
-        // (snapshots do not record owners, so a user's setuid program must
-        // not come back as a root one).
+        // of the same kind.
         use std::os::unix::fs::MetadataExt;
         let recorded = self
             .job
@@ -593,12 +617,8 @@ impl host::Host for PluginState {
             .filter(|e| (e.kind == RepoKind::Dir) == md.is_dir())
             .map(|e| e.mode)
             .unwrap_or(0);
-        let mut special = recorded & 0o7000;
-        if md.uid() == 0 {
-            special &= 0o1000;
-        }
-        let allowed = 0o777 | special;
-        if let Err(e) = std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode & allowed)) {
+        let granted = granted_mode(mode, recorded, md.uid());
+        if let Err(e) = std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(granted)) {
             return Ok(Err(WitError::Other(format!("{}: {e}", printable(&path)))));
         }
         if let Err(e) = filetime::set_file_mtime(&cur, ft) {
@@ -824,16 +844,10 @@ impl reader::HostSnapshotReader for PluginState {
         path: String,
     ) -> wasmtime::Result<Result<Resource<EntryReaderSlot>, WitError>> {
         let snapshot = Arc::clone(&self.table.get(&this)?.snapshot);
-        let Some(entry) = snapshot.entry(&path) else {
-            return Ok(Err(WitError::Other(format!(
-                "snapshot {} has no entry {}",
-                snapshot.id.short(),
-                printable(&path)
-            ))));
+        let entry = match file_entry(&snapshot, &path) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
         };
-        if entry.kind != RepoKind::File {
-            return Ok(Err(WitError::Other(format!("{}: only files have content to read", printable(&path)))));
-        }
         self.open_handle()?;
         let Some(repo) = &self.job.repo else {
             return Err(self.fault(Fault::Contract("no repository for this reader".into())));
@@ -873,16 +887,10 @@ impl reader::HostSnapshotReader for PluginState {
         let target = open_target(&root);
         let mut jobs = Vec::with_capacity(paths.len());
         for p in paths {
-            let Some(entry) = snapshot.entry(&p) else {
-                return Ok(Err(WitError::Other(format!(
-                    "snapshot {} has no entry {}",
-                    snapshot.id.short(),
-                    printable(&p)
-                ))));
+            let entry = match file_entry(&snapshot, &p) {
+                Ok(e) => e,
+                Err(e) => return Ok(Err(e)),
             };
-            if entry.kind != RepoKind::File {
-                return Ok(Err(WitError::Other(format!("{}: only files have content to restore", printable(&p)))));
-            }
             let (dest, path) = match &target {
                 Some(fd) => {
                     if let Err(reason) = coffer_repo::repofile::tree::validate_path(&p) {
@@ -944,5 +952,23 @@ impl reader::HostEntryReader for PluginState {
         self.table.delete(rep)?;
         self.job.open_readers = self.job.open_readers.saturating_sub(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::granted_mode;
+
+    #[test]
+    fn special_bits_only_where_recorded_and_never_setuid_for_root() {
+        // Plain bits pass; special bits need the snapshot's record.
+        assert_eq!(granted_mode(0o4755, 0o0755, 1000), 0o755);
+        assert_eq!(granted_mode(0o4755, 0o4755, 1000), 0o4755);
+        assert_eq!(granted_mode(0o2750, 0o6750, 1000), 0o2750);
+        // Owned by root: setuid and setgid dropped, sticky kept.
+        assert_eq!(granted_mode(0o6755, 0o6755, 0), 0o755);
+        assert_eq!(granted_mode(0o1777, 0o1777, 0), 0o1777);
+        // File-type bits never pass.
+        assert_eq!(granted_mode(0o100644, 0o100644, 1000), 0o644);
     }
 }

@@ -17,7 +17,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::bindings::types::Error as WitError;
-use crate::host::printable;
+use crate::host::{granted_mode, printable};
 use crate::job::CancelToken;
 
 /// Paths per call, at most.
@@ -111,11 +111,10 @@ async fn write_one(repo: Repository, job: Job) -> Result<(PathBuf, u64), WitErro
         coffer_repo::Error::Io { .. } => WitError::Other(e.to_string()),
         other => WitError::Unavailable(other.to_string()),
     })?;
-    // The mode as `set-metadata` grants it: setuid and setgid not on a file
-    // owned by root (snapshots do not record owners).
+    // The mode as `set-metadata` grants it.
     let owner = rustix::fs::fstat(&file).map_err(|e| io(e.into()))?.st_uid;
-    let special = if owner == 0 { job.entry.mode & 0o1000 } else { job.entry.mode & 0o7000 };
-    rustix::fs::fchmod(&file, Mode::from_raw_mode((job.entry.mode & 0o777) | special)).map_err(|e| io(e.into()))?;
+    let mode = granted_mode(job.entry.mode, job.entry.mode, owner);
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(|e| io(e.into()))?;
     let mtime = filetime::FileTime::from_unix_time(job.entry.mtime, job.entry.mtime_nsec.min(999_999_999));
     filetime::set_file_handle_times(&file, None, Some(mtime)).map_err(io)?;
     Ok((job.path, len))
