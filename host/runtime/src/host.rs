@@ -353,6 +353,18 @@ fn file_entry<'a>(snapshot: &'a Snapshot, path: &str) -> Result<&'a coffer_repo:
     }
 }
 
+/// What a plugin is told when an entry's content could not be read (or,
+/// for `restore-files`, written): damage is `corrupt`, a local write is
+/// `other`, anything else (storage unreachable, a missing blob) is
+/// `unavailable`.
+pub(crate) fn content_error(e: coffer_repo::Error) -> WitError {
+    match e {
+        coffer_repo::Error::Corrupt { .. } => WitError::Corrupt(e.to_string()),
+        coffer_repo::Error::Io { .. } => WitError::Other(e.to_string()),
+        other => WitError::Unavailable(other.to_string()),
+    }
+}
+
 /// The permission bits a restore may set on a file or directory: the
 /// requested `mode`'s rwx bits, plus the special bits the snapshot
 /// recorded for it (`recorded`); setuid and setgid never on an item owned
@@ -937,10 +949,7 @@ impl reader::HostEntryReader for PluginState {
                 Ok(0) => break,
                 Ok(k) => filled += k,
                 Err(e) => {
-                    return Ok(Err(match e {
-                        coffer_repo::Error::Corrupt { .. } => WitError::Corrupt(e.to_string()),
-                        other => WitError::Unavailable(other.to_string()),
-                    }));
+                    return Ok(Err(content_error(e)));
                 }
             }
         }

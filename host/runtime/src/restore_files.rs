@@ -17,7 +17,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::bindings::types::Error as WitError;
-use crate::host::{granted_mode, printable};
+use crate::host::{content_error, granted_mode, printable};
 use crate::job::CancelToken;
 
 /// Paths per call, at most.
@@ -106,11 +106,7 @@ async fn write_one(repo: Repository, job: Job) -> Result<(PathBuf, u64), WitErro
         other => io(other.into()),
     })?;
     let mut file = std::fs::File::from(fd);
-    let len = repo.write_entry(&job.entry, &mut file, &job.path).await.map_err(|e| match e {
-        coffer_repo::Error::Corrupt { .. } => WitError::Corrupt(e.to_string()),
-        coffer_repo::Error::Io { .. } => WitError::Other(e.to_string()),
-        other => WitError::Unavailable(other.to_string()),
-    })?;
+    let len = repo.write_entry(&job.entry, &mut file, &job.path).await.map_err(content_error)?;
     // The mode as `set-metadata` grants it.
     let owner = rustix::fs::fstat(&file).map_err(|e| io(e.into()))?.st_uid;
     let mode = granted_mode(job.entry.mode, job.entry.mode, owner);
