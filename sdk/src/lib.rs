@@ -598,6 +598,27 @@ pub struct Digest {
     pub blake3: String,
 }
 
+/// A regular file for [`Sink::add_files`]: its path in the snapshot and
+/// where it is on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSource {
+    /// The entry's path in the snapshot.
+    pub path: String,
+    /// The file's host path, inside a granted directory.
+    pub source: String,
+}
+
+/// What became of a file handed to [`Sink::add_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Added, with its size and BLAKE3.
+    Added(Digest),
+    /// Not added: removed, or no longer a regular file, since it was listed.
+    Gone,
+    /// Not added: it could not be opened; why (`permission denied`).
+    Unreadable(String),
+}
+
 // ---------------------------------------------------------------------------
 // Sink
 
@@ -633,6 +654,27 @@ impl Sink<'_> {
     /// file and write its content.
     pub fn reuse_unchanged(&self, path: &str, size: u64, mtime: Timestamp, mode: u32) -> bool {
         self.inner.reuse_unchanged(path, size, mtime.to_wit(), mode)
+    }
+
+    /// Adds regular files whose content the host reads itself, several at
+    /// once, and returns what became of each, in order. Each entry records
+    /// the file's permission bits and modification time as opened. The
+    /// content never passes through the plugin, which makes this the fast
+    /// way to back up files stored as they are; use [`Self::add_entry`]
+    /// where the plugin produces or transforms the bytes. Sources must be
+    /// inside the granted directories; at most 10,000 files a call.
+    pub fn add_files(&self, files: &[FileSource]) -> Result<Vec<FileOutcome>, Error> {
+        let files: Vec<wit::sink::FileSource> =
+            files.iter().map(|f| wit::sink::FileSource { path: f.path.clone(), source: f.source.clone() }).collect();
+        let outcomes = self.inner.add_files(&files).map_err(Error::from_wit)?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                wit::sink::FileOutcome::Added(d) => FileOutcome::Added(Digest { size: d.size, blake3: d.blake3 }),
+                wit::sink::FileOutcome::Gone => FileOutcome::Gone,
+                wit::sink::FileOutcome::Unreadable(why) => FileOutcome::Unreadable(why),
+            })
+            .collect())
     }
 
     /// The generated binding (for test fixtures that misuse it on purpose).

@@ -57,7 +57,7 @@ pub struct Compression {
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression { zstd_level: 3 }
+        Compression { zstd_level: 2 }
     }
 }
 

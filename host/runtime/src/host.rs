@@ -236,16 +236,14 @@ impl PluginState {
         {
             return Ok(real.join(name));
         }
-        let real_parent =
-            parent.canonicalize().map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(path))))?;
-        match self.job.grants.dir_covering(&real_parent) {
-            None => return Err(denied()),
-            Some((_, real_writable)) => {
-                self.job.last_parent =
-                    (!writable && !real_writable).then(|| (parent.to_path_buf(), real_parent.clone()));
-            }
+        let (real, real_writable) = real_path_in_grants(&self.job.grants, p).map_err(|e| {
+            e.unwrap_or_else(|| WitError::Unavailable(format!("{}: its directory does not exist", printable(path))))
+        })?;
+        if let Some(real_parent) = real.parent() {
+            self.job.last_parent =
+                (!writable && !real_writable).then(|| (parent.to_path_buf(), real_parent.to_path_buf()));
         }
-        Ok(real_parent.join(name))
+        Ok(real)
     }
 
     /// Opens the directory at `path` with one `openat2(RESOLVE_BENEATH)`
@@ -338,6 +336,33 @@ impl PluginState {
         };
         self.fault(f)
     }
+}
+
+/// `path` with its parent resolved the way the OS would (symlinks
+/// followed), and whether the grant covering that resolved parent is
+/// writable; the final component is not resolved. Fails with
+/// `access-denied` when `path` or its resolved parent is outside the
+/// grants, and with `None` when the parent does not exist.
+pub(crate) fn real_path_in_grants(grants: &GrantSet, path: &Path) -> Result<(PathBuf, bool), Option<WitError>> {
+    let denied = || {
+        Some(WitError::AccessDenied(format!(
+            "{} is not inside a granted directory",
+            printable(&path.to_string_lossy())
+        )))
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(denied());
+    };
+    grants.dir_covering(path).ok_or_else(denied)?;
+    let real_parent = match parent.canonicalize() {
+        Ok(p) => p,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Err(None);
+        }
+        Err(e) => return Err(Some(WitError::Unavailable(format!("{}: {e}", printable(&path.to_string_lossy()))))),
+    };
+    let (_, writable) = grants.dir_covering(&real_parent).ok_or_else(denied)?;
+    Ok((real_parent.join(name), writable))
 }
 
 /// The file entry at `path`, or the error a plugin gets for a path the
@@ -730,6 +755,72 @@ impl sink::HostSnapshotSink for PluginState {
         match self.writer()?.reuse_unchanged(&path, size, (mtime.seconds, mtime.nanoseconds), mode) {
             Ok(kept) => Ok(kept),
             Err(e) => Err(self.repo_fault(e)),
+        }
+    }
+
+    async fn add_files(
+        &mut self,
+        _sink: Resource<SinkSlot>,
+        files: Vec<sink::FileSource>,
+    ) -> wasmtime::Result<Result<Vec<sink::FileOutcome>, WitError>> {
+        use crate::add_files::{Failure, Job, MAX_FILES, Outcome, run};
+        if files.len() > MAX_FILES {
+            return Ok(Err(WitError::Other(format!(
+                "add-files takes at most {MAX_FILES} files a call, not {}",
+                files.len()
+            ))));
+        }
+        let mut jobs = Vec::with_capacity(files.len());
+        for f in files {
+            if f.path.len() > MAX_PATH || f.source.len() > MAX_PATH {
+                return Err(
+                    self.fault(Fault::Contract(format!("entry paths and sources are at most {MAX_PATH} bytes")))
+                );
+            }
+            if let Err(reason) = coffer_repo::repofile::tree::validate_path(&f.path) {
+                return Err(self.fault(Fault::Contract(format!("entry `{}`: {reason}", printable(&f.path)))));
+            }
+            self.job.entries += 1;
+            if self.job.entries > MAX_ENTRIES {
+                return Err(self.fault(Fault::Contract(format!("more than {MAX_ENTRIES} entries"))));
+            }
+            let source = PathBuf::from(&f.source);
+            let grant = match self.job.grants.dir_covering(&source) {
+                Some((root, _)) if root != source => root.to_path_buf(),
+                _ => {
+                    return Ok(Err(WitError::AccessDenied(format!(
+                        "{} is not a file inside a granted directory",
+                        printable(&f.source)
+                    ))));
+                }
+            };
+            jobs.push(Job { path: f.path, source, grant });
+        }
+        let budget = self.job.limits.output_bytes.saturating_sub(self.job.output_used);
+        let adder = self.writer()?.adder();
+        let outcome = run(adder, Arc::clone(&self.job.grants), jobs, self.job.cancel.clone(), budget).await;
+        match outcome {
+            Ok(added) => {
+                self.job.output_used += added.bytes;
+                let outcomes = added
+                    .outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Outcome::Added(d) => {
+                            sink::FileOutcome::Added(Digest { size: d.size, blake3: d.blake3.to_hex() })
+                        }
+                        Outcome::Gone => sink::FileOutcome::Gone,
+                        Outcome::Unreadable(why) => sink::FileOutcome::Unreadable(why),
+                    })
+                    .collect();
+                Ok(Ok(outcomes))
+            }
+            Err(Failure::Plugin(e)) => Ok(Err(e)),
+            Err(Failure::Repo(e)) => Err(self.repo_fault(e)),
+            Err(Failure::OutputLimit) => {
+                let limit = self.job.limits.output_bytes;
+                Err(self.fault(Fault::OutputLimit { limit }))
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! [`Limits`]. A plugin that traps, loops, runs out of memory or breaks
 //! the contract fails its job and nothing else.
 
+mod add_files;
 pub mod bindings;
 pub mod cache;
 pub mod grants;

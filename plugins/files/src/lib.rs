@@ -3,17 +3,20 @@
 //! empty directory, and verifies it (every entry read back and re-hashed,
 //! plus a drift report against the live tree when it is granted).
 //!
-//! Sockets, FIFOs and devices are skipped with a warning. With a parent
-//! snapshot, a file whose size, mtime and mode are unchanged is kept from
-//! the parent without being read.
+//! The plugin walks the tree; the host reads the regular files it hands
+//! over in batches (`add-files`), so file content never passes through the
+//! plugin. Sockets, FIFOs and devices are skipped with a warning, and so
+//! are files that vanish or cannot be opened during the backup. With a
+//! parent snapshot, a file whose size, mtime and mode are unchanged is kept
+//! from the parent without being read.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 
 use coffer_sdk::{
-    Capability, Config, ConfigError, EntryInfo, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
-    SnapshotReader, Timestamp, VerifyReport, host,
+    Capability, Config, ConfigError, EntryInfo, EntryKind, EntryMeta, Error, FileOutcome, FileSource, Plugin,
+    PluginInfo, RestoreOptions, Sink, SnapshotReader, Timestamp, VerifyReport, host,
 };
 use serde::Deserialize;
 
@@ -59,8 +62,14 @@ const SCHEMA: &str = r#"{
   }
 }"#;
 
-/// Read buffer for file content.
+/// Read buffer for file content (verify).
 const READ_BUF: usize = 1 << 20;
+
+/// Files handed to the host per `add-files` call: the host reads a batch
+/// several files at once and returns when the batch's last file is read,
+/// so a batch is also the step of the progress figure.
+const ADD_FILES: usize = 1_000;
+const ADD_BYTES: u64 = 64 << 20;
 
 /// A walk asks whether the job was cancelled at each directory and after
 /// this many items of a big one.
@@ -92,7 +101,9 @@ struct Walker<'a> {
     /// Unchanged files can be kept from a parent snapshot.
     has_parent: bool,
     sink: &'a Sink<'a>,
-    buf: Vec<u8>,
+    /// Files waiting for the next `add-files` call, and their listed bytes.
+    pending: Vec<FileSource>,
+    pending_bytes: u64,
     read_bytes: u64,
     /// Bytes read plus bytes kept from the parent: the progress figure.
     covered: u64,
@@ -147,34 +158,42 @@ impl Walker<'_> {
                         self.covered += item.size;
                         continue;
                     }
-                    let full = join(&self.root, &child);
-                    self.backup_file(&child, &full, item.mode, item.mtime, item.size)?;
+                    let source = join(&self.root, &child);
+                    self.pending.push(FileSource { path: child, source });
+                    self.pending_bytes += item.size;
+                    if self.pending.len() >= ADD_FILES || self.pending_bytes >= ADD_BYTES {
+                        self.add_pending()?;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn backup_file(&mut self, rel: &str, full: &str, mode: u32, mtime: Timestamp, size: u64) -> Result<(), Error> {
-        let mut file = match fs::File::open(full) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                host::warn(format!("{full} vanished during the backup; skipped"));
-                return Ok(());
-            }
-            Err(e) => return Err(Error::from(e).context(full)),
-        };
-        let mut entry = self.sink.add_entry(EntryMeta::file(rel, mode).mtime(mtime).size_hint(size))?;
-        loop {
-            let n = file.read(&mut self.buf).map_err(|e| Error::from(e).context(full))?;
-            if n == 0 {
-                break;
-            }
-            entry.write_all(&self.buf[..n]).map_err(|e| Error::from(e).context(full))?;
-            self.read_bytes += n as u64;
-            self.covered += n as u64;
+    /// Hands the pending files to the host, which reads them.
+    fn add_pending(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        entry.finish()?;
+        let outcomes = self.sink.add_files(&self.pending)?;
+        for (file, outcome) in self.pending.iter().zip(outcomes) {
+            match outcome {
+                FileOutcome::Added(d) => {
+                    self.read_bytes += d.size;
+                    self.covered += d.size;
+                }
+                FileOutcome::Gone => {
+                    host::warn(format!("{} vanished during the backup; skipped", file.source));
+                    self.skipped += 1;
+                }
+                FileOutcome::Unreadable(why) => {
+                    host::warn(format!("{} cannot be read ({why}); skipped", file.source));
+                    self.skipped += 1;
+                }
+            }
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
         host::progress(self.covered, None);
         Ok(())
     }
@@ -313,15 +332,17 @@ impl Plugin for Files {
             exclude: &config.exclude,
             has_parent: parent.is_some(),
             sink,
-            buf: vec![0; READ_BUF],
+            pending: Vec::new(),
+            pending_bytes: 0,
             read_bytes: 0,
             covered: 0,
             reused: 0,
             skipped: 0,
         };
         w.walk("")?;
+        w.add_pending()?;
         host::info(format!(
-            "read {} bytes, kept {} unchanged files from the parent, skipped {} special files",
+            "read {} bytes, kept {} unchanged files from the parent, skipped {} special, vanished or unreadable files",
             w.read_bytes, w.reused, w.skipped
         ));
         Ok(())

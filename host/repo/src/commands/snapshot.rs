@@ -237,21 +237,18 @@ impl Repository {
     }
 }
 
-impl SnapshotWriter {
+impl WriterShared {
     fn claim_path(&self, path: &str) -> Result<()> {
         validate_path(path).map_err(|reason| Error::InvalidEntry { path: path.to_string(), reason })?;
-        let mut s = self.shared.state.lock().expect("state lock");
+        let mut s = self.state.lock().expect("state lock");
         if !s.paths.insert(path.to_string()) {
             return Err(Error::InvalidEntry { path: path.to_string(), reason: "added twice".into() });
         }
         Ok(())
     }
 
-    /// Adds an entry. For a file, write its content through the returned
-    /// writer and call [`EntryWriter::finish`]; directories and symlinks are
-    /// complete at once (their writer accepts no data).
-    pub fn add_entry(&self, meta: EntryMeta) -> Result<EntryWriter> {
-        self.shared.check_failed()?;
+    fn add_entry(self: &Arc<Self>, meta: EntryMeta) -> Result<EntryWriter> {
+        self.check_failed()?;
         if meta.kind == EntryKind::Symlink && meta.target.as_deref().is_none_or(str::is_empty) {
             return Err(Error::InvalidEntry { path: meta.path, reason: "a symlink needs a target".into() });
         }
@@ -268,17 +265,46 @@ impl SnapshotWriter {
             blake3: None,
         };
         if entry.kind == EntryKind::File {
-            self.shared.open_writers.fetch_add(1, Ordering::SeqCst);
+            self.open_writers.fetch_add(1, Ordering::SeqCst);
         } else {
-            self.shared.state.lock().expect("state lock").entries.push(entry.clone());
+            self.state.lock().expect("state lock").entries.push(entry.clone());
         }
         Ok(EntryWriter {
-            shared: Arc::clone(&self.shared),
-            chunker: StreamChunker::new(self.shared.repo.chunker.clone()),
+            shared: Arc::clone(self),
+            chunker: StreamChunker::new(self.repo.chunker.clone()),
             hasher: blake3::Hasher::new(),
             entry,
             done: false,
         })
+    }
+}
+
+/// Adds entries to a snapshot from other threads: a cheap handle on the
+/// [`SnapshotWriter`] that can be cloned and sent, for hosts that read
+/// several files at once. Committing stays with the writer.
+#[derive(Clone)]
+pub struct EntryAdder {
+    shared: Arc<WriterShared>,
+}
+
+impl EntryAdder {
+    /// As [`SnapshotWriter::add_entry`].
+    pub fn add_entry(&self, meta: EntryMeta) -> Result<EntryWriter> {
+        self.shared.add_entry(meta)
+    }
+}
+
+impl SnapshotWriter {
+    /// Adds an entry. For a file, write its content through the returned
+    /// writer and call [`EntryWriter::finish`]; directories and symlinks are
+    /// complete at once (their writer accepts no data).
+    pub fn add_entry(&self, meta: EntryMeta) -> Result<EntryWriter> {
+        self.shared.add_entry(meta)
+    }
+
+    /// A handle that adds entries from other threads.
+    pub fn adder(&self) -> EntryAdder {
+        EntryAdder { shared: Arc::clone(&self.shared) }
     }
 
     /// Keeps `path` exactly as it is in the parent snapshot, without reading
@@ -304,7 +330,7 @@ impl SnapshotWriter {
                 reason: format!("data blob {} is no longer available", missing.short()),
             });
         }
-        self.claim_path(path)?;
+        self.shared.claim_path(path)?;
         let mut s = self.shared.state.lock().expect("state lock");
         s.entries.push(entry.clone());
         s.reused += 1;
