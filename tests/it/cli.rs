@@ -4,6 +4,7 @@
 //! and check, keys, retention, third-party plugins and Ctrl-C.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -378,4 +379,30 @@ fn a_plugin_never_gets_another_plugins_snapshot_as_parent() {
     let other = t.json(&["backup", support::hostile_wasm(), "--set", "mode=ok", "--source", &source]);
     assert_eq!(other["kind"], "full");
     assert!(other["parent"].is_null());
+}
+
+#[test]
+fn init_sets_the_compression_level_and_refuses_one_out_of_range() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let text: Vec<u8> = (0..2_000_000u32).map(|i| b"coffer compresses text "[(i % 23) as usize]).collect();
+    fs::write(src.join("text"), &text).unwrap();
+    let path = format!("path={}", src.display());
+    let compressed = t.json(&["backup", "files", "--set", &path]);
+    let stored = compressed["summary"]["stored_bytes"].as_u64().unwrap();
+    assert!(stored < 200_000, "the default level compresses: {stored} bytes stored");
+
+    let plain = t.dir.path().join("plain");
+    let out = t.cmd().env("COFFER_REPO", &plain).args(["init", "--compression", "20"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--compression must be between 0 (none) and 19"), "{}", stderr(&out));
+    assert!(!plain.exists(), "a refused init created {}", plain.display());
+    let out = t.cmd().env("COFFER_REPO", &plain).args(["init", "--compression", "0"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = t.cmd().env("COFFER_REPO", &plain).args(["--json", "backup", "files", "--set", &path]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = v["summary"]["stored_bytes"].as_u64().unwrap();
+    assert!(stored >= text.len() as u64, "level 0 stores blobs as they are: {stored} bytes stored");
 }

@@ -45,6 +45,7 @@ const TESTED: &[&str] = &[
     "restore-onto-symlink",
     "restore-through-symlink",
     "restore-files-in-verify",
+    "add-files",
 ];
 
 fn runtime() -> &'static Runtime {
@@ -172,6 +173,60 @@ async fn streaming_through_the_sink_stores_every_byte() {
     let snap = s.repo.open_snapshot(&snaps[0].0).await.unwrap();
     assert_eq!(snap.entries[0].size, size);
     assert_eq!(snaps[0].1.summary.bytes_read, size);
+}
+
+#[tokio::test]
+async fn add_files_reads_a_granted_file_and_nothing_outside_the_grant() {
+    let s = Scene::new().await;
+    let data = s.data();
+    std::fs::create_dir(s.dir.path().join("outside")).unwrap();
+    std::fs::write(s.dir.path().join("outside/secret"), b"TOP SECRET behind a symlink").unwrap();
+    std::os::unix::fs::symlink(s.dir.path().join("outside"), s.dir.path().join("data/escape")).unwrap();
+    std::os::unix::fs::symlink("../outside", s.dir.path().join("data/escape-relative")).unwrap();
+    std::os::unix::fs::symlink("../secret", s.dir.path().join("data/link")).unwrap();
+    let refused = [
+        (format!("{data}/../secret"), "not a file inside a granted directory"),
+        ("/etc/hostname".to_string(), "not a file inside a granted directory"),
+        (data.clone(), "not a file inside a granted directory"),
+        (format!("{data}/escape/secret"), "not inside a granted directory"),
+        (format!("{data}/escape-relative/secret"), "not inside a granted directory"),
+        // A symlink at the source itself is not followed: the file is gone.
+        (format!("{data}/link"), "the host did not read"),
+    ];
+    for (source, why) in refused {
+        let e = s.must_fail(json!({"mode": "add-files", "path": data, "victim": source}), Limits::default()).await;
+        let m = message(&e);
+        assert!(m.contains(why), "{source}: {m}");
+    }
+    // The granted file itself is read, with its mode and mtime as opened.
+    std::fs::set_permissions(s.dir.path().join("data/file"), std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .unwrap();
+    let source = format!("{data}/file");
+    s.run(json!({"mode": "add-files", "path": data, "victim": source}), Limits::default(), CancelToken::new())
+        .await
+        .unwrap();
+    let snaps = s.repo.snapshots().await.unwrap();
+    let snap = s.repo.open_snapshot(&snaps[0].0).await.unwrap();
+    let e = snap.entry("stolen").expect("the entry was added");
+    assert_eq!(e.mode, 0o640);
+    let md = std::fs::metadata(&source).unwrap();
+    assert_eq!(e.mtime, std::os::unix::fs::MetadataExt::mtime(&md));
+    let mut content = Vec::new();
+    let mut reader = s.repo.entry_reader_owned(e);
+    while let Some(piece) = reader.next_chunk().await.unwrap() {
+        content.extend_from_slice(&piece);
+    }
+    assert_eq!(content, b"granted data");
+}
+
+#[tokio::test]
+async fn add_files_past_the_output_quota_fails_the_job() {
+    let s = Scene::new().await;
+    std::fs::write(s.dir.path().join("data/big"), vec![7u8; 12 << 20]).unwrap();
+    let limits = Limits { output_bytes: 8 << 20, ..Limits::default() };
+    let source = format!("{}/big", s.data());
+    let e = s.must_fail(json!({"mode": "add-files", "path": s.data(), "victim": source}), limits).await;
+    assert!(matches!(e, JobError::Fault { fault: Fault::OutputLimit { .. }, .. }), "{e}");
 }
 
 #[tokio::test]

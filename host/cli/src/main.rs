@@ -90,7 +90,7 @@ pub struct ConfigArgs {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create a repository.
-    Init(commands::key::KdfArgs),
+    Init(commands::InitArgs),
     /// Back up a source with a plugin (a built-in name or a .wasm file).
     Backup(commands::backup::BackupArgs),
     /// List snapshots.

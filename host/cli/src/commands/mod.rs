@@ -11,7 +11,7 @@ pub mod wal;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use coffer_repo::Repository;
 use coffer_runtime::{CancelToken, JobError};
 
@@ -33,7 +33,7 @@ impl std::error::Error for UsageError {}
 pub async fn run(cli: Cli) -> ExitCode {
     let g = cli.global.clone();
     let r = match cli.command {
-        Cmd::Init(k) => init(&g, k).await,
+        Cmd::Init(a) => init(&g, a).await,
         Cmd::Backup(a) => backup::run(&g, a).await,
         Cmd::Snapshots(a) => snapshots::list(&g, a).await,
         Cmd::Ls(a) => snapshots::ls(&g, a).await,
@@ -91,13 +91,29 @@ pub async fn open_repo(g: &Global) -> Result<Repository> {
     Repository::open_url(&url, &opts, &password).await.with_context(|| format!("opening repository {url}"))
 }
 
-async fn init(g: &Global, kdf: key::KdfArgs) -> Result<u8> {
+/// `coffer init`.
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    kdf: key::KdfArgs,
+    /// zstd level of the repository's blobs, 1 to 19, or 0 for none. The
+    /// default, 2, stores about what restic's default does and compresses
+    /// 1.6 times as fast as level 3 (which stores 2.5% less).
+    #[arg(long, default_value_t = 2, value_name = "LEVEL")]
+    compression: i32,
+}
+
+async fn init(g: &Global, args: InitArgs) -> Result<u8> {
     let url = repo_url(g)?;
     let opts = repo_options(g)?;
-    let kdf = kdf.params()?;
+    let kdf = args.kdf.params()?;
+    if !(0..=19).contains(&args.compression) {
+        bail!(UsageError(format!("--compression must be between 0 (none) and 19, not {}", args.compression)));
+    }
+    let compression = coffer_repo::blob::Compression { zstd_level: args.compression };
     let password = crate::password::new_password(g.password_file.as_deref(), true)?;
     let backend = coffer_repo::backend_for(&url, &opts).with_context(|| format!("repository {url}"))?;
-    let init = coffer_repo::InitOptions { kdf, ..Default::default() };
+    let init = coffer_repo::InitOptions { kdf, compression, ..Default::default() };
     let repo =
         Repository::init(backend, &password, init).await.with_context(|| format!("creating repository {url}"))?;
     if g.json {
