@@ -408,8 +408,19 @@ impl Repository {
     /// keyring are reloaded once (by one caller at a time) and the read is
     /// tried again at the blob's new place.
     pub async fn load_blob(&self, kind: BlobKind, id: &Id) -> Result<Bytes> {
+        self.load_blob_decoding(kind, id, false).await
+    }
+
+    /// As [`Self::load_blob`], but decodes a blob of any size on the
+    /// thread that polls the future: for callers on a thread of their own,
+    /// where a hand-off to the blocking pool would only add a wake-up.
+    pub async fn load_blob_here(&self, kind: BlobKind, id: &Id) -> Result<Bytes> {
+        self.load_blob_decoding(kind, id, true).await
+    }
+
+    async fn load_blob_decoding(&self, kind: BlobKind, id: &Id, here: bool) -> Result<Bytes> {
         let before = self.index();
-        match self.load_blob_from(&before, kind, id).await {
+        match self.load_blob_from(&before, kind, id, here).await {
             Err(Error::MissingEpoch(_)) => {}
             Err(Error::Backend(e)) if e.is_not_found() => {}
             other => return other,
@@ -421,10 +432,10 @@ impl Repository {
                 self.load_index().await?;
             }
         }
-        self.load_blob_from(&self.index(), kind, id).await
+        self.load_blob_from(&self.index(), kind, id, here).await
     }
 
-    async fn load_blob_from(&self, idx: &MasterIndex, kind: BlobKind, id: &Id) -> Result<Bytes> {
+    async fn load_blob_from(&self, idx: &MasterIndex, kind: BlobKind, id: &Id, here: bool) -> Result<Bytes> {
         let loc = idx.lookup(id).ok_or(Error::MissingBlob { kind: kind.name(), id: *id })?;
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
         let pack = loc.pack.to_hex();
@@ -436,7 +447,7 @@ impl Repository {
         let raw_len = loc.raw_len as usize;
         // A small blob decodes in less time than a hand-off to the blocking
         // pool and back takes.
-        let decoded = if raw_len <= INLINE_DECODE {
+        let decoded = if here || raw_len <= INLINE_DECODE {
             blob::decode(&keys, &key, kind, &id, &sealed, raw_len)
         } else {
             tokio::task::spawn_blocking(move || blob::decode(&keys, &key, kind, &id, &sealed, raw_len))

@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use coffer_repo::{EntryAdder, EntryDigest, EntryKind, EntryMeta};
 use rustix::fd::OwnedFd;
@@ -22,6 +22,7 @@ use crate::bindings::types::Error as WitError;
 use crate::grants::GrantSet;
 use crate::host::{printable, real_path_in_grants};
 use crate::job::CancelToken;
+use crate::pool::Stop;
 
 /// Files per call, at most.
 pub(crate) const MAX_FILES: usize = 10_000;
@@ -74,18 +75,11 @@ pub(crate) struct Added {
     pub(crate) bytes: u64,
 }
 
-/// Reads every file of `jobs` into the snapshot, a few at a time. At most
-/// `budget` bytes are read; the first failure stops the rest (files being
-/// read are abandoned, which fails the snapshot) and is returned, and so
-/// is a cancellation.
-///
-/// Each of a few reader threads takes the next file of the batch, opens
-/// it, adds its entry and reads it. They are this call's own threads, not
-/// the async runtime's: a read may block on a slow disk or a hung network
-/// mount, which must not stall other jobs (and a `block_in_place` hop per
-/// read made a backup use 23% more CPU). The caller is woken once per
-/// reader, not once per file: a wake-up costs about 10 µs here, more than
-/// reading a small file.
+/// Reads every file of `jobs` into the snapshot, a few at a time, on
+/// threads of this call ([`crate::pool`]): each takes the next file, opens
+/// it, adds its entry and reads it. At most `budget` bytes are read; the
+/// first failure stops the rest (files being read are abandoned, which
+/// fails the snapshot) and is returned, and so is a cancellation.
 pub(crate) async fn run(
     adder: EntryAdder,
     grants: Arc<GrantSet>,
@@ -93,124 +87,45 @@ pub(crate) async fn run(
     cancel: CancelToken,
     budget: u64,
 ) -> Result<Added, Failure> {
-    let count = jobs.len();
     let mut roots = HashMap::new();
     for job in &jobs {
         roots.entry(job.grant.clone()).or_insert_with(|| open_root(&job.grant));
     }
-    let work = Arc::new(Work {
-        adder,
-        grants,
-        roots,
-        jobs: Mutex::new(jobs.into_iter().enumerate()),
-        budget: AtomicU64::new(budget),
-        stop: AtomicBool::new(false),
+    let ctx = Reader { adder, grants, roots, budget: AtomicU64::new(budget), rt: tokio::runtime::Handle::current() };
+    let outcomes = crate::pool::run(
+        "coffer-read",
+        files_at_once(),
+        jobs,
         cancel,
-    });
-    let _stop_on_drop = StopOnDrop(Arc::clone(&work));
-    let readers = files_at_once().min(count.max(1));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let rt = tokio::runtime::Handle::current();
-    for n in 0..readers {
-        let (reader_work, reader_tx, rt) = (Arc::clone(&work), tx.clone(), rt.clone());
-        let spawned = std::thread::Builder::new().name(format!("coffer-read-{n}")).spawn(move || {
-            let r = reader_work.read_files(&rt);
-            if r.is_err() {
-                reader_work.stop.store(true, Ordering::Relaxed);
-            }
-            let _ = reader_tx.send(r);
-        });
-        if let Err(e) = spawned {
-            work.stop.store(true, Ordering::Relaxed);
-            let _ = tx.send(Err(Failure::Plugin(WitError::Other(format!("cannot start a file reader: {e}")))));
-        }
-    }
-    drop(tx);
-    let mut added = Added { outcomes: vec![Outcome::Gone; count], bytes: 0 };
-    let mut first_failure = None;
-    while let Some(r) = rx.recv().await {
-        match r {
-            Ok(done) => {
-                for (i, outcome) in done {
-                    if let Outcome::Added(d) = &outcome {
-                        added.bytes += d.size;
-                    }
-                    added.outcomes[i] = outcome;
-                }
-            }
-            // The readers that stopped because another failed say
-            // `cancelled`; the failure itself is the one to report.
-            Err(f) => match first_failure {
-                None | Some(Failure::Plugin(WitError::Cancelled)) => first_failure = Some(f),
-                Some(_) => {}
-            },
-        }
-    }
-    match first_failure {
-        Some(f) => Err(f),
-        None => Ok(added),
-    }
+        || Failure::Plugin(WitError::Cancelled),
+        |why| Failure::Plugin(WitError::Other(why)),
+        move |buf, job, stop| ctx.add(buf, job, stop),
+    )
+    .await?;
+    let bytes = outcomes.iter().map(|o| if let Outcome::Added(d) = o { d.size } else { 0 }).sum();
+    Ok(Added { outcomes, bytes })
 }
 
-/// What the readers of one call share.
-struct Work {
+/// What the reader threads of one call share.
+struct Reader {
     adder: EntryAdder,
     grants: Arc<GrantSet>,
     /// Each grant root of the batch, opened once.
     roots: HashMap<PathBuf, Option<OwnedFd>>,
-    jobs: Mutex<std::iter::Enumerate<std::vec::IntoIter<Job>>>,
     /// Bytes that may still be read.
     budget: AtomicU64,
-    /// Set on the first failure and when the call ends.
-    stop: AtomicBool,
-    cancel: CancelToken,
+    rt: tokio::runtime::Handle,
 }
 
-/// Tells the readers to stop when the call ends, however it ends (a
-/// cancelled or timed-out call is dropped mid-way).
-struct StopOnDrop(Arc<Work>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Work {
-    fn stopped(&self) -> Result<(), Failure> {
-        if self.cancel.is_cancelled() || self.stop.load(Ordering::Relaxed) {
-            return Err(Failure::Plugin(WitError::Cancelled));
-        }
-        Ok(())
-    }
-
-    /// One reader: takes files until none are left; returns what became of
-    /// each it took.
-    fn read_files(&self, rt: &tokio::runtime::Handle) -> Result<Vec<(usize, Outcome)>, Failure> {
-        let mut buf = vec![0u8; READ_BUF];
-        let mut done = Vec::new();
-        loop {
-            self.stopped()?;
-            let next = self.jobs.lock().expect("jobs lock").next();
-            let Some((i, job)) = next else { return Ok(done) };
-            let root = self.roots.get(&job.grant).and_then(Option::as_ref);
-            let outcome = match open_source(&self.grants, root, &job).map_err(Failure::Plugin)? {
-                Opened::File(file, st) => Outcome::Added(self.read_one(rt, job, file, &st, &mut buf)?),
-                Opened::Not(outcome) => outcome,
-            };
-            done.push((i, outcome));
-        }
-    }
-
-    /// Adds one opened file and reads it into its entry.
-    fn read_one(
-        &self,
-        rt: &tokio::runtime::Handle,
-        job: Job,
-        mut file: std::fs::File,
-        st: &rustix::fs::Stat,
-        buf: &mut [u8],
-    ) -> Result<EntryDigest, Failure> {
+impl Reader {
+    /// Opens one file, adds its entry and reads it.
+    fn add(&self, buf: &mut Vec<u8>, job: Job, stop: &Stop) -> Result<Outcome, Failure> {
+        let root = self.roots.get(&job.grant).and_then(Option::as_ref);
+        let (mut file, st) = match open_source(&self.grants, root, &job).map_err(Failure::Plugin)? {
+            Opened::File(file, st) => (file, st),
+            Opened::Not(outcome) => return Ok(outcome),
+        };
+        buf.resize(READ_BUF, 0);
         let meta = EntryMeta {
             path: job.path,
             kind: EntryKind::File,
@@ -221,7 +136,9 @@ impl Work {
         };
         let mut entry = self.adder.add_entry(meta).map_err(Failure::Repo)?;
         loop {
-            self.stopped()?;
+            if stop.is_set() {
+                return Err(Failure::Plugin(WitError::Cancelled));
+            }
             let n = read_full(&mut file, buf).map_err(|e| {
                 Failure::Plugin(WitError::Unavailable(format!("{}: {e}", printable(&job.source.to_string_lossy()))))
             })?;
@@ -232,12 +149,13 @@ impl Work {
             if left.is_err() {
                 return Err(Failure::OutputLimit);
             }
-            rt.block_on(entry.write(&buf[..n])).map_err(Failure::Repo)?;
+            self.rt.block_on(entry.write(&buf[..n])).map_err(Failure::Repo)?;
             if n < buf.len() {
                 break;
             }
         }
-        rt.block_on(entry.finish()).map_err(Failure::Repo)
+        let digest = self.rt.block_on(entry.finish()).map_err(Failure::Repo)?;
+        Ok(Outcome::Added(digest))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod grants;
 pub mod host;
 pub mod job;
 pub mod limits;
+mod pool;
 mod restore_files;
 mod settle;
 

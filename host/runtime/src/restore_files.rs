@@ -19,11 +19,12 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use crate::bindings::types::Error as WitError;
 use crate::host::{content_error, granted_mode, printable};
 use crate::job::CancelToken;
+use crate::pool::Stop;
 
 /// Paths per call, at most.
 pub(crate) const MAX_PATHS: usize = 10_000;
 /// Files written at once: two per core, at least 4, at most 16 (each also
-/// reads a few blobs ahead). More did not help on two cores.
+/// fetches a few blobs ahead). More did not help on two cores.
 fn files_at_once() -> usize {
     std::thread::available_parallelism().map_or(4, |n| 2 * n.get()).clamp(4, 16)
 }
@@ -60,36 +61,33 @@ fn beneath() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
 
-/// Writes every file of `jobs`, a few at a time, and
-/// returns each file's path and length. The first failure stops the rest
-/// (their tasks are aborted) and is returned; so is a cancellation.
+/// Writes every file of `jobs`, a few at a time on threads of this call
+/// ([`crate::pool`]), and returns each file's path and length. The first
+/// failure stops the rest and is returned; so is a cancellation.
 pub(crate) async fn run(
     repo: Repository,
     jobs: Vec<Job>,
     cancel: CancelToken,
 ) -> Result<Vec<(PathBuf, u64)>, WitError> {
-    let mut done = Vec::with_capacity(jobs.len());
-    let mut running = tokio::task::JoinSet::new();
-    let mut jobs = jobs.into_iter();
-    let at_once = files_at_once();
-    loop {
-        while running.len() < at_once {
-            let Some(job) = jobs.next() else { break };
-            if cancel.is_cancelled() {
-                return Err(WitError::Cancelled);
-            }
-            running.spawn(write_one(repo.clone(), job));
-        }
-        match running.join_next().await {
-            None => return Ok(done),
-            Some(Ok(Ok(one))) => done.push(one),
-            Some(Ok(Err(e))) => return Err(e),
-            Some(Err(e)) => return Err(WitError::Other(format!("a restore task failed: {e}"))),
-        }
-    }
+    let rt = tokio::runtime::Handle::current();
+    crate::pool::run(
+        "coffer-write",
+        files_at_once(),
+        jobs,
+        cancel,
+        || WitError::Cancelled,
+        WitError::Other,
+        move |_, job, stop| write_one(&rt, &repo, job, stop),
+    )
+    .await
 }
 
-async fn write_one(repo: Repository, job: Job) -> Result<(PathBuf, u64), WitError> {
+fn write_one(
+    rt: &tokio::runtime::Handle,
+    repo: &Repository,
+    job: Job,
+    stop: &Stop,
+) -> Result<(PathBuf, u64), WitError> {
     let shown = || printable(&job.path.to_string_lossy());
     let io = |e: std::io::Error| WitError::Other(format!("{}: {e}", shown()));
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -106,7 +104,9 @@ async fn write_one(repo: Repository, job: Job) -> Result<(PathBuf, u64), WitErro
         other => io(other.into()),
     })?;
     let mut file = std::fs::File::from(fd);
-    let len = repo.write_entry(&job.entry, &mut file, &job.path).await.map_err(content_error)?;
+    let len = repo
+        .write_entry_blocking(rt, &job.entry, &mut file, &job.path, || stop.is_set())
+        .map_err(|e| if stop.is_set() { WitError::Cancelled } else { content_error(e) })?;
     // The mode as `set-metadata` grants it.
     let owner = rustix::fs::fstat(&file).map_err(|e| io(e.into()))?.st_uid;
     let mode = granted_mode(job.entry.mode, job.entry.mode, owner);

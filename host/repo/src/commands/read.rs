@@ -14,7 +14,7 @@ use crate::repofile::tree::{Entry, decode_entries};
 use crate::repository::Repository;
 
 /// Blobs fetched ahead while streaming an entry.
-const READ_AHEAD: usize = 4;
+pub(crate) const READ_AHEAD: usize = 4;
 
 /// An opened snapshot.
 #[derive(Debug, Clone)]
