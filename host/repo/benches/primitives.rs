@@ -43,11 +43,12 @@ fn primitives(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("chunk id (keyed BLAKE3)", |b| b.iter(|| keys.chunk_id(&data)));
     g.bench_function("seal (XChaCha20-Poly1305)", |b| b.iter(|| keys.seal(&data, b"aad")));
-    g.bench_function("zstd level 3", |b| b.iter(|| zstd::bulk::compress(&data, 3).unwrap()));
+    let level = Compression::default().zstd_level;
+    g.bench_function(format!("zstd level {level}"), |b| b.iter(|| zstd::bulk::compress(&data, level).unwrap()));
     let chunker = Chunker::new(ChunkerParams::default(), keys.chunker_seed());
     g.bench_function("FastCDC cut points", |b| b.iter(|| chunker.split_all(Bytes::from(data.clone())).len()));
     let id = keys.chunk_id(&data);
-    g.bench_function("blob encode (zstd-3 + seal)", |b| {
+    g.bench_function(format!("blob encode (zstd-{level} + seal)"), |b| {
         b.iter(|| blob::encode(&dk, BlobKind::Data, &id, &data, Compression::default()))
     });
     let sealed = blob::encode(&dk, BlobKind::Data, &id, &data, Compression::default());

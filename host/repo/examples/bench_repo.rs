@@ -188,10 +188,16 @@ fn primitives(dataset: &Path) -> Result<()> {
     row("XChaCha20-Poly1305 alone (1 core)", t.elapsed().as_secs_f64(), n, "ceiling for encryption");
     let t = Instant::now();
     let mut out = 0usize;
+    let level = coffer_repo::blob::Compression::default().zstd_level;
     for b in &bufs {
-        out += zstd::bulk::compress(b, 3).expect("zstd").len();
+        out += zstd::bulk::compress(b, level).expect("zstd").len();
     }
-    row("zstd level 3 alone (1 core)", t.elapsed().as_secs_f64(), n, &format!("ratio {:.2}", n as f64 / out as f64));
+    row(
+        &format!("zstd level {level} alone (1 core)"),
+        t.elapsed().as_secs_f64(),
+        n,
+        &format!("ratio {:.2}", n as f64 / out as f64),
+    );
     let chunker = coffer_repo::chunker::Chunker::new(Default::default(), 42);
     let t = Instant::now();
     let mut rest: &[u8] = &data;
