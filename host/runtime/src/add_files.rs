@@ -59,8 +59,8 @@ pub(crate) enum Failure {
 }
 
 /// What became of one file.
-#[derive(Clone)]
 pub(crate) enum Outcome {
+    /// Added, with its size and BLAKE3.
     Added(EntryDigest),
     /// Gone, or no longer a regular file.
     Gone,
@@ -139,7 +139,7 @@ impl Reader {
             if stop.is_set() {
                 return Err(Failure::Plugin(WitError::Cancelled));
             }
-            let n = read_full(&mut file, buf).map_err(|e| {
+            let n = coffer_repo::commands::dir::read_full(&mut file, buf).map_err(|e| {
                 Failure::Plugin(WitError::Unavailable(format!("{}: {e}", printable(&job.source.to_string_lossy()))))
             })?;
             if n == 0 {
@@ -157,21 +157,6 @@ impl Reader {
         let digest = self.rt.block_on(entry.finish()).map_err(Failure::Repo)?;
         Ok(Outcome::Added(digest))
     }
-}
-
-/// Fills `buf` as far as the file allows; returns the bytes read (short
-/// only at the end).
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match std::io::Read::read(f, &mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// The grant's root opened for `openat2` lookups beneath it; `None` if it

@@ -47,7 +47,7 @@ fn block_in_place<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Fills `buf` as far as the file allows; returns the bytes read (short only at the end).
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     use std::io::Read;
     let mut filled = 0;
     while filled < buf.len() {
