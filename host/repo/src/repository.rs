@@ -411,9 +411,10 @@ impl Repository {
         self.load_blob_decoding(kind, id, false).await
     }
 
-    /// As [`Self::load_blob`], but decodes a blob of any size on the
-    /// thread that polls the future: for callers on a thread of their own,
-    /// where a hand-off to the blocking pool would only add a wake-up.
+    /// As [`Self::load_blob`], but reads (from a local repository) and
+    /// decodes a blob of any size on the thread that polls the future: for
+    /// callers on a thread of their own, where a hand-off to the blocking
+    /// pool would only add wake-ups.
     pub async fn load_blob_here(&self, kind: BlobKind, id: &Id) -> Result<Bytes> {
         self.load_blob_decoding(kind, id, true).await
     }
@@ -440,7 +441,11 @@ impl Repository {
         let range = loc.offset as u64..loc.offset as u64 + loc.length as u64;
         let pack = loc.pack.to_hex();
         let key = self.data_key(loc.epoch).await?;
-        let sealed = self.backend.get_range(FileKind::Pack, &pack, range).await?;
+        let sealed = if here {
+            self.backend.get_range_here(FileKind::Pack, &pack, range).await?
+        } else {
+            self.backend.get_range(FileKind::Pack, &pack, range).await?
+        };
         let keys = self.keys.clone();
         let id = *id;
         let kind = loc.kind;

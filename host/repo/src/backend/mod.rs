@@ -166,8 +166,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn put(&self, kind: FileKind, name: &str, data: Bytes, mode: PutMode) -> BoxFuture<'_, BackendResult<()>>;
     /// Reads a whole object.
     fn get(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>>;
+    /// As [`Backend::get`], for a caller on a thread of its own, which may
+    /// block: a local file is read on the thread that polls the future
+    /// instead of on the runtime's blocking pool. Other stores read as
+    /// `get` does.
+    fn get_here(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>> {
+        self.get(kind, name)
+    }
     /// Reads a byte range of an object.
     fn get_range(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>>;
+    /// As [`Backend::get_range`], for a caller on a thread of its own,
+    /// which may block: a local file is read on the thread that polls the
+    /// future, whatever the range's size, instead of on the runtime's
+    /// blocking pool. Other stores read as `get_range` does.
+    fn get_range_here(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>> {
+        self.get_range(kind, name, range)
+    }
     /// Lists the objects of a kind.
     fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>>;
     /// Deletes an object; deleting a missing object is not an error.

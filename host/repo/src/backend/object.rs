@@ -225,6 +225,22 @@ fn read_local_range(file: &std::path::Path, rel: &str, range: Range<u64>, releas
     Ok(Bytes::from(buf))
 }
 
+/// Reads a whole local file in place, and (for packs) lets the page cache
+/// drop it, as [`ObjectBackend::release_cached`] does.
+fn read_local(file: &std::path::Path, rel: &str, release: bool) -> BackendResult<Bytes> {
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => BackendError::NotFound { path: rel.to_string() },
+        _ => BackendError::Other { op: "read", path: rel.to_string(), message: e.to_string() },
+    };
+    let mut f = std::fs::File::open(file).map_err(io)?;
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut buf).map_err(io)?;
+    if release {
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    }
+    Ok(Bytes::from(buf))
+}
+
 fn map_err(op: &'static str, path: &str, e: object_store::Error) -> BackendError {
     match e {
         object_store::Error::NotFound { .. } => BackendError::NotFound { path: path.to_string() },
@@ -295,6 +311,22 @@ impl Backend for ObjectBackend {
             }
             Ok(got)
         })
+    }
+
+    fn get_here(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>> {
+        let rel = kind.path(name);
+        match self.local_file(&rel) {
+            Some(file) => Box::pin(async move { read_local(&file, &rel, kind == FileKind::Pack) }),
+            None => self.get(kind, name),
+        }
+    }
+
+    fn get_range_here(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>> {
+        let rel = kind.path(name);
+        match self.local_file(&rel) {
+            Some(file) => Box::pin(async move { read_local_range(&file, &rel, range, kind == FileKind::Pack) }),
+            None => self.get_range(kind, name, range),
+        }
     }
 
     fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {

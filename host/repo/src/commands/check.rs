@@ -283,13 +283,17 @@ impl Repository {
         keyring: std::sync::Arc<crate::crypto::Keyring>,
     ) -> (Id, Vec<String>, Vec<Id>, usize) {
         let path = FileKind::Pack.path(&p.to_hex());
-        let all_blobs = || expected.iter().map(|(id, _)| *id).collect::<Vec<_>>();
-        let data = match self.backend.get(FileKind::Pack, &p.to_hex()).await {
-            Ok(d) => d,
-            Err(e) => return (p, vec![e.to_string()], all_blobs(), 0),
-        };
         let keys = self.keys.clone();
+        let backend = self.backend.clone();
+        let rt = tokio::runtime::Handle::current();
+        // Read and checked on one blocking-pool thread: a local pack is read
+        // in place, and the thread that allocates the pack's buffer frees it
+        // (handing it between threads kept a glibc arena per thread full).
         let res = tokio::task::spawn_blocking(move || {
+            let data = match rt.block_on(backend.get_here(FileKind::Pack, &p.to_hex())) {
+                Ok(d) => d,
+                Err(e) => return (vec![e.to_string()], expected.iter().map(|(id, _)| *id).collect(), 0),
+            };
             let mut errs = Vec::new();
             let mut bad = Vec::new();
             if Id::of_bytes(&data) != p {
