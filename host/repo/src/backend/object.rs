@@ -199,44 +199,38 @@ impl ObjectBackend {
 /// thread and back (two wake-ups) cost more than the read itself.
 const INLINE_READ: u64 = 256 << 10;
 
-/// Reads `range` of a local file in place, and (for packs) lets the page
-/// cache drop it, as [`ObjectBackend::release_cached`] does.
-fn read_local_range(file: &std::path::Path, rel: &str, range: Range<u64>, release: bool) -> BackendResult<Bytes> {
+/// Reads `range` of a local file (all of it with `None`) in place, and (for
+/// packs) lets the page cache drop what was read, as
+/// [`ObjectBackend::release_cached`] does.
+fn read_local(file: &std::path::Path, rel: &str, range: Option<Range<u64>>, release: bool) -> BackendResult<Bytes> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(file).map_err(|e| match e.kind() {
+    let failed = |message: String| BackendError::Other { op: "read", path: rel.to_string(), message };
+    let mut f = std::fs::File::open(file).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => BackendError::NotFound { path: rel.to_string() },
-        _ => BackendError::Other { op: "read", path: rel.to_string(), message: e.to_string() },
+        _ => failed(e.to_string()),
     })?;
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
-    f.read_exact_at(&mut buf, range.start).map_err(|e| BackendError::Other {
-        op: "read",
-        path: rel.to_string(),
-        message: match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                format!("asked for bytes {range:?}, past the end of the object (object truncated?)")
-            }
-            _ => e.to_string(),
-        },
-    })?;
-    if release {
-        let len = std::num::NonZeroU64::new(range.end - range.start);
-        let _ = rustix::fs::fadvise(&f, range.start, len, rustix::fs::Advice::DontNeed);
-    }
-    Ok(Bytes::from(buf))
-}
-
-/// Reads a whole local file in place, and (for packs) lets the page cache
-/// drop it, as [`ObjectBackend::release_cached`] does.
-fn read_local(file: &std::path::Path, rel: &str, release: bool) -> BackendResult<Bytes> {
-    let io = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => BackendError::NotFound { path: rel.to_string() },
-        _ => BackendError::Other { op: "read", path: rel.to_string(), message: e.to_string() },
+    let (start, buf) = match range {
+        Some(range) => {
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            f.read_exact_at(&mut buf, range.start).map_err(|e| {
+                failed(match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        format!("asked for bytes {range:?}, past the end of the object (object truncated?)")
+                    }
+                    _ => e.to_string(),
+                })
+            })?;
+            (range.start, buf)
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut buf).map_err(|e| failed(e.to_string()))?;
+            (0, buf)
+        }
     };
-    let mut f = std::fs::File::open(file).map_err(io)?;
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut f, &mut buf).map_err(io)?;
     if release {
-        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+        let len = std::num::NonZeroU64::new(buf.len() as u64);
+        let _ = rustix::fs::fadvise(&f, start, len, rustix::fs::Advice::DontNeed);
     }
     Ok(Bytes::from(buf))
 }
@@ -295,7 +289,7 @@ impl Backend for ObjectBackend {
             if want <= INLINE_READ
                 && let Some(file) = self.local_file(&rel)
             {
-                return read_local_range(&file, &rel, range, kind == FileKind::Pack);
+                return read_local(&file, &rel, Some(range), kind == FileKind::Pack);
             }
             let path = self.full(&rel);
             let got = self.timed("read", &rel, self.store.get_range(&path, range.clone())).await?;
@@ -316,7 +310,7 @@ impl Backend for ObjectBackend {
     fn get_here(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>> {
         let rel = kind.path(name);
         match self.local_file(&rel) {
-            Some(file) => Box::pin(async move { read_local(&file, &rel, kind == FileKind::Pack) }),
+            Some(file) => Box::pin(async move { read_local(&file, &rel, None, kind == FileKind::Pack) }),
             None => self.get(kind, name),
         }
     }
@@ -324,7 +318,7 @@ impl Backend for ObjectBackend {
     fn get_range_here(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>> {
         let rel = kind.path(name);
         match self.local_file(&rel) {
-            Some(file) => Box::pin(async move { read_local_range(&file, &rel, range, kind == FileKind::Pack) }),
+            Some(file) => Box::pin(async move { read_local(&file, &rel, Some(range), kind == FileKind::Pack) }),
             None => self.get_range(kind, name, range),
         }
     }
