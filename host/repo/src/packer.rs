@@ -63,6 +63,8 @@ struct Shared {
     uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     slots: Arc<Semaphore>,
     uploaded: Mutex<Vec<IndexedPack>>,
+    /// Buffers of uploaded packs, for the next packs.
+    spare: Mutex<Vec<Vec<u8>>>,
     error: Mutex<Option<String>>,
     stats: SaverStats,
 }
@@ -72,6 +74,30 @@ impl Shared {
         let mut e = self.error.lock().expect("error lock");
         if e.is_none() {
             *e = Some(msg);
+        }
+    }
+
+    /// An empty pack, in the buffer of one already uploaded where there is
+    /// one: a new 16 MiB buffer costs a page fault and a zeroed page per
+    /// 4 KiB, and freeing it raises glibc's mmap threshold so that later
+    /// chunk-sized buffers come from (and fragment) the heap.
+    fn new_pack(&self) -> PackBuilder {
+        match self.spare.lock().expect("spare lock").pop() {
+            Some(buf) => PackBuilder::with_buffer(buf),
+            None => PackBuilder::with_capacity(pack_capacity(self.pack_target)),
+        }
+    }
+
+    /// Keeps an uploaded pack's buffer for [`Self::new_pack`], if the
+    /// backend let go of it and no other is kept: uploads mostly finish
+    /// before the next pack is full, and every buffer kept idle is 16 MiB
+    /// of resident memory.
+    fn recycle(&self, pack: Bytes) {
+        let Ok(buf) = pack.try_into_mut() else { return };
+        let buf = Vec::from(buf);
+        let mut spare = self.spare.lock().expect("spare lock");
+        if buf.capacity() >= pack_capacity(self.pack_target) && spare.is_empty() {
+            spare.push(buf);
         }
     }
 
@@ -93,13 +119,15 @@ impl Shared {
         let handle = self.rt.spawn(async move {
             let size = bytes.len() as u64;
             let name = id.to_hex();
-            match me.backend.put(FileKind::Pack, &name, Bytes::from(bytes), PutMode::Overwrite).await {
+            let bytes = Bytes::from(bytes);
+            match me.backend.put(FileKind::Pack, &name, bytes.clone(), PutMode::Overwrite).await {
                 Ok(()) => {
                     me.stats.packs.fetch_add(1, Ordering::Relaxed);
                     me.uploaded.lock().expect("uploaded lock").push(IndexedPack { id, size, epoch, blobs });
                 }
                 Err(e) => me.fail(e.to_string()),
             }
+            me.recycle(bytes);
             drop(permit);
         });
         self.uploads.lock().expect("uploads lock").push(handle);
@@ -113,11 +141,7 @@ impl Shared {
         let full = {
             let mut cur = self.current.lock().expect("pack lock");
             cur.add(job.kind, job.id, &sealed, job.data.len() as u32);
-            if cur.len() >= self.pack_target {
-                Some(std::mem::replace(&mut *cur, PackBuilder::with_capacity(pack_capacity(self.pack_target))))
-            } else {
-                None
-            }
+            if cur.len() >= self.pack_target { Some(std::mem::replace(&mut *cur, self.new_pack())) } else { None }
         };
         if let Some(pack) = full {
             self.ship(pack);
@@ -145,6 +169,7 @@ impl BlobSaver {
             uploads: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             uploaded: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             stats: SaverStats::default(),
         });
@@ -194,6 +219,36 @@ impl BlobSaver {
             .clone()
             .ok_or_else(|| Error::Aborted("the blob saver was closed".into()))?;
         tx.send(Job { kind, id, data }).await.map_err(|_| Error::Aborted("blob workers stopped".into()))
+    }
+
+    /// Stores a new blob from a thread outside the async runtime: it goes to
+    /// the workers when one has room, and is compressed and sealed on the
+    /// calling thread when they are all busy. Several threads reading files
+    /// then keep working instead of sleeping until a worker is free, and
+    /// the workers are only woken when they have run dry.
+    pub fn save_here(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
+        if let Some(e) = self.error() {
+            return Err(Error::Aborted(e));
+        }
+        let tx = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .clone()
+            .ok_or_else(|| Error::Aborted("the blob saver was closed".into()))?;
+        match tx.try_send(Job { kind, id, data }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                self.shared.process(job);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Aborted("blob workers stopped".into())),
+        }
+    }
+
+    /// The runtime the uploads run on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.shared.rt
     }
 
     /// Packs uploaded so far and not yet taken.
@@ -264,5 +319,24 @@ impl Drop for BlobSaver {
         if let Ok(mut j) = self.jobs.lock() {
             j.take();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer handed to the backend comes back whole once the backend
+    /// lets go of it, and not while it still holds it.
+    #[test]
+    fn an_uploaded_pack_buffer_is_taken_back_whole() {
+        let mut buf = Vec::with_capacity(pack_capacity(1 << 20));
+        buf.extend_from_slice(&[7; 1000]);
+        let cap = buf.capacity();
+        let sent = Bytes::from(buf);
+        let held = sent.clone();
+        assert!(held.try_into_mut().is_err());
+        let back = Vec::from(sent.try_into_mut().expect("unique"));
+        assert_eq!((back.capacity(), back.len()), (cap, 1000));
     }
 }

@@ -30,8 +30,9 @@ pub(crate) const MAX_FILES: usize = 10_000;
 const READ_BUF: usize = 1 << 20;
 
 /// Files read at once: one per core, at least 2 (one reads while the other
-/// opens), at most 8. The heavy work (compression, encryption) is on the
-/// blob saver's threads; these only read, chunk and hash.
+/// opens), at most 8. Each reads, chunks and hashes, and hands new chunks
+/// to the blob saver's threads, or compresses and seals them itself while
+/// those are all busy.
 fn files_at_once() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
@@ -91,7 +92,7 @@ pub(crate) async fn run(
     for job in &jobs {
         roots.entry(job.grant.clone()).or_insert_with(|| open_root(&job.grant));
     }
-    let ctx = Reader { adder, grants, roots, budget: AtomicU64::new(budget), rt: tokio::runtime::Handle::current() };
+    let ctx = Reader { adder, grants, roots, budget: AtomicU64::new(budget) };
     let outcomes = crate::pool::run(
         "coffer-read",
         files_at_once(),
@@ -114,7 +115,6 @@ struct Reader {
     roots: HashMap<PathBuf, Option<OwnedFd>>,
     /// Bytes that may still be read.
     budget: AtomicU64,
-    rt: tokio::runtime::Handle,
 }
 
 impl Reader {
@@ -149,12 +149,12 @@ impl Reader {
             if left.is_err() {
                 return Err(Failure::OutputLimit);
             }
-            self.rt.block_on(entry.write(&buf[..n])).map_err(Failure::Repo)?;
+            entry.write_here(&buf[..n]).map_err(Failure::Repo)?;
             if n < buf.len() {
                 break;
             }
         }
-        let digest = self.rt.block_on(entry.finish()).map_err(Failure::Repo)?;
+        let digest = entry.finish_here().map_err(Failure::Repo)?;
         Ok(Outcome::Added(digest))
     }
 }

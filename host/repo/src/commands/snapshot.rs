@@ -108,6 +108,20 @@ impl WriterShared {
         Ok(id)
     }
 
+    /// As [`Self::store`], from a thread outside the async runtime
+    /// ([`BlobSaver::save_here`]).
+    fn store_here(&self, kind: BlobKind, data: Bytes) -> Result<Id> {
+        let id = self.repo.keys.chunk_id(&data);
+        if self.index.contains_usable(&id) {
+            return Ok(id);
+        }
+        if !self.pending.lock().expect("pending lock").insert(id) {
+            return Ok(id);
+        }
+        self.saver.save_here(kind, id, data)?;
+        Ok(id)
+    }
+
     fn check_failed(&self) -> Result<()> {
         match &self.state.lock().expect("state lock").failed {
             Some(e) => Err(Error::Aborted(e.clone())),
@@ -508,6 +522,26 @@ impl EntryWriter {
 
     /// Appends content.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in self.push(data)? {
+            let stored = self.shared.store(BlobKind::Data, chunk).await;
+            self.stored(stored)?;
+        }
+        Ok(())
+    }
+
+    /// As [`Self::write`], from a thread outside the async runtime (one of
+    /// several threads reading files): when every blob worker is busy, the
+    /// new chunks are compressed and sealed on this thread.
+    pub fn write_here(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in self.push(data)? {
+            let stored = self.shared.store_here(BlobKind::Data, chunk);
+            self.stored(stored)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes and counts `data` and returns the chunks it completes.
+    fn push(&mut self, data: &[u8]) -> Result<Vec<Bytes>> {
         if self.entry.kind != EntryKind::File {
             return Err(Error::InvalidEntry {
                 path: self.entry.path.clone(),
@@ -517,16 +551,21 @@ impl EntryWriter {
         self.shared.check_failed()?;
         self.hasher.update(data);
         self.entry.size += data.len() as u64;
-        for chunk in self.chunker.push(data) {
-            match self.shared.store(BlobKind::Data, chunk).await {
-                Ok(id) => self.entry.content.push(id),
-                Err(e) => {
-                    self.shared.fail(&e);
-                    return Err(e);
-                }
+        Ok(self.chunker.push(data))
+    }
+
+    /// Records a stored chunk, or fails the snapshot.
+    fn stored(&mut self, stored: Result<Id>) -> Result<()> {
+        match stored {
+            Ok(id) => {
+                self.entry.content.push(id);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.fail(&e);
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Completes the entry.
@@ -539,6 +578,30 @@ impl EntryWriter {
             let id = self.shared.store(BlobKind::Data, chunk).await?;
             self.entry.content.push(id);
         }
+        let digest = self.complete();
+        self.shared.checkpoint().await?;
+        Ok(digest)
+    }
+
+    /// As [`Self::finish`], from a thread outside the async runtime (see
+    /// [`Self::write_here`]).
+    pub fn finish_here(mut self) -> Result<EntryDigest> {
+        if self.entry.kind != EntryKind::File {
+            self.done = true;
+            return Ok(EntryDigest { size: 0, blake3: Id::default() });
+        }
+        for chunk in self.chunker.finish() {
+            let id = self.shared.store_here(BlobKind::Data, chunk)?;
+            self.entry.content.push(id);
+        }
+        let digest = self.complete();
+        let shared = Arc::clone(&self.shared);
+        shared.saver.runtime().block_on(shared.checkpoint())?;
+        Ok(digest)
+    }
+
+    /// Adds the finished file's entry to the snapshot.
+    fn complete(&mut self) -> EntryDigest {
         self.done = true;
         let digest = EntryDigest { size: self.entry.size, blake3: Id(*self.hasher.finalize().as_bytes()) };
         self.entry.blake3 = Some(digest.blake3);
@@ -548,8 +611,7 @@ impl EntryWriter {
             s.entries.push(std::mem::replace(&mut self.entry, empty_entry()));
         }
         self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
-        self.shared.checkpoint().await?;
-        Ok(digest)
+        digest
     }
 }
 

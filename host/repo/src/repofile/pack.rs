@@ -70,6 +70,12 @@ impl PackBuilder {
         PackBuilder { data: Vec::with_capacity(capacity), entries: Vec::new() }
     }
 
+    /// An empty pack that fills `buf`, a finished pack's buffer taken back.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        PackBuilder { data: buf, entries: Vec::new() }
+    }
+
     /// Appends a sealed blob.
     pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
         let offset = self.data.len() as u32;

@@ -208,3 +208,68 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
     let snap = t.repo.open_snapshot(&third).await.unwrap();
     assert_eq!(snap.entry("base/1").unwrap().blake3.unwrap().0, *blake3::hash(&data).as_bytes());
 }
+
+/// Files written from plain threads (`write_here`), as the host's file
+/// readers do: with four writers the blob workers are often all busy, so
+/// chunks are also compressed and sealed on the writing threads, and small
+/// packs recycle their buffers. Everything must restore byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_from_plain_threads_round_trip() {
+    use std::os::unix::fs::MetadataExt;
+
+    let t = TempRepo::new(small_pack_options()).await;
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut names = Vec::new();
+    for i in 0..12u64 {
+        let data = if i % 4 == 3 { b"coffer ".repeat(300_000) } else { random_bytes(3 << 20, 100 + i) };
+        let name = format!("f{i}");
+        std::fs::write(src.join(&name), data).unwrap();
+        names.push(name);
+    }
+    let writer = t.repo.start_snapshot(opts("threads")).await.unwrap();
+    let adder = writer.adder();
+    let names = std::sync::Arc::new(std::sync::Mutex::new(names));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (adder, names, src) = (adder.clone(), names.clone(), src.clone());
+            std::thread::spawn(move || {
+                let mut bytes = 0u64;
+                while let Some(name) = names.lock().unwrap().pop() {
+                    let path = src.join(&name);
+                    let md = std::fs::metadata(&path).unwrap();
+                    let meta = coffer_repo::EntryMeta {
+                        path: name,
+                        kind: coffer_repo::EntryKind::File,
+                        mode: md.mode() & 0o7777,
+                        mtime: md.mtime(),
+                        mtime_nsec: md.mtime_nsec() as u32,
+                        target: None,
+                    };
+                    let mut entry = adder.add_entry(meta).unwrap();
+                    let data = std::fs::read(&path).unwrap();
+                    for piece in data.chunks(100_000) {
+                        entry.write_here(piece).unwrap();
+                    }
+                    let digest = entry.finish_here().unwrap();
+                    assert_eq!(digest.size, data.len() as u64);
+                    assert_eq!(digest.blake3.0, *blake3::hash(&data).as_bytes());
+                    bytes += digest.size;
+                }
+                bytes
+            })
+        })
+        .collect();
+    let written: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    let id = writer.commit().await.unwrap();
+    let m = t.repo.read_manifest(&id).await.unwrap();
+    assert_eq!((m.summary.files, m.summary.bytes), (12, written));
+    // The random files are all new; the text ones repeat themselves.
+    assert!((9 * (3 << 20)..=written).contains(&m.summary.new_bytes), "{:?}", m.summary);
+    assert!(m.summary.new_packs > 10, "{:?}", m.summary);
+    let out = t.dir.path().join("out");
+    t.repo.restore_dir(&id, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+    let report = t.repo.check(ReadData::All).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}
