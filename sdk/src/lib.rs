@@ -615,7 +615,8 @@ pub enum FileOutcome {
     Added(Digest),
     /// Not added: removed, or no longer a regular file, since it was listed.
     Gone,
-    /// Not added: it could not be opened; why (`permission denied`).
+    /// Not added: it could not be opened or read to its end; why
+    /// (`permission denied`, or an I/O error partway).
     Unreadable(String),
 }
 

@@ -20,7 +20,7 @@ use rustix::io::Errno;
 
 use crate::bindings::types::Error as WitError;
 use crate::grants::GrantSet;
-use crate::host::{printable, real_path_in_grants};
+use crate::host::real_path_in_grants;
 use crate::job::CancelToken;
 use crate::pool::Stop;
 
@@ -139,9 +139,17 @@ impl Reader {
             if stop.is_set() {
                 return Err(Failure::Plugin(WitError::Cancelled));
             }
-            let n = coffer_repo::commands::dir::read_full(&mut file, buf).map_err(|e| {
-                Failure::Plugin(WitError::Unavailable(format!("{}: {e}", printable(&job.source.to_string_lossy()))))
-            })?;
+            let n = match coffer_repo::commands::dir::read_full(&mut file, buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    // An I/O error halfway (a bad sector, a network file
+                    // system gone): the file is left out, as one that
+                    // cannot be opened is, and the snapshot goes on.
+                    let read = entry.size();
+                    entry.discard();
+                    return Ok(Outcome::Unreadable(format!("read failed after {read} bytes: {e}")));
+                }
+            };
             if n == 0 {
                 break;
             }

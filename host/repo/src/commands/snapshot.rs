@@ -520,6 +520,11 @@ impl EntryWriter {
         &self.entry.path
     }
 
+    /// Content bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+
     /// Appends content.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         for chunk in self.push(data)? {
@@ -598,6 +603,22 @@ impl EntryWriter {
         let shared = Arc::clone(&self.shared);
         shared.saver.runtime().block_on(shared.checkpoint())?;
         Ok(digest)
+    }
+
+    /// Leaves the entry out of the snapshot, which goes on without it: for a
+    /// file whose content could not be read to its end (an I/O error
+    /// halfway). Chunks already stored stay in their packs, unreferenced
+    /// unless another file holds the same bytes, until a prune. Dropping an
+    /// unfinished writer instead fails the whole snapshot.
+    pub fn discard(mut self) {
+        if self.entry.kind != EntryKind::File {
+            // Directories and symlinks are in the snapshot from the start.
+            self.done = true;
+            return;
+        }
+        self.done = true;
+        self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
+        self.shared.state.lock().expect("state lock").paths.remove(&self.entry.path);
     }
 
     /// Adds the finished file's entry to the snapshot.

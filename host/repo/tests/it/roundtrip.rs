@@ -273,3 +273,43 @@ async fn files_written_from_plain_threads_round_trip() {
     let report = t.repo.check(ReadData::All).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.errors);
 }
+
+/// A file whose read fails partway is discarded: the snapshot commits
+/// without it, its path can be added again, and nothing of it is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_file_is_left_out_and_the_snapshot_commits() {
+    let t = TempRepo::new(test_init_options()).await;
+    let meta = |path: &str| coffer_repo::EntryMeta {
+        path: path.into(),
+        kind: coffer_repo::EntryKind::File,
+        mode: 0o644,
+        mtime: 1_700_000_000,
+        mtime_nsec: 0,
+        target: None,
+    };
+    let writer = t.repo.start_snapshot(opts("discard")).await.unwrap();
+    let mut a = writer.add_entry(meta("a")).unwrap();
+    a.write(b"kept").await.unwrap();
+    a.finish().await.unwrap();
+    let mut b = writer.add_entry(meta("b")).unwrap();
+    b.write(&random_bytes(3 << 20, 5)).await.unwrap();
+    assert_eq!(b.size(), 3 << 20);
+    b.discard();
+    let mut c = writer.add_entry(meta("c")).unwrap();
+    c.write(&random_bytes(1 << 20, 6)).await.unwrap();
+    c.discard();
+    // The discarded path is free again, for a retry.
+    let mut c = writer.add_entry(meta("c")).unwrap();
+    c.write(b"second try").await.unwrap();
+    c.finish().await.unwrap();
+    let id = writer.commit().await.unwrap();
+    let snap = t.repo.open_snapshot(&id).await.unwrap();
+    let paths: Vec<(&str, u64)> = snap.entries.iter().map(|e| (e.path.as_str(), e.size)).collect();
+    assert_eq!(paths, vec![("a", 4), ("c", 10)]);
+    let out = t.dir.path().join("out");
+    t.repo.restore_dir(&id, &out).await.unwrap();
+    assert_eq!(std::fs::read(out.join("c")).unwrap(), b"second try");
+    assert!(!out.join("b").exists());
+    let report = t.repo.check(ReadData::All).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}
