@@ -207,17 +207,17 @@ impl BlobSaver {
         self.shared.error.lock().expect("error lock").clone()
     }
 
-    /// Queues a new blob. Waits when the workers are busy.
-    pub async fn save(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
+    /// The workers' queue, unless the saver failed or was closed.
+    fn queue(&self) -> Result<mpsc::Sender<Job>> {
         if let Some(e) = self.error() {
             return Err(Error::Aborted(e));
         }
-        let tx = self
-            .jobs
-            .lock()
-            .expect("jobs lock")
-            .clone()
-            .ok_or_else(|| Error::Aborted("the blob saver was closed".into()))?;
+        self.jobs.lock().expect("jobs lock").clone().ok_or_else(|| Error::Aborted("the blob saver was closed".into()))
+    }
+
+    /// Queues a new blob. Waits when the workers are busy.
+    pub async fn save(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
+        let tx = self.queue()?;
         tx.send(Job { kind, id, data }).await.map_err(|_| Error::Aborted("blob workers stopped".into()))
     }
 
@@ -227,16 +227,7 @@ impl BlobSaver {
     /// then keep working instead of sleeping until a worker is free, and
     /// the workers are only woken when they have run dry.
     pub fn save_here(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
-        if let Some(e) = self.error() {
-            return Err(Error::Aborted(e));
-        }
-        let tx = self
-            .jobs
-            .lock()
-            .expect("jobs lock")
-            .clone()
-            .ok_or_else(|| Error::Aborted("the blob saver was closed".into()))?;
-        match tx.try_send(Job { kind, id, data }) {
+        match self.queue()?.try_send(Job { kind, id, data }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(job)) => {
                 self.shared.process(job);

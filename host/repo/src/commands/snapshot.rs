@@ -97,29 +97,29 @@ pub(crate) struct WriterShared {
 impl WriterShared {
     /// Stores a chunk unless it is already in the repository or this session.
     async fn store(&self, kind: BlobKind, data: Bytes) -> Result<Id> {
-        let id = self.repo.keys.chunk_id(&data);
-        if self.index.contains_usable(&id) {
-            return Ok(id);
+        let (id, new) = self.claim(&data);
+        if new {
+            self.saver.save(kind, id, data).await?;
         }
-        if !self.pending.lock().expect("pending lock").insert(id) {
-            return Ok(id);
-        }
-        self.saver.save(kind, id, data).await?;
         Ok(id)
     }
 
     /// As [`Self::store`], from a thread outside the async runtime
     /// ([`BlobSaver::save_here`]).
     fn store_here(&self, kind: BlobKind, data: Bytes) -> Result<Id> {
-        let id = self.repo.keys.chunk_id(&data);
-        if self.index.contains_usable(&id) {
-            return Ok(id);
+        let (id, new) = self.claim(&data);
+        if new {
+            self.saver.save_here(kind, id, data)?;
         }
-        if !self.pending.lock().expect("pending lock").insert(id) {
-            return Ok(id);
-        }
-        self.saver.save_here(kind, id, data)?;
         Ok(id)
+    }
+
+    /// The chunk's id, and whether it is new: in neither the repository
+    /// nor this session (it is then this session's from now on).
+    fn claim(&self, data: &[u8]) -> (Id, bool) {
+        let id = self.repo.keys.chunk_id(data);
+        let new = !self.index.contains_usable(&id) && self.pending.lock().expect("pending lock").insert(id);
+        (id, new)
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -580,8 +580,8 @@ impl EntryWriter {
             return Ok(EntryDigest { size: 0, blake3: Id::default() });
         }
         for chunk in self.chunker.finish() {
-            let id = self.shared.store(BlobKind::Data, chunk).await?;
-            self.entry.content.push(id);
+            let stored = self.shared.store(BlobKind::Data, chunk).await;
+            self.stored(stored)?;
         }
         let digest = self.complete();
         self.shared.checkpoint().await?;
@@ -596,8 +596,8 @@ impl EntryWriter {
             return Ok(EntryDigest { size: 0, blake3: Id::default() });
         }
         for chunk in self.chunker.finish() {
-            let id = self.shared.store_here(BlobKind::Data, chunk)?;
-            self.entry.content.push(id);
+            let stored = self.shared.store_here(BlobKind::Data, chunk);
+            self.stored(stored)?;
         }
         let digest = self.complete();
         let shared = Arc::clone(&self.shared);
