@@ -66,6 +66,9 @@ pub struct EntryMeta {
     pub target: Option<String>,
 }
 
+/// What finishing a directory or symlink gives: it has no content.
+const NO_CONTENT: EntryDigest = EntryDigest { size: 0, blake3: Id([0; 32]) };
+
 /// Size and BLAKE3 of a finished entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryDigest {
@@ -575,11 +578,8 @@ impl EntryWriter {
 
     /// Completes the entry.
     pub async fn finish(mut self) -> Result<EntryDigest> {
-        if self.entry.kind != EntryKind::File {
-            self.done = true;
-            return Ok(EntryDigest { size: 0, blake3: Id::default() });
-        }
-        for chunk in self.chunker.finish() {
+        let Some(last) = self.last_chunks() else { return Ok(NO_CONTENT) };
+        for chunk in last {
             let stored = self.shared.store(BlobKind::Data, chunk).await;
             self.stored(stored)?;
         }
@@ -591,11 +591,8 @@ impl EntryWriter {
     /// As [`Self::finish`], from a thread outside the async runtime (see
     /// [`Self::write_here`]).
     pub fn finish_here(mut self) -> Result<EntryDigest> {
-        if self.entry.kind != EntryKind::File {
-            self.done = true;
-            return Ok(EntryDigest { size: 0, blake3: Id::default() });
-        }
-        for chunk in self.chunker.finish() {
+        let Some(last) = self.last_chunks() else { return Ok(NO_CONTENT) };
+        for chunk in last {
             let stored = self.shared.store_here(BlobKind::Data, chunk);
             self.stored(stored)?;
         }
@@ -611,14 +608,22 @@ impl EntryWriter {
     /// unless another file holds the same bytes, until a prune. Dropping an
     /// unfinished writer instead fails the whole snapshot.
     pub fn discard(mut self) {
-        if self.entry.kind != EntryKind::File {
-            // Directories and symlinks are in the snapshot from the start.
-            self.done = true;
-            return;
-        }
         self.done = true;
-        self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
-        self.shared.state.lock().expect("state lock").paths.remove(&self.entry.path);
+        // Directories and symlinks are in the snapshot from the start.
+        if self.entry.kind == EntryKind::File {
+            self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
+            self.shared.state.lock().expect("state lock").paths.remove(&self.entry.path);
+        }
+    }
+
+    /// A file's last chunks, or `None` for a directory or symlink, which is
+    /// complete from the start (its writer is then done).
+    fn last_chunks(&mut self) -> Option<Vec<Bytes>> {
+        if self.entry.kind != EntryKind::File {
+            self.done = true;
+            return None;
+        }
+        Some(self.chunker.finish())
     }
 
     /// Adds the finished file's entry to the snapshot.
