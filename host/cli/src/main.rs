@@ -11,6 +11,15 @@ mod output;
 mod password;
 mod plugins;
 
+/// jemalloc, configured in `.cargo/config.toml` to hand freed pages back
+/// to the system within a fraction of a second. glibc's malloc kept 30 to
+/// 50 MiB more resident during a backup: the file readers, blob workers and
+/// upload tasks each allocate from an arena of their own, and freed chunk
+/// buffers stayed in whichever arena last held them.
+#[cfg(unix)]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

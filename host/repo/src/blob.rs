@@ -99,6 +99,10 @@ fn aad(kind: BlobKind, id: &Id) -> [u8; 33] {
 /// shrink by at least 1/32, the chunk is stored raw without spending the time.
 const PROBE_LEN: usize = 64 * 1024;
 
+/// Compressed output up to this bound goes through a per-thread scratch
+/// buffer (reused, so no page faults), larger output straight into the blob.
+const SCRATCH_MAX: usize = 2 << 20;
+
 thread_local! {
     /// Per-thread zstd contexts, reused across blobs: creating one costs
     /// more than compressing a small file.
@@ -143,15 +147,33 @@ pub fn encode(key: &DataKey, kind: BlobKind, id: &Id, data: &[u8], compression: 
                     _ => return,
                 }
             }
-            z.scratch.clear();
-            z.scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
-            if let Ok(n) = z.main.compress_to_buffer(data, &mut z.scratch)
-                && n < data.len() - data.len() / 32
-            {
-                out.reserve_exact(NONCE_LEN + 1 + n + TAG_LEN);
-                out.resize(NONCE_LEN, 0);
-                out.push(ENC_ZSTD);
-                out.extend_from_slice(&z.scratch[..n]);
+            let bound = zstd::zstd_safe::compress_bound(data.len());
+            let worth = |n: usize| n < data.len() - data.len() / 32;
+            if bound <= SCRATCH_MAX {
+                z.scratch.clear();
+                z.scratch.reserve(bound);
+                if let Ok(n) = z.main.compress_to_buffer(data, &mut z.scratch)
+                    && worth(n)
+                {
+                    out.reserve_exact(NONCE_LEN + 1 + n + TAG_LEN);
+                    out.resize(NONCE_LEN, 0);
+                    out.push(ENC_ZSTD);
+                    out.extend_from_slice(&z.scratch[..n]);
+                }
+            } else {
+                // Straight into the blob, then moved up past the nonce and
+                // the tag byte: a scratch buffer this big would stay
+                // resident on every thread that ever compressed one.
+                out.reserve_exact(NONCE_LEN + 1 + bound + TAG_LEN);
+                match z.main.compress_to_buffer(data, &mut out) {
+                    Ok(n) if worth(n) => {
+                        out.resize(NONCE_LEN + 1 + n, 0);
+                        out.copy_within(..n, NONCE_LEN + 1);
+                        out[..NONCE_LEN].fill(0);
+                        out[NONCE_LEN] = ENC_ZSTD;
+                    }
+                    _ => out.clear(),
+                }
             }
         });
     }

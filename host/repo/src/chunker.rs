@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use fastcdc::v2020::{Normalization, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
 
@@ -120,40 +120,39 @@ impl StreamChunker {
         StreamChunker { chunker, buf: BytesMut::new() }
     }
 
-    /// Adds `data` and returns every chunk that is now complete. A cut is
-    /// final only when at least `max_size` bytes are buffered, because a
-    /// shorter tail could still grow.
+    /// Adds `data` and returns every chunk that is now complete.
+    ///
+    /// A cut found before the end of the buffered bytes is final (it does
+    /// not depend on later bytes), and so is one at `max_size`; a shorter
+    /// tail with no cut yet could still grow. Streams of up to twice the
+    /// average chunk size (most files) are only buffered, and cut once at
+    /// [`Self::finish`] without a copy. Past that, chunks are cut as soon as
+    /// they are final and each is copied out to a buffer of its own size,
+    /// so the window holds only the bytes not yet cut: chunks sharing a
+    /// window would keep all of it alive until the last of them was
+    /// compressed and sealed.
     pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
         let max = self.chunker.params.max_size as usize;
-        let want = self.buf.len() + data.len();
-        // Most files are far smaller than `max_size`: grow only as needed.
-        // Once a stream proves big, make room for a whole window and the
-        // piece at once; growing by doubling copies the buffered bytes at
-        // every step.
-        if want > self.buf.capacity() && want > 2 * self.chunker.params.avg_size as usize {
-            self.buf.reserve(max + data.len() - self.buf.len());
-        }
+        // Reuses the window: the uncut tail moves to its front when that
+        // makes room.
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
-        if self.buf.len() >= max {
-            // Every final cut, not just the first: a cut found before the
-            // end of the buffered bytes does not depend on later bytes, and
-            // one at `max_size` never does. The buffer's tail moves to a new
-            // allocation at the next push (the chunks share this one), so
-            // the shorter the tail, the less is copied: cutting one chunk
-            // per window copied about 7 MiB per 1 MiB chunk of a big file.
-            while !self.buf.is_empty() {
-                let n = self.chunker.cut(&self.buf);
-                if n >= self.buf.len() && n < max {
-                    break;
-                }
-                out.push(self.buf.split_to(n).freeze());
+        if self.buf.len() <= 2 * self.chunker.params.avg_size as usize {
+            return out;
+        }
+        while !self.buf.is_empty() {
+            let n = self.chunker.cut(&self.buf);
+            if n >= self.buf.len() && n < max {
+                break;
             }
+            out.push(Bytes::copy_from_slice(&self.buf[..n]));
+            self.buf.advance(n);
         }
         out
     }
 
-    /// Returns the remaining chunks at the end of the stream.
+    /// Returns the remaining chunks at the end of the stream. They share
+    /// one buffer, which is not reused.
     pub fn finish(&mut self) -> Vec<Bytes> {
         let rest = self.buf.split().freeze();
         self.chunker.split_all(rest)
@@ -198,6 +197,25 @@ mod tests {
         }
         assert!(whole.iter().all(|&n| n <= 65536));
         assert_eq!(whole.iter().sum::<usize>(), data.len());
+    }
+
+    /// Chunks cut from a big stream own their bytes, so a chunk waiting to
+    /// be compressed does not keep the window alive; the window holds at
+    /// most one piece more than the longest chunk.
+    #[test]
+    fn chunks_of_a_big_stream_do_not_hold_the_window() {
+        let params = ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+        let mut s = StreamChunker::new(Chunker::new(params, 9));
+        let data = pseudo_random(2_000_000, 11);
+        let mut cut = 0;
+        for p in data.chunks(20_000) {
+            for chunk in s.push(p) {
+                cut += 1;
+                assert!(chunk.try_into_mut().is_ok(), "chunk {cut} shares its buffer");
+            }
+            assert!(s.buffered() <= 65536 + 20_000, "{} bytes buffered", s.buffered());
+        }
+        assert!(cut > 50, "only {cut} chunks cut before the end");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::packer::BlobSaver;
 use crate::repofile::aad;
 use crate::repofile::index::IndexFile;
 use crate::repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary, redact_config};
-use crate::repofile::tree::{Entry, EntryKind, encode_entries, validate_path};
+use crate::repofile::tree::{Entry, EntryKind, encode_entry, validate_path};
 use crate::repository::Repository;
 
 /// Write an index file after this many packs, so a long backup that dies
@@ -431,37 +431,11 @@ impl SnapshotWriter {
             let mut s = self.shared.state.lock().expect("state lock");
             (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read)
         };
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let stream = Bytes::from(encode_entries(&entries));
-        let mut tree = Vec::new();
-        for piece in self.shared.repo.chunker.split_all(stream) {
-            tree.push(self.shared.store(BlobKind::Tree, piece).await?);
-        }
-        let shared = Arc::clone(&self.shared);
-        let saver = &shared.saver;
-        let last = saver.finish().await?;
-        let mut packs = std::mem::take(&mut *shared.pending_packs.lock().expect("packs lock"));
-        packs.extend(last);
-        if !packs.is_empty() {
-            shared.repo.check_epoch_held(self.epoch).await?;
-            shared.repo.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
-        }
-        let stats = (
-            saver.stats().blobs.load(Ordering::Relaxed),
-            saver.stats().raw_bytes.load(Ordering::Relaxed),
-            saver.stats().stored_bytes.load(Ordering::Relaxed),
-        );
-        let new_packs = saver.stats().packs.load(Ordering::Relaxed);
         let mut summary = SnapshotSummary {
             entries: entries.len() as u64,
             reused_entries: reused,
             bytes_read,
-            new_blobs: stats.0,
-            new_bytes: stats.1,
-            stored_bytes: stats.2,
-            new_packs,
             started: self.started,
-            finished: chrono::Utc::now(),
             ..Default::default()
         };
         for e in &entries {
@@ -474,6 +448,24 @@ impl SnapshotWriter {
                 EntryKind::Symlink => summary.symlinks += 1,
             }
         }
+        // Paths are unique, so an unstable sort gives the same order as a
+        // stable one, without a buffer of half the entries.
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let tree = self.store_tree(entries).await?;
+        let shared = Arc::clone(&self.shared);
+        let saver = &shared.saver;
+        let last = saver.finish().await?;
+        let mut packs = std::mem::take(&mut *shared.pending_packs.lock().expect("packs lock"));
+        packs.extend(last);
+        if !packs.is_empty() {
+            shared.repo.check_epoch_held(self.epoch).await?;
+            shared.repo.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
+        }
+        summary.new_blobs = saver.stats().blobs.load(Ordering::Relaxed);
+        summary.new_bytes = saver.stats().raw_bytes.load(Ordering::Relaxed);
+        summary.stored_bytes = saver.stats().stored_bytes.load(Ordering::Relaxed);
+        summary.new_packs = saver.stats().packs.load(Ordering::Relaxed);
+        summary.finished = chrono::Utc::now();
         let manifest = SnapshotManifest {
             version: 1,
             time: self.started,
@@ -495,6 +487,36 @@ impl SnapshotWriter {
         }
         shared.repo.check_epoch_held(self.epoch).await?;
         shared.repo.write_sealed(FileKind::Snapshot, aad::SNAPSHOT, &body).await
+    }
+
+    /// Stores sorted entries as tree blobs and returns their ids in order.
+    /// The tree stream is encoded and cut as it goes, and each entry is
+    /// freed once encoded: the whole stream is never held, so a snapshot of
+    /// many files costs no more memory at commit than while it was written.
+    async fn store_tree(&self, entries: Vec<Entry>) -> Result<Vec<Id>> {
+        const PIECE: usize = 64 * 1024;
+        let mut chunker = StreamChunker::new(self.shared.repo.chunker.clone());
+        let mut piece = Vec::with_capacity(PIECE + 4096);
+        let mut tree = Vec::new();
+        let mut entries = entries.into_iter().peekable();
+        while let Some(entry) = entries.next() {
+            encode_entry(&entry, &mut piece);
+            drop(entry);
+            let chunks = if entries.peek().is_none() {
+                let mut chunks = chunker.push(&piece);
+                chunks.extend(chunker.finish());
+                chunks
+            } else if piece.len() >= PIECE {
+                chunker.push(&piece)
+            } else {
+                continue;
+            };
+            piece.clear();
+            for chunk in chunks {
+                tree.push(self.shared.store(BlobKind::Tree, chunk).await?);
+            }
+        }
+        Ok(tree)
     }
 
     /// Abandons the snapshot. Packs already uploaded but not yet named in an

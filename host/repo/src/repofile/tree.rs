@@ -51,9 +51,14 @@ pub struct Entry {
 pub fn encode_entries(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 128);
     for e in entries {
-        ciborium::into_writer(e, &mut out).expect("entries serialize to a Vec");
+        encode_entry(e, &mut out);
     }
     out
+}
+
+/// Appends one entry to a tree byte stream (see [`encode_entries`]).
+pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+    ciborium::into_writer(entry, out).expect("entries serialize to a Vec");
 }
 
 /// Parses the tree byte stream. Entries in the shape [`encode_entries`]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use coffer_repo::{BackupKind, ReadData, SnapshotOptions, diff};
+use coffer_repo::{BackupKind, InitOptions, ReadData, SnapshotOptions, diff};
 
 use crate::support::*;
 
@@ -310,6 +310,53 @@ async fn a_discarded_file_is_left_out_and_the_snapshot_commits() {
     t.repo.restore_dir(&id, &out).await.unwrap();
     assert_eq!(std::fs::read(out.join("c")).unwrap(), b"second try");
     assert!(!out.join("b").exists());
+    let report = t.repo.check(ReadData::All).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}
+
+/// A snapshot whose entry list spans many tree blobs: the list is encoded
+/// and cut while it is stored, and the result must not depend on the order
+/// the entries arrived in. A second snapshot of the same entries, added in
+/// the opposite order, names the same tree blobs and stores none.
+#[tokio::test]
+async fn a_long_entry_list_is_cut_into_the_same_tree_blobs_in_any_order() {
+    let chunker = coffer_repo::chunker::ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384 };
+    let t = TempRepo::new(InitOptions { chunker, ..test_init_options() }).await;
+    let meta = |i: usize| coffer_repo::EntryMeta {
+        path: format!("dir-{:03}/file-{i:05}.txt", i % 97),
+        kind: coffer_repo::EntryKind::File,
+        mode: 0o644,
+        mtime: 1_700_000_000 + i as i64,
+        mtime_nsec: 0,
+        target: None,
+    };
+    let snapshot = |order: Vec<usize>| {
+        let repo = t.repo.clone();
+        async move {
+            let writer = repo.start_snapshot(opts("long-list")).await.unwrap();
+            for i in order {
+                let mut w = writer.add_entry(meta(i)).unwrap();
+                w.write(format!("content {i}").as_bytes()).await.unwrap();
+                w.finish().await.unwrap();
+            }
+            writer.commit().await.unwrap()
+        }
+    };
+    let n = 5000;
+    let first = snapshot((0..n).collect()).await;
+    let second = snapshot((0..n).rev().collect()).await;
+    let a = t.repo.open_snapshot(&first).await.unwrap();
+    let b = t.repo.open_snapshot(&second).await.unwrap();
+    assert!(a.manifest.tree.len() > 20, "only {} tree blobs", a.manifest.tree.len());
+    assert_eq!(a.manifest.tree, b.manifest.tree);
+    assert_eq!(b.manifest.summary.new_blobs, 0, "{:?}", b.manifest.summary);
+    assert_eq!(a.entries.len(), n);
+    let mut want: Vec<String> = (0..n).map(|i| meta(i).path).collect();
+    want.sort();
+    let got: Vec<&str> = a.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(got, want);
+    let e = a.entry("dir-005/file-00102.txt").expect("entry");
+    assert_eq!(e.size, "content 102".len() as u64);
     let report = t.repo.check(ReadData::All).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.errors);
 }
