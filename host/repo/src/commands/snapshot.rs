@@ -80,7 +80,8 @@ pub struct EntryDigest {
 
 struct WriterState {
     entries: Vec<Entry>,
-    paths: HashSet<String>,
+    /// Every path added so far, as [`path_key`]s.
+    paths: HashSet<[u8; 16]>,
     attributes: BTreeMap<String, String>,
     reused: u64,
     bytes_read: u64,
@@ -258,7 +259,7 @@ impl WriterShared {
     fn claim_path(&self, path: &str) -> Result<()> {
         validate_path(path).map_err(|reason| Error::InvalidEntry { path: path.to_string(), reason })?;
         let mut s = self.state.lock().expect("state lock");
-        if !s.paths.insert(path.to_string()) {
+        if !s.paths.insert(path_key(path)) {
             return Err(Error::InvalidEntry { path: path.to_string(), reason: "added twice".into() });
         }
         Ok(())
@@ -634,7 +635,7 @@ impl EntryWriter {
         // Directories and symlinks are in the snapshot from the start.
         if self.entry.kind == EntryKind::File {
             self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
-            self.shared.state.lock().expect("state lock").paths.remove(&self.entry.path);
+            self.shared.state.lock().expect("state lock").paths.remove(&path_key(&self.entry.path));
         }
     }
 
@@ -661,6 +662,16 @@ impl EntryWriter {
         self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
         digest
     }
+}
+
+/// A path's key in the set of paths added: 128 bits of its BLAKE3 hash
+/// instead of a second copy of the string (a snapshot of 100,000 files held
+/// about 8 MiB of copies). Two paths share a key with a probability far
+/// below that of two chunks sharing an id.
+fn path_key(path: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&blake3::hash(path.as_bytes()).as_bytes()[..16]);
+    key
 }
 
 fn empty_entry() -> Entry {
