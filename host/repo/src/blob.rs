@@ -237,14 +237,18 @@ mod tests {
         let other = keys.epoch_zero();
         let text = b"coffer ".repeat(10_000);
         let random: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        for data in [&text[..], &random[..], b"", b"x"] {
+        // Output bounds above SCRATCH_MAX compress straight into the blob.
+        let big_text = b"coffer ".repeat(3 * SCRATCH_MAX / 7);
+        for data in [&text[..], &random[..], &big_text[..], b"", b"x"] {
             let id = keys.chunk_id(data);
             let sealed = encode(&dk, BlobKind::Data, &id, data, Compression::default());
             assert_eq!(&decode(&keys, &dk, BlobKind::Data, &id, &sealed, data.len()).unwrap()[..], data);
             assert_eq!(decode(&keys, &dk, BlobKind::Tree, &id, &sealed, 0), Err(BlobError::Auth));
             assert_eq!(decode(&keys, &other, BlobKind::Data, &id, &sealed, 0), Err(BlobError::Auth));
         }
-        let id = keys.chunk_id(&text);
-        assert!(encode(&dk, BlobKind::Data, &id, &text, Compression::default()).len() < text.len() / 10);
+        for text in [&text, &big_text] {
+            let id = keys.chunk_id(text);
+            assert!(encode(&dk, BlobKind::Data, &id, text, Compression::default()).len() < text.len() / 10);
+        }
     }
 }
