@@ -11,15 +11,6 @@ mod output;
 mod password;
 mod plugins;
 
-/// jemalloc, configured in `.cargo/config.toml` to hand freed pages back
-/// to the system within a fraction of a second. glibc's malloc kept 30 to
-/// 50 MiB more resident during a backup: the file readers, blob workers and
-/// upload tasks each allocate from an arena of their own, and freed chunk
-/// buffers stayed in whichever arena last held them.
-#[cfg(unix)]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +22,15 @@ pub const EXIT_DAMAGE: u8 = 3;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code after Ctrl-C.
 pub const EXIT_CANCELLED: u8 = 130;
+
+/// jemalloc, configured in `.cargo/config.toml` to hand freed pages back
+/// to the system within a fraction of a second. glibc's malloc kept 30 to
+/// 50 MiB more resident during a backup: the file readers, blob workers and
+/// upload tasks each allocate from an arena of their own, and freed chunk
+/// buffers stayed in whichever arena last held them.
+#[cfg(unix)]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Backups of databases, ledgers and files through sandboxed WebAssembly plugins.
 #[derive(Parser, Debug)]

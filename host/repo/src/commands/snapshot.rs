@@ -499,18 +499,21 @@ impl SnapshotWriter {
         let mut chunker = StreamChunker::new(self.shared.repo.chunker.clone());
         let mut piece = Vec::with_capacity(PIECE + 4096);
         let mut tree = Vec::new();
-        let mut entries = entries.into_iter().peekable();
-        while let Some(entry) = entries.next() {
-            encode_entry(&entry, &mut piece);
-            drop(entry);
-            let chunks = if entries.peek().is_none() {
-                let mut chunks = chunker.push(&piece);
-                chunks.extend(chunker.finish());
-                chunks
-            } else if piece.len() >= PIECE {
-                chunker.push(&piece)
-            } else {
-                continue;
+        // `None` marks the end, where the chunker's last bytes are cut too.
+        for entry in entries.into_iter().map(Some).chain([None]) {
+            let chunks = match entry {
+                Some(entry) => {
+                    encode_entry(&entry, &mut piece);
+                    if piece.len() < PIECE {
+                        continue;
+                    }
+                    chunker.push(&piece)
+                }
+                None => {
+                    let mut chunks = chunker.push(&piece);
+                    chunks.extend(chunker.finish());
+                    chunks
+                }
             };
             piece.clear();
             for chunk in chunks {
