@@ -202,6 +202,57 @@ fn walkdir(dir: PathBuf) -> Vec<PathBuf> {
     out
 }
 
+/// A backup that cannot write its packs fails, names the file and the
+/// reason, and leaves the repository as it was. The write fails on a file
+/// size limit (`ulimit -f`, with SIGXFSZ ignored so that the write returns
+/// an error instead of killing the process), where a full disk would fail it.
+#[test]
+fn a_backup_that_cannot_write_its_packs_leaves_the_repository_as_it_was() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("small"), b"first").unwrap();
+    let path = format!("path={}", src.display());
+    t.ok(&["backup", "files", "--set", &path]);
+    // 12 MiB that zstd cannot shrink, more than the 4 MiB limit below.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let big: Vec<u8> = (0..12 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    fs::write(src.join("big"), big).unwrap();
+    let coffer = t.cmd();
+    let mut limited = std::process::Command::new("bash");
+    limited
+        .args(["-c", "trap '' XFSZ; ulimit -f 4096; exec \"$@\"", "bash"])
+        .arg(coffer.get_program())
+        .args(["backup", "files", "--set", &path]);
+    for (k, v) in coffer.get_envs() {
+        match v {
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
+        };
+    }
+    let out = limited.output().unwrap();
+    assert!(!out.status.success(), "the backup cannot have succeeded: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("File too large") && err.contains("data/"), "the error names the file and why: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(t.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    let left: Vec<_> =
+        walkdir(PathBuf::from(&t.url)).into_iter().filter(|p| p.to_string_lossy().contains('#')).collect();
+    assert!(left.is_empty(), "no half-written file may stay: {left:?}");
+    t.ok(&["check", "--read-data"]);
+    let dst = t.dir.path().join("dst");
+    t.ok(&["restore", "latest", "--target", dst.to_str().unwrap()]);
+    assert_eq!(fs::read(dst.join("small")).unwrap(), b"first");
+    assert!(!dst.join("big").exists());
+}
+
 #[test]
 fn verify_and_check_exit_3_on_damage() {
     let t = TestRepo::new();

@@ -7,6 +7,10 @@
 //! ```
 //! Memory is bounded: at most `JOB_QUEUE` chunks wait for a worker, one pack
 //! is being filled, and at most `UPLOAD_SLOTS` finished packs are in flight.
+//! In a local repository a pack is written to a file of its own as it fills
+//! (a spool file beside the packs) and renamed into place when finished, so
+//! the packs cost no memory but a write buffer; for an object store each
+//! pack is built in memory and uploaded whole.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +24,7 @@ use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repofile::index::IndexedPack;
-use crate::repofile::pack::PackBuilder;
+use crate::repofile::pack::{FinishedPack, PackBuilder, PackBytes};
 
 /// Chunks queued for the workers.
 const JOB_QUEUE: usize = 4;
@@ -59,7 +63,10 @@ struct Shared {
     backend: DynBackend,
     pack_target: usize,
     rt: tokio::runtime::Handle,
-    current: Mutex<PackBuilder>,
+    /// The pack being filled, made when the first blob for it comes.
+    current: Mutex<Option<PackBuilder>>,
+    /// Where packs are written as they fill, for a local repository.
+    spool: Option<std::path::PathBuf>,
     uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     slots: Arc<Semaphore>,
     uploaded: Mutex<Vec<IndexedPack>>,
@@ -81,11 +88,15 @@ impl Shared {
     /// one: a new 16 MiB buffer costs a page fault and a zeroed page per
     /// 4 KiB, and freeing it raises glibc's mmap threshold so that later
     /// chunk-sized buffers come from (and fragment) the heap.
-    fn new_pack(&self) -> PackBuilder {
-        match self.spare.lock().expect("spare lock").pop() {
+    /// A spool file in a local repository.
+    fn new_pack(&self) -> std::result::Result<PackBuilder, String> {
+        if let Some(dir) = &self.spool {
+            return PackBuilder::spooled(dir);
+        }
+        Ok(match self.spare.lock().expect("spare lock").pop() {
             Some(buf) => PackBuilder::with_buffer(buf),
             None => PackBuilder::with_capacity(pack_capacity(self.pack_target)),
-        }
+        })
     }
 
     /// Keeps an uploaded pack's buffer for [`Self::new_pack`], if the
@@ -101,12 +112,15 @@ impl Shared {
         }
     }
 
-    /// Seals the current pack if it is non-empty (or `force`d full) and starts its upload.
+    /// Seals a non-empty pack and starts storing it.
     fn ship(self: &Arc<Self>, pack: PackBuilder) {
         if pack.is_empty() {
             return;
         }
-        let (bytes, id, blobs) = pack.finish(&self.key);
+        let FinishedPack { id, size, entries: blobs, bytes } = match pack.finish(&self.key) {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
         let epoch = self.key.epoch();
         let permit = match self.rt.block_on(self.slots.clone().acquire_owned()) {
             Ok(p) => p,
@@ -117,31 +131,58 @@ impl Shared {
         };
         let me = Arc::clone(self);
         let handle = self.rt.spawn(async move {
-            let size = bytes.len() as u64;
             let name = id.to_hex();
-            let bytes = Bytes::from(bytes);
-            match me.backend.put(FileKind::Pack, &name, bytes.clone(), PutMode::Overwrite).await {
+            let stored = match bytes {
+                PackBytes::Memory(bytes) => {
+                    let bytes = Bytes::from(bytes);
+                    let put = me.backend.put(FileKind::Pack, &name, bytes.clone(), PutMode::Overwrite).await;
+                    me.recycle(bytes);
+                    put
+                }
+                PackBytes::Spooled(file) => {
+                    let put = me.backend.put_spooled(FileKind::Pack, &name, file.path().to_path_buf()).await;
+                    if put.is_ok() {
+                        file.keep();
+                    }
+                    put
+                }
+            };
+            match stored {
                 Ok(()) => {
                     me.stats.packs.fetch_add(1, Ordering::Relaxed);
                     me.uploaded.lock().expect("uploaded lock").push(IndexedPack { id, size, epoch, blobs });
                 }
                 Err(e) => me.fail(e.to_string()),
             }
-            me.recycle(bytes);
             drop(permit);
         });
         self.uploads.lock().expect("uploads lock").push(handle);
     }
 
     fn process(self: &Arc<Self>, job: Job) {
+        if self.error.lock().expect("error lock").is_some() {
+            // The snapshot fails anyway: store nothing more.
+            return;
+        }
         let sealed = blob::encode(&self.key, job.kind, &job.id, &job.data, self.compression);
         self.stats.blobs.fetch_add(1, Ordering::Relaxed);
         self.stats.raw_bytes.fetch_add(job.data.len() as u64, Ordering::Relaxed);
         self.stats.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let full = {
             let mut cur = self.current.lock().expect("pack lock");
-            cur.add(job.kind, job.id, &sealed, job.data.len() as u32);
-            if cur.len() >= self.pack_target { Some(std::mem::replace(&mut *cur, self.new_pack())) } else { None }
+            let pack = match &mut *cur {
+                Some(pack) => pack,
+                None => match self.new_pack() {
+                    Ok(pack) => cur.insert(pack),
+                    Err(e) => return self.fail(e),
+                },
+            };
+            if let Err(e) = pack.add(job.kind, job.id, &sealed, job.data.len() as u32) {
+                // Dropping the pack removes its spool file.
+                *cur = None;
+                return self.fail(e);
+            }
+            if pack.len() >= self.pack_target { cur.take() } else { None }
         };
         if let Some(pack) = full {
             self.ship(pack);
@@ -159,13 +200,15 @@ pub struct BlobSaver {
 impl BlobSaver {
     /// Starts the worker threads. Every pack is sealed under `key`.
     pub fn new(key: DataKey, compression: Compression, backend: DynBackend, pack_target: usize) -> Self {
+        let spool = backend.spool_dir(FileKind::Pack);
         let shared = Arc::new(Shared {
             key,
             compression,
             backend,
             pack_target,
             rt: tokio::runtime::Handle::current(),
-            current: Mutex::new(PackBuilder::with_capacity(pack_capacity(pack_target))),
+            current: Mutex::new(None),
+            spool,
             uploads: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
             uploaded: Mutex::new(Vec::new()),
@@ -264,8 +307,10 @@ impl BlobSaver {
                     shared.fail("a blob worker panicked".into());
                 }
             }
-            let last = std::mem::take(&mut *shared.current.lock().expect("pack lock"));
-            shared.ship(last);
+            let last = shared.current.lock().expect("pack lock").take();
+            if let Some(last) = last {
+                shared.ship(last);
+            }
         })
         .await
         .map_err(|e| Error::Aborted(format!("blob workers: {e}")))?;
@@ -290,10 +335,13 @@ impl BlobSaver {
     pub async fn abort(&self) -> Vec<IndexedPack> {
         self.jobs.lock().expect("jobs lock").take();
         let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        let shared = Arc::clone(&self.shared);
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
             }
+            // Dropping the pack being filled removes its spool file.
+            shared.current.lock().expect("pack lock").take();
         })
         .await;
         let handles = std::mem::take(&mut *self.shared.uploads.lock().expect("uploads lock"));

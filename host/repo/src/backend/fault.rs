@@ -199,6 +199,37 @@ impl Backend for FaultyBackend {
         })
     }
 
+    fn spool_dir(&self, kind: FileKind) -> Option<std::path::PathBuf> {
+        self.inner.spool_dir(kind)
+    }
+
+    fn put_spooled(&self, kind: FileKind, name: &str, file: std::path::PathBuf) -> BoxFuture<'_, BackendResult<()>> {
+        let effect = self.check(Op::Put, kind);
+        let name = name.to_string();
+        Box::pin(async move {
+            match effect {
+                None => self.inner.put_spooled(kind, &name, file).await,
+                Some(Effect::Error) => Err(injected("write", kind.path(&name))),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "write", path: kind.path(&name), secs: d.as_secs() })
+                }
+                Some(Effect::Truncate) => {
+                    let cut = std::fs::metadata(&file)
+                        .and_then(|m| std::fs::OpenOptions::new().write(true).open(&file)?.set_len(m.len() / 2));
+                    if let Err(e) = cut {
+                        return Err(BackendError::Other {
+                            op: "write",
+                            path: kind.path(&name),
+                            message: e.to_string(),
+                        });
+                    }
+                    self.inner.put_spooled(kind, &name, file).await
+                }
+            }
+        })
+    }
+
     fn remove_stale_staging(&self, older_than: Duration) -> BoxFuture<'_, BackendResult<usize>> {
         self.inner.remove_stale_staging(older_than)
     }

@@ -186,6 +186,24 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>>;
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>>;
+    /// For a repository on local disk: a directory on the same file system
+    /// as the objects of `kind`, where a new object can be written as it is
+    /// made and then moved into place with [`Backend::put_spooled`], instead
+    /// of being held in memory whole. `None` (the default) for object
+    /// stores.
+    fn spool_dir(&self, kind: FileKind) -> Option<std::path::PathBuf> {
+        let _ = kind;
+        None
+    }
+    /// Stores the complete file `file` (written in [`Backend::spool_dir`])
+    /// as the object `name` of `kind`, replacing any object of that name;
+    /// durable on return. A local repository moves the file; the default
+    /// reads it and stores it with [`Backend::put`]. The caller removes
+    /// `file` if this fails.
+    fn put_spooled(&self, kind: FileKind, name: &str, file: std::path::PathBuf) -> BoxFuture<'_, BackendResult<()>> {
+        let name = name.to_string();
+        Box::pin(async move { put_contents(self, kind, &name, &file).await })
+    }
     /// Removes half-written staging files older than `older_than` that a
     /// killed writer left behind (local disk only: object stores write
     /// objects whole). Returns how many were removed.
@@ -193,6 +211,24 @@ pub trait Backend: Send + Sync + fmt::Debug {
         let _ = older_than;
         Box::pin(async { Ok(0) })
     }
+}
+
+/// [`Backend::put_spooled`] by reading the file and storing its bytes with
+/// [`Backend::put`], for stores that cannot take a file in.
+pub(crate) async fn put_contents<B: Backend + ?Sized>(
+    backend: &B,
+    kind: FileKind,
+    name: &str,
+    file: &std::path::Path,
+) -> BackendResult<()> {
+    let data = tokio::fs::read(file).await.map_err(|e| BackendError::Other {
+        op: "read",
+        path: file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    backend.put(kind, name, Bytes::from(data), PutMode::Overwrite).await?;
+    let _ = tokio::fs::remove_file(file).await;
+    Ok(())
 }
 
 /// A shared backend.

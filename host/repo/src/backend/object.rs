@@ -355,6 +355,29 @@ impl Backend for ObjectBackend {
         })
     }
 
+    fn spool_dir(&self, kind: FileKind) -> Option<std::path::PathBuf> {
+        self.local_file(kind.dir())
+    }
+
+    fn put_spooled(&self, kind: FileKind, name: &str, file: std::path::PathBuf) -> BoxFuture<'_, BackendResult<()>> {
+        let rel = kind.path(name);
+        let Some(dest) = self.local_file(&rel) else {
+            let name = name.to_string();
+            return Box::pin(async move { super::put_contents(self, kind, &name, &file).await });
+        };
+        Box::pin(async move {
+            let moved = tokio::task::spawn_blocking(move || move_into_place(&file, &dest, kind == FileKind::Pack));
+            match tokio::time::timeout(self.options.op_timeout, moved).await {
+                Err(_) => {
+                    Err(BackendError::Timeout { op: "write", path: rel, secs: self.options.op_timeout.as_secs() })
+                }
+                Ok(Err(e)) => Err(BackendError::Other { op: "write", path: rel, message: e.to_string() }),
+                Ok(Ok(Err(e))) => Err(BackendError::Other { op: "write", path: rel, message: e.to_string() }),
+                Ok(Ok(Ok(()))) => Ok(()),
+            }
+        })
+    }
+
     fn remove_stale_staging(&self, older_than: Duration) -> BoxFuture<'_, BackendResult<usize>> {
         let root = self.local_root.clone();
         Box::pin(async move {
@@ -375,6 +398,29 @@ impl Backend for ObjectBackend {
             }
         })
     }
+}
+
+/// Moves a complete local file to `dest` durably: the file's bytes are
+/// synced before the rename, and the directory after it (and the directory
+/// above, when `dest`'s directory had to be made). Then, for packs, the page
+/// cache may drop the file, as [`ObjectBackend::release_cached`] explains.
+fn move_into_place(file: &std::path::Path, dest: &std::path::Path, release: bool) -> std::io::Result<()> {
+    let sync_dir = |dir: &std::path::Path| std::fs::File::open(dir).and_then(|d| d.sync_all());
+    let f = std::fs::File::open(file)?;
+    f.sync_all()?;
+    let parent = dest.parent().ok_or_else(|| std::io::Error::other("an object path has a directory"))?;
+    if !parent.is_dir() {
+        std::fs::create_dir_all(parent)?;
+        if let Some(above) = parent.parent() {
+            sync_dir(above)?;
+        }
+    }
+    std::fs::rename(file, dest)?;
+    sync_dir(parent)?;
+    if release {
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    }
+    Ok(())
 }
 
 /// Local writes go to `NAME#N` and are renamed into place; a writer killed

@@ -14,6 +14,8 @@
 //! BLAKE3 of the whole file, so a pack's integrity can be checked without the
 //! key, and the index can be rebuilt from packs alone.
 
+use std::path::{Path, PathBuf};
+
 use crate::blob::BlobKind;
 use crate::crypto::{DataKey, Keyring};
 use crate::id::Id;
@@ -57,35 +59,162 @@ pub struct PackEntry {
     pub raw_len: u32,
 }
 
-/// Accumulates sealed blobs into one pack in memory.
-#[derive(Debug, Default)]
+/// Bytes of a spooled pack gathered before they are hashed and written: a
+/// few large writes instead of one per small blob, and large inputs let
+/// BLAKE3 hash several chunks at once.
+const SPOOL_BUFFER: usize = 1 << 20;
+
+/// Where a pack's bytes go while it fills.
+#[derive(Debug)]
+enum Sink {
+    /// All of the pack in memory, uploaded whole when it is finished.
+    Memory(Vec<u8>),
+    /// A file in the repository, written and hashed as the pack fills (the
+    /// hasher's state is 2 KiB).
+    File(Box<SpoolWriter>),
+}
+
+#[derive(Debug)]
+struct SpoolWriter {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+    spooled: Spooled,
+}
+
+impl SpoolWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.buf.len() + bytes.len() > SPOOL_BUFFER {
+            self.flush()?;
+        }
+        if bytes.len() >= SPOOL_BUFFER {
+            self.hasher.update(bytes);
+            std::io::Write::write_all(&mut self.file, bytes)
+        } else {
+            self.buf.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.hasher.update(&self.buf);
+            std::io::Write::write_all(&mut self.file, &self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn failed(&self, e: std::io::Error) -> String {
+        format!("writing pack file {}: {e}", self.spooled.path.display())
+    }
+}
+
+/// A finished pack written to a file of its own, not yet under its name.
+/// The file is removed when this is dropped, unless [`Spooled::keep`] says
+/// it was moved into place.
+#[derive(Debug)]
+pub struct Spooled {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl Spooled {
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file was moved into place: leave it.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A finished pack's bytes.
+#[derive(Debug)]
+pub enum PackBytes {
+    /// In memory.
+    Memory(Vec<u8>),
+    /// In a spool file.
+    Spooled(Spooled),
+}
+
+/// A sealed pack, ready to be stored.
+#[derive(Debug)]
+pub struct FinishedPack {
+    /// The BLAKE3 of the whole pack, its name.
+    pub id: Id,
+    /// Its length in bytes.
+    pub size: u64,
+    /// The blobs it holds.
+    pub entries: Vec<PackEntry>,
+    /// The bytes.
+    pub bytes: PackBytes,
+}
+
+/// Accumulates sealed blobs into one pack, in memory or in a file.
+#[derive(Debug)]
 pub struct PackBuilder {
-    data: Vec<u8>,
+    sink: Sink,
+    len: usize,
     entries: Vec<PackEntry>,
 }
 
 impl PackBuilder {
-    /// An empty pack with room for `capacity` bytes.
+    /// An empty pack in memory with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        PackBuilder { data: Vec::with_capacity(capacity), entries: Vec::new() }
+        PackBuilder::with_buffer(Vec::with_capacity(capacity))
     }
 
-    /// An empty pack that fills `buf`, a finished pack's buffer taken back.
+    /// An empty pack in memory that fills `buf`, a finished pack's buffer
+    /// taken back.
     pub fn with_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
-        PackBuilder { data: buf, entries: Vec::new() }
+        PackBuilder { sink: Sink::Memory(buf), len: 0, entries: Vec::new() }
     }
 
-    /// Appends a sealed blob.
-    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) {
-        let offset = self.data.len() as u32;
-        self.data.extend_from_slice(sealed);
+    /// An empty pack written to a new file in `dir` as it fills. The file is
+    /// named `<64 random hex digits>#<process id>`, the pattern of a
+    /// staging file, so a listing of packs never shows it and a writer
+    /// killed before it finished leaves a file that `prune` sweeps.
+    pub fn spooled(dir: &Path) -> Result<Self, String> {
+        let failed = |e: std::io::Error| format!("creating a pack file in {}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let path = dir.join(format!("{}#{}", hex::encode(rand::random::<[u8; 32]>()), std::process::id()));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(failed)?;
+        let writer = Box::new(SpoolWriter {
+            file,
+            buf: Vec::with_capacity(SPOOL_BUFFER),
+            hasher: blake3::Hasher::new(),
+            spooled: Spooled { path, kept: false },
+        });
+        Ok(PackBuilder { sink: Sink::File(writer), len: 0, entries: Vec::new() })
+    }
+
+    /// Appends a sealed blob. Fails only when writing a spool file fails.
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: u32) -> Result<(), String> {
+        match &mut self.sink {
+            Sink::Memory(data) => data.extend_from_slice(sealed),
+            Sink::File(w) => w.write(sealed).map_err(|e| w.failed(e))?,
+        }
+        let offset = self.len as u32;
+        self.len += sealed.len();
         self.entries.push(PackEntry { kind, id, offset, length: sealed.len() as u32, raw_len });
+        Ok(())
     }
 
     /// Bytes of blob data so far.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 
     /// True if no blob was added.
@@ -93,9 +222,9 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// Appends the sealed header and trailer; returns the pack bytes, its id
-    /// and its entries.
-    pub fn finish(mut self, key: &DataKey) -> (Vec<u8>, Id, Vec<PackEntry>) {
+    /// Appends the sealed header and trailer and names the pack. A spool
+    /// file is written out but not synced: storing it does that.
+    pub fn finish(self, key: &DataKey) -> Result<FinishedPack, String> {
         let mut plain = Vec::with_capacity(5 + self.entries.len() * ENTRY_LEN);
         plain.push(1u8);
         plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
@@ -105,13 +234,23 @@ impl PackBuilder {
             plain.extend_from_slice(&e.length.to_le_bytes());
             plain.extend_from_slice(&e.raw_len.to_le_bytes());
         }
-        let header = key.seal(&plain, aad::PACK_HEADER);
-        self.data.extend_from_slice(&header);
-        self.data.extend_from_slice(&key.epoch().to_le_bytes());
-        self.data.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(MAGIC);
-        let id = Id::of_bytes(&self.data);
-        (self.data, id, self.entries)
+        let mut tail = key.seal(&plain, aad::PACK_HEADER);
+        let header_len = tail.len() as u32;
+        tail.extend_from_slice(&key.epoch().to_le_bytes());
+        tail.extend_from_slice(&header_len.to_le_bytes());
+        tail.extend_from_slice(MAGIC);
+        let size = (self.len + tail.len()) as u64;
+        let (id, bytes) = match self.sink {
+            Sink::Memory(mut data) => {
+                data.extend_from_slice(&tail);
+                (Id::of_bytes(&data), PackBytes::Memory(data))
+            }
+            Sink::File(mut w) => {
+                w.write(&tail).and_then(|()| w.flush()).map_err(|e| w.failed(e))?;
+                (Id(*w.hasher.finalize().as_bytes()), PackBytes::Spooled(w.spooled))
+            }
+        };
+        Ok(FinishedPack { id, size, entries: self.entries, bytes })
     }
 }
 
@@ -196,13 +335,71 @@ mod tests {
         (ring, key)
     }
 
+    fn in_memory(pack: FinishedPack) -> (Vec<u8>, Vec<PackEntry>) {
+        match pack.bytes {
+            PackBytes::Memory(bytes) => (bytes, pack.entries),
+            PackBytes::Spooled(_) => panic!("a pack built in memory came back spooled"),
+        }
+    }
+
+    /// A pack written to a file as it fills holds the blobs of the pack
+    /// built in memory byte for byte, and is named by its hash; its file is gone when it is
+    /// dropped without being kept, and stays when it is kept.
+    #[test]
+    fn a_spooled_pack_is_the_pack_built_in_memory() {
+        let keys = Keys::derive(&MasterSecret::generate());
+        let key = keys.epoch_zero();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("data");
+        let mut mem = PackBuilder::with_capacity(0);
+        let mut file = PackBuilder::spooled(&spool).unwrap();
+        // Small blobs gathered in the buffer, blobs that overflow it, and
+        // blobs larger than it written straight through.
+        let sizes = [10, 5000, SPOOL_BUFFER - 3, 7, SPOOL_BUFFER, 3 * SPOOL_BUFFER + 1, 1, 64 << 10];
+        for (i, n) in sizes.into_iter().enumerate() {
+            let blob: Vec<u8> = (0..n).map(|j| (j * 31 + i) as u8).collect();
+            mem.add(BlobKind::Data, Id([i as u8; 32]), &blob, n as u32).unwrap();
+            file.add(BlobKind::Data, Id([i as u8; 32]), &blob, n as u32).unwrap();
+        }
+        assert_eq!(mem.len(), file.len());
+        let (mem, file) = (mem.finish(&key).unwrap(), file.finish(&key).unwrap());
+        let PackBytes::Spooled(spooled) = file.bytes else { panic!("not spooled") };
+        let on_disk = std::fs::read(spooled.path()).unwrap();
+        let name = spooled.path().file_name().unwrap().to_string_lossy().into_owned();
+        let (base, pid) = name.split_once('#').unwrap();
+        assert_eq!((base.len(), pid), (64, std::process::id().to_string().as_str()));
+        // The header is sealed under a fresh nonce each time, so the blob
+        // areas match and each pack is named by the hash of its own bytes.
+        assert_eq!((file.size, &file.entries), (mem.size, &mem.entries));
+        assert_eq!(on_disk.len() as u64, file.size);
+        let area = mem.entries.iter().map(|e| e.length as usize).sum::<usize>();
+        assert_eq!(file.id, Id::of_bytes(&on_disk));
+        assert_eq!(on_disk[..area], in_memory(mem).0[..area]);
+        let ring = Keyring::new(&keys);
+        assert_eq!(parse_pack(&ring, &on_disk).unwrap(), (0, file.entries));
+        let path = spooled.path().to_path_buf();
+        drop(spooled);
+        assert!(!path.exists(), "a dropped spool file is removed");
+        // An abandoned pack leaves nothing either; a kept one stays.
+        let mut abandoned = PackBuilder::spooled(&spool).unwrap();
+        abandoned.add(BlobKind::Data, Id([9; 32]), b"x", 1).unwrap();
+        drop(abandoned);
+        assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+        let mut kept = PackBuilder::spooled(&spool).unwrap();
+        kept.add(BlobKind::Data, Id([9; 32]), b"x", 1).unwrap();
+        let PackBytes::Spooled(kept) = kept.finish(&key).unwrap().bytes else { panic!("not spooled") };
+        let path = kept.path().to_path_buf();
+        kept.keep();
+        assert!(path.exists());
+    }
+
     #[test]
     fn the_trailer_names_the_epoch_and_the_key_must_be_held() {
         let keys = Keys::derive(&MasterSecret::generate());
         let (ring, key) = keyring_with(&keys, 7);
         let mut b = PackBuilder::with_capacity(64);
-        b.add(BlobKind::Data, Id([1; 32]), b"sealed-bytes", 3);
-        let (bytes, _, entries) = b.finish(&key);
+        b.add(BlobKind::Data, Id([1; 32]), b"sealed-bytes", 3).unwrap();
+        let (bytes, entries) = in_memory(b.finish(&key).unwrap());
         let (epoch, parsed) = parse_pack(&ring, &bytes).unwrap();
         assert_eq!((epoch, parsed), (7, entries));
         let t = parse_trailer(&bytes[bytes.len() - TRAILER_LEN..]).unwrap();
@@ -221,8 +418,8 @@ mod tests {
         let keys = Keys::derive(&MasterSecret::generate());
         let ring = Keyring::new(&keys);
         let mut b = PackBuilder::with_capacity(64);
-        b.add(BlobKind::Tree, Id([2; 32]), b"abc", 3);
-        let (v2, _, entries) = b.finish(&keys.epoch_zero());
+        b.add(BlobKind::Tree, Id([2; 32]), b"abc", 3).unwrap();
+        let (v2, entries) = in_memory(b.finish(&keys.epoch_zero()).unwrap());
         // A version 1 pack: the same header, without the epoch field.
         let hlen_at = v2.len() - 12;
         let mut v1 = v2[..hlen_at - 4].to_vec();

@@ -55,8 +55,10 @@ async fn failures_at_every_write_stage_leave_no_snapshot() {
         assert_eq!(snaps[0].0, good);
         let report = repo.check(ReadData::All).await.unwrap();
         assert!(report.is_ok(), "{what}: {:?}", report.errors);
-        // No session marker survives a failed backup.
+        // No session marker survives a failed backup, nor a pack file
+        // that never got its name.
         assert!(t.backend.list(FileKind::Session).await.unwrap().is_empty(), "{what}");
+        assert_eq!(t.staging_files(), Vec::<std::path::PathBuf>::new(), "{what}");
     }
 }
 

@@ -41,13 +41,31 @@ impl TempRepo {
         let mut out = Vec::new();
         let data = self.root().join("data");
         if let Ok(rd) = std::fs::read_dir(&data) {
-            for sub in rd.flatten() {
+            for sub in rd.flatten().filter(|e| e.path().is_dir()) {
                 for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
                     out.push(f.path());
                 }
             }
         }
         out.sort();
+        out
+    }
+
+    /// Files under the repository named like a staging file (`NAME#N`):
+    /// writes, or packs being filled, that never got their name.
+    pub fn staging_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root()];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if e.file_name().to_string_lossy().contains('#') {
+                    out.push(p);
+                }
+            }
+        }
         out
     }
 }
