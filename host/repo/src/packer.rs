@@ -5,7 +5,8 @@
 //! producer (chunk + id + dedup) --jobs--> workers (zstd + seal) --> PackBuilder
 //!                                                     full pack --> upload task
 //! ```
-//! Memory is bounded: at most `JOB_QUEUE` chunks wait for a worker, one pack
+//! Memory is bounded: at most `JOB_QUEUE` chunks (and from the threads
+//! reading files, at most `QUEUE_BYTES`) wait for a worker, one pack
 //! is being filled, and at most `UPLOAD_SLOTS` finished packs are in flight.
 //! In a local repository a pack is written to a file of its own as it fills
 //! (a spool file beside the packs) and renamed into place when finished, so
@@ -28,6 +29,11 @@ use crate::repofile::pack::{FinishedPack, PackBuilder, PackBytes};
 
 /// Chunks queued for the workers.
 const JOB_QUEUE: usize = 4;
+/// Bytes of chunks queued for the workers by threads that can compress
+/// them themselves ([`BlobSaver::save_here`]): four average chunks, or one
+/// of the largest. Past it such a thread does the work: a queue of four
+/// 8 MiB chunks held 32 MiB.
+const QUEUE_BYTES: usize = 4 << 20;
 /// Packs being uploaded at once.
 const UPLOAD_SLOTS: usize = 2;
 
@@ -74,6 +80,8 @@ struct Shared {
     spare: Mutex<Vec<Vec<u8>>>,
     error: Mutex<Option<String>>,
     stats: SaverStats,
+    /// Bytes of the chunks in the job queue.
+    queued: AtomicU64,
 }
 
 impl Shared {
@@ -215,6 +223,7 @@ impl BlobSaver {
             spare: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             stats: SaverStats::default(),
+            queued: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Job>(JOB_QUEUE);
         let rx = Arc::new(Mutex::new(rx));
@@ -229,7 +238,10 @@ impl BlobSaver {
                         loop {
                             let job = rx.lock().expect("job queue lock").blocking_recv();
                             match job {
-                                Some(job) => shared.process(job),
+                                Some(job) => {
+                                    shared.queued.fetch_sub(job.data.len() as u64, Ordering::Relaxed);
+                                    shared.process(job)
+                                }
                                 None => break,
                             }
                         }
@@ -261,22 +273,39 @@ impl BlobSaver {
     /// Queues a new blob. Waits when the workers are busy.
     pub async fn save(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
         let tx = self.queue()?;
-        tx.send(Job { kind, id, data }).await.map_err(|_| Error::Aborted("blob workers stopped".into()))
+        let len = data.len() as u64;
+        let permit = tx.reserve().await.map_err(|_| Error::Aborted("blob workers stopped".into()))?;
+        self.shared.queued.fetch_add(len, Ordering::Relaxed);
+        permit.send(Job { kind, id, data });
+        Ok(())
     }
 
     /// Stores a new blob from a thread outside the async runtime: it goes to
     /// the workers when one has room, and is compressed and sealed on the
     /// calling thread when they are all busy. Several threads reading files
     /// then keep working instead of sleeping until a worker is free, and
-    /// the workers are only woken when they have run dry.
+    /// the workers are only woken when they have run dry. The queue takes a
+    /// chunk while it holds less than [`QUEUE_BYTES`] with it (or is empty).
     pub fn save_here(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
-        match self.queue()?.try_send(Job { kind, id, data }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(job)) => {
+        let job = Job { kind, id, data };
+        let len = job.data.len() as u64;
+        let queued = self.shared.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + len > QUEUE_BYTES as u64 {
+            self.queue()?;
+            self.shared.process(job);
+            return Ok(());
+        }
+        match self.queue()?.try_reserve() {
+            Ok(permit) => {
+                self.shared.queued.fetch_add(len, Ordering::Relaxed);
+                permit.send(job);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
                 self.shared.process(job);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Aborted("blob workers stopped".into())),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::Aborted("blob workers stopped".into())),
         }
     }
 
