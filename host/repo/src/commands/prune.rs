@@ -49,8 +49,10 @@ pub struct PruneOptions {
     pub max_unused: f64,
     /// Report only.
     pub dry_run: bool,
-    /// Minimum age of a staging file left by a killed local write before it
-    /// is removed (a live upload's staging file is younger than any timeout).
+    /// Minimum age of a staging file left by a killed local write (or a pack
+    /// file a killed backup was filling) before it is removed, while no
+    /// backup is in progress (a live upload's staging file is younger than
+    /// any timeout).
     pub staging_grace: Duration,
     /// Also rewrite every pack sealed under an older key epoch, then retire
     /// the epochs nothing is sealed under any more.
@@ -354,7 +356,11 @@ impl Repository {
             self.backend.delete(FileKind::Session, &name).await?;
             report.removed_sessions += 1;
         }
-        report.removed_staging_files = self.backend.remove_stale_staging(opts.staging_grace).await?;
+        // A backup fills its pack file as its source delivers, and a source
+        // may pause for longer than the grace: sweep only while none runs.
+        if live.is_empty() {
+            report.removed_staging_files = self.backend.remove_stale_staging(opts.staging_grace).await?;
+        }
         if opts.reencrypt {
             (report.retired_epochs, report.kept_epochs) = self.retire_epochs().await?;
         }

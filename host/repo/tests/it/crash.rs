@@ -148,3 +148,26 @@ fn kill_9_during_prune_fifty_times() {
 fn kill_9_during_key_rotation_and_reencryption_forty_times() {
     kill_loop("reencrypt", 40);
 }
+
+/// A pack file that a killed backup was filling is swept by prune once it
+/// is older than the grace, but only while no backup runs: a running
+/// backup's pack file fills as fast as its source delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_sweeps_a_killed_backups_pack_file_only_while_no_backup_runs() {
+    let t = TempRepo::new(small_pack_options()).await;
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 2, 1 << 20, 5);
+    t.repo.backup_dir(&src, opts("s")).await.unwrap();
+    let left = t.root().join("data").join(format!("{}#4242", "ab".repeat(32)));
+    std::fs::write(&left, b"the first blobs of a pack").unwrap();
+    let sweep = PruneOptions { staging_grace: Duration::ZERO, ..Default::default() };
+    let running = t.repo.start_snapshot(opts("other")).await.unwrap();
+    let r = t.repo.prune(&sweep).await.unwrap();
+    assert_eq!(r.removed_staging_files, 0, "{r:?}");
+    assert!(left.exists(), "a file a running backup may own was removed");
+    running.abort().await;
+    let r = t.repo.prune(&sweep).await.unwrap();
+    assert_eq!(r.removed_staging_files, 1, "{r:?}");
+    assert_eq!(t.staging_files(), Vec::<std::path::PathBuf>::new());
+    assert!(t.repo.check(ReadData::All).await.unwrap().is_ok());
+}
