@@ -30,9 +30,9 @@ use crate::repofile::pack::{FinishedPack, PackBuilder, PackBytes};
 /// Chunks queued for the workers.
 const JOB_QUEUE: usize = 4;
 /// Bytes of chunks queued for the workers by threads that can compress
-/// them themselves ([`BlobSaver::save_here`]): four average chunks, or one
-/// of the largest. Past it such a thread does the work: a queue of four
-/// 8 MiB chunks held 32 MiB.
+/// them themselves ([`BlobSaver::save_here`]): four average chunks (or one
+/// chunk of any size, into an empty queue). Past it such a thread does the
+/// work itself: a queue of four 8 MiB chunks held 32 MiB.
 const QUEUE_BYTES: usize = 4 << 20;
 /// Packs being uploaded at once.
 const UPLOAD_SLOTS: usize = 2;
@@ -92,11 +92,11 @@ impl Shared {
         }
     }
 
-    /// An empty pack, in the buffer of one already uploaded where there is
-    /// one: a new 16 MiB buffer costs a page fault and a zeroed page per
-    /// 4 KiB, and freeing it raises glibc's mmap threshold so that later
-    /// chunk-sized buffers come from (and fragment) the heap.
-    /// A spool file in a local repository.
+    /// An empty pack: a spool file in a local repository; otherwise in
+    /// memory, in the buffer of one already uploaded where there is one: a
+    /// new 16 MiB buffer costs a page fault and a zeroed page per 4 KiB, and
+    /// freeing it raises glibc's mmap threshold so that later chunk-sized
+    /// buffers come from (and fragment) the heap.
     fn new_pack(&self) -> std::result::Result<PackBuilder, String> {
         if let Some(dir) = &self.spool {
             return PackBuilder::spooled(dir);
