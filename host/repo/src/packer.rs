@@ -287,15 +287,12 @@ impl BlobSaver {
     /// the workers are only woken when they have run dry. The queue takes a
     /// chunk while it holds less than [`QUEUE_BYTES`] with it (or is empty).
     pub fn save_here(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
+        let tx = self.queue()?;
+        let len = data.len() as u64;
         let job = Job { kind, id, data };
-        let len = job.data.len() as u64;
         let queued = self.shared.queued.load(Ordering::Relaxed);
-        if queued > 0 && queued + len > QUEUE_BYTES as u64 {
-            self.queue()?;
-            self.shared.process(job);
-            return Ok(());
-        }
-        match self.queue()?.try_reserve() {
+        let room = queued == 0 || queued + len <= QUEUE_BYTES as u64;
+        match if room { tx.try_reserve() } else { Err(mpsc::error::TrySendError::Full(())) } {
             Ok(permit) => {
                 self.shared.queued.fetch_add(len, Ordering::Relaxed);
                 permit.send(job);

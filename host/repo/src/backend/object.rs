@@ -367,14 +367,12 @@ impl Backend for ObjectBackend {
         };
         Box::pin(async move {
             let moved = tokio::task::spawn_blocking(move || move_into_place(&file, &dest, kind == FileKind::Pack));
-            match tokio::time::timeout(self.options.op_timeout, moved).await {
-                Err(_) => {
-                    Err(BackendError::Timeout { op: "write", path: rel, secs: self.options.op_timeout.as_secs() })
-                }
-                Ok(Err(e)) => Err(BackendError::Other { op: "write", path: rel, message: e.to_string() }),
-                Ok(Ok(Err(e))) => Err(BackendError::Other { op: "write", path: rel, message: e.to_string() }),
-                Ok(Ok(Ok(()))) => Ok(()),
-            }
+            let secs = self.options.op_timeout.as_secs();
+            let Ok(joined) = tokio::time::timeout(self.options.op_timeout, moved).await else {
+                return Err(BackendError::Timeout { op: "write", path: rel, secs });
+            };
+            let failed = |message: String| BackendError::Other { op: "write", path: rel.clone(), message };
+            joined.map_err(|e| failed(e.to_string()))?.map_err(|e| failed(e.to_string()))
         })
     }
 

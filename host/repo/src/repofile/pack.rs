@@ -188,9 +188,17 @@ impl PackBuilder {
     /// killed before it finished leaves a file that `prune` sweeps.
     pub fn spooled(dir: &Path) -> Result<Self, String> {
         let failed = |e: std::io::Error| format!("creating a pack file in {}: {e}", dir.display());
-        std::fs::create_dir_all(dir).map_err(failed)?;
         let path = dir.join(format!("{}#{}", hex::encode(rand::random::<[u8; 32]>()), std::process::id()));
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(failed)?;
+        let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+        // The directory is made only for the repository's first pack.
+        let file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(failed)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(failed)?;
         let writer = Box::new(SpoolWriter {
             file,
             buf: Vec::with_capacity(SPOOL_BUFFER),
@@ -343,8 +351,8 @@ mod tests {
     }
 
     /// A pack written to a file as it fills holds the blobs of the pack
-    /// built in memory byte for byte, and is named by its hash; its file is gone when it is
-    /// dropped without being kept, and stays when it is kept.
+    /// built in memory byte for byte, and is named by its hash; its file is
+    /// gone when it is dropped without being kept, and stays when it is kept.
     #[test]
     fn a_spooled_pack_is_the_pack_built_in_memory() {
         let keys = Keys::derive(&MasterSecret::generate());
