@@ -120,35 +120,63 @@ impl StreamChunker {
         StreamChunker { chunker, buf: BytesMut::new() }
     }
 
-    /// Adds `data` and returns every chunk that is now complete.
+    /// Adds `data` and returns every chunk that is now complete, each
+    /// copied out to a buffer of its own size (see [`Self::take_final`]).
+    pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
+        self.append(data);
+        let mut out = Vec::new();
+        let _ = self.take_final(|chunk| {
+            out.push(Bytes::copy_from_slice(chunk));
+            Ok::<(), std::convert::Infallible>(())
+        });
+        out
+    }
+
+    /// Adds `data` to the window. [`Self::take_final`] then hands out the
+    /// chunks it completes.
+    pub fn append(&mut self, data: &[u8]) {
+        // Reuses the window: the uncut tail moves to its front when that
+        // makes room.
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Passes every chunk that is final to `each`, in order, as a slice of
+    /// the window, and drops it from the window once `each` returns; stops
+    /// at the first error, with that chunk still in the window.
     ///
     /// A cut found before the end of the buffered bytes is final (it does
     /// not depend on later bytes), and so is one at `max_size`; a shorter
     /// tail with no cut yet could still grow. Streams of up to twice the
     /// average chunk size (most files) are only buffered, and cut once at
-    /// [`Self::finish`] without a copy. Past that, chunks are cut as soon as
-    /// they are final and each is copied out to a buffer of its own size,
-    /// so the window holds only the bytes not yet cut: chunks sharing a
-    /// window would keep all of it alive until the last of them was
-    /// compressed and sealed.
-    pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
+    /// the end. Past that, chunks are cut as soon as they are final, so
+    /// the window holds only the bytes not yet cut: at most `max_size` plus
+    /// one appended piece.
+    pub fn take_final<E>(&mut self, mut each: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let max = self.chunker.params.max_size as usize;
-        // Reuses the window: the uncut tail moves to its front when that
-        // makes room.
-        self.buf.extend_from_slice(data);
-        let mut out = Vec::new();
         if self.buf.len() <= 2 * self.chunker.params.avg_size as usize {
-            return out;
+            return Ok(());
         }
         while !self.buf.is_empty() {
             let n = self.chunker.cut(&self.buf);
             if n >= self.buf.len() && n < max {
                 break;
             }
-            out.push(Bytes::copy_from_slice(&self.buf[..n]));
+            each(&self.buf[..n])?;
             self.buf.advance(n);
         }
-        out
+        Ok(())
+    }
+
+    /// At the end of the stream: passes the remaining chunks to `each` as
+    /// slices of the window, as [`Self::take_final`] does. The same chunks
+    /// as [`Self::finish`], without a buffer of their own.
+    pub fn take_rest<E>(&mut self, mut each: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        while !self.buf.is_empty() {
+            let n = self.chunker.cut(&self.buf);
+            each(&self.buf[..n])?;
+            self.buf.advance(n);
+        }
+        Ok(())
     }
 
     /// Returns the remaining chunks at the end of the stream. They share
@@ -194,6 +222,22 @@ mod tests {
             }
             got.extend(s.finish().iter().map(|b| b.len()));
             assert_eq!(got, whole, "piece size {piece}");
+            // The same chunks as slices of the window, bytes and all.
+            let mut s = StreamChunker::new(c.clone());
+            let mut sliced: Vec<u8> = Vec::new();
+            let mut lens = Vec::new();
+            let mut take = |chunk: &[u8]| {
+                lens.push(chunk.len());
+                sliced.extend_from_slice(chunk);
+                Ok::<(), ()>(())
+            };
+            for p in data.chunks(piece) {
+                s.append(p);
+                s.take_final(&mut take).unwrap();
+            }
+            s.take_rest(&mut take).unwrap();
+            assert_eq!(lens, whole, "piece size {piece}, slices");
+            assert_eq!(sliced, data);
         }
         assert!(whole.iter().all(|&n| n <= 65536));
         assert_eq!(whole.iter().sum::<usize>(), data.len());

@@ -5,9 +5,11 @@
 //! producer (chunk + id + dedup) --jobs--> workers (zstd + seal) --> PackBuilder
 //!                                                     full pack --> upload task
 //! ```
-//! Memory is bounded: at most `JOB_QUEUE` chunks (and from the threads
-//! reading files, at most `QUEUE_BYTES`) wait for a worker, one pack
-//! is being filled, and at most `UPLOAD_SLOTS` finished packs are in flight.
+//! Threads that read files themselves (several at once, see
+//! [`BlobSaver::save_here`]) compress and seal their new chunks on the spot,
+//! straight from the chunker's window. Memory is bounded: at most
+//! `JOB_QUEUE` chunks wait for a worker, one pack is being filled, and at
+//! most `UPLOAD_SLOTS` finished packs are in flight.
 //! In a local repository a pack is written to a file of its own as it fills
 //! (a spool file beside the packs) and renamed into place when finished, so
 //! the packs cost no memory but a write buffer; for an object store each
@@ -29,11 +31,6 @@ use crate::repofile::pack::{FinishedPack, PackBuilder, PackBytes};
 
 /// Chunks queued for the workers.
 const JOB_QUEUE: usize = 4;
-/// Bytes of chunks queued for the workers by threads that can compress
-/// them themselves ([`BlobSaver::save_here`]): four average chunks (or one
-/// chunk of any size, into an empty queue). Past it such a thread does the
-/// work itself: a queue of four 8 MiB chunks held 32 MiB.
-const QUEUE_BYTES: usize = 4 << 20;
 /// Packs being uploaded at once.
 const UPLOAD_SLOTS: usize = 2;
 
@@ -80,8 +77,6 @@ struct Shared {
     spare: Mutex<Vec<Vec<u8>>>,
     error: Mutex<Option<String>>,
     stats: SaverStats,
-    /// Bytes of the chunks in the job queue.
-    queued: AtomicU64,
 }
 
 impl Shared {
@@ -167,14 +162,14 @@ impl Shared {
         self.uploads.lock().expect("uploads lock").push(handle);
     }
 
-    fn process(self: &Arc<Self>, job: Job) {
+    fn process(self: &Arc<Self>, kind: BlobKind, id: Id, data: &[u8]) {
         if self.error.lock().expect("error lock").is_some() {
             // The snapshot fails anyway: store nothing more.
             return;
         }
-        let sealed = blob::encode(&self.key, job.kind, &job.id, &job.data, self.compression);
+        let sealed = blob::encode(&self.key, kind, &id, data, self.compression);
         self.stats.blobs.fetch_add(1, Ordering::Relaxed);
-        self.stats.raw_bytes.fetch_add(job.data.len() as u64, Ordering::Relaxed);
+        self.stats.raw_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.stats.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let full = {
             let mut cur = self.current.lock().expect("pack lock");
@@ -185,7 +180,7 @@ impl Shared {
                     Err(e) => return self.fail(e),
                 },
             };
-            if let Err(e) = pack.add(job.kind, job.id, &sealed, job.data.len() as u32) {
+            if let Err(e) = pack.add(kind, id, &sealed, data.len() as u32) {
                 // Dropping the pack removes its spool file.
                 *cur = None;
                 return self.fail(e);
@@ -223,7 +218,6 @@ impl BlobSaver {
             spare: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             stats: SaverStats::default(),
-            queued: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Job>(JOB_QUEUE);
         let rx = Arc::new(Mutex::new(rx));
@@ -238,10 +232,7 @@ impl BlobSaver {
                         loop {
                             let job = rx.lock().expect("job queue lock").blocking_recv();
                             match job {
-                                Some(job) => {
-                                    shared.queued.fetch_sub(job.data.len() as u64, Ordering::Relaxed);
-                                    shared.process(job)
-                                }
+                                Some(job) => shared.process(job.kind, job.id, &job.data),
                                 None => break,
                             }
                         }
@@ -273,36 +264,29 @@ impl BlobSaver {
     /// Queues a new blob. Waits when the workers are busy.
     pub async fn save(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
         let tx = self.queue()?;
-        let len = data.len() as u64;
         let permit = tx.reserve().await.map_err(|_| Error::Aborted("blob workers stopped".into()))?;
-        self.shared.queued.fetch_add(len, Ordering::Relaxed);
         permit.send(Job { kind, id, data });
         Ok(())
     }
 
-    /// Stores a new blob from a thread outside the async runtime: it goes to
-    /// the workers when one has room, and is compressed and sealed on the
-    /// calling thread when they are all busy. Several threads reading files
-    /// then keep working instead of sleeping until a worker is free, and
-    /// the workers are only woken when they have run dry. The queue takes a
-    /// chunk while it holds less than [`QUEUE_BYTES`] with it (or is empty).
-    pub fn save_here(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
-        let tx = self.queue()?;
-        let len = data.len() as u64;
-        let job = Job { kind, id, data };
-        let queued = self.shared.queued.load(Ordering::Relaxed);
-        let room = queued == 0 || queued + len <= QUEUE_BYTES as u64;
-        match if room { tx.try_reserve() } else { Err(mpsc::error::TrySendError::Full(())) } {
-            Ok(permit) => {
-                self.shared.queued.fetch_add(len, Ordering::Relaxed);
-                permit.send(job);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                self.shared.process(job);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Error::Aborted("blob workers stopped".into())),
+    /// Compresses and seals a new blob on the calling thread, a thread
+    /// outside the async runtime that reads files (one of several), and
+    /// adds it to the pack being filled. The chunk need not be copied out
+    /// of the chunker's window, and no chunk waits in a queue: with a
+    /// queue to the workers as well, a backup held every reading thread's
+    /// chunks and every worker's, a fifth of its peak memory, for no gain
+    /// in speed (the reading threads keep the cores busy).
+    pub fn save_here(&self, kind: BlobKind, id: Id, data: &[u8]) -> Result<()> {
+        if let Some(e) = self.error() {
+            return Err(Error::Aborted(e));
+        }
+        if self.jobs.lock().expect("jobs lock").is_none() {
+            return Err(Error::Aborted("the blob saver was closed".into()));
+        }
+        self.shared.process(kind, id, data);
+        match self.error() {
+            Some(e) => Err(Error::Aborted(e)),
+            None => Ok(()),
         }
     }
 

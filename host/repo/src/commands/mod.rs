@@ -3,6 +3,7 @@
 pub mod check;
 pub mod diff;
 pub mod dir;
+mod entry_list;
 pub mod epoch;
 pub mod forget;
 pub mod key;

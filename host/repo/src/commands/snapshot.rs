@@ -6,6 +6,7 @@
 //! unreferenced data that the next prune removes.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use crate::backend::FileKind;
 use crate::blob::BlobKind;
 use crate::chunker::StreamChunker;
+use crate::commands::entry_list::EntryList;
 use crate::commands::read::Snapshot;
 use crate::commands::session::Session;
 use crate::error::{Error, Result};
@@ -23,7 +25,7 @@ use crate::packer::BlobSaver;
 use crate::repofile::aad;
 use crate::repofile::index::IndexFile;
 use crate::repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary, redact_config};
-use crate::repofile::tree::{Entry, EntryKind, encode_entry, validate_path};
+use crate::repofile::tree::{Entry, EntryKind, validate_path};
 use crate::repository::Repository;
 
 /// Write an index file after this many packs, so a long backup that dies
@@ -79,7 +81,7 @@ pub struct EntryDigest {
 }
 
 struct WriterState {
-    entries: Vec<Entry>,
+    entries: EntryList,
     /// Every path added so far, as [`path_key`]s.
     paths: HashSet<[u8; 16]>,
     attributes: BTreeMap<String, String>,
@@ -108,10 +110,10 @@ impl WriterShared {
         Ok(id)
     }
 
-    /// As [`Self::store`], from a thread outside the async runtime
-    /// ([`BlobSaver::save_here`]).
-    fn store_here(&self, kind: BlobKind, data: Bytes) -> Result<Id> {
-        let (id, new) = self.claim(&data);
+    /// As [`Self::store`], from a thread outside the async runtime, which
+    /// compresses and seals the chunk itself ([`BlobSaver::save_here`]).
+    fn store_here(&self, kind: BlobKind, data: &[u8]) -> Result<Id> {
+        let (id, new) = self.claim(data);
         if new {
             self.saver.save_here(kind, id, data)?;
         }
@@ -235,7 +237,7 @@ impl Repository {
                 pending: Mutex::new(HashSet::new()),
                 saver,
                 state: Mutex::new(WriterState {
-                    entries: Vec::new(),
+                    entries: EntryList::default(),
                     paths: HashSet::new(),
                     attributes: BTreeMap::new(),
                     reused: 0,
@@ -285,7 +287,7 @@ impl WriterShared {
         if entry.kind == EntryKind::File {
             self.open_writers.fetch_add(1, Ordering::SeqCst);
         } else {
-            self.state.lock().expect("state lock").entries.push(entry.clone());
+            self.state.lock().expect("state lock").entries.push(&entry);
         }
         Ok(EntryWriter {
             shared: Arc::clone(self),
@@ -350,7 +352,7 @@ impl SnapshotWriter {
         }
         self.shared.claim_path(path)?;
         let mut s = self.shared.state.lock().expect("state lock");
-        s.entries.push(entry.clone());
+        s.entries.push(entry);
         s.reused += 1;
         Ok(EntryDigest { size: entry.size, blake3: entry.blake3.unwrap_or_default() })
     }
@@ -428,31 +430,24 @@ impl SnapshotWriter {
                 "{open} entry writers are still open: finish every entry before committing"
             )));
         }
-        let (mut entries, attributes, reused, bytes_read) = {
+        let (entries, attributes, reused, bytes_read) = {
             let mut s = self.shared.state.lock().expect("state lock");
             (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read)
         };
+        let counts = entries.counts();
         let mut summary = SnapshotSummary {
-            entries: entries.len() as u64,
+            entries: counts.entries,
+            files: counts.files,
+            dirs: counts.dirs,
+            symlinks: counts.symlinks,
+            bytes: counts.bytes,
             reused_entries: reused,
             bytes_read,
             started: self.started,
             ..Default::default()
         };
-        for e in &entries {
-            match e.kind {
-                EntryKind::File => {
-                    summary.files += 1;
-                    summary.bytes += e.size;
-                }
-                EntryKind::Dir => summary.dirs += 1,
-                EntryKind::Symlink => summary.symlinks += 1,
-            }
-        }
-        // Paths are unique, so an unstable sort gives the same order as a
-        // stable one, without a buffer of half the entries.
-        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let tree = self.store_tree(entries).await?;
+        let (encoded, order) = entries.into_sorted().map_err(Error::Aborted)?;
+        let tree = self.store_tree(&encoded, order).await?;
         let shared = Arc::clone(&self.shared);
         let saver = &shared.saver;
         let last = saver.finish().await?;
@@ -490,20 +485,19 @@ impl SnapshotWriter {
         shared.repo.write_sealed(FileKind::Snapshot, aad::SNAPSHOT, &body).await
     }
 
-    /// Stores sorted entries as tree blobs and returns their ids in order.
-    /// The tree stream is encoded and cut as it goes, and each entry is
-    /// freed once encoded: the whole stream is never held, so a snapshot of
-    /// many files costs no more memory at commit than while it was written.
-    async fn store_tree(&self, entries: Vec<Entry>) -> Result<Vec<Id>> {
+    /// Stores the entries as tree blobs and returns their ids in order: the
+    /// encoded entries at `order` (ranges of `encoded`, in path order) are
+    /// the tree stream, cut as it goes.
+    async fn store_tree(&self, encoded: &[u8], order: Vec<Range<usize>>) -> Result<Vec<Id>> {
         const PIECE: usize = 64 * 1024;
         let mut chunker = StreamChunker::new(self.shared.repo.chunker.clone());
         let mut piece = Vec::with_capacity(PIECE + 4096);
         let mut tree = Vec::new();
         // `None` marks the end, where the chunker's last bytes are cut too.
-        for entry in entries.into_iter().map(Some).chain([None]) {
-            let chunks = match entry {
-                Some(entry) => {
-                    encode_entry(&entry, &mut piece);
+        for range in order.into_iter().map(Some).chain([None]) {
+            let chunks = match range {
+                Some(range) => {
+                    piece.extend_from_slice(&encoded[range]);
                     if piece.len() < PIECE {
                         continue;
                     }
@@ -564,18 +558,27 @@ impl EntryWriter {
     }
 
     /// As [`Self::write`], from a thread outside the async runtime (one of
-    /// several threads reading files): when every blob worker is busy, the
-    /// new chunks are compressed and sealed on this thread.
+    /// several threads reading files): new chunks are compressed and sealed
+    /// on this thread, straight from the chunker's window.
     pub fn write_here(&mut self, data: &[u8]) -> Result<()> {
-        for chunk in self.push(data)? {
-            let stored = self.shared.store_here(BlobKind::Data, chunk);
-            self.stored(stored)?;
-        }
-        Ok(())
+        self.admit(data)?;
+        self.chunker.append(data);
+        let (shared, content) = (&self.shared, &mut self.entry.content);
+        let taken = self.chunker.take_final(|chunk| {
+            content.push(shared.store_here(BlobKind::Data, chunk)?);
+            Ok(())
+        });
+        self.stored_all(taken)
     }
 
     /// Hashes and counts `data` and returns the chunks it completes.
     fn push(&mut self, data: &[u8]) -> Result<Vec<Bytes>> {
+        self.admit(data)?;
+        Ok(self.chunker.push(data))
+    }
+
+    /// Checks that `data` may be written, then hashes and counts it.
+    fn admit(&mut self, data: &[u8]) -> Result<()> {
         if self.entry.kind != EntryKind::File {
             return Err(Error::InvalidEntry {
                 path: self.entry.path.clone(),
@@ -585,7 +588,15 @@ impl EntryWriter {
         self.shared.check_failed()?;
         self.hasher.update(data);
         self.entry.size += data.len() as u64;
-        Ok(self.chunker.push(data))
+        Ok(())
+    }
+
+    /// Fails the snapshot if storing a chunk failed.
+    fn stored_all(&self, stored: Result<()>) -> Result<()> {
+        if let Err(e) = &stored {
+            self.shared.fail(e);
+        }
+        stored
     }
 
     /// Records a stored chunk, or fails the snapshot.
@@ -617,11 +628,16 @@ impl EntryWriter {
     /// As [`Self::finish`], from a thread outside the async runtime (see
     /// [`Self::write_here`]).
     pub fn finish_here(mut self) -> Result<EntryDigest> {
-        let Some(last) = self.last_chunks() else { return Ok(NO_CONTENT) };
-        for chunk in last {
-            let stored = self.shared.store_here(BlobKind::Data, chunk);
-            self.stored(stored)?;
+        if self.entry.kind != EntryKind::File {
+            self.done = true;
+            return Ok(NO_CONTENT);
         }
+        let (shared, content) = (&self.shared, &mut self.entry.content);
+        let taken = self.chunker.take_rest(|chunk| {
+            content.push(shared.store_here(BlobKind::Data, chunk)?);
+            Ok(())
+        });
+        self.stored_all(taken)?;
         let digest = self.complete();
         let shared = Arc::clone(&self.shared);
         shared.saver.runtime().block_on(shared.checkpoint())?;
@@ -663,7 +679,7 @@ impl EntryWriter {
         {
             let mut s = self.shared.state.lock().expect("state lock");
             s.bytes_read += self.entry.size;
-            s.entries.push(std::mem::replace(&mut self.entry, empty_entry()));
+            s.entries.push(&self.entry);
         }
         self.shared.open_writers.fetch_sub(1, Ordering::SeqCst);
         digest
@@ -678,20 +694,6 @@ fn path_key(path: &str) -> [u8; 16] {
     let mut key = [0u8; 16];
     key.copy_from_slice(&blake3::hash(path.as_bytes()).as_bytes()[..16]);
     key
-}
-
-fn empty_entry() -> Entry {
-    Entry {
-        path: String::new(),
-        kind: EntryKind::Dir,
-        mode: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        size: 0,
-        target: None,
-        content: Vec::new(),
-        blake3: None,
-    }
 }
 
 impl Drop for EntryWriter {

@@ -61,6 +61,20 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     ciborium::into_writer(entry, out).expect("entries serialize to a Vec");
 }
 
+/// The path of one entry as [`encode_entry`] writes it (its first field),
+/// as bytes, without decoding the rest: entries sort by it as by
+/// [`Entry::path`]. `None` if the entry does not start with its path.
+pub fn encoded_path(entry: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0;
+    let (5, _) = head(entry, &mut pos)? else { return None };
+    let (3, 4) = head(entry, &mut pos)? else { return None };
+    if body(entry, &mut pos, 4)? != b"path" {
+        return None;
+    }
+    let (3, len) = head(entry, &mut pos)? else { return None };
+    body(entry, &mut pos, len)
+}
+
 /// Parses the tree byte stream. Entries in the shape [`encode_entries`]
 /// writes are read by [`fast_entry`]; anything else (an older or foreign
 /// encoding, a damaged entry) goes through the general CBOR decoder, which
