@@ -542,8 +542,10 @@ impl LoadedPlugin {
         .await;
         let writer = store.data_mut().job.writer.take().expect("writer set above");
         // The instance is done either way: drop it (and any handle the
-        // plugin still held) before committing or aborting.
+        // plugin still held) before committing or aborting, and the parent
+        // snapshot with it, which the commit then frees.
         drop(store);
+        drop(parent_snapshot);
         match outcome {
             Ok(()) => {
                 let id = writer.commit().await?;

@@ -10,7 +10,7 @@ use crate::blob::BlobKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repofile::snapshot::SnapshotManifest;
-use crate::repofile::tree::{Entry, decode_entries};
+use crate::repofile::tree::{Entry, EntryDecoder};
 use crate::repository::Repository;
 
 /// Blobs fetched ahead while streaming an entry.
@@ -46,7 +46,9 @@ impl Repository {
         if self.index().is_empty() {
             self.load_index().await?;
         }
-        let mut stream = Vec::new();
+        // Room for the entries the summary counts (within reason: the
+        // summary is only a hint), so the list is not grown by doubling.
+        let mut decoder = EntryDecoder::with_capacity(manifest.summary.entries.min(1 << 22) as usize);
         for t in &manifest.tree {
             let piece = match self.load_blob(BlobKind::Tree, t).await {
                 Err(Error::MissingBlob { .. }) => {
@@ -56,9 +58,10 @@ impl Repository {
                 }
                 other => other?,
             };
-            stream.extend_from_slice(&piece);
+            decoder.push(&piece);
         }
-        let entries = decode_entries(&stream)
+        let entries = decoder
+            .finish()
             .map_err(|e| Error::corrupt(format!("snapshot {}", id.short()), format!("entry list: {e}")))?;
         Ok(Snapshot { id: *id, manifest, entries })
     }

@@ -430,8 +430,13 @@ impl SnapshotWriter {
                 "{open} entry writers are still open: finish every entry before committing"
             )));
         }
+        // The parent's entries are not needed past here: freed before the
+        // new ones are unpacked (if no one else holds them).
+        self.parent = None;
         let (entries, attributes, reused, bytes_read) = {
             let mut s = self.shared.state.lock().expect("state lock");
+            // No entry comes after this: the set of paths can go.
+            s.paths = HashSet::new();
             (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read)
         };
         let counts = entries.counts();
@@ -447,7 +452,7 @@ impl SnapshotWriter {
             ..Default::default()
         };
         let (encoded, order) = entries.into_sorted().map_err(Error::Aborted)?;
-        let tree = self.store_tree(&encoded, order).await?;
+        let tree = self.store_tree(encoded, order).await?;
         let shared = Arc::clone(&self.shared);
         let saver = &shared.saver;
         let last = saver.finish().await?;
@@ -487,34 +492,35 @@ impl SnapshotWriter {
 
     /// Stores the entries as tree blobs and returns their ids in order: the
     /// encoded entries at `order` (ranges of `encoded`, in path order) are
-    /// the tree stream, cut as it goes.
-    async fn store_tree(&self, encoded: &[u8], order: Vec<Range<usize>>) -> Result<Vec<Id>> {
+    /// the tree stream, cut as it goes. On a thread of its own, which
+    /// compresses and seals the tree chunks itself, straight from the
+    /// chunker's window, as the threads reading files do.
+    async fn store_tree(&self, encoded: Vec<u8>, order: Vec<Range<usize>>) -> Result<Vec<Id>> {
         const PIECE: usize = 64 * 1024;
-        let mut chunker = StreamChunker::new(self.shared.repo.chunker.clone());
-        let mut piece = Vec::with_capacity(PIECE + 4096);
-        let mut tree = Vec::new();
-        // `None` marks the end, where the chunker's last bytes are cut too.
-        for range in order.into_iter().map(Some).chain([None]) {
-            let chunks = match range {
-                Some(range) => {
-                    piece.extend_from_slice(&encoded[range]);
-                    if piece.len() < PIECE {
-                        continue;
-                    }
-                    chunker.push(&piece)
-                }
-                None => {
-                    let mut chunks = chunker.push(&piece);
-                    chunks.extend(chunker.finish());
-                    chunks
-                }
+        let shared = Arc::clone(&self.shared);
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut chunker = StreamChunker::new(shared.repo.chunker.clone());
+            let mut piece = Vec::with_capacity(PIECE + 4096);
+            let mut tree = Vec::new();
+            let mut store = |chunk: &[u8]| -> Result<()> {
+                tree.push(shared.store_here(BlobKind::Tree, chunk)?);
+                Ok(())
             };
-            piece.clear();
-            for chunk in chunks {
-                tree.push(self.shared.store(BlobKind::Tree, chunk).await?);
+            for range in order {
+                piece.extend_from_slice(&encoded[range]);
+                if piece.len() >= PIECE {
+                    chunker.append(&piece);
+                    piece.clear();
+                    chunker.take_final(&mut store)?;
+                }
             }
-        }
-        Ok(tree)
+            chunker.append(&piece);
+            chunker.take_final(&mut store)?;
+            chunker.take_rest(&mut store)?;
+            Ok(tree)
+        })
+        .await;
+        stored.map_err(|e| Error::Aborted(format!("storing the tree: {e}")))?
     }
 
     /// Abandons the snapshot. Packs already uploaded but not yet named in an

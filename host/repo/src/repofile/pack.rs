@@ -258,7 +258,11 @@ impl PackBuilder {
                 (Id(*w.hasher.finalize().as_bytes()), PackBytes::Spooled(w.spooled))
             }
         };
-        Ok(FinishedPack { id, size, entries: self.entries, bytes })
+        // The list is held until an index file names the pack: without the
+        // room a vector keeps for growth.
+        let mut entries = self.entries;
+        entries.shrink_to_fit();
+        Ok(FinishedPack { id, size, entries, bytes })
     }
 }
 

@@ -81,6 +81,13 @@ pub fn encoded_path(entry: &[u8]) -> Option<&[u8]> {
 /// also words the error.
 pub fn decode_entries(data: &[u8]) -> Result<Vec<Entry>, String> {
     let mut out = Vec::new();
+    decode_into(data, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes every entry of `data` onto the end of `out`; errors number the
+/// entries as `out` does.
+fn decode_into(data: &[u8], out: &mut Vec<Entry>) -> Result<(), String> {
     let mut pos = 0;
     // One scratch buffer for every entry (`from_reader` would clear a fresh
     // 4 KiB one for each).
@@ -101,7 +108,51 @@ pub fn decode_entries(data: &[u8]) -> Result<Vec<Entry>, String> {
         out.push(e);
         pos += cursor.position() as usize;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Decodes a tree stream that arrives in pieces (its tree blobs, in
+/// order): the complete entries of each piece are decoded as it comes, so
+/// the stream is never held whole, only the bytes of an entry that a piece
+/// boundary cut. The same entries and errors as [`decode_entries`] on the
+/// whole stream.
+#[derive(Default)]
+pub struct EntryDecoder {
+    /// Bytes not decoded yet: an entry cut by a piece boundary (or, after
+    /// an entry [`fast_entry`] does not read, everything from there on,
+    /// for the general decoder at the end).
+    carry: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl EntryDecoder {
+    /// A decoder with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        EntryDecoder { carry: Vec::new(), entries: Vec::with_capacity(n) }
+    }
+
+    /// Adds the next piece of the stream.
+    pub fn push(&mut self, piece: &[u8]) {
+        self.carry.extend_from_slice(piece);
+        let mut pos = 0;
+        loop {
+            let mut at = pos;
+            match fast_entry(&self.carry, &mut at) {
+                Some(e) => {
+                    self.entries.push(e);
+                    pos = at;
+                }
+                None => break,
+            }
+        }
+        self.carry.drain(..pos);
+    }
+
+    /// Decodes what is left and returns every entry.
+    pub fn finish(mut self) -> Result<Vec<Entry>, String> {
+        decode_into(&self.carry, &mut self.entries)?;
+        Ok(self.entries)
+    }
 }
 
 /// A CBOR item head at `data[*pos..]`: major type and argument. `None` for
@@ -281,6 +332,33 @@ mod tests {
         assert_eq!(decode_entries(&data).unwrap(), want);
     }
 
+    /// A stream decoded piece by piece, cut anywhere (as tree blobs cut
+    /// it), gives the entries of the whole stream, and a cut-off stream is
+    /// an error at the end; so is a foreign entry in the middle read.
+    #[test]
+    fn a_stream_in_pieces_decodes_as_the_whole() {
+        let want = entries();
+        let whole = encode_entries(&want);
+        for piece in [1, 7, 40, 1000, whole.len()] {
+            let mut d = EntryDecoder::with_capacity(2);
+            for p in whole.chunks(piece) {
+                d.push(p);
+            }
+            assert_eq!(d.finish().unwrap(), want, "pieces of {piece}");
+            let mut d = EntryDecoder::default();
+            d.push(&whole[..whole.len() - 1]);
+            assert!(d.finish().is_err());
+        }
+        // The paths the sort at commit reads are those of the entries.
+        let mut pos = 0;
+        for w in &want {
+            let start = pos;
+            fast_entry(&whole, &mut pos).unwrap();
+            assert_eq!(encoded_path(&whole[start..pos]), Some(w.path.as_bytes()));
+        }
+        assert_eq!(encoded_path(b"\xa1\x64kind"), None);
+    }
+
     #[test]
     fn other_shapes_go_through_serde_and_damage_is_an_error() {
         // An entry with an unknown field and an explicit null (another
@@ -304,6 +382,11 @@ mod tests {
         assert!(fast_entry(&data, &mut at).is_none());
         let got = decode_entries(&data).unwrap();
         assert_eq!(got.len(), 2);
+        let mut d = EntryDecoder::default();
+        for p in data.chunks(5) {
+            d.push(p);
+        }
+        assert_eq!(d.finish().unwrap(), got);
         assert_eq!((got[1].path.as_str(), got[1].kind, got[1].target.clone()), ("z", EntryKind::Dir, None));
 
         // Cut anywhere but between entries, the stream is an error, never a
