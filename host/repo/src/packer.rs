@@ -270,8 +270,8 @@ impl BlobSaver {
     }
 
     /// Compresses and seals a new blob on the calling thread, a thread
-    /// outside the async runtime that reads files (one of several), and
-    /// adds it to the pack being filled. The chunk need not be copied out
+    /// outside the async runtime (one of several reading files, or the one
+    /// storing a snapshot's tree), and adds it to the pack being filled. The chunk need not be copied out
     /// of the chunker's window, and no chunk waits in a queue: with a
     /// queue to the workers as well, a backup held every reading thread's
     /// chunks and every worker's, a fifth of its peak memory, for no gain

@@ -4,11 +4,11 @@
 //! its entries in whatever order its files finish, so every entry is held
 //! until the snapshot is committed. [`EntryList`] holds each one as the
 //! bytes the tree stream is made of ([`encode_entry`]), in blocks that are
-//! compressed with zstd once full: a file's entry costs about 80 bytes
-//! there instead of about 250 as an [`Entry`] with its path and chunk list
-//! (108,000 entries held 27 MiB as a vector of entries). At commit the
-//! blocks are unpacked and the entries ordered by path without decoding
-//! them.
+//! compressed with zstd once full: the 108,000 entries of the benchmark's
+//! data set took 7.2 MB there (66 bytes each; their chunk ids do not
+//! compress) against about 27 MB as a vector of [`Entry`] with their paths
+//! and chunk lists. At commit the blocks are unpacked (21 MB here) and the
+//! entries ordered by path without decoding them.
 
 use std::ops::Range;
 

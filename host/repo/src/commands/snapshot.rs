@@ -679,9 +679,6 @@ impl EntryWriter {
         self.done = true;
         let digest = EntryDigest { size: self.entry.size, blake3: Id(*self.hasher.finalize().as_bytes()) };
         self.entry.blake3 = Some(digest.blake3);
-        // Most files are one chunk, and a vector's first push makes room for
-        // four ids: the list is held until commit, for every file.
-        self.entry.content.shrink_to_fit();
         {
             let mut s = self.shared.state.lock().expect("state lock");
             s.bytes_read += self.entry.size;
