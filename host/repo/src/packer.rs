@@ -271,18 +271,18 @@ impl BlobSaver {
 
     /// Compresses and seals a new blob on the calling thread, a thread
     /// outside the async runtime (one of several reading files, or the one
-    /// storing a snapshot's tree), and adds it to the pack being filled. The chunk need not be copied out
-    /// of the chunker's window, and no chunk waits in a queue: with a
-    /// queue to the workers as well, a backup held every reading thread's
-    /// chunks and every worker's, a fifth of its peak memory, for no gain
-    /// in speed (the reading threads keep the cores busy).
+    /// storing a snapshot's tree), and adds it to the pack being filled.
+    /// The chunk need not be copied out of the chunker's window, and no
+    /// chunk waits in a queue: with a queue to the workers as well, a
+    /// backup held every reading thread's chunks and every worker's, a
+    /// fifth of its peak memory, for no gain in speed (the reading threads
+    /// keep the cores busy).
     pub fn save_here(&self, kind: BlobKind, id: Id, data: &[u8]) -> Result<()> {
-        if let Some(e) = self.error() {
-            return Err(Error::Aborted(e));
-        }
         if self.jobs.lock().expect("jobs lock").is_none() {
             return Err(Error::Aborted("the blob saver was closed".into()));
         }
+        // Stores nothing once the saver failed; either way the first
+        // error is the answer.
         self.shared.process(kind, id, data);
         match self.error() {
             Some(e) => Err(Error::Aborted(e)),

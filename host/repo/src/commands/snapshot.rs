@@ -569,12 +569,23 @@ impl EntryWriter {
     pub fn write_here(&mut self, data: &[u8]) -> Result<()> {
         self.admit(data)?;
         self.chunker.append(data);
+        self.store_here(false)
+    }
+
+    /// Stores the chunks the window holds that are final (or, at the end
+    /// of the content, all of them) on this thread, straight from the
+    /// window; a failure fails the snapshot.
+    fn store_here(&mut self, at_end: bool) -> Result<()> {
         let (shared, content) = (&self.shared, &mut self.entry.content);
-        let taken = self.chunker.take_final(|chunk| {
+        let store = |chunk: &[u8]| {
             content.push(shared.store_here(BlobKind::Data, chunk)?);
             Ok(())
-        });
-        self.stored_all(taken)
+        };
+        let taken = if at_end { self.chunker.take_rest(store) } else { self.chunker.take_final(store) };
+        if let Err(e) = &taken {
+            self.shared.fail(e);
+        }
+        taken
     }
 
     /// Hashes and counts `data` and returns the chunks it completes.
@@ -595,14 +606,6 @@ impl EntryWriter {
         self.hasher.update(data);
         self.entry.size += data.len() as u64;
         Ok(())
-    }
-
-    /// Fails the snapshot if storing a chunk failed.
-    fn stored_all(&self, stored: Result<()>) -> Result<()> {
-        if let Err(e) = &stored {
-            self.shared.fail(e);
-        }
-        stored
     }
 
     /// Records a stored chunk, or fails the snapshot.
@@ -638,12 +641,7 @@ impl EntryWriter {
             self.done = true;
             return Ok(NO_CONTENT);
         }
-        let (shared, content) = (&self.shared, &mut self.entry.content);
-        let taken = self.chunker.take_rest(|chunk| {
-            content.push(shared.store_here(BlobKind::Data, chunk)?);
-            Ok(())
-        });
-        self.stored_all(taken)?;
+        self.store_here(true)?;
         let digest = self.complete();
         let shared = Arc::clone(&self.shared);
         shared.saver.runtime().block_on(shared.checkpoint())?;
