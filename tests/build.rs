@@ -1,5 +1,5 @@
 //! Builds the fixture plugins (and the built-in files plugin the runtime
-//! tests load directly) for wasm32-wasip2 into `target/plugins`, and passes
+//! tests load directly) for wasm32-wasip2 into `<target dir>/plugins`, and passes
 //! their paths to the tests as `COFFER_FIXTURE_<NAME>` constants.
 
 use std::path::{Path, PathBuf};
@@ -12,10 +12,8 @@ const FIXTURES: &[(&str, &str)] =
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest.parent().expect("tests/ is one level down").to_path_buf();
-    let target_dir = std::env::var_os("COFFER_PLUGIN_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("plugins"));
-    println!("cargo:rerun-if-env-changed=COFFER_PLUGIN_TARGET_DIR");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
+    let target_dir = plugin_target_dir(&out);
     for dir in ["wit", "sdk/src", "tests/fixtures", "plugins/files", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -46,4 +44,21 @@ fn build(root: &Path, target_dir: &Path, package: &str) {
             "building fixture {package} for wasm32-wasip2 failed; is the target installed? (`rustup target add wasm32-wasip2`)"
         );
     }
+}
+
+/// `<target dir>/plugins`, where `cargo xtask build-plugins` builds too.
+/// The outer build's target directory is found from `OUT_DIR`
+/// (`<target dir>[/<triple>]/<profile>/build/<package>-<hash>/out`), so
+/// `CARGO_TARGET_DIR`, `build.target-dir` and `--target-dir` are honoured;
+/// `COFFER_PLUGIN_TARGET_DIR` overrides it.
+fn plugin_target_dir(out: &Path) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=COFFER_PLUGIN_TARGET_DIR");
+    if let Some(dir) = std::env::var_os("COFFER_PLUGIN_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let mut dir = out.ancestors().nth(4).expect("OUT_DIR lies four levels below the target directory");
+    if dir.file_name() == std::env::var_os("TARGET").as_deref() {
+        dir = dir.parent().expect("a target triple's directory lies in the target directory");
+    }
+    dir.join("plugins")
 }

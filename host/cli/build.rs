@@ -1,9 +1,9 @@
 //! Builds the built-in plugins for wasm32-wasip2 and embeds them: a user
 //! with the `coffer` binary alone can back up every built-in source.
 //!
-//! The plugins are built by a nested cargo into `target/plugins` (its own
-//! target directory, so it never waits on the outer build's lock), the same
-//! place `cargo xtask build-plugins` uses.
+//! The plugins are built by a nested cargo into `<target dir>/plugins` (its
+//! own target directory, so it never waits on the outer build's lock), the
+//! same place `cargo xtask build-plugins` uses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,10 +16,7 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest.parent().and_then(Path::parent).expect("host/cli is two levels down").to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
-    let target_dir = std::env::var_os("COFFER_PLUGIN_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("plugins"));
-    println!("cargo:rerun-if-env-changed=COFFER_PLUGIN_TARGET_DIR");
+    let target_dir = plugin_target_dir(&out);
     for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -56,4 +53,21 @@ fn main() {
     }
     generated.push_str("];\n");
     std::fs::write(out.join("builtin.rs"), generated).expect("writes OUT_DIR");
+}
+
+/// `<target dir>/plugins`, where `cargo xtask build-plugins` builds too.
+/// The outer build's target directory is found from `OUT_DIR`
+/// (`<target dir>[/<triple>]/<profile>/build/<package>-<hash>/out`), so
+/// `CARGO_TARGET_DIR`, `build.target-dir` and `--target-dir` are honoured;
+/// `COFFER_PLUGIN_TARGET_DIR` overrides it.
+fn plugin_target_dir(out: &Path) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=COFFER_PLUGIN_TARGET_DIR");
+    if let Some(dir) = std::env::var_os("COFFER_PLUGIN_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let mut dir = out.ancestors().nth(4).expect("OUT_DIR lies four levels below the target directory");
+    if dir.file_name() == std::env::var_os("TARGET").as_deref() {
+        dir = dir.parent().expect("a target triple's directory lies in the target directory");
+    }
+    dir.join("plugins")
 }

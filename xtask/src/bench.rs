@@ -103,7 +103,7 @@ fn build_dataset(dest: &Path) -> Result<()> {
 }
 
 fn repo(args: &[String]) -> Result<()> {
-    let work = PathBuf::from("target/bench");
+    let work = crate::target_dir()?.join("bench");
     let dataset = match args.iter().position(|a| a == "--dataset") {
         Some(i) => PathBuf::from(args.get(i + 1).context("--dataset needs a directory")?),
         None => {
@@ -112,16 +112,8 @@ fn repo(args: &[String]) -> Result<()> {
             d
         }
     };
-    crate::run(crate::cargo_cmd().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "coffer-repo",
-        "--example",
-        "bench_repo",
-    ]))?;
-    let exe = PathBuf::from("target/release/examples/bench_repo");
+    crate::build_release("the repository benchmark", &["-p", "coffer-repo", "--example", "bench_repo"])?;
+    let exe = crate::target_dir()?.join("release/examples/bench_repo");
     let repo_dir = work.join("repo");
     let restore_dir = work.join("restore");
     let _ = std::fs::remove_dir_all(&repo_dir);
@@ -149,14 +141,14 @@ fn repo(args: &[String]) -> Result<()> {
 /// The plugin runtime: instantiation, sink throughput, and the files
 /// plugin against the native directory backup on the `repo` data set.
 fn runtime() -> Result<()> {
-    let work = PathBuf::from("target/bench");
+    let work = crate::target_dir()?.join("bench");
     let dataset = work.join("dataset");
     build_dataset(&dataset)?;
     crate::build_plugins()?;
-    let plugins = PathBuf::from("target/plugins/wasm32-wasip2/release");
-    crate::run(crate::cargo_cmd().args(["build", "--release", "-p", "coffer-runtime", "--example", "bench_runtime"]))?;
+    let plugins = crate::plugin_target_dir()?.join("wasm32-wasip2/release");
+    crate::build_release("the plugin runtime benchmark", &["-p", "coffer-runtime", "--example", "bench_runtime"])?;
     crate::run(
-        Command::new("target/release/examples/bench_runtime")
+        Command::new(crate::target_dir()?.join("release/examples/bench_runtime"))
             .arg(plugins.join("coffer_plugin_files.wasm"))
             .arg(plugins.join("coffer_fixture_hostile.wasm"))
             .arg(&dataset)

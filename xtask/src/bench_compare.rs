@@ -90,9 +90,7 @@ impl Tool {
 
     fn program(&self) -> String {
         match self.name {
-            "coffer" => std::env::current_dir()
-                .map(|d| d.join("target/release/coffer").display().to_string())
-                .unwrap_or_default(),
+            "coffer" => crate::target_dir().map(|d| d.join("release/coffer").display().to_string()).unwrap_or_default(),
             other => other.to_string(),
         }
     }
@@ -459,19 +457,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if with_rustic {
         ensure_rustic()?;
     }
-    crate::deps::ensure_wasm_target()?;
-    crate::run(crate::cargo_cmd().args(["build", "--release", "--quiet", "-p", "coffer"]))?;
-    crate::run(crate::cargo_cmd().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "coffer-repo",
-        "--example",
-        "bench_repo",
-    ]))?;
+    crate::build_coffer()?;
+    crate::build_release("the repository benchmark", &["-p", "coffer-repo", "--example", "bench_repo"])?;
 
-    let work = std::env::current_dir()?.join("target/bench-compare");
+    let work = crate::target_dir()?.join("bench-compare");
     let size = if quick { 300 << 20 } else { 2_500_000_000 };
     let data = work.join(if quick { "data-quick" } else { "data" });
     build_dataset(&data, size)?;
@@ -620,7 +609,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\nceiling on the same bytes (one core each):\n");
     println!("| primitive | time (s) | MB/s | peak RSS (MiB) | notes |");
     println!("|---|---:|---:|---:|---|");
-    let out = Command::new("target/release/examples/bench_repo")
+    let out = Command::new(crate::target_dir()?.join("release/examples/bench_repo"))
         .arg("primitives")
         .arg(&data)
         .arg(work.join("unused-repo"))

@@ -187,11 +187,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let scale = flag("--scale", 50)?;
     let runs = flag("--runs", 3)?.max(1);
     crate::deps::ensure_debian_packages(&["postgresql", "pgbackrest"])?;
-    crate::deps::ensure_wasm_target()?;
-    crate::run(crate::cargo_cmd().args(["build", "--release", "--quiet", "-p", "coffer"]))?;
-    let coffer_bin = std::env::current_dir()?.join("target/release/coffer");
+    let coffer_bin = crate::build_coffer()?;
 
-    let work = std::env::current_dir()?.join("target/bench-postgres");
+    let work = crate::target_dir()?.join("bench-postgres");
     if work.exists() {
         // A cluster left by an interrupted run.
         let _ = as_postgres(&format!("{BIN}/pg_ctl"))

@@ -15,7 +15,7 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -122,13 +122,14 @@ fn dataset(keys: usize) -> Vec<u8> {
 }
 
 fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("target/release/coffer")
+    let target = crate::target_dir()?;
+    let out = Command::new(target.join("release/coffer"))
         .env("COFFER_REPO", repo)
         .env("COFFER_PASSWORD", PASSWORD)
-        .env("COFFER_CACHE_DIR", "target/bench-redis/cache")
+        .env("COFFER_CACHE_DIR", target.join("bench-redis/cache"))
         .args(args)
         .output()
-        .context("running target/release/coffer")?;
+        .with_context(|| format!("running {}", target.join("release/coffer").display()))?;
     if !out.status.success() {
         bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -156,9 +157,8 @@ pub fn run(args: &[String]) -> Result<()> {
         None => 1_000_000,
     };
     crate::deps::ensure_debian_packages(&["redis-server", "redis-tools"])?;
-    crate::deps::ensure_wasm_target()?;
-    crate::run(crate::cargo_cmd().args(["build", "--release", "--quiet", "-p", "coffer"]))?;
-    let work = PathBuf::from("target/bench-redis");
+    crate::build_coffer()?;
+    let work = crate::target_dir()?.join("bench-redis");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("server"))?;
     let (server, _) = start(&work.join("server"))?;

@@ -17,6 +17,7 @@ mod deps;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -57,6 +58,82 @@ pub(crate) fn cargo_cmd() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Cargo's target directory for this workspace, as `cargo metadata` reports
+/// it (so `CARGO_TARGET_DIR` and `build.target-dir` are honoured); asked once.
+pub(crate) fn target_dir() -> Result<&'static Path> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir);
+    }
+    let out = cargo_cmd()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running `cargo metadata`")?;
+    if !out.status.success() {
+        bail!("`cargo metadata --format-version 1 --no-deps` failed with {}", out.status);
+    }
+    let json = String::from_utf8(out.stdout).context("`cargo metadata` printed something other than UTF-8")?;
+    let dir = json_string(&json, "target_directory").context("`cargo metadata` reported no target_directory")?;
+    Ok(DIR.get_or_init(|| PathBuf::from(dir)))
+}
+
+/// Where the wasm32-wasip2 crates are built: `<target dir>/plugins`, its own
+/// target directory so that the nested builds in `host/cli/build.rs` and
+/// `tests/build.rs` never wait on the outer build's lock (they compute the
+/// same directory from their `OUT_DIR`).
+pub(crate) fn plugin_target_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join("plugins"))
+}
+
+/// The string value of the first `"key": "..."` in JSON text, unescaped
+/// (xtask has no JSON parser).
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let at = json.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let mut value = String::new();
+    let mut chars = rest.chars();
+    loop {
+        match chars.next()? {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                'r' => value.push('\r'),
+                'b' => value.push('\u{8}'),
+                'f' => value.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+}
+
+/// Builds with `cargo build --release ARGS`, saying first what is built and
+/// why, and showing cargo's own progress (a cold build of `coffer` takes
+/// minutes: it compiles wasmtime and the built-in plugins).
+pub(crate) fn build_release(what: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: building {what} (cargo build --release {})", args.join(" "));
+    run(cargo_cmd().args(["build", "--release"]).args(args))
+}
+
+/// Builds the release `coffer` binary, built-in plugins included, and
+/// returns its path.
+pub(crate) fn build_coffer() -> Result<PathBuf> {
+    // The built-in plugins first, in the directory the `coffer` build script
+    // uses, so their progress shows too (cargo hides a build script's output).
+    build_builtin_plugins()?;
+    build_release(
+        "the coffer binary (a cold build compiles wasmtime and takes several minutes on 2 cores)",
+        &["-p", "coffer"],
+    )?;
+    Ok(target_dir()?.join("release/coffer"))
+}
+
 /// The main job on the embedded default: builds the `coffer` binary (with
 /// its built-in plugins), inits a local repository, backs up a real
 /// directory through the `files` plugin, backs it up again incrementally,
@@ -73,9 +150,8 @@ fn demo(args: &[String]) -> Result<()> {
         }
     }
     let source = source.canonicalize().with_context(|| format!("demo source {}", source.display()))?;
-    run(cargo_cmd().args(["build", "--release", "--quiet", "-p", "coffer"]))?;
-    let bin = std::env::current_dir()?.join("target/release/coffer");
-    let work = std::env::current_dir()?.join("target/demo");
+    let bin = build_coffer()?;
+    let work = target_dir()?.join("demo");
     let repo = work.join("repo");
     let restore = work.join("restore");
     for d in [&repo, &restore] {
@@ -180,7 +256,7 @@ fn ci() -> Result<()> {
     run(cargo_cmd().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     deps::ensure_wasm_target()?;
     let mut cmd = cargo_cmd();
-    cmd.args(["clippy", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/plugins"]);
+    cmd.args(["clippy", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(plugin_target_dir()?);
     for p in guest_packages() {
         cmd.args(["-p", &p]);
     }
@@ -204,19 +280,55 @@ fn guest_packages() -> Vec<String> {
     names
 }
 
-/// Builds every plugin and fixture for wasm32-wasip2 into `target/plugins`
-/// (where the `coffer` build and the tests pick them up), stripped.
-pub(crate) fn build_plugins() -> Result<()> {
-    deps::ensure_wasm_target()?;
+/// The plugins embedded in the `coffer` binary: the packages of `BUILTIN`
+/// in `host/cli/build.rs`.
+const BUILTIN_PLUGINS: &[&str] = &["coffer-plugin-files", "coffer-plugin-postgres", "coffer-plugin-redis"];
+
+/// `cargo build --release --target wasm32-wasip2` into the plugin target
+/// directory, with the settings `host/cli/build.rs` and `tests/build.rs`
+/// use (no debug info, no host flags), so that their nested builds find
+/// what this one built up to date.
+fn plugin_build() -> Result<Command> {
     let mut cmd = cargo_cmd();
-    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target/plugins"])
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(plugin_target_dir()?)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    for n in guest_packages().iter().filter(|n| *n != "coffer-sdk") {
-        cmd.args(["-p", n]);
+    Ok(cmd)
+}
+
+/// Builds `packages` for wasm32-wasip2 one package at a time, as the build
+/// scripts do: one invocation per package, so that dependencies' features
+/// unify the same way and the build scripts' nested builds find everything
+/// up to date (building them together would unify features across them and
+/// leave the build scripts to build each again).
+fn build_guests<S: AsRef<str>>(packages: &[S]) -> Result<()> {
+    deps::ensure_wasm_target()?;
+    for package in packages {
+        let package = package.as_ref();
+        eprintln!("xtask: building {package} for wasm32-wasip2");
+        run(plugin_build()?.args(["-p", package]))?;
     }
-    run(&mut cmd)?;
-    for e in std::fs::read_dir("target/plugins/wasm32-wasip2/release")?.flatten() {
+    Ok(())
+}
+
+/// Builds the plugins that the `coffer` binary embeds.
+fn build_builtin_plugins() -> Result<()> {
+    build_guests(BUILTIN_PLUGINS)
+}
+
+/// Builds every plugin and fixture for wasm32-wasip2 into
+/// `<target dir>/plugins` (where the `coffer` build and the tests pick them
+/// up), stripped.
+pub(crate) fn build_plugins() -> Result<()> {
+    let packages: Vec<String> = guest_packages().into_iter().filter(|n| n != "coffer-sdk").collect();
+    build_guests(&packages)?;
+    let out = plugin_target_dir()?.join("wasm32-wasip2/release");
+    for e in std::fs::read_dir(&out).with_context(|| format!("listing {}", out.display()))?.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "wasm") {
             println!("built {} ({} KiB)", p.display(), e.metadata()?.len() / 1024);
