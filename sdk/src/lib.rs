@@ -96,6 +96,7 @@
 //! }
 //!
 //! coffer_sdk::export!(Notes);
+//! # fn main() {}
 //! ```
 //!
 //! `docs/writing-a-plugin.md` in the coffer repository walks through it from

