@@ -140,6 +140,28 @@ fn canonical_dir(key: &str, raw: &str) -> Result<PathBuf, GrantError> {
     Ok(canon)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Lookups [`resolve`] made on this thread (tests count them).
+    static LOOKUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Name lookups made on this thread so far (for tests that prove a check
+/// made none).
+#[cfg(test)]
+pub(crate) fn lookups() -> u64 {
+    LOOKUPS.with(|n| n.get())
+}
+
+/// Resolves a `host:port` the operator typed. The one place the host looks
+/// a name up: a name a plugin supplies never reaches it, since the lookup
+/// itself would carry the name out (a DNS query is a message).
+fn resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+    #[cfg(test)]
+    LOOKUPS.with(|n| n.set(n.get() + 1));
+    Ok(host_port.to_socket_addrs()?.collect())
+}
+
 impl GrantSet {
     /// Nothing granted.
     pub fn none() -> Self {
@@ -187,8 +209,7 @@ impl GrantSet {
         } else {
             value.to_string()
         };
-        let addrs: Vec<SocketAddr> =
-            host_port.to_socket_addrs().map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?.collect();
+        let addrs = resolve(&host_port).map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?;
         if addrs.is_empty() {
             return Err(err(format!("{host_port} resolved to no address")));
         }

@@ -26,8 +26,9 @@ use crate::limits::Limits;
 
 /// Longest log line kept; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
-/// Log lines kept per job; later ones are counted, not printed.
-const MAX_LOG_LINES: u64 = 100_000;
+/// Log lines kept per job (a count, not a rate); later ones are counted,
+/// not printed, and the count is reported when the call returns.
+pub(crate) const MAX_LOG_LINES: u64 = 100_000;
 /// Longest attribute key and value.
 const MAX_ATTR_KEY: usize = 256;
 const MAX_ATTR_VALUE: usize = 64 << 10;
@@ -64,6 +65,11 @@ pub enum Fault {
     /// The job ran past its time budget.
     #[error("ran past its time limit of {0:?}")]
     TimeLimit(Duration),
+    /// The plugin did not answer `info` in time.
+    #[error(
+        "hung in `info`: no answer within its limit of {0:?}; a plugin describes itself at once, so this one is stuck (raise --info-time-limit only if it is known to be slow)"
+    )]
+    InfoTimeLimit(Duration),
     /// The operator cancelled the job.
     #[error("was cancelled")]
     Cancelled,
@@ -144,6 +150,8 @@ pub(crate) struct JobState {
     pub(crate) limits: Limits,
     pub(crate) cancel: CancelToken,
     pub(crate) deadline: Instant,
+    /// While `info` runs: when it must have answered.
+    pub(crate) info_deadline: Option<Instant>,
     pub(crate) observer: Arc<dyn JobObserver>,
     pub(crate) repo: Option<Repository>,
     pub(crate) writer: Option<SnapshotWriter>,
@@ -161,6 +169,8 @@ pub(crate) struct JobState {
     /// An entry writer dropped unfinished (the snapshot cannot commit).
     pub(crate) abandoned: Option<String>,
     pub(crate) log_lines: u64,
+    /// Lines dropped past [`MAX_LOG_LINES`] and not yet reported.
+    pub(crate) log_dropped: u64,
     pub(crate) fault: Option<Fault>,
 }
 
@@ -187,8 +197,12 @@ pub(crate) fn on_epoch(ctx: StoreContextMut<'_, PluginState>) -> wasmtime::Resul
     if job.cancel.is_cancelled() {
         return Err(wasmtime::Error::new(Fault::Cancelled));
     }
-    if Instant::now() >= job.deadline {
+    let now = Instant::now();
+    if now >= job.deadline {
         return Err(wasmtime::Error::new(Fault::TimeLimit(job.limits.wall_time)));
+    }
+    if job.info_deadline.is_some_and(|d| now >= d) {
+        return Err(wasmtime::Error::new(Fault::InfoTimeLimit(job.limits.info_time)));
     }
     Ok(UpdateDeadline::Yield(1))
 }
@@ -403,8 +417,12 @@ pub(crate) fn granted_mode(mode: u32, recorded: u32, owner: u32) -> u32 {
     mode & (0o777 | special)
 }
 
-/// A path as it can be shown in a message (NUL and control bytes escaped).
-pub(crate) fn printable(s: &str) -> String {
+/// Text from a plugin as it can be shown on a terminal or in a text
+/// report (`ls -q` style): control characters (NUL, newline, escape, the
+/// C1 set) are escaped as `\n`, `\u{1b}`, so a plugin cannot forge lines,
+/// move the cursor or set a window title. Every plugin-supplied string the
+/// host prints goes through here; JSON output needs no escaping.
+pub fn printable(s: &str) -> String {
     s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
@@ -530,7 +548,11 @@ impl host::Host for PluginState {
         self.job.log_lines += 1;
         if self.job.log_lines > MAX_LOG_LINES {
             if self.job.log_lines == MAX_LOG_LINES + 1 {
-                self.job.observer.log(&self.job.plugin, LogLevel::Warn, "more log lines were dropped");
+                self.job.observer.log(
+                    &self.job.plugin,
+                    LogLevel::Warn,
+                    &format!("logged {MAX_LOG_LINES} lines; later lines are dropped and counted"),
+                );
             }
             return Ok(());
         }
@@ -540,6 +562,7 @@ impl host::Host for PluginState {
         let mut cut = message.len().min(MAX_LOG_LINE);
         while !message.is_char_boundary(cut) {
             cut -= 1;
+            self.job.log_dropped += 1;
         }
         let mut m = printable(&message[..cut]);
         if long {

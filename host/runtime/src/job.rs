@@ -228,6 +228,19 @@ pub enum JobError {
         /// The target and the error.
         reason: String,
     },
+    /// A restore into a directory left symlinks there that the snapshot
+    /// does not hold (a plugin can plant them through WASI or `symlink`).
+    #[error(
+        "plugin {plugin} left symlinks in {target} that are not in the snapshot: {links}; remove them before using the restored files, and do not trust this plugin"
+    )]
+    StraySymlinks {
+        /// Plugin name.
+        plugin: String,
+        /// The restore target.
+        target: String,
+        /// The links, `path -> target`, escaped.
+        links: String,
+    },
     /// The repository failed.
     #[error(transparent)]
     Repository(#[from] coffer_repo::Error),
@@ -336,10 +349,13 @@ struct Instance {
 impl LoadedPlugin {
     fn new_store(&self, opts: &JobOptions) -> Result<Store<PluginState>, JobError> {
         let mut b = WasiCtxBuilder::new();
-        // File reads and writes run on the calling thread instead of a
-        // hand-off to tokio's blocking pool per call: a plugin's I/O is
-        // synchronous anyway, and the hand-off doubled the cost of reading.
-        b.allow_blocking_current_thread(true);
+        // WASI file calls are handed to tokio's blocking pool (wasmtime-wasi's
+        // default), not run on the thread polling the plugin: a plugin can
+        // open a FIFO or a device in its grant, and a call that blocks on
+        // this thread would also block the job's deadline and Ctrl-C. From
+        // the pool, `guarded` abandons the call when either fires. Bulk
+        // reads and writes do not go through WASI (`add-files`,
+        // `restore-files`), so the hand-off costs little.
         opts.grants.apply(&mut b)?;
         let stderr = MemoryOutputPipe::new(STDERR_KEPT);
         b.stderr(stderr.clone());
@@ -350,6 +366,7 @@ impl LoadedPlugin {
             limits: opts.limits,
             cancel: opts.cancel.clone(),
             deadline: Instant::now() + opts.limits.wall_time,
+            info_deadline: None,
             observer: Arc::clone(&opts.observer),
             repo: None,
             writer: None,
@@ -363,6 +380,7 @@ impl LoadedPlugin {
             entries: 0,
             abandoned: None,
             log_lines: 0,
+            log_dropped: 0,
             fault: None,
         };
         let state = PluginState {
@@ -396,7 +414,12 @@ impl LoadedPlugin {
     ) -> Result<t::PluginInfo, JobError> {
         let Instance { store, bindings, plugin } = inst;
         let src = bindings.coffer_plugin_source();
-        let r = guarded(opts, src.call_info(&mut *store, config)).await;
+        let limit = opts.limits.info_time.min(opts.limits.wall_time);
+        store.data_mut().job.info_deadline = Some(Instant::now() + limit);
+        let r =
+            guarded_for(opts, limit, Fault::InfoTimeLimit(opts.limits.info_time), src.call_info(&mut *store, config))
+                .await;
+        store.data_mut().job.info_deadline = None;
         let info = finish_call(plugin, store, r)?;
         if info.name.is_empty()
             || info.name.len() > 64
@@ -457,16 +480,23 @@ impl LoadedPlugin {
                     (Permission::WriteDir(d.into()), "restore with `--target DIR`".to_string())
                 }
                 t::Capability::Connect(a) => {
-                    let addrs =
-                        std::net::ToSocketAddrs::to_socket_addrs(a.as_str()).map(|i| i.collect()).unwrap_or_default();
-                    (
-                        Permission::Connect(a.clone(), addrs),
-                        "give its address in the config (`--set url=...`)".to_string(),
-                    )
+                    // Compared as text with what the operator typed, or as a
+                    // literal address; never looked up (the query would
+                    // carry whatever the plugin put in the name).
+                    if !grants.allows_connect_spec(a) {
+                        return Err(JobError::NotGranted {
+                            plugin: plugin.into(),
+                            needed: shown(Permission::Connect(a.clone(), Vec::new()).display_name()),
+                            hint: "give that address in the config (`--set url=...`), spelled as the plugin \
+                                   declares it; coffer never looks up a name a plugin chose"
+                                .into(),
+                        });
+                    }
+                    continue;
                 }
             };
             if !grants.allows(&perm) {
-                return Err(JobError::NotGranted { plugin: plugin.into(), needed: perm.display_name(), hint });
+                return Err(JobError::NotGranted { plugin: plugin.into(), needed: shown(perm.display_name()), hint });
             }
         }
         Ok(())
@@ -497,6 +527,7 @@ impl LoadedPlugin {
                     name: info.name.clone(),
                     version: info.version.clone(),
                     digest: self.digest.clone(),
+                    builtin: self.builtin,
                 },
                 config: req.config.clone(),
                 parent: req.parent,
@@ -591,7 +622,14 @@ impl LoadedPlugin {
                 job.settler = Some(Settler::new(root.clone()));
             }
         }
-        let reader = store.data_mut().table.push(ReaderSlot::new(snap)).map_err(|e| runtime_err(&plugin, e))?;
+        // Symlinks already in a target restored over with `--force` are the
+        // operator's; only new ones are checked against the snapshot.
+        let before: std::collections::HashSet<_> = match &req.target {
+            Some(root) if req.force => symlinks_under(root).into_iter().collect(),
+            _ => Default::default(),
+        };
+        let reader =
+            store.data_mut().table.push(ReaderSlot::new(Arc::clone(&snap))).map_err(|e| runtime_err(&plugin, e))?;
         let options = t::RestoreOptions { target, force: req.force, paths: req.paths.clone() };
         let src = bindings.coffer_plugin_source();
         let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
@@ -603,6 +641,37 @@ impl LoadedPlugin {
                 .await
                 .map_err(|e| runtime_err(&plugin, e))?
                 .map_err(|reason| JobError::WriteBack { reason })?;
+        }
+        if let Some(root) = req.target.clone() {
+            let stray = tokio::task::spawn_blocking(move || {
+                let mut stray: Vec<String> = symlinks_under(&root)
+                    .into_iter()
+                    .filter(|link| !before.contains(link))
+                    .filter(|(path, target)| {
+                        !snap.entry(path).is_some_and(|e| {
+                            e.kind == coffer_repo::EntryKind::Symlink
+                                && e.target.as_deref().map(std::path::Path::new) == Some(target.as_path())
+                        })
+                    })
+                    .map(|(path, target)| format!("{} -> {}", printable(&path), printable(&target.to_string_lossy())))
+                    .collect();
+                stray.sort();
+                stray
+            })
+            .await
+            .map_err(|e| runtime_err(&plugin, e))?;
+            if !stray.is_empty() {
+                let n = stray.len();
+                let mut links = stray.into_iter().take(10).collect::<Vec<_>>().join(", ");
+                if n > 10 {
+                    links.push_str(&format!(" and {} more", n - 10));
+                }
+                return Err(JobError::StraySymlinks {
+                    plugin,
+                    target: printable(&req.target.as_deref().unwrap_or(std::path::Path::new("")).to_string_lossy()),
+                    links,
+                });
+            }
         }
         Ok(())
     }
@@ -626,8 +695,14 @@ impl LoadedPlugin {
         let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
         let r = guarded(opts, src.call_verify(&mut store, &config_text, borrow)).await;
         let report = finish_call(&plugin, &mut store, r)?;
-        if report.problems.len() > 10_000_000 {
-            return Err(JobError::Garbage { plugin, reason: "more than 10 million problems".into() });
+        if report.problems.len() > MAX_PROBLEMS {
+            return Err(JobError::Garbage {
+                plugin,
+                reason: format!(
+                    "its verify report lists {} problems, more than the {MAX_PROBLEMS} the host takes; report the rest as a count in a note",
+                    report.problems.len()
+                ),
+            });
         }
         Ok(VerifyReport {
             checked: report.checked,
@@ -638,21 +713,53 @@ impl LoadedPlugin {
     }
 }
 
+/// Every symlink below `root` as (path relative to `root`, target), found
+/// without following any; directories that cannot be read are skipped.
+fn symlinks_under(root: &std::path::Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let Ok(items) = std::fs::read_dir(root.join(&rel)) else { continue };
+        for item in items.flatten() {
+            let Ok(kind) = item.file_type() else { continue };
+            let path = rel.join(item.file_name());
+            if kind.is_symlink() {
+                if let Ok(target) = std::fs::read_link(item.path()) {
+                    out.push((path.to_string_lossy().into_owned(), target));
+                }
+            } else if kind.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    out
+}
+
 fn runtime_err(plugin: &str, e: impl std::fmt::Display) -> JobError {
     JobError::Runtime { plugin: plugin.into(), reason: e.to_string() }
 }
 
 /// Runs a call under the job's deadline and cancel token. The epoch
 /// callback stops wasm code; this also stops a plugin waiting in a host
-/// call (a socket read, a slow store).
+/// call (a socket read, a slow store, a WASI call on the blocking pool).
 async fn guarded<T>(
     opts: &JobOptions,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    guarded_for(opts, opts.limits.wall_time, Fault::TimeLimit(opts.limits.wall_time), call).await
+}
+
+/// [`guarded`] with a limit of its own and the fault to report past it.
+async fn guarded_for<T>(
+    opts: &JobOptions,
+    limit: std::time::Duration,
+    fault: Fault,
     call: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
     tokio::select! {
         r = call => r,
         _ = opts.cancel.cancelled() => Err(wasmtime::Error::new(Fault::Cancelled)),
-        _ = tokio::time::sleep(opts.limits.wall_time) => Err(wasmtime::Error::new(Fault::TimeLimit(opts.limits.wall_time))),
+        _ = tokio::time::sleep(limit) => Err(wasmtime::Error::new(fault)),
     }
 }
 
@@ -662,6 +769,7 @@ fn finish_call<T>(
     store: &mut Store<PluginState>,
     r: wasmtime::Result<Result<T, t::Error>>,
 ) -> Result<T, JobError> {
+    report_dropped_logs(store);
     match r {
         Ok(Ok(v)) => match store.data().job.fault.clone() {
             // A fault the plugin caught and ignored still fails the job.
@@ -674,6 +782,49 @@ fn finish_call<T>(
         },
         Err(e) => Err(classify(plugin, store, e)),
     }
+}
+
+/// Tells the observer how many log lines the call's plugin logged past the
+/// cap (the lines themselves are gone).
+fn report_dropped_logs(store: &mut Store<PluginState>) {
+    let job = &mut store.data_mut().job;
+    if job.log_dropped > 0 {
+        let n = std::mem::take(&mut job.log_dropped);
+        let line = format!(
+            "{n} more log line{} dropped: a job keeps its first {} lines",
+            if n == 1 { " was" } else { "s were" },
+            crate::host::MAX_LOG_LINES
+        );
+        job.observer.log(&job.plugin, LogLevel::Warn, &line);
+    }
+}
+
+/// The most problems a verify report may list. wasmtime copies at most
+/// 128 MiB from a plugin per call (its "hostcall fuel"), about 2.5 million
+/// short problems; this cap is well below, so a flood meets this message.
+pub const MAX_PROBLEMS: usize = 1_000_000;
+
+/// True when wasmtime refused to copy a plugin's return value because it
+/// was larger than a call may pass (its hostcall fuel ran out). The error
+/// type is private to wasmtime, so its message is matched.
+fn too_much_returned(e: &wasmtime::Error) -> bool {
+    e.chain().any(|c| c.to_string().contains("fuel allocated for hostcalls has been exhausted"))
+}
+
+/// True when an out-of-bounds memory access happened deep in a recursion:
+/// the plugin's shadow stack (in its own linear memory) ran off its start,
+/// which wasm reports only as an out-of-bounds access.
+fn stack_overflow(e: &wasmtime::Error) -> bool {
+    if !matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::MemoryOutOfBounds)) {
+        return false;
+    }
+    let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() else { return false };
+    let mut seen: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    bt.frames().iter().any(|f| {
+        let n = seen.entry(f.func_index()).or_default();
+        *n += 1;
+        *n >= 16
+    })
 }
 
 /// Names the reason a call trapped.
@@ -706,7 +857,18 @@ fn classify(plugin: &str, store: &mut Store<PluginState>, e: wasmtime::Error) ->
             fault: Fault::MemoryLimit { limit: data.limiter.limit, requested: parse_alloc(stderr_alloc) },
         };
     }
+    if too_much_returned(&e) {
+        return JobError::Garbage {
+            plugin: plugin.into(),
+            reason: format!(
+                "it returned more than one call may pass to the host (128 MiB); a verify report lists at most {MAX_PROBLEMS} problems, so report the rest as a count in a note"
+            ),
+        };
+    }
     let trap = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(_) if stack_overflow(&e) => {
+            "stack overflow: it recursed until its stack ran out of its memory (wasm reports an out of bounds memory access)".to_string()
+        }
         Some(t) => t.to_string(),
         None => format!("{}", e.root_cause()),
     };
@@ -719,4 +881,44 @@ fn classify(plugin: &str, store: &mut Store<PluginState>, e: wasmtime::Error) ->
 
 fn parse_alloc(line: &str) -> u64 {
     line.split_whitespace().find_map(|w| w.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declaring(caps: Vec<t::Capability>) -> t::PluginInfo {
+        t::PluginInfo {
+            name: "p".into(),
+            version: "1".into(),
+            description: String::new(),
+            config_schema: "{}".into(),
+            source: String::new(),
+            capabilities: caps,
+            restore_modes: t::RestoreModes::empty(),
+        }
+    }
+
+    #[test]
+    fn declared_names_are_compared_never_looked_up() {
+        let mut grants = GrantSet::none();
+        grants.connect("url", "postgres://u@127.0.0.1:5433/").unwrap();
+        grants.connect("url", "localhost:6379").unwrap();
+        let before = crate::grants::lookups();
+        // A secret carried in a name the plugin chose: refused, no lookup.
+        let exfil = declaring(vec![t::Capability::Connect("544f5020534543524554.exfil.invalid:443".into())]);
+        let e = LoadedPlugin::check_needs("p", &exfil, &grants).unwrap_err();
+        assert!(matches!(e, JobError::NotGranted { .. }), "{e}");
+        assert!(e.to_string().contains("never looks up"), "{e}");
+        // `127.1` resolves to 127.0.0.1, which is granted; still refused,
+        // since only the text the operator typed counts.
+        let alias = declaring(vec![t::Capability::Connect("127.1:5433".into())]);
+        assert!(LoadedPlugin::check_needs("p", &alias, &grants).is_err());
+        // What the operator typed, as a name or a literal address, passes.
+        for ok in ["127.0.0.1:5433", "LOCALHOST:6379"] {
+            let info = declaring(vec![t::Capability::Connect(ok.into())]);
+            LoadedPlugin::check_needs("p", &info, &grants).unwrap();
+        }
+        assert_eq!(crate::grants::lookups(), before, "checking a plugin's needs looked a name up");
+    }
 }

@@ -29,7 +29,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 pub use cache::ComponentCache;
 pub use grants::{GrantError, GrantSet, Permission, Purpose};
-pub use host::{Fault, PluginState};
+pub use host::{Fault, PluginState, printable};
 pub use job::{
     CancelToken, JobError, JobObserver, JobOptions, PluginDescription, PluginError, RestoreRequest, SnapshotRequest,
     TracingObserver, VerifyReport,
@@ -138,6 +138,17 @@ impl Runtime {
     /// Compiles (or loads from the cache) a component and links it.
     /// `name` labels it in messages until the plugin names itself.
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<LoadedPlugin, RuntimeError> {
+        self.load_as(name, wasm, false)
+    }
+
+    /// [`Runtime::load`] for a component embedded in the binary (a built-in
+    /// plugin): its snapshots record that a built-in wrote them, which lets
+    /// a later build of the same built-in take them as parents.
+    pub fn load_builtin(&self, name: &str, wasm: &[u8]) -> Result<LoadedPlugin, RuntimeError> {
+        self.load_as(name, wasm, true)
+    }
+
+    fn load_as(&self, name: &str, wasm: &[u8], builtin: bool) -> Result<LoadedPlugin, RuntimeError> {
         let err = |reason: String| RuntimeError::Load { name: name.into(), reason };
         if wasm.len() < 8 || &wasm[0..4] != b"\0asm" {
             return Err(err("not a WebAssembly file".into()));
@@ -162,6 +173,7 @@ impl Runtime {
             runtime: self.clone(),
             label: name.to_string(),
             digest: blake3::hash(wasm).to_hex().to_string(),
+            builtin,
             pre,
         })
     }
@@ -174,6 +186,7 @@ pub struct LoadedPlugin {
     runtime: Runtime,
     label: String,
     digest: String,
+    builtin: bool,
     pre: bindings::PluginPre<PluginState>,
 }
 
@@ -181,6 +194,11 @@ impl LoadedPlugin {
     /// BLAKE3 (hex) of the component bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// True for a component embedded in the binary ([`Runtime::load_builtin`]).
+    pub fn is_builtin(&self) -> bool {
+        self.builtin
     }
 
     /// The name it was loaded under.

@@ -1,7 +1,7 @@
-//! Per-plugin limits: memory, wall time, snapshot output, open handles.
-//! Defaults suit a large backup; operators override them with
-//! `--memory-limit`, `--time-limit` and `--output-limit` or a `[limits]`
-//! table in `--config FILE.toml`.
+//! Per-plugin limits: memory, wall time, time to answer `info`, snapshot
+//! output, open handles. Defaults suit a large backup; operators override
+//! them with `--memory-limit`, `--time-limit`, `--info-time-limit` and
+//! `--output-limit` or a `[limits]` table in `--config FILE.toml`.
 
 use std::time::Duration;
 
@@ -12,6 +12,10 @@ pub struct Limits {
     pub memory: u64,
     /// Wall-clock time for the whole job.
     pub wall_time: Duration,
+    /// Wall-clock time for each `info` call (within `wall_time`): a plugin
+    /// describes itself at once, so one that takes longer is stuck or
+    /// hostile, and `coffer plugin inspect` must not wait on it.
+    pub info_time: Duration,
     /// Content bytes a snapshot may write through its entry writers.
     pub output_bytes: u64,
     /// Entry writers and readers open at the same time.
@@ -22,6 +26,8 @@ pub struct Limits {
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// Default time budget: 24 hours.
 pub const DEFAULT_WALL_TIME: Duration = Duration::from_secs(24 * 3600);
+/// Default time to answer `info`: 10 seconds.
+pub const DEFAULT_INFO_TIME: Duration = Duration::from_secs(10);
 /// Default output quota: 16 TiB.
 pub const DEFAULT_OUTPUT: u64 = 16 << 40;
 /// Default cap on open handles.
@@ -32,6 +38,7 @@ impl Default for Limits {
         Limits {
             memory: DEFAULT_MEMORY,
             wall_time: DEFAULT_WALL_TIME,
+            info_time: DEFAULT_INFO_TIME,
             output_bytes: DEFAULT_OUTPUT,
             open_handles: DEFAULT_HANDLES,
         }

@@ -14,8 +14,15 @@ pub struct PluginIdentity {
     pub name: String,
     /// Plugin version.
     pub version: String,
-    /// BLAKE3 hex of the plugin's component bytes (empty for host-side sources).
+    /// BLAKE3 hex of the plugin's component bytes (empty for host-side
+    /// sources): the plugin's identity, which its name is not.
     pub digest: String,
+    /// True when the component was one embedded in the coffer binary that
+    /// wrote the snapshot (a built-in plugin), false for one loaded from a
+    /// file. Recorded by the host, never by the plugin; absent (false) in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub builtin: bool,
 }
 
 /// Full, incremental or differential.

@@ -108,7 +108,12 @@ async fn snapshot_api_attributes_reuse_and_streaming() {
     let pg_opts = || SnapshotOptions {
         tenant: "acme".into(),
         source: "pg-main".into(),
-        plugin: PluginIdentity { name: "postgres".into(), version: "0.1.0".into(), digest: "ab".into() },
+        plugin: PluginIdentity {
+            name: "postgres".into(),
+            version: "0.1.0".into(),
+            digest: "ab".into(),
+            builtin: false,
+        },
         config: serde_json::json!({"url": "postgres://u:secret-pw@db/", "password": "secret-pw"}),
         ..Default::default()
     };
