@@ -16,6 +16,7 @@ mod bench_compare;
 mod bench_postgres;
 mod bench_redis;
 mod deps;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,7 @@ fn main() -> Result<()> {
         Some("deny") => deny(),
         Some("bench") => bench::run(&args[1..]),
         Some("build-plugins") => build_plugins(),
+        Some("fuzz") => fuzz::run_fuzz(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <demo [--source DIR] | deps | test [FILTER] | ci | deny | bench repo|runtime|redis|postgres|compare|primitives | build-plugins>"

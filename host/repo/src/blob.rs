@@ -61,6 +61,14 @@ impl Default for Compression {
     }
 }
 
+/// The largest buffer a length hint may size: the largest chunk the
+/// chunker cuts (FastCDC's bound on `max_size`, 16 MiB).
+const MAX_HINTED_LEN: usize = fastcdc::v2020::MAXIMUM_MAX;
+
+/// The longest content a blob may decompress to: index entries record a
+/// blob's length in 32 bits.
+const MAX_CONTENT_LEN: u64 = u32::MAX as u64;
+
 /// Why a blob could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -201,7 +209,9 @@ pub fn decode(
     let content = match plain.first() {
         Some(&ENC_RAW) => Bytes::from(plain).slice(1..),
         Some(&ENC_ZSTD) => {
-            let mut out = Vec::with_capacity(raw_len_hint);
+            // The hint sizes the buffer only up to the largest chunk: a
+            // wrong length in an index must not make one huge allocation.
+            let mut out = Vec::with_capacity(raw_len_hint.min(MAX_HINTED_LEN));
             let payload = &plain[1..];
             let fits = UNZSTD.with(|cell| {
                 let mut slot = cell.borrow_mut();
@@ -209,9 +219,16 @@ pub fn decode(
                 d.decompress_to_buffer(payload, &mut out).is_ok()
             });
             if !fits {
-                // The hint was wrong (or absent): fall back to streaming.
+                // The hint was wrong (or absent): fall back to streaming,
+                // up to the longest content an index can record.
                 out.clear();
-                zstd::stream::copy_decode(payload, &mut out).map_err(|e| BlobError::Decompress(e.to_string()))?;
+                let decoder =
+                    zstd::stream::read::Decoder::new(payload).map_err(|e| BlobError::Decompress(e.to_string()))?;
+                std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_CONTENT_LEN + 1), &mut out)
+                    .map_err(|e| BlobError::Decompress(e.to_string()))?;
+                if out.len() as u64 > MAX_CONTENT_LEN {
+                    return Err(BlobError::Decompress(format!("it decompresses to more than {MAX_CONTENT_LEN} bytes")));
+                }
             }
             Bytes::from(out)
         }

@@ -65,7 +65,11 @@ fn read_backlen(b: &[u8], end: usize) -> Option<usize> {
 
 /// Walks a listpack, calling `each` for every element. Returns the count.
 pub fn listpack<'a>(b: &'a [u8], mut each: impl FnMut(Element<'a>)) -> Result<usize, String> {
-    let total = u32_le(b, 0).ok_or("listpack shorter than its 6-byte header")? as usize;
+    // The 6-byte header (total bytes, element count) and the terminator.
+    if b.len() < 7 {
+        return Err(format!("listpack of {} bytes is shorter than an empty one", b.len()));
+    }
+    let total = u32_le(b, 0).expect("length checked") as usize;
     if total != b.len() {
         return Err(format!("listpack header says {total} bytes, the string holds {}", b.len()));
     }

@@ -6,8 +6,17 @@
 //! reference of `(ctrl >> 5) + 2` bytes (a 3-bit length of 7 continues in
 //! the next byte), `((ctrl & 31) << 8) + next + 1` bytes behind the output.
 
+/// Most output bytes per input byte: a back reference of 3 bytes (a control
+/// byte with length 7, a length byte of 255, an offset byte) copies 264.
+const MAX_RATIO: usize = 88;
+
 /// Decompresses `input` into exactly `expected` bytes.
 pub fn decompress(input: &[u8], expected: usize) -> Result<Vec<u8>, String> {
+    // A damaged length must not size the output buffer: refuse what the
+    // input cannot expand to before allocating it.
+    if expected > input.len().saturating_mul(MAX_RATIO) {
+        return Err(format!("{} bytes of LZF data cannot decompress to the {expected} bytes announced", input.len()));
+    }
     let mut out: Vec<u8> = Vec::with_capacity(expected);
     let mut i = 0;
     while i < input.len() {
@@ -74,6 +83,10 @@ mod tests {
         assert!(decompress(&[1 << 5, 9], 3).is_err());
         assert!(decompress(&[0, b'a'], 2).is_err());
         assert!(decompress(&[0xe0], 9).is_err());
+        // A length the data cannot reach is refused before it sizes a buffer.
+        assert!(decompress(&[0, b'a'], 1 << 31).unwrap_err().contains("cannot decompress"));
+        let longest = [0xe0, 255, 0];
+        assert!(decompress(&[&[0, b'a'][..], &longest].concat(), 265).is_ok());
         for n in 0..=255u8 {
             let _ = decompress(&[n, n, n, n], 64);
         }
