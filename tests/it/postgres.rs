@@ -9,7 +9,6 @@
 //! PostgreSQL refuses to run as root, so the clusters, their repository and
 //! every `coffer` command here run as the `postgres` user (`runuser`).
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,7 +21,7 @@ const BIN: &str = "/usr/lib/postgresql/15/bin";
 const BACKUP_PW: &str = "s3cret-backup-pw";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    coffer_test_support::free_port().expect("a free port on 127.0.0.1")
 }
 
 fn as_postgres(program: &str) -> Command {
@@ -51,7 +50,7 @@ fn chown_postgres(p: &Path) {
 fn postgres_tempdir() -> tempfile::TempDir {
     assert!(
         Path::new(BIN).join("postgres").exists(),
-        "PostgreSQL 15 is missing: `cargo xtask test` installs Debian's postgresql"
+        "PostgreSQL 15 is missing: `cargo xtask deps` installs Debian's postgresql"
     );
     let t = tempfile::tempdir().unwrap();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

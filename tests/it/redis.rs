@@ -148,12 +148,12 @@ impl Client {
 // Real servers
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    coffer_test_support::free_port().expect("a free port on 127.0.0.1")
 }
 
 fn redis_server_bin() -> PathBuf {
     let p = PathBuf::from("/usr/bin/redis-server");
-    assert!(p.exists(), "redis-server is missing: `cargo xtask test` installs Debian's redis-server");
+    assert!(p.exists(), "redis-server is missing: `cargo xtask deps` installs Debian's redis-server");
     p
 }
 

@@ -64,11 +64,6 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A loopback port nothing listens on now.
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Copies subdirectories of /usr/lib (sorted, so the set is stable on one
 /// machine) until about [`DATASET_BYTES`].
 fn build_dataset(dest: &Path) -> Result<()> {

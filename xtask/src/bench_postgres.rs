@@ -24,7 +24,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::{dir_size, free_port, median};
+use crate::bench::{dir_size, median};
+use coffer_test_support::free_port;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "coffer bench password";

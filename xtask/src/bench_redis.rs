@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::{dir_size, free_port, median};
+use crate::bench::{dir_size, median};
+use coffer_test_support::free_port;
 
 const PASSWORD: &str = "coffer bench password";
 

