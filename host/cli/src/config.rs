@@ -174,13 +174,17 @@ pub fn build(
     if let Some(s) = &limit_args.time_limit {
         apply_limit(&mut limits, "time", s).context("--time-limit")?;
     }
+    if let Some(s) = &limit_args.info_time_limit {
+        apply_limit(&mut limits, "info_time", s).context("--info-time-limit")?;
+    }
     if let Some(s) = &limit_args.output_limit {
         apply_limit(&mut limits, "output", s).context("--output-limit")?;
     }
     Ok(JobConfig { config: Value::Object(map), limits })
 }
 
-/// [`build`] with `plugin`'s own schema typing the `--set` values.
+/// [`build`] with `plugin`'s own schema typing the `--set` values. The
+/// schema comes from `info`, under the `info` time limit the flags set.
 pub async fn for_plugin(
     plugin: &LoadedPlugin,
     cancel: &CancelToken,
@@ -188,7 +192,9 @@ pub async fn for_plugin(
     limit_args: &LimitArgs,
     base: Option<Value>,
 ) -> Result<JobConfig> {
-    let described = plugin.info(None, &JobOptions { cancel: cancel.clone(), ..JobOptions::default() }).await?;
+    let limits = build(&ConfigArgs::default(), limit_args, None, None)?.limits;
+    let opts = JobOptions { cancel: cancel.clone(), limits, ..JobOptions::default() };
+    let described = plugin.info(None, &opts).await?;
     let schema: Option<Value> = serde_json::from_str(&described.config_schema).ok();
     build(args, limit_args, schema.as_ref(), base)
 }
@@ -203,8 +209,9 @@ fn apply_limit(limits: &mut Limits, key: &str, value: &str) -> Result<()> {
             limits.memory = v;
         }
         "time" => limits.wall_time = parse_duration(value).map_err(|e| anyhow!(e))?,
+        "info_time" => limits.info_time = parse_duration(value).map_err(|e| anyhow!(e))?,
         "output" => limits.output_bytes = parse_size(value).map_err(|e| anyhow!(e))?,
-        other => bail!("unknown limit `{other}` (use memory, time, output)"),
+        other => bail!("unknown limit `{other}` (use memory, time, info_time, output)"),
     }
     Ok(())
 }

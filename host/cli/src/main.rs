@@ -85,6 +85,10 @@ pub struct LimitArgs {
 }
 
 /// Plugin configuration from the command line.
+    /// Time the plugin has to describe itself (`info`) before it is taken
+    /// for stuck (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub info_time_limit: Option<String>,
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
     /// Plugin config value `key=value` (repeatable); typed by the plugin's schema.

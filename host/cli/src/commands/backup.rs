@@ -6,10 +6,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use coffer_repo::{BackupKind, Id, Repository, SnapshotManifest};
-use coffer_runtime::{GrantSet, JobOptions, Purpose, SnapshotRequest};
+use coffer_runtime::{GrantSet, JobOptions, LoadedPlugin, Purpose, SnapshotRequest, printable};
 
 use crate::output::{Progress, duration, print_json, size};
-use crate::{ConfigArgs, Global, LimitArgs};
+use crate::{ConfigArgs, EXIT_INCOMPLETE, Global, LimitArgs};
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -40,17 +40,29 @@ pub struct BackupArgs {
 }
 
 /// Picks the parent for the requested kind among the source's snapshots.
-/// Only snapshots of the same tenant, source and plugin qualify: a plugin
-/// is never handed another plugin's snapshot as its parent.
+/// Only snapshots of the same tenant, source and plugin qualify, and the
+/// plugin is the component, not the name it gives itself: a snapshot
+/// qualifies only when written by the same component (BLAKE3 of the wasm)
+/// or, for a built-in, by a built-in of the same name in some coffer
+/// binary ([`crate::plugins::is_writer`]). A plugin file that calls itself
+/// `files` never becomes the parent of the built-in `files` (its entries
+/// would be kept as "unchanged"), nor is it handed the built-in's snapshot.
 fn choose_parent(
     snaps: &[(Id, SnapshotManifest)],
     tenant: &str,
     source: &str,
-    plugin: &str,
+    plugin: (&str, &LoadedPlugin),
     args: &BackupArgs,
 ) -> (BackupKind, Option<Id>) {
-    let mine =
-        || snaps.iter().rev().filter(|(_, m)| m.tenant == tenant && m.source == source && m.plugin.name == plugin);
+    let (name, component) = plugin;
+    let mine = || {
+        snaps.iter().rev().filter(|(_, m)| {
+            m.tenant == tenant
+                && m.source == source
+                && m.plugin.name == name
+                && crate::plugins::is_writer(component, &m.plugin)
+        })
+    };
     if args.full {
         return (BackupKind::Full, None);
     }
@@ -82,9 +94,9 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| if described.source.is_empty() { described.name.clone() } else { described.source.clone() });
     let snaps = repo.snapshots().await.context("listing snapshots")?;
-    let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, &described.name, &args);
+    let (kind, parent) = choose_parent(&snaps, &args.tenant, &source, (&described.name, &plugin), &args);
 
-    let progress = Arc::new(Progress::new(g.json, g.quiet, &format!("backing up {source}")));
+    let progress = Arc::new(Progress::new(g.json, g.quiet, &format!("backing up {}", printable(&source))));
     // Bytes the plugin will read: the parent's size is the best guess (an
     // incremental backup reads less, and finishes early).
     if let Some(p) = parent.and_then(|p| snaps.iter().find(|(id, _)| *id == p)) {
@@ -107,7 +119,7 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
         )
         .await;
     progress.finish();
-    let (id, m) = result.with_context(|| format!("backup of {source} failed; nothing was saved"))?;
+    let (id, m) = result.with_context(|| format!("backup of {} failed; nothing was saved", printable(&source)))?;
     let took = started.elapsed();
     let s = &m.summary;
     if g.json {
@@ -128,7 +140,7 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
             BackupKind::Incremental => format!("incremental on {}", m.parent.map(|p| p.short()).unwrap_or_default()),
             BackupKind::Differential => format!("differential on {}", m.parent.map(|p| p.short()).unwrap_or_default()),
         };
-        println!("snapshot {} saved ({kind}) for {}", id.short(), m.source);
+        println!("snapshot {} saved ({kind}) for {}", id.short(), printable(&m.source));
         println!("  {} files, {} dirs, {} symlinks, {} in the snapshot", s.files, s.dirs, s.symlinks, size(s.bytes));
         println!("  read {}, kept {} unchanged entries from the parent", size(s.bytes_read), s.reused_entries);
         println!(
@@ -140,8 +152,10 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
         );
         let rate = if took.as_secs_f64() > 0.0 { s.bytes_read as f64 / took.as_secs_f64() } else { 0.0 };
         println!("  took {} ({}/s)", duration(took), size(rate as u64));
-        if progress.warnings() > 0 {
-            println!("  {} warnings (see above)", progress.warnings());
+        match progress.warnings() {
+            0 => {}
+            1 => println!("  1 warning (see above)"),
+            n => println!("  {n} warnings (see above)"),
         }
     }
     Ok(0)

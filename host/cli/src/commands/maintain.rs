@@ -169,7 +169,7 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
             print_json(&plans)?;
         } else {
             for p in &plans {
-                println!("{} / {}:", p.tenant, p.source);
+                println!("{} / {}:", coffer_runtime::printable(&p.tenant), coffer_runtime::printable(&p.source));
                 for d in &p.snapshots {
                     println!(
                         "  {} {} {} ({})",

@@ -1,11 +1,13 @@
-//! `coffer plugin list|inspect`.
+//! `coffer plugin list|inspect`. Everything a plugin says about itself is
+//! printed escaped (`ls -q` style): inspecting an untrusted plugin must not
+//! let it write to the terminal. `info` runs under its own short limit.
 
 use anyhow::Result;
 use clap::Subcommand;
-use coffer_runtime::JobOptions;
+use coffer_runtime::{JobOptions, printable};
 
 use crate::output::print_json;
-use crate::{ConfigArgs, Global};
+use crate::{ConfigArgs, Global, LimitArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCmd {
@@ -17,6 +19,8 @@ pub enum PluginCmd {
         plugin: String,
         #[command(flatten)]
         cfg: ConfigArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
 }
 
@@ -33,26 +37,30 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
                 print_json(&all)?;
             } else {
                 for d in all {
-                    println!("{:<10} {:<8} {}", d.name, d.version, d.description);
+                    println!("{:<10} {:<8} {}", d.name, printable(&d.version), printable(&d.description));
                 }
             }
         }
-        PluginCmd::Inspect { plugin, cfg } => {
+        PluginCmd::Inspect { plugin, cfg, limits } => {
             let p = crate::plugins::load(&rt, &plugin)?;
-            let base = p.info(None, &JobOptions::default()).await?;
+            let job = crate::config::for_plugin(&p, &Default::default(), &cfg, &limits, None).await?;
+            let opts = JobOptions { limits: job.limits, ..JobOptions::default() };
             let described = if cfg.set.is_empty() && cfg.config.is_none() {
-                base
+                p.info(None, &opts).await?
             } else {
-                let job = crate::config::for_plugin(&p, &Default::default(), &cfg, &Default::default(), None).await?;
-                p.info(Some(&job.config), &JobOptions::default()).await?
+                p.info(Some(&job.config), &opts).await?
             };
             if g.json {
                 print_json(&described)?;
             } else {
-                println!("name:        {}", described.name);
-                println!("version:     {}", described.version);
-                println!("description: {}", described.description);
-                println!("digest:      {}", described.digest);
+                println!("name:        {}", printable(&described.name));
+                println!("version:     {}", printable(&described.version));
+                println!("description: {}", printable(&described.description));
+                println!(
+                    "digest:      {}{}",
+                    described.digest,
+                    if p.is_builtin() { " (built into this coffer)" } else { "" }
+                );
                 let mut modes = Vec::new();
                 if described.restore_directory {
                     modes.push("directory (--target DIR)");
@@ -62,12 +70,12 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
                 }
                 println!("restores:    {}", if modes.is_empty() { "none".to_string() } else { modes.join(", ") });
                 if !described.source.is_empty() {
-                    println!("source:      {}", described.source);
+                    println!("source:      {}", printable(&described.source));
                 }
                 if !described.capabilities.is_empty() {
                     println!("needs:");
                     for c in &described.capabilities {
-                        println!("  {c}");
+                        println!("  {}", printable(c));
                     }
                 }
                 println!("config schema:");
@@ -75,7 +83,7 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
                     .and_then(|v| serde_json::to_string_pretty(&v))
                     .unwrap_or(described.config_schema.clone());
                 for line in pretty.lines() {
-                    println!("  {line}");
+                    println!("  {}", printable(line));
                 }
             }
         }

@@ -26,9 +26,14 @@ pub struct RestoreArgs {
     /// Only restore this path and what is below it (repeatable).
     #[arg(long = "path")]
     pub paths: Vec<String>,
-    /// Use this plugin file instead of the built-in that made the snapshot.
+    /// Use this plugin file instead of the built-in that made the snapshot
+    /// (`latest` then means the newest snapshot this file wrote).
     #[arg(long)]
     pub plugin: Option<String>,
+    /// With `latest`: the newest snapshot written by the plugin component
+    /// whose digest starts with this (as `coffer snapshots` shows it).
+    #[arg(long, value_name = "DIGEST")]
+    pub plugin_digest: Option<String>,
     #[command(flatten)]
     pub cfg: ConfigArgs,
     #[command(flatten)]
@@ -39,9 +44,14 @@ pub struct RestoreArgs {
 pub struct VerifyArgs {
     /// Snapshot id prefix, `latest` or `latest:SOURCE`.
     pub snapshot: String,
-    /// Use this plugin file instead of the built-in that made the snapshot.
+    /// Use this plugin file instead of the built-in that made the snapshot
+    /// (`latest` then means the newest snapshot this file wrote).
     #[arg(long)]
     pub plugin: Option<String>,
+    /// With `latest`: the newest snapshot written by the plugin component
+    /// whose digest starts with this (as `coffer snapshots` shows it).
+    #[arg(long, value_name = "DIGEST")]
+    pub plugin_digest: Option<String>,
     #[command(flatten)]
     pub cfg: ConfigArgs,
     #[command(flatten)]
@@ -58,18 +68,28 @@ struct Stored {
     job: crate::config::JobConfig,
 }
 
+/// Which snapshot `latest` is: with `--plugin FILE`, the newest that file
+/// wrote; with `--plugin-digest`, the newest that component wrote;
+/// otherwise the newest a built-in wrote ([`crate::plugins::Writer`]).
 async fn open_stored(
     g: &Global,
     snapshot: &str,
-    plugin_override: Option<&str>,
+    (plugin_override, digest): (Option<&str>, Option<&str>),
     cancel: &coffer_runtime::CancelToken,
     cfg: &ConfigArgs,
     limits: &LimitArgs,
 ) -> Result<Stored> {
+    use crate::plugins::Writer;
     let repo = super::open_repo(g).await?;
-    let id = repo.resolve_snapshot(snapshot).await?;
-    let manifest = repo.read_manifest(&id).await?;
     let rt = crate::plugins::runtime()?;
+    let given = plugin_override.map(|spec| crate::plugins::load(&rt, spec)).transpose()?;
+    let by = match (&given, digest) {
+        (_, Some(d)) => Writer::Digest(d),
+        (Some(p), None) => Writer::Component(p),
+        (None, None) => Writer::Trusted,
+    };
+    let id = crate::plugins::resolve_snapshot(&repo, snapshot, by).await?;
+    let manifest = repo.read_manifest(&id).await?;
     let plugin = crate::plugins::for_snapshot(&rt, &manifest, plugin_override)?;
     let job = crate::config::for_plugin(&plugin, cancel, cfg, limits, Some(manifest.config.clone())).await?;
     Ok(Stored { repo, id, manifest, plugin, job })
@@ -78,8 +98,15 @@ async fn open_stored(
 pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
     // First, so that Ctrl-C at any point takes the clean path.
     let cancel = super::cancel_on_signal();
-    let Stored { repo, id, manifest, plugin, mut job } =
-        open_stored(g, &args.snapshot, args.plugin.as_deref(), &cancel, &args.cfg, &args.limits).await?;
+    let Stored { repo, id, manifest, plugin, mut job } = open_stored(
+        g,
+        &args.snapshot,
+        (args.plugin.as_deref(), args.plugin_digest.as_deref()),
+        &cancel,
+        &args.cfg,
+        &args.limits,
+    )
+    .await?;
     // A point-in-time target is checked against the WAL archive before
     // anything is written.
     if manifest.plugin.name == super::wal::POSTGRES_PLUGIN {
@@ -159,8 +186,15 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
 pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     // First, so that Ctrl-C at any point takes the clean path.
     let cancel = super::cancel_on_signal();
-    let Stored { repo, id, manifest, plugin, mut job } =
-        open_stored(g, &args.snapshot, args.plugin.as_deref(), &cancel, &args.cfg, &args.limits).await?;
+    let Stored { repo, id, manifest, plugin, mut job } = open_stored(
+        g,
+        &args.snapshot,
+        (args.plugin.as_deref(), args.plugin_digest.as_deref()),
+        &cancel,
+        &args.cfg,
+        &args.limits,
+    )
+    .await?;
     // The source is granted read-only when it still exists here, for the
     // drift report; a source that is gone is left out, not an error.
     let mut probe = job.config.clone();

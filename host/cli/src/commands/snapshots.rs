@@ -1,8 +1,11 @@
-//! `coffer snapshots`, `coffer ls`, `coffer diff`.
+//! `coffer snapshots`, `coffer ls`, `coffer diff`. Sources and entry
+//! paths come from plugins and are printed escaped (`ls -q` style, with
+//! [`printable`]); `--json` prints them as they are.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use coffer_repo::EntryKind;
+use coffer_runtime::printable;
 
 use crate::Global;
 use crate::output::{print_json, size};
@@ -64,16 +67,25 @@ pub async fn list(g: &Global, args: SnapshotsArgs) -> Result<u8> {
         println!("no snapshots");
         return Ok(0);
     }
-    println!("{:<10} {:<20} {:<8} {:<12} {:>10}  source", "id", "time", "tenant", "kind", "size");
+    // `plugin`: its name and the first digits of its component digest,
+    // with `*` when it was not built into coffer (a plugin file).
+    println!("{:<10} {:<20} {:<8} {:<12} {:>10}  {:<20} source", "id", "time", "tenant", "kind", "size", "plugin");
     for (id, m) in &shown {
+        let plugin = format!(
+            "{}@{}{}",
+            m.plugin.name,
+            crate::plugins::short_digest(&m.plugin.digest),
+            if m.plugin.builtin || m.plugin.digest.is_empty() { "" } else { "*" }
+        );
         println!(
-            "{:<10} {:<20} {:<8} {:<12} {:>10}  {}",
+            "{:<10} {:<20} {:<8} {:<12} {:>10}  {:<20} {}",
             id.short(),
             m.time.format("%Y-%m-%d %H:%M:%S"),
-            m.tenant,
+            printable(&m.tenant),
             format!("{:?}", m.kind).to_lowercase(),
             size(m.summary.bytes),
-            m.source
+            plugin,
+            printable(&m.source)
         );
     }
     println!("{} snapshots", shown.len());
@@ -102,7 +114,7 @@ fn mode_string(kind: EntryKind, mode: u32) -> String {
 
 pub async fn ls(g: &Global, args: LsArgs) -> Result<u8> {
     let repo = super::open_repo(g).await?;
-    let id = repo.resolve_snapshot(&args.snapshot).await?;
+    let id = crate::plugins::resolve_snapshot(&repo, &args.snapshot, crate::plugins::Writer::Trusted).await?;
     let snap = repo.open_snapshot(&id).await?;
     let prefix = args.path.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty());
     let selected = snap.entries.iter().filter(|e| match prefix {
@@ -117,16 +129,16 @@ pub async fn ls(g: &Global, args: LsArgs) -> Result<u8> {
     for e in selected {
         if args.long {
             let t = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec).unwrap_or_default();
-            let link = e.target.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
+            let link = e.target.as_deref().map(|t| format!(" -> {}", printable(t))).unwrap_or_default();
             println!(
                 "{} {:>12} {} {}{link}",
                 mode_string(e.kind, e.mode),
                 e.size,
                 t.format("%Y-%m-%d %H:%M:%S"),
-                e.path
+                printable(&e.path)
             );
         } else {
-            println!("{}", e.path);
+            println!("{}", printable(&e.path));
         }
     }
     Ok(0)
@@ -134,8 +146,8 @@ pub async fn ls(g: &Global, args: LsArgs) -> Result<u8> {
 
 pub async fn diff(g: &Global, args: DiffArgs) -> Result<u8> {
     let repo = super::open_repo(g).await?;
-    let a = repo.resolve_snapshot(&args.a).await?;
-    let b = repo.resolve_snapshot(&args.b).await?;
+    let a = crate::plugins::resolve_snapshot(&repo, &args.a, crate::plugins::Writer::Trusted).await?;
+    let b = crate::plugins::resolve_snapshot(&repo, &args.b, crate::plugins::Writer::Trusted).await?;
     let sa = repo.open_snapshot(&a).await?;
     let sb = repo.open_snapshot(&b).await?;
     let d = coffer_repo::diff(&sa, &sb);
@@ -144,13 +156,13 @@ pub async fn diff(g: &Global, args: DiffArgs) -> Result<u8> {
         return Ok(0);
     }
     for p in &d.added {
-        println!("+ {p}");
+        println!("+ {}", printable(p));
     }
     for p in &d.removed {
-        println!("- {p}");
+        println!("- {}", printable(p));
     }
     for (p, what) in &d.changed {
-        println!("M {p} ({})", what.join(", "));
+        println!("M {} ({})", printable(p), what.join(", "));
     }
     println!("{} added, {} removed, {} changed", d.added.len(), d.removed.len(), d.changed.len());
     Ok(0)
