@@ -219,18 +219,30 @@ impl From<io::Error> for Error {
         if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
             return *e.into_inner().expect("checked").downcast::<Error>().expect("checked");
         }
+        let text = describe_io(&e);
         match e.kind() {
-            io::ErrorKind::PermissionDenied => Error::AccessDenied(e.to_string()),
+            io::ErrorKind::PermissionDenied => Error::AccessDenied(text),
             io::ErrorKind::NotFound
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::NotConnected
             | io::ErrorKind::TimedOut
-            | io::ErrorKind::BrokenPipe => Error::Unavailable(e.to_string()),
-            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => Error::Corrupt(e.to_string()),
-            _ => Error::Other(e.to_string()),
+            | io::ErrorKind::BrokenPipe => Error::Unavailable(text),
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => Error::Corrupt(text),
+            _ => Error::Other(text),
         }
+    }
+}
+
+/// An I/O error's text without std's " (os error N)": inside the sandbox N
+/// is a WASI error number, which an operator would read as the host's
+/// (WASI's 2 is "permission denied", Linux's 2 is "no such file").
+fn describe_io(e: &io::Error) -> String {
+    let text = e.to_string();
+    match e.raw_os_error() {
+        Some(n) => text.strip_suffix(&format!(" (os error {n})")).map_or(text.clone(), str::to_string),
+        None => text,
     }
 }
 

@@ -5,6 +5,7 @@
 mod cli;
 mod hostile;
 mod keys;
+mod live_trees;
 mod postgres;
 mod redis;
 mod support;

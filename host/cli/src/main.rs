@@ -2,8 +2,9 @@
 //! arguments, reads passwords and configs, and wires the commands to
 //! coffer-repo (the repository) and coffer-runtime (the plugins).
 //!
-//! Exit codes: 0 ok, 1 failure, 2 usage, 3 verification found damage,
-//! 130 cancelled (Ctrl-C).
+//! Exit codes: 0 ok, 1 failure, 2 usage, 3 damage found (by check or
+//! verify, or a damaged object that stopped a command), 4 a backup saved its
+//! snapshot but left files out, 130 cancelled (Ctrl-C, SIGTERM).
 
 mod commands;
 mod config;
@@ -16,8 +17,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Exit code when check or verify finds damage.
+/// Exit code when check or verify finds damage, or a command stops at a
+/// damaged object.
 pub const EXIT_DAMAGE: u8 = 3;
+/// Exit code of a backup that saved its snapshot but left out files or
+/// directories it could not read (a name that is not UTF-8, permission
+/// denied).
+pub const EXIT_INCOMPLETE: u8 = 4;
 /// Exit code for a usage error.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code after Ctrl-C.

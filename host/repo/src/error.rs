@@ -133,6 +133,26 @@ pub enum Error {
     /// The snapshot writer failed earlier and can no longer be used.
     #[error("the snapshot was aborted after an earlier error: {0}")]
     Aborted(String),
+    /// Writing new packs failed (a full disk, a store that refused a write);
+    /// whatever was saving blobs (a backup, a prune's repack, a WAL push)
+    /// stopped, and nothing it wrote was indexed.
+    #[error("writing new packs failed: {0}")]
+    PackWrite(String),
+    /// The repository's `config` object is unreadable or was altered:
+    /// nothing in the repository can be opened without it, so `check`
+    /// cannot look further either.
+    #[error(
+        "the repository config {location}/config is damaged: {reason}. Nothing in the repository can be read without \
+         it, and `coffer check` stops at the same place: put `config` back from a copy of the repository (a \
+         file-level copy of its directory or bucket). It changes only when `coffer init` writes it and when a newer \
+         coffer raises the format version, so any recent copy holds the right one"
+    )]
+    DamagedConfig {
+        /// The repository's location.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Local file system error (restore targets, backup sources).
     #[error("{path}: {source}")]
     Io {

@@ -27,7 +27,9 @@ pub use commands::epoch::EpochInfo;
 pub use commands::forget::{Decision, GroupPlan, KeepPolicy};
 pub use commands::prune::{PruneOptions, PruneReport};
 pub use commands::read::{EntryReader, Snapshot};
-pub use commands::snapshot::{EntryAdder, EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter};
+pub use commands::snapshot::{
+    EntryAdder, EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter, SourceIssue,
+};
 pub use commands::wal::{WalCoverage, WalForgetReport, WalGap, WalListing, WalPushReport};
 pub use crypto::MasterSecret;
 pub use error::{Error, Result};

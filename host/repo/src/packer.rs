@@ -256,15 +256,15 @@ impl BlobSaver {
     /// The workers' queue, unless the saver failed or was closed.
     fn queue(&self) -> Result<mpsc::Sender<Job>> {
         if let Some(e) = self.error() {
-            return Err(Error::Aborted(e));
+            return Err(Error::PackWrite(e));
         }
-        self.jobs.lock().expect("jobs lock").clone().ok_or_else(|| Error::Aborted("the blob saver was closed".into()))
+        self.jobs.lock().expect("jobs lock").clone().ok_or_else(|| Error::PackWrite("the blob saver was closed".into()))
     }
 
     /// Queues a new blob. Waits when the workers are busy.
     pub async fn save(&self, kind: BlobKind, id: Id, data: Bytes) -> Result<()> {
         let tx = self.queue()?;
-        let permit = tx.reserve().await.map_err(|_| Error::Aborted("blob workers stopped".into()))?;
+        let permit = tx.reserve().await.map_err(|_| Error::PackWrite("blob workers stopped".into()))?;
         permit.send(Job { kind, id, data });
         Ok(())
     }
@@ -279,13 +279,13 @@ impl BlobSaver {
     /// keep the cores busy).
     pub fn save_here(&self, kind: BlobKind, id: Id, data: &[u8]) -> Result<()> {
         if self.jobs.lock().expect("jobs lock").is_none() {
-            return Err(Error::Aborted("the blob saver was closed".into()));
+            return Err(Error::PackWrite("the blob saver was closed".into()));
         }
         // Stores nothing once the saver failed; either way the first
         // error is the answer.
         self.shared.process(kind, id, data);
         match self.error() {
-            Some(e) => Err(Error::Aborted(e)),
+            Some(e) => Err(Error::PackWrite(e)),
             None => Ok(()),
         }
     }
@@ -323,7 +323,7 @@ impl BlobSaver {
             }
         })
         .await
-        .map_err(|e| Error::Aborted(format!("blob workers: {e}")))?;
+        .map_err(|e| Error::PackWrite(format!("blob workers: {e}")))?;
         loop {
             let handles = std::mem::take(&mut *self.shared.uploads.lock().expect("uploads lock"));
             if handles.is_empty() {
@@ -336,7 +336,7 @@ impl BlobSaver {
             }
         }
         if let Some(e) = self.error() {
-            return Err(Error::Aborted(e));
+            return Err(Error::PackWrite(e));
         }
         Ok(self.take_uploaded())
     }

@@ -83,20 +83,19 @@ async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
         Err(e) if e.is_not_found() => return Err(Error::NotARepository { location }),
         Err(e) => return Err(e.into()),
     };
-    let head: ConfigHead =
-        serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", format!("not valid JSON ({e})")))?;
+    let damaged = |reason: String| Error::DamagedConfig { location: backend.location(), reason };
+    let head: ConfigHead = serde_json::from_slice(&raw).map_err(|e| damaged(format!("not valid JSON ({e})")))?;
     if head.format.as_deref() != Some(FORMAT_NAME) {
-        return Err(Error::corrupt("config", "not a coffer repository config"));
+        return Err(damaged("not a coffer repository config".into()));
     }
     let version = head.version.unwrap_or(0);
     if version > WAL_FORMAT_VERSION || version == 0 {
         return Err(Error::UnsupportedVersion { location, found: version, supported: WAL_FORMAT_VERSION });
     }
-    let config: RepoConfig =
-        serde_json::from_slice(&raw).map_err(|e| Error::corrupt("config", format!("unreadable ({e})")))?;
-    config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
+    let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| damaged(format!("unreadable ({e})")))?;
+    config.chunker.validate().map_err(damaged)?;
     if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&config.pack_size) {
-        return Err(Error::corrupt("config", format!("pack size {} is out of range", config.pack_size)));
+        return Err(damaged(format!("pack size {} is out of range", config.pack_size)));
     }
     Ok(config)
 }
@@ -182,10 +181,11 @@ impl Repository {
                 Ok(secret) => {
                     let keys = Keys::derive(&secret);
                     if !config.verify(&keys) {
-                        return Err(Error::corrupt(
-                            "config",
-                            "its authentication code does not match the repository key (the config was altered)",
-                        ));
+                        return Err(Error::DamagedConfig {
+                            location,
+                            reason: "its authentication code does not match the repository key (it was altered)"
+                                .into(),
+                        });
                     }
                     let key_id = Id::from_hex(&listed.name);
                     let config = upgrade_config(&backend, config, &keys).await;

@@ -63,6 +63,9 @@ pub(crate) enum Failure {
 pub(crate) enum Outcome {
     /// Added, with its size and BLAKE3.
     Added(EntryDigest),
+    /// Added, but its size or modification time changed while it was read:
+    /// the snapshot holds what was read.
+    ChangedWhileRead(EntryDigest),
     /// Gone, or no longer a regular file.
     Gone,
     /// It could not be opened, and why.
@@ -103,7 +106,13 @@ pub(crate) async fn run(
         move |buf, job, stop| ctx.add(buf, job, stop),
     )
     .await?;
-    let bytes = outcomes.iter().map(|o| if let Outcome::Added(d) = o { d.size } else { 0 }).sum();
+    let bytes = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Added(d) | Outcome::ChangedWhileRead(d) => d.size,
+            _ => 0,
+        })
+        .sum();
     Ok(Added { outcomes, bytes })
 }
 
@@ -163,7 +172,17 @@ impl Reader {
             }
         }
         let digest = entry.finish_here().map_err(Failure::Repo)?;
-        Ok(Outcome::Added(digest))
+        // Size and mtime again: a file written to while it was read holds
+        // neither its old nor its new content in the snapshot, which the
+        // operator is told. (A file that cannot be stat'ed now is taken as
+        // changed.)
+        let unchanged = rustix::fs::fstat(&file).is_ok_and(|now| {
+            now.st_size == st.st_size
+                && now.st_mtime == st.st_mtime
+                && now.st_mtime_nsec == st.st_mtime_nsec
+                && u64::try_from(st.st_size).ok() == Some(digest.size)
+        });
+        Ok(if unchanged { Outcome::Added(digest) } else { Outcome::ChangedWhileRead(digest) })
     }
 }
 

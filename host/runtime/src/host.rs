@@ -331,6 +331,14 @@ impl PluginState {
         Ok(cur)
     }
 
+    /// Counts a source issue in the snapshot being written; outside a
+    /// snapshot (a verify listing the live tree) nothing is counted.
+    fn count_issue(&self, issue: coffer_repo::SourceIssue) {
+        if let Some(w) = &self.job.writer {
+            w.count_issue(issue);
+        }
+    }
+
     fn writer(&mut self) -> wasmtime::Result<&SnapshotWriter> {
         if self.job.writer.is_none() {
             return Err(self.fault(Fault::Contract("the sink was used outside a snapshot".into())));
@@ -598,10 +606,33 @@ impl host::Host for PluginState {
             Some(fd) => Ok(fd),
             None => match self.resolve_dir_in_grants(&path) {
                 Ok(real) => open_dir_nofollow(rustix::fs::CWD, &real, None).map_err(|e| ListError::Io(None, e.into())),
-                Err(e) => return Ok(Err(e)),
+                Err(e) => {
+                    if matches!(e, WitError::Unavailable(_)) {
+                        self.count_issue(coffer_repo::SourceIssue::Vanished);
+                    }
+                    return Ok(Err(e));
+                }
             },
         };
-        Ok(fd.and_then(|fd| list_dir_fd(fd, self.job.limits.memory)).map_err(|e| match e {
+        let listed = fd.and_then(|fd| list_dir_fd(fd, self.job.limits.memory));
+        // During a snapshot: names that cannot be given to the plugin, and a
+        // directory that could not be listed, are left out of it; one that
+        // is gone vanished.
+        match &listed {
+            Ok(listing) => {
+                for _ in &listing.not_utf8 {
+                    self.count_issue(coffer_repo::SourceIssue::LeftOut);
+                }
+            }
+            Err(ListError::Io(None, e))
+                if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+            {
+                self.count_issue(coffer_repo::SourceIssue::Vanished)
+            }
+            Err(ListError::Io(..)) => self.count_issue(coffer_repo::SourceIssue::LeftOut),
+            Err(ListError::TooBig(_)) => {}
+        }
+        Ok(listed.map_err(|e| match e {
             ListError::Io(None, e) => WitError::Unavailable(format!("{}: {e}", printable(&path))),
             ListError::Io(Some(name), e) => {
                 WitError::Unavailable(format!("{}/{}: {e}", printable(&path), printable(&name)))
@@ -621,9 +652,19 @@ impl host::Host for PluginState {
         match std::fs::read_link(real) {
             Ok(t) => match t.into_os_string().into_string() {
                 Ok(s) => Ok(Ok(s)),
-                Err(_) => Ok(Err(WitError::Other(format!("{}: the link target is not UTF-8", printable(&path))))),
+                Err(_) => {
+                    self.count_issue(coffer_repo::SourceIssue::LeftOut);
+                    Ok(Err(WitError::Other(format!("{}: the link target is not UTF-8", printable(&path)))))
+                }
             },
-            Err(e) => Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path))))),
+            Err(e) => {
+                self.count_issue(if e.kind() == std::io::ErrorKind::NotFound {
+                    coffer_repo::SourceIssue::Vanished
+                } else {
+                    coffer_repo::SourceIssue::LeftOut
+                });
+                Ok(Err(WitError::Unavailable(format!("{}: {e}", printable(&path)))))
+            }
         }
     }
 
@@ -820,22 +861,41 @@ impl sink::HostSnapshotSink for PluginState {
             jobs.push(Job { path: f.path, source, grant });
         }
         let budget = self.job.limits.output_bytes.saturating_sub(self.job.output_used);
+        let sources: Vec<PathBuf> = jobs.iter().map(|j| j.source.clone()).collect();
         let adder = self.writer()?.adder();
         let outcome = run(adder, Arc::clone(&self.job.grants), jobs, self.job.cancel.clone(), budget).await;
         match outcome {
             Ok(added) => {
                 self.job.output_used += added.bytes;
-                let outcomes = added
-                    .outcomes
-                    .into_iter()
-                    .map(|o| match o {
+                let mut outcomes = Vec::with_capacity(added.outcomes.len());
+                for (o, source) in added.outcomes.into_iter().zip(sources) {
+                    outcomes.push(match o {
                         Outcome::Added(d) => {
                             sink::FileOutcome::Added(Digest { size: d.size, blake3: d.blake3.to_hex() })
                         }
-                        Outcome::Gone => sink::FileOutcome::Gone,
-                        Outcome::Unreadable(why) => sink::FileOutcome::Unreadable(why),
-                    })
-                    .collect();
+                        Outcome::ChangedWhileRead(d) => {
+                            self.count_issue(coffer_repo::SourceIssue::ChangedWhileRead);
+                            self.job.observer.log(
+                                &self.job.plugin,
+                                LogLevel::Warn,
+                                &format!(
+                                    "{} changed while it was read (its size or modification time moved); the \
+                                     snapshot holds what was read, which may mix old and new content",
+                                    printable(&source.to_string_lossy())
+                                ),
+                            );
+                            sink::FileOutcome::Added(Digest { size: d.size, blake3: d.blake3.to_hex() })
+                        }
+                        Outcome::Gone => {
+                            self.count_issue(coffer_repo::SourceIssue::Vanished);
+                            sink::FileOutcome::Gone
+                        }
+                        Outcome::Unreadable(why) => {
+                            self.count_issue(coffer_repo::SourceIssue::LeftOut);
+                            sink::FileOutcome::Unreadable(why)
+                        }
+                    });
+                }
                 Ok(Ok(outcomes))
             }
             Err(Failure::Plugin(e)) => Ok(Err(e)),

@@ -5,18 +5,21 @@
 //!
 //! The plugin walks the tree; the host reads the regular files it hands
 //! over in batches (`add-files`), so file content never passes through the
-//! plugin. Sockets, FIFOs and devices are skipped with a warning, and so
-//! are files that vanish or cannot be opened during the backup. With a
-//! parent snapshot, a file whose size, mtime and mode are unchanged is kept
-//! from the parent without being read.
+//! plugin. Sockets, FIFOs and devices are skipped with a warning. A file or
+//! directory that vanishes during the backup is skipped with a warning; one
+//! that cannot be read (permission denied, a name that is not UTF-8) is left
+//! out with a warning, and the host counts it so the backup ends with exit
+//! status 4 ("saved, but incomplete"). With a parent snapshot, a file whose
+//! size, mtime and mode are unchanged is kept from the parent without being
+//! read.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 
 use coffer_sdk::{
-    Capability, Config, ConfigError, EntryInfo, EntryKind, EntryMeta, Error, FileOutcome, FileSource, Plugin,
-    PluginInfo, RestoreOptions, Sink, SnapshotReader, Timestamp, VerifyReport, host,
+    Capability, Config, ConfigError, DirListing, EntryInfo, EntryKind, EntryMeta, Error, FileOutcome, FileSource,
+    Plugin, PluginInfo, RestoreOptions, Sink, SnapshotReader, Timestamp, VerifyReport, host,
 };
 use serde::Deserialize;
 
@@ -108,7 +111,12 @@ struct Walker<'a> {
     /// Bytes read plus bytes kept from the parent: the progress figure.
     covered: u64,
     reused: u64,
-    skipped: u64,
+    /// Sockets, FIFOs, devices.
+    special: u64,
+    /// Files and directories that vanished during the walk.
+    vanished: u64,
+    /// Files and directories that could not be read.
+    left_out: u64,
 }
 
 impl Walker<'_> {
@@ -116,13 +124,42 @@ impl Walker<'_> {
         self.exclude.iter().any(|e| e == name || e == rel)
     }
 
-    fn walk(&mut self, rel: &str) -> Result<(), Error> {
+    /// Lists the directory at snapshot path `rel` (not the root): `None`
+    /// when it vanished or cannot be read, which is warned about and
+    /// counted, not an error.
+    fn list_child(&mut self, rel: &str) -> Result<Option<DirListing>, Error> {
+        let dir = join(&self.root, rel);
+        match host::list_dir(&dir) {
+            Ok(listing) => Ok(Some(listing)),
+            Err(e @ Error::Cancelled) => Err(e),
+            Err(e) => {
+                self.skip_unreadable(&dir, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Warns about an item that could not be read: vanished (it no longer
+    /// exists) or left out.
+    fn skip_unreadable(&mut self, full: &str, e: &Error) {
+        if matches!(fs::symlink_metadata(full), Err(err) if err.kind() == std::io::ErrorKind::NotFound) {
+            host::warn(format!("{full} vanished during the backup; skipped"));
+            self.vanished += 1;
+        } else {
+            host::warn(format!("left out {full}: it cannot be read ({e})"));
+            self.left_out += 1;
+        }
+    }
+
+    fn walk(&mut self, rel: &str, listing: DirListing) -> Result<(), Error> {
         host::check_cancelled()?;
         let dir = join(&self.root, rel);
-        let listing = host::list_dir(&dir)?;
         for name in &listing.not_utf8 {
-            host::warn(format!("skipping {dir}/{name}: the name is not UTF-8"));
-            self.skipped += 1;
+            host::warn(format!(
+                "left out {dir}/{name}: the name is not UTF-8, which coffer cannot store yet (bytes that are \
+                 not UTF-8 are shown as U+FFFD)"
+            ));
+            self.left_out += 1;
         }
         for name in &listing.special {
             let child = child_of(rel, name);
@@ -131,7 +168,7 @@ impl Walker<'_> {
                     "skipping {}: sockets, FIFOs and devices are not backed up",
                     join(&self.root, &child)
                 ));
-                self.skipped += 1;
+                self.special += 1;
             }
         }
         for (i, item) in listing.items.into_iter().enumerate() {
@@ -144,12 +181,22 @@ impl Walker<'_> {
             }
             match item.kind {
                 EntryKind::Dir => {
+                    // Listed first: a directory that vanished or cannot be
+                    // read is left out, entry and all.
+                    let Some(listing) = self.list_child(&child)? else { continue };
                     self.sink.add_entry(EntryMeta::dir(&child, item.mode).mtime(item.mtime))?.finish()?;
-                    self.walk(&child)?;
+                    self.walk(&child, listing)?;
                 }
                 EntryKind::Symlink => {
                     let full = join(&self.root, &child);
-                    let target = host::read_link(&full)?;
+                    let target = match host::read_link(&full) {
+                        Ok(t) => t,
+                        Err(e @ Error::Cancelled) => return Err(e),
+                        Err(e) => {
+                            self.skip_unreadable(&full, &e);
+                            continue;
+                        }
+                    };
                     self.sink.add_entry(EntryMeta::symlink(&child, &target).mtime(item.mtime))?.finish()?;
                 }
                 EntryKind::File => {
@@ -184,11 +231,11 @@ impl Walker<'_> {
                 }
                 FileOutcome::Gone => {
                     host::warn(format!("{} vanished during the backup; skipped", file.source));
-                    self.skipped += 1;
+                    self.vanished += 1;
                 }
                 FileOutcome::Unreadable(why) => {
-                    host::warn(format!("{} cannot be read ({why}); skipped", file.source));
-                    self.skipped += 1;
+                    host::warn(format!("left out {}: it cannot be read ({why})", file.source));
+                    self.left_out += 1;
                 }
             }
         }
@@ -337,13 +384,17 @@ impl Plugin for Files {
             read_bytes: 0,
             covered: 0,
             reused: 0,
-            skipped: 0,
+            special: 0,
+            vanished: 0,
+            left_out: 0,
         };
-        w.walk("")?;
+        let listing = host::list_dir(&w.root)?;
+        w.walk("", listing)?;
         w.add_pending()?;
         host::info(format!(
-            "read {} bytes, kept {} unchanged files from the parent, skipped {} special, vanished or unreadable files",
-            w.read_bytes, w.reused, w.skipped
+            "read {} bytes, kept {} unchanged files from the parent; skipped {} sockets, FIFOs and devices and {} \
+             items that vanished; left out {} that could not be read",
+            w.read_bytes, w.reused, w.special, w.vanished, w.left_out
         ));
         Ok(())
     }

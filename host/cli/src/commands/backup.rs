@@ -152,11 +152,34 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
         );
         let rate = if took.as_secs_f64() > 0.0 { s.bytes_read as f64 / took.as_secs_f64() } else { 0.0 };
         println!("  took {} ({}/s)", duration(took), size(rate as u64));
+        if s.vanished > 0 || s.changed_while_read > 0 {
+            println!(
+                "  {} vanished during the backup, {} changed while they were read (see the warnings)",
+                count(s.vanished, "file or directory", "files or directories"),
+                count(s.changed_while_read, "file", "files")
+            );
+        }
         match progress.warnings() {
             0 => {}
             1 => println!("  1 warning (see above)"),
             n => println!("  {n} warnings (see above)"),
         }
     }
+    // Saved, but not everything that should be in it is.
+    if s.left_out > 0 {
+        eprintln!(
+            "coffer: snapshot {} was saved, but {} could not be read and {} left out of it (see the warnings); \
+             exit status {EXIT_INCOMPLETE}",
+            id.short(),
+            count(s.left_out, "file or directory", "files or directories"),
+            if s.left_out == 1 { "is" } else { "are" }
+        );
+        return Ok(EXIT_INCOMPLETE);
+    }
     Ok(0)
+}
+
+/// `n` with the singular or plural noun.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

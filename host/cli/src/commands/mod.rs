@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use coffer_repo::Repository;
 use coffer_runtime::{CancelToken, JobError};
 
-use crate::{Cli, Cmd, EXIT_CANCELLED, EXIT_USAGE, Global};
+use crate::{Cli, Cmd, EXIT_CANCELLED, EXIT_DAMAGE, EXIT_USAGE, Global};
 
 /// A usage mistake (exit code 2).
 #[derive(Debug)]
@@ -55,9 +55,28 @@ pub async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_CANCELLED);
             }
             eprintln!("coffer: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else if is_damage(&e) {
+                ExitCode::from(EXIT_DAMAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// True when a command stopped at a damaged object of the repository (its
+/// config, a pack, an index, a snapshot): exit status 3, as when `check`
+/// finds damage, not the 1 of an ordinary failure.
+fn is_damage(e: &anyhow::Error) -> bool {
+    let damaged = |r: &coffer_repo::Error| {
+        matches!(r, coffer_repo::Error::Corrupt { .. } | coffer_repo::Error::DamagedConfig { .. })
+    };
+    e.chain().any(|c| {
+        c.downcast_ref::<coffer_repo::Error>().is_some_and(damaged)
+            || matches!(c.downcast_ref::<JobError>(), Some(JobError::Repository(r)) if damaged(r))
+    })
 }
 
 /// The repository URL, or a usage error naming how to give one.

@@ -158,6 +158,18 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
         )
         .await;
     progress.finish();
+    // Stopped by a signal: what was written so far stays in the target.
+    if let (Err(e), Some(t)) = (&r, &target)
+        && e.is_cancelled()
+    {
+        eprintln!(
+            "coffer: cancelled; the repository was left as it was, but {} holds a partial tree of snapshot {}: \
+             remove what is in it, or restore again into it with --force",
+            t.display(),
+            id.short()
+        );
+        return Ok(crate::EXIT_CANCELLED);
+    }
     r.with_context(|| format!("restore of snapshot {} failed", id.short()))?;
     let took = started.elapsed();
     if g.json {

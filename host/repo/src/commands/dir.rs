@@ -187,6 +187,7 @@ impl Repository {
     /// `rt`, then decoded and written on this thread, so no blob costs a
     /// hand-off between threads beyond the fetch. Stops with
     /// [`Error::Aborted`] once `stop()` is true (checked between blobs).
+    /// Blocks of zeros are left as holes, as in [`Self::write_entry`].
     pub fn write_entry_blocking(
         &self,
         rt: &tokio::runtime::Handle,
@@ -198,15 +199,17 @@ impl Repository {
         let mut blobs = futures::stream::iter(entry.content.iter())
             .map(|id| self.load_blob_here(crate::blob::BlobKind::Data, id))
             .buffered(crate::commands::read::READ_AHEAD);
+        let mut out = HoleWriter::new(file).map_err(|err| Error::io(dest, err))?;
         let mut written = 0;
         while let Some(chunk) = rt.block_on(blobs.next()) {
             if stop() {
                 return Err(Error::Aborted(format!("writing {} was stopped", dest.display())));
             }
             let chunk = chunk?;
-            std::io::Write::write_all(file, &chunk).map_err(|err| Error::io(dest, err))?;
+            out.put(&chunk).map_err(|err| Error::io(dest, err))?;
             written += chunk.len() as u64;
         }
+        out.finish().map_err(|err| Error::io(dest, err))?;
         check_written(entry, written)
     }
 
@@ -214,15 +217,97 @@ impl Repository {
     /// reading a few blobs ahead, and returns the bytes written (`dest`
     /// names the file in errors). Content whose length differs from the
     /// size the tree records is an error: the snapshot is damaged.
+    ///
+    /// `file` must be a regular file with nothing at or after its position
+    /// (a new or truncated one): blocks of zeros are not written but left
+    /// as holes, so a sparse file comes back sparse (and a run of zeros in
+    /// any file takes no disk blocks).
     pub async fn write_entry(&self, entry: &Entry, file: &mut std::fs::File, dest: &Path) -> Result<u64> {
         let mut r = self.entry_reader(entry);
+        let mut out = block_in_place(|| HoleWriter::new(file)).map_err(|err| Error::io(dest, err))?;
         let mut written = 0;
         while let Some(chunk) = r.next_chunk().await? {
-            block_in_place(|| std::io::Write::write_all(file, &chunk)).map_err(|err| Error::io(dest, err))?;
+            block_in_place(|| out.put(&chunk)).map_err(|err| Error::io(dest, err))?;
             written += chunk.len() as u64;
         }
+        block_in_place(|| out.finish()).map_err(|err| Error::io(dest, err))?;
         check_written(entry, written)
     }
+}
+
+/// Writes content to a new file, leaving zeros as holes: every whole
+/// 4 KiB block of zeros (at a 4 KiB offset in the file, the unit file
+/// systems allocate) is skipped with a seek instead of written, and the file
+/// is extended to its full length at the end when it ends in a hole. Cheap on
+/// ordinary data: a block is looked at only when its first byte is 0, and
+/// only up to its first byte that is not; the blocks between two holes go
+/// out in one write.
+struct HoleWriter<'a> {
+    file: &'a mut std::fs::File,
+    /// The file offset the next byte of content goes to.
+    pos: u64,
+    /// Zero bytes skipped and not yet seeked over.
+    hole: u64,
+}
+
+/// The block a hole is made of, and the alignment holes keep.
+const ZERO_BLOCK: usize = 4096;
+
+/// True when `block` is all zeros.
+fn all_zeros(block: &[u8]) -> bool {
+    block.first() == Some(&0) && block.iter().fold(0u8, |acc, &x| acc | x) == 0
+}
+
+impl<'a> HoleWriter<'a> {
+    fn new(file: &'a mut std::fs::File) -> std::io::Result<Self> {
+        use std::io::Seek;
+        let pos = file.stream_position()?;
+        Ok(HoleWriter { file, pos, hole: 0 })
+    }
+
+    fn put(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        // `data` is where the run of bytes to write began.
+        let (mut data, mut i) = (0, 0);
+        while i < chunk.len() {
+            let off = self.pos + i as u64;
+            let n = (ZERO_BLOCK - (off % ZERO_BLOCK as u64) as usize).min(chunk.len() - i);
+            if n == ZERO_BLOCK && all_zeros(&chunk[i..i + n]) {
+                self.write(&chunk[data..i])?;
+                self.hole += n as u64;
+                data = i + n;
+            }
+            i += n;
+        }
+        self.write(&chunk[data..])?;
+        self.pos += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `run` after the hole skipped so far.
+    fn write(&mut self, run: &[u8]) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        if run.is_empty() {
+            return Ok(());
+        }
+        if self.hole > 0 {
+            self.file.seek(SeekFrom::Current(hole_offset(self.hole)?))?;
+            self.hole = 0;
+        }
+        self.file.write_all(run)
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        if self.hole > 0 {
+            let end = self.file.seek(SeekFrom::Current(hole_offset(self.hole)?))?;
+            self.file.set_len(end)?;
+        }
+        Ok(())
+    }
+}
+
+fn hole_offset(hole: u64) -> std::io::Result<i64> {
+    i64::try_from(hole).map_err(|_| std::io::Error::other("a run of zeros longer than 2^63 bytes"))
 }
 
 /// `written`, if it is the size the tree records for `entry`; otherwise

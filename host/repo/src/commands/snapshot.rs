@@ -80,6 +80,20 @@ pub struct EntryDigest {
     pub blake3: Id,
 }
 
+/// Something the source could not take as it was, counted in the
+/// snapshot's summary ([`SnapshotSummary::left_out`] and the two after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceIssue {
+    /// A file or directory left out: a name that is not UTF-8, permission
+    /// denied, an I/O error.
+    LeftOut,
+    /// A file or directory that vanished while the backup ran.
+    Vanished,
+    /// A file whose size or modification time changed while it was read.
+    ChangedWhileRead,
+}
+
 struct WriterState {
     entries: EntryList,
     /// Every path added so far, as [`path_key`]s.
@@ -87,6 +101,8 @@ struct WriterState {
     attributes: BTreeMap<String, String>,
     reused: u64,
     bytes_read: u64,
+    /// [`SourceIssue`]s counted: left out, vanished, changed while read.
+    issues: [u64; 3],
     failed: Option<String>,
 }
 
@@ -242,6 +258,7 @@ impl Repository {
                     attributes: BTreeMap::new(),
                     reused: 0,
                     bytes_read: 0,
+                    issues: [0; 3],
                     failed: None,
                 }),
                 open_writers: AtomicUsize::new(0),
@@ -397,6 +414,17 @@ impl SnapshotWriter {
         self.parent.as_ref()
     }
 
+    /// Counts a file or directory the source could not take as it was;
+    /// the counts go into the summary at commit.
+    pub fn count_issue(&self, issue: SourceIssue) {
+        let i = match issue {
+            SourceIssue::LeftOut => 0,
+            SourceIssue::Vanished => 1,
+            SourceIssue::ChangedWhileRead => 2,
+        };
+        self.shared.state.lock().expect("state lock").issues[i] += 1;
+    }
+
     /// Sets a source attribute (replacing an earlier value).
     pub fn set_attribute(&self, key: &str, value: &str) {
         self.shared.state.lock().expect("state lock").attributes.insert(key.to_string(), value.to_string());
@@ -433,11 +461,11 @@ impl SnapshotWriter {
         // The parent's entries are not needed past here: freed before the
         // new ones are unpacked (if no one else holds them).
         self.parent = None;
-        let (entries, attributes, reused, bytes_read) = {
+        let (entries, attributes, reused, bytes_read, issues) = {
             let mut s = self.shared.state.lock().expect("state lock");
             // No entry comes after this: the set of paths can go.
             s.paths = HashSet::new();
-            (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read)
+            (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read, s.issues)
         };
         let counts = entries.counts();
         let mut summary = SnapshotSummary {
@@ -448,6 +476,9 @@ impl SnapshotWriter {
             bytes: counts.bytes,
             reused_entries: reused,
             bytes_read,
+            left_out: issues[0],
+            vanished: issues[1],
+            changed_while_read: issues[2],
             started: self.started,
             ..Default::default()
         };

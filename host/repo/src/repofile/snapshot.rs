@@ -63,6 +63,20 @@ pub struct SnapshotSummary {
     pub stored_bytes: u64,
     /// Packs uploaded.
     pub new_packs: u64,
+    /// Files and directories the source could not take and left out (a
+    /// name that is not UTF-8, permission denied, an I/O error): the
+    /// snapshot is incomplete when this is not 0. Absent (0) in manifests
+    /// written before it was counted.
+    #[serde(default)]
+    pub left_out: u64,
+    /// Files and directories that vanished while the backup ran (left out,
+    /// as they no longer existed).
+    #[serde(default)]
+    pub vanished: u64,
+    /// Files whose size or modification time changed while they were read:
+    /// the snapshot holds what was read, which may mix old and new content.
+    #[serde(default)]
+    pub changed_while_read: u64,
     /// When the backup started.
     pub started: chrono::DateTime<chrono::Utc>,
     /// When it was committed.

@@ -78,3 +78,32 @@ async fn a_store_returning_short_reads_gives_a_clear_error() {
     let err = repo.restore_dir(&id, &t.dir.path().join("out")).await.unwrap_err().to_string();
     assert!(err.contains("data/") && err.contains("damaged"), "{err}");
 }
+
+/// A prune whose repack cannot write its new pack (a full disk) says so in
+/// its own words: no snapshot is involved, so none may be named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_that_cannot_write_its_packs_says_what_failed_without_naming_a_snapshot() {
+    let (t, faulty, repo) = faulty_repo().await;
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::write(src.join(name), random_bytes(400 << 10, 900 + i as u64)).unwrap();
+    }
+    let first = repo.backup_dir(&src, opts("s")).await.unwrap();
+    std::fs::remove_file(src.join("b")).unwrap();
+    repo.backup_dir(&src, opts("s")).await.unwrap();
+    repo.forget_snapshot(&first).await.unwrap();
+    // The pack holding a, b and c is now partly unused: prune repacks it.
+    faulty.inject(Fault::always(Op::Put, Some(FileKind::Pack)));
+    let err = repo
+        .prune(&coffer_repo::PruneOptions { max_unused: 0.0, ..Default::default() })
+        .await
+        .expect_err("the repack cannot write its pack")
+        .to_string();
+    assert!(faulty.injected() > 0, "the fault never fired: {err}");
+    assert!(err.contains("writing new packs failed") && err.contains("injected fault"), "{err}");
+    assert!(!err.contains("snapshot"), "prune involves no snapshot: {err}");
+    faulty.clear();
+    let report = repo.check(ReadData::All).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.errors);
+}
