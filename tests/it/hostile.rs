@@ -46,6 +46,15 @@ const TESTED: &[&str] = &[
     "restore-through-symlink",
     "restore-files-in-verify",
     "add-files",
+    "declare-name",
+    "info-loop",
+    "open-fifo",
+    "log-flood",
+    "deep-stack",
+    "verify-flood",
+    "stray-symlink",
+    "terminal-escapes",
+    "impostor",
 ];
 
 fn runtime() -> &'static Runtime {
@@ -522,4 +531,225 @@ async fn restore_files_outside_a_restore_is_refused() {
         .expect_err("a verify must not write files");
     let m = message(&e);
     assert!(m.contains("only during a restore into a directory"), "{m}");
+}
+
+#[tokio::test]
+async fn a_name_the_plugin_declares_is_never_looked_up() {
+    // The plugin reads a secret in `info` and declares
+    // `connect("<hex of it>.exfil.invalid:443")`: refused, and (see the
+    // runtime's unit test) without a lookup that would send the name out.
+    let s = Scene::new().await;
+    let e = s.must_fail(json!({"mode": "declare-name", "path": s.data()}), Limits::default()).await;
+    assert!(matches!(e, JobError::NotGranted { .. }), "{e}");
+    let m = message(&e);
+    assert!(m.contains(".exfil.invalid:443") && m.contains("never looks up"), "{m}");
+    // A name that the resolver would turn into the granted address is
+    // refused too: the host compares the text the operator typed, and a
+    // lookup of `127.1` (which the system resolver reads as 127.0.0.1) would
+    // have let it through.
+    let granted = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = granted.local_addr().unwrap().port();
+    let mut grants = GrantSet::none();
+    grants.connect("url", &format!("127.0.0.1:{port}")).unwrap();
+    let opts = JobOptions { grants, ..JobOptions::default() };
+    let config = json!({"mode": "declare-name", "victim": format!("127.1:{port}")});
+    let e = hostile()
+        .snapshot(&s.repo, SnapshotRequest { config, ..Default::default() }, &opts)
+        .await
+        .expect_err("a name the operator never typed must not be granted");
+    assert!(matches!(e, JobError::NotGranted { .. }), "{e}");
+    s.assert_clean().await;
+}
+
+#[tokio::test]
+async fn info_has_a_deadline_of_its_own() {
+    let s = Scene::new().await;
+    let limits = Limits { info_time: Duration::from_secs(1), ..Limits::default() };
+    let started = std::time::Instant::now();
+    let opts = JobOptions { limits, ..JobOptions::default() };
+    let e = tokio::time::timeout(Duration::from_secs(60), hostile().info(Some(&json!({"mode": "info-loop"})), &opts))
+        .await
+        .expect("`info` must not run past its own limit")
+        .expect_err("a plugin stuck in `info` fails");
+    assert!(matches!(e, JobError::Fault { fault: Fault::InfoTimeLimit(_), .. }), "{e}");
+    assert!(message(&e).contains("hung in `info`"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // A backup asks `info` first: the same limit, not the 24 h job limit.
+    let e = s.must_fail(json!({"mode": "info-loop"}), limits).await;
+    assert!(matches!(e, JobError::Fault { fault: Fault::InfoTimeLimit(_), .. }), "{e}");
+}
+
+/// Opens the FIFO for writing, which releases a reader blocked opening it
+/// (a thread of the host's blocking pool); blocks until there is one, so
+/// it runs on a thread of its own.
+fn release_fifo(fifo: std::path::PathBuf) {
+    std::thread::spawn(move || {
+        let _ = std::fs::OpenOptions::new().write(true).open(fifo);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_grant_does_not_outlive_the_deadline() {
+    let s = Arc::new(Scene::new().await);
+    let fifo = s.dir.path().join("data/fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let data = s.data();
+    // The time limit.
+    let scene = Arc::clone(&s);
+    let config = json!({"mode": "open-fifo", "path": data});
+    let limits = Limits { wall_time: Duration::from_secs(2), ..Limits::default() };
+    let job = tokio::spawn(async move { scene.run(config, limits, CancelToken::new()).await });
+    let outcome = tokio::time::timeout(Duration::from_secs(30), job).await;
+    release_fifo(fifo.clone());
+    let e = outcome.expect("a plugin blocked opening a FIFO outlived its 2 s time limit").unwrap().unwrap_err();
+    assert!(matches!(e, JobError::Fault { fault: Fault::TimeLimit(_), .. }), "{e}");
+    s.assert_clean().await;
+    // Ctrl-C.
+    let scene = Arc::clone(&s);
+    let cancel = CancelToken::new();
+    let c = cancel.clone();
+    let config = json!({"mode": "open-fifo", "path": data});
+    let job = tokio::spawn(async move { scene.run(config, Limits::default(), c).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), job).await;
+    release_fifo(fifo);
+    let e = outcome.expect("a plugin blocked opening a FIFO ignored the cancel").unwrap().unwrap_err();
+    assert!(e.is_cancelled(), "{e}");
+    s.assert_clean().await;
+    s.assert_still_serving().await;
+}
+
+/// Keeps a job's log lines.
+#[derive(Default)]
+struct KeptLines(std::sync::Mutex<Vec<String>>);
+
+impl coffer_runtime::JobObserver for KeptLines {
+    fn log(&self, _plugin: &str, _level: coffer_runtime::bindings::types::LogLevel, message: &str) {
+        self.0.lock().unwrap().push(message.to_string());
+    }
+
+    fn progress(&self, _done: u64, _total: Option<u64>) {}
+}
+
+#[tokio::test]
+async fn a_log_flood_is_capped_and_the_dropped_lines_counted() {
+    let s = Scene::new().await;
+    let kept = Arc::new(KeptLines::default());
+    let opts = JobOptions { observer: kept.clone(), ..JobOptions::default() };
+    let config = json!({"mode": "log-flood", "size": 100_010});
+    hostile().snapshot(&s.repo, SnapshotRequest { config, ..Default::default() }, &opts).await.unwrap();
+    let lines = kept.0.lock().unwrap();
+    assert!(lines.len() < 100_010, "{} lines kept", lines.len());
+    let last = lines.last().unwrap();
+    assert!(last.contains("10 more log lines were dropped"), "{last}");
+}
+
+#[tokio::test]
+async fn a_stack_overflow_is_named() {
+    let s = Scene::new().await;
+    let e = s.must_fail(json!({"mode": "deep-stack"}), Limits::default()).await;
+    assert!(matches!(e, JobError::Trap { .. }), "{e}");
+    assert!(message(&e).contains("stack overflow"), "{e}");
+}
+
+#[tokio::test]
+async fn a_flood_of_verify_problems_meets_the_host_limit() {
+    let s = Scene::new().await;
+    s.run(json!({"mode": "verify-flood"}), Limits::default(), CancelToken::new()).await.unwrap();
+    let id = s.repo.snapshots().await.unwrap().pop().unwrap().0;
+    let e = hostile()
+        .verify(&s.repo, &id, &json!({"mode": "verify-flood"}), &JobOptions::default())
+        .await
+        .expect_err("3 million problems are more than the host takes");
+    let m = message(&e);
+    assert!(m.contains("at most 1000000 problems") && !m.contains("fuel"), "{m}");
+}
+
+#[tokio::test]
+async fn symlinks_a_restore_leaves_outside_the_snapshot_are_reported() {
+    let s = Scene::new().await;
+    let victim = s.dir.path().join("secret");
+    let e = s.restore_with("stray-symlink", &victim).await.expect_err("a planted link must be reported");
+    assert!(matches!(e, JobError::StraySymlinks { .. }), "{e}");
+    let m = message(&e);
+    assert!(m.contains("planted ->") && m.contains("not in the snapshot"), "{m}");
+}
+
+#[test]
+fn plugin_text_is_printed_escaped() {
+    let t = support::TestRepo::new();
+    let wasm = support::hostile_wasm();
+    let backup = t.ok(&["backup", wasm, "--set", "mode=terminal-escapes"]);
+    t.ok(&["backup", wasm, "--set", "mode=ok"]);
+    let snaps = t.json(&["snapshots"]);
+    let id_of = |mode: &str| {
+        snaps.as_array().unwrap().iter().find(|s| s["config"]["mode"] == mode).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (evil, ok) = (id_of("terminal-escapes"), id_of("ok"));
+    // JSON carries the text as the plugin gave it.
+    let raw = snaps.as_array().unwrap().iter().find(|s| s["id"] == evil.as_str()).unwrap()["source"].clone();
+    assert!(raw.as_str().unwrap().contains("\x1b[2J\x1b]0;pwned\x07\nsnapshot 00000000"), "{raw}");
+    let listed = t.ok(&["snapshots"]);
+    assert!(listed.contains(r"\u{1b}[2J"), "{listed}");
+    let outputs = [
+        ("backup", backup),
+        ("snapshots", listed),
+        ("ls", t.ok(&["ls", &evil])),
+        ("ls -l", t.ok(&["ls", "-l", &evil])),
+        ("diff", t.ok(&["diff", &ok, &evil])),
+        ("plugin inspect", t.ok(&["plugin", "inspect", wasm, "--set", "mode=terminal-escapes"])),
+    ];
+    for (what, out) in outputs {
+        assert!(!out.contains('\x1b') && !out.contains('\x07'), "{what} printed a raw escape: {out:?}");
+        assert!(
+            !out.lines().any(|l| l.starts_with("snapshot 00000000") || l.starts_with("forged entry")),
+            "{what} printed a forged line: {out}"
+        );
+    }
+}
+
+#[test]
+fn an_impostor_of_a_builtin_is_never_its_parent_nor_latest() {
+    let t = support::TestRepo::new();
+    let www = t.dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("index.html"), b"the real page\n").unwrap();
+    let www = www.canonicalize().unwrap().to_str().unwrap().to_string();
+    let path = format!("path={www}");
+    let real = t.json(&["backup", "files", "--set", &path]);
+    // A plugin file that calls itself `files`, claims `files:<www>` and
+    // stores the same sizes, modes and times with other bytes.
+    let fake = t.json(&["backup", support::hostile_wasm(), "--set", "mode=impostor", "--set", &path]);
+    assert_eq!(fake["plugin"]["name"], "files");
+    assert_eq!(fake["source"], real["source"]);
+    assert_ne!(fake["plugin"]["digest"], real["plugin"]["digest"]);
+    assert_eq!(real["plugin"]["builtin"], true);
+    assert!(!fake["plugin"]["builtin"].as_bool().unwrap_or(false), "{fake}");
+    // `latest:files:<www>` is the built-in's snapshot, not the newer fake.
+    let latest = format!("latest:{}", real["source"].as_str().unwrap());
+    let target = t.dir.path().join("restored");
+    t.ok(&["restore", &latest, "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(target.join("index.html")).unwrap(), b"the real page\n");
+    // The built-in's next backup takes its own snapshot as parent and
+    // reads the file again, rather than keeping the fake as "unchanged".
+    let next = t.json(&["backup", "files", "--set", &path]);
+    assert_eq!(next["parent"], real["id"], "the impostor became the parent: {next}");
+    let target = t.dir.path().join("restored-next");
+    t.ok(&["restore", &latest, "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(target.join("index.html")).unwrap(), b"the real page\n");
+    // `snapshots` tells them apart.
+    let listed = t.ok(&["snapshots"]);
+    let short = |v: &serde_json::Value| v["plugin"]["digest"].as_str().unwrap()[..8].to_string();
+    assert!(listed.contains(&format!("files@{} ", short(&real))), "{listed}");
+    assert!(listed.contains(&format!("files@{}*", short(&fake))), "{listed}");
+    // Naming the fake by id reaches it, with a warning naming its writer
+    // (the built-in then refuses the fake's config).
+    let target = t.dir.path().join("restored-fake");
+    let out = t.coffer(&["restore", fake["id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+    assert!(support::stderr(&out).contains("plugin file calling itself files"), "{}", support::stderr(&out));
 }
