@@ -259,10 +259,10 @@ impl Repository {
                         reason: format!("blob {id}: {e}"),
                         hint: "; prune stopped without deleting anything".into(),
                     })?;
-                    saver.save(*kind, *id, plain).await?;
+                    saver.save(*kind, *id, plain).await.map_err(repack_failed)?;
                 }
             }
-            let packs = saver.finish().await?;
+            let packs = saver.finish().await.map_err(repack_failed)?;
             if !packs.is_empty() {
                 self.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
             }
@@ -366,5 +366,18 @@ impl Repository {
         }
         self.load_index().await?;
         Ok(report)
+    }
+}
+
+/// A repack that could not write its new packs (a full disk, a store
+/// refusing writes), in prune's own words: no snapshot is involved, and
+/// the packs being repacked are still in place.
+fn repack_failed(e: Error) -> Error {
+    match e {
+        Error::PackWrite(why) => Error::PackWrite(format!(
+            "prune could not store the blobs it repacks ({why}); the packs being repacked were left in place: \
+             free some space or fix the store, then run prune again"
+        )),
+        other => other,
     }
 }

@@ -101,7 +101,7 @@ async fn prune_that_cannot_write_its_packs_says_what_failed_without_naming_a_sna
         .expect_err("the repack cannot write its pack")
         .to_string();
     assert!(faulty.injected() > 0, "the fault never fired: {err}");
-    assert!(err.contains("writing new packs failed") && err.contains("injected fault"), "{err}");
+    assert!(err.contains("prune could not store the blobs it repacks") && err.contains("injected fault"), "{err}");
     assert!(!err.contains("snapshot"), "prune involves no snapshot: {err}");
     faulty.clear();
     let report = repo.check(ReadData::All).await.unwrap();
