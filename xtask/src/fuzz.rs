@@ -21,8 +21,10 @@ use crate::{cargo_cmd, deps, run};
 /// One target's outcome.
 struct Outcome {
     target: String,
-    /// libFuzzer's closing `#N DONE ... exec/s: R ...` line, if it got there.
-    done: Option<String>,
+    /// libFuzzer's final `stat::number_of_executed_units` and
+    /// `stat::average_exec_per_sec` (`-print_final_stats=1`).
+    executions: Option<String>,
+    rate: Option<String>,
     crashed: bool,
 }
 
@@ -59,21 +61,12 @@ pub fn run_fuzz(args: &[String]) -> Result<()> {
     }
     println!("\n{:<12} {:>12} {:>9}  result", "target", "executions", "exec/s");
     for o in &outcomes {
-        let field = |key: &str| {
-            o.done.as_deref().and_then(|d| {
-                let words: Vec<&str> = d.split_whitespace().collect();
-                match key {
-                    "runs" => words.first().map(|w| w.trim_start_matches('#').to_string()),
-                    _ => words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).map(|w| w.to_string()),
-                }
-            })
-        };
         let result = if o.crashed { "CRASH (see fuzz/artifacts/)" } else { "ok" };
         println!(
             "{:<12} {:>12} {:>9}  {result}",
             o.target,
-            field("runs").unwrap_or_else(|| "-".into()),
-            field("exec/s:").unwrap_or_else(|| "-".into())
+            o.executions.as_deref().unwrap_or("-"),
+            o.rate.as_deref().unwrap_or("-")
         );
     }
     let crashed: Vec<&str> = outcomes.iter().filter(|o| o.crashed).map(|o| o.target.as_str()).collect();
@@ -124,7 +117,9 @@ fn ensure_tools() -> Result<()> {
 /// as corpus too.
 fn fuzz_one(target: &str, secs: u64) -> Result<Outcome> {
     let mut cmd = cargo_cmd();
-    cmd.env("RUSTC_BOOTSTRAP", "1").args(["fuzz", "run", "--sanitizer", "none", target]);
+    // Its own target directory even when CARGO_TARGET_DIR names the main
+    // workspace's: instrumented builds would only replace those there.
+    cmd.env("RUSTC_BOOTSTRAP", "1").args(["fuzz", "run", "--sanitizer", "none", "--target-dir", "fuzz/target", target]);
     let corpus = format!("fuzz/corpus/{target}");
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {corpus}"))?;
     cmd.arg(&corpus);
@@ -137,14 +132,16 @@ fn fuzz_one(target: &str, secs: u64) -> Result<Outcome> {
         .stderr(Stdio::piped());
     let shown = format!("{cmd:?}");
     let mut child = cmd.spawn().with_context(|| format!("starting {shown}"))?;
-    let mut done = None;
+    let (mut executions, mut rate) = (None, None);
     for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
         let line = line?;
         eprintln!("{line}");
-        if line.starts_with('#') && line.contains("DONE") {
-            done = Some(line);
+        if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+            executions = Some(n.trim().to_string());
+        } else if let Some(r) = line.strip_prefix("stat::average_exec_per_sec:") {
+            rate = Some(r.trim().to_string());
         }
     }
     let status = child.wait()?;
-    Ok(Outcome { target: target.to_string(), done, crashed: !status.success() })
+    Ok(Outcome { target: target.to_string(), executions, rate, crashed: !status.success() })
 }
