@@ -5,6 +5,7 @@
 mod cli;
 mod hostile;
 mod keys;
+mod maintenance;
 mod live_trees;
 mod postgres;
 mod redis;

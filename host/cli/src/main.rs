@@ -85,16 +85,16 @@ pub struct LimitArgs {
     /// Time budget for the plugin (e.g. 90s, 30m, 12h).
     #[arg(long, value_name = "DURATION")]
     pub time_limit: Option<String>,
+    /// Time the plugin has to describe itself (`info`) before it is taken
+    /// for stuck (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub info_time_limit: Option<String>,
     /// Most content bytes a snapshot may write (e.g. 100GiB).
     #[arg(long, value_name = "SIZE")]
     pub output_limit: Option<String>,
 }
 
 /// Plugin configuration from the command line.
-    /// Time the plugin has to describe itself (`info`) before it is taken
-    /// for stuck (default 10s).
-    #[arg(long, value_name = "DURATION")]
-    pub info_time_limit: Option<String>,
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigArgs {
     /// Plugin config value `key=value` (repeatable); typed by the plugin's schema.
@@ -128,6 +128,9 @@ pub enum Cmd {
     Forget(commands::maintain::ForgetArgs),
     /// Remove data no snapshot uses.
     Prune(commands::maintain::PruneArgs),
+    /// Rebuild the index from the packs, or set damaged snapshot files aside.
+    #[command(subcommand)]
+    Repair(commands::maintain::RepairCmd),
     /// Manage keys: passwords, Shamir shares, key epochs and rotation.
     #[command(subcommand)]
     Key(commands::key::KeyCmd),

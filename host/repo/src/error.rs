@@ -130,6 +130,34 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another maintenance run holds the repository's exclusive lease.
+    #[error(
+        "{operation} cannot start: {holder} holds the repository's exclusive lease ({object}). Wait for it to \
+         finish; if that run crashed on another machine, its lease expires at {expires} and {operation} can \
+         run then (a crashed run on this machine is noticed at once)"
+    )]
+    LeaseHeld {
+        /// What was refused.
+        operation: String,
+        /// The lease object's path.
+        object: String,
+        /// Who holds it, when it started, where.
+        holder: String,
+        /// When it expires unless refreshed.
+        expires: String,
+    },
+    /// A maintenance run found it no longer certainly holds its lease, and
+    /// stopped before deleting anything more.
+    #[error(
+        "stopped before deleting anything more: this run no longer certainly holds the repository's exclusive lease \
+         {object} ({reason}). What was already done is consistent; run the command again"
+    )]
+    LeaseLost {
+        /// The lease object's path.
+        object: String,
+        /// Why.
+        reason: String,
+    },
     /// The snapshot writer failed earlier and can no longer be used.
     #[error("the snapshot was aborted after an earlier error: {0}")]
     Aborted(String),

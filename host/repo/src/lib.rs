@@ -27,6 +27,7 @@ pub use commands::epoch::EpochInfo;
 pub use commands::forget::{Decision, GroupPlan, KeepPolicy};
 pub use commands::prune::{PruneOptions, PruneReport};
 pub use commands::read::{EntryReader, Snapshot};
+pub use commands::repair::{RepairReport, SnapshotRepairReport};
 pub use commands::snapshot::{
     EntryAdder, EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter, SourceIssue,
 };

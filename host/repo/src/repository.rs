@@ -183,8 +183,7 @@ impl Repository {
                     if !config.verify(&keys) {
                         return Err(Error::DamagedConfig {
                             location,
-                            reason: "its authentication code does not match the repository key (it was altered)"
-                                .into(),
+                            reason: "its authentication code does not match the repository key (it was altered)".into(),
                         });
                     }
                     let key_id = Id::from_hex(&listed.name);
@@ -466,33 +465,60 @@ impl Repository {
         })
     }
 
-    /// Lists every snapshot, oldest first.
+    /// Lists every readable snapshot, oldest first. A damaged manifest is
+    /// left out with a warning naming it (`check` reports it as an error and
+    /// `repair snapshots` sets it aside), so one damaged file does not stop
+    /// backups, listings and restores of every other snapshot.
     pub async fn snapshots(&self) -> Result<Vec<(Id, SnapshotManifest)>> {
+        let (good, damaged) = self.snapshots_and_damaged().await?;
+        for (id, e) in &damaged {
+            tracing::warn!("snapshot {} is left out: {e}", id.short());
+        }
+        Ok(good)
+    }
+
+    /// Every readable snapshot, oldest first, and the damaged ones with what
+    /// is wrong with them. A snapshot forgotten while listing is in neither.
+    pub async fn snapshots_and_damaged(&self) -> Result<(Vec<(Id, SnapshotManifest)>, Vec<(Id, Error)>)> {
         let listed = self.backend.list(FileKind::Snapshot).await?;
         let ids: Vec<Id> = listed.iter().filter_map(|l| l.id()).collect();
-        let mut out: Vec<(Id, SnapshotManifest)> = futures::stream::iter(ids)
-            .map(|id| async move { Ok::<_, Error>((id, self.read_manifest(&id).await?)) })
+        let read: Vec<(Id, Result<SnapshotManifest>)> = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.read_manifest(&id).await) })
             .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+            .collect()
+            .await;
+        let mut good = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, r) in read {
+            match r {
+                Ok(m) => good.push((id, m)),
+                Err(Error::SnapshotNotFound(_)) => {}
+                Err(e @ Error::Corrupt { .. }) => damaged.push((id, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        good.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        damaged.sort_by_key(|(id, _)| *id);
+        Ok((good, damaged))
     }
 
     /// Reads one manifest.
     pub async fn read_manifest(&self, id: &Id) -> Result<SnapshotManifest> {
         let name = id.to_hex();
+        let damaged = |reason: String| Error::Corrupt {
+            object: FileKind::Snapshot.path(&name),
+            reason,
+            hint: "; `coffer repair snapshots` sets damaged snapshot files aside".into(),
+        };
         let plain = match self.read_sealed(FileKind::Snapshot, &name, aad::SNAPSHOT).await {
             Err(Error::Backend(e)) if e.is_not_found() => return Err(Error::SnapshotNotFound(name)),
+            Err(Error::Corrupt { reason, .. }) => return Err(damaged(reason)),
             other => other?,
         };
-        let m: SnapshotManifest = serde_json::from_slice(&plain)
-            .map_err(|e| Error::corrupt(FileKind::Snapshot.path(&name), format!("unreadable manifest ({e})")))?;
+        let m: SnapshotManifest =
+            serde_json::from_slice(&plain).map_err(|e| damaged(format!("unreadable manifest ({e})")))?;
         if m.version != 1 {
-            return Err(Error::corrupt(
-                FileKind::Snapshot.path(&name),
-                format!("unknown manifest version {}", m.version),
-            ));
+            return Err(damaged(format!("unknown manifest version {}", m.version)));
         }
         Ok(m)
     }

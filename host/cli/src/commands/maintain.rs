@@ -1,10 +1,11 @@
-//! `coffer check`, `coffer forget` (with WAL retention), `coffer prune`.
+//! `coffer check`, `coffer forget` (with WAL retention), `coffer prune`,
+//! `coffer repair index|snapshots`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use clap::Args;
+use clap::{Args, Subcommand};
 use coffer_repo::{KeepPolicy, PruneOptions, ReadData};
 
 use super::UsageError;
@@ -70,6 +71,27 @@ pub struct PruneArgs {
     /// rotate`), then delete the keys of epochs nothing is sealed under.
     #[arg(long)]
     pub reencrypt: bool,
+    /// How long this prune's lease on the repository outlives a crash of
+    /// this process, for prunes on other machines (a crash on this machine
+    /// is noticed at once). Every prune refreshes its lease while it runs.
+    #[arg(long, default_value = "15m", value_name = "DURATION")]
+    pub lease_expiry: String,
+}
+
+/// `coffer repair`.
+#[derive(Subcommand, Debug)]
+pub enum RepairCmd {
+    /// Rebuild the index from the packs' own headers (after an index file
+    /// was lost or damaged); replaces every index file.
+    Index,
+    /// Move snapshot files that cannot be read to `quarantine/snapshots/`,
+    /// naming each, so that prune can run again; snapshots whose tree is
+    /// damaged are named but left in place.
+    Snapshots {
+        /// Only name what would be moved.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
 }
 
 pub async fn check(g: &Global, args: CheckArgs) -> Result<u8> {
@@ -192,7 +214,17 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
     let retention = super::wal::apply_retention(&repo, &forgotten, args.dry_run).await?;
     super::wal::print_retention(&retention, args.dry_run, g.json);
     if args.prune && !args.dry_run {
-        return prune(g, PruneArgs { dry_run: false, grace: "0s".into(), max_unused: 0.2, reencrypt: false }).await;
+        return prune(
+            g,
+            PruneArgs {
+                dry_run: false,
+                grace: "0s".into(),
+                max_unused: 0.2,
+                reencrypt: false,
+                lease_expiry: "15m".into(),
+            },
+        )
+        .await;
     }
     Ok(0)
 }
@@ -203,11 +235,14 @@ pub async fn prune(g: &Global, args: PruneArgs) -> Result<u8> {
     if !(0.0..=1.0).contains(&args.max_unused) {
         return Err(anyhow!(UsageError("--max-unused must be between 0 and 1".into())));
     }
+    let lease_expiry =
+        coffer_runtime::limits::parse_duration(&args.lease_expiry).map_err(|e| anyhow!(UsageError(e)))?;
     let opts = PruneOptions {
         grace,
         max_unused: args.max_unused,
         dry_run: args.dry_run,
         reencrypt: args.reencrypt,
+        lease_expiry,
         ..PruneOptions::default()
     };
     let r = repo.prune(&opts).await?;
@@ -217,6 +252,64 @@ pub async fn prune(g: &Global, args: PruneArgs) -> Result<u8> {
         print_prune(&r, args.dry_run);
     }
     Ok(0)
+}
+
+pub async fn repair(g: &Global, cmd: RepairCmd) -> Result<u8> {
+    let repo = super::open_repo(g).await?;
+    match cmd {
+        RepairCmd::Index => {
+            let r = repo.repair_index().await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                for u in &r.unreadable_packs {
+                    println!("warning: unreadable pack header, kept as the old index knew it: {u}");
+                }
+                println!(
+                    "indexed {} packs ({} blobs) from their headers; replaced {} index files",
+                    r.packs_indexed, r.blobs_indexed, r.replaced_index_files
+                );
+                if !r.unreadable_packs.is_empty() {
+                    println!("run `coffer check --read-data` to see what the unreadable packs affect");
+                }
+            }
+            Ok(if r.unreadable_packs.is_empty() { 0 } else { EXIT_DAMAGE })
+        }
+        RepairCmd::Snapshots { dry_run } => {
+            let r = repo.repair_snapshots(dry_run).await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                for (path, why) in &r.quarantined {
+                    println!(
+                        "{} {path}: {why}",
+                        if dry_run {
+                            "would move to quarantine/snapshots/:"
+                        } else {
+                            "moved to quarantine/snapshots/:"
+                        }
+                    );
+                }
+                for (id, why) in &r.broken_trees {
+                    println!("damaged tree, left in place: snapshot {id}: {why}");
+                }
+                println!(
+                    "{} snapshots readable, {} {}, {} with a damaged tree",
+                    r.readable,
+                    r.quarantined.len(),
+                    if dry_run { "would be set aside" } else { "set aside" },
+                    r.broken_trees.len()
+                );
+                if !r.broken_trees.is_empty() {
+                    println!(
+                        "a damaged tree may come back with `coffer repair index` (a lost index file) or a copy of \
+                         the lost pack; `coffer forget ID` removes such a snapshot for good"
+                    );
+                }
+            }
+            Ok(if r.broken_trees.is_empty() { 0 } else { EXIT_DAMAGE })
+        }
+    }
 }
 
 /// The human summary of a prune.
@@ -230,6 +323,25 @@ pub fn print_prune(r: &coffer_repo::PruneReport, dry_run: bool) {
         size(r.deleted_bytes),
         r.waiting_markers
     );
+    if r.reindexed_packs > 0 {
+        println!(
+            "{} {} packs that no index listed but a snapshot needs",
+            if dry_run { "would index again" } else { "indexed again" },
+            r.reindexed_packs
+        );
+    }
+    if r.rescued_packs > 0 {
+        println!(
+            "copied the needed blobs out of {} packs in no index whose name does not match their content",
+            r.rescued_packs
+        );
+    }
+    for u in &r.unreadable_packs {
+        println!("warning: kept a pack in no index whose header cannot be read: {u}");
+    }
+    for m in &r.dropped_missing_packs {
+        println!("warning: {m} is indexed but missing from storage: its entries left the index (run `coffer check`)");
+    }
     if r.reencrypted_packs > 0 {
         println!("re-encrypted {} packs under the current key epoch", r.reencrypted_packs);
     }

@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Check(a) => maintain::check(&g, a).await,
         Cmd::Forget(a) => maintain::forget(&g, a).await,
         Cmd::Prune(a) => maintain::prune(&g, a).await,
+        Cmd::Repair(a) => maintain::repair(&g, a).await,
         Cmd::Key(k) => key::run(&g, k).await,
         Cmd::Plugin(p) => plugin::run(&g, p).await,
         Cmd::Wal(w) => wal::run(&g, w).await,

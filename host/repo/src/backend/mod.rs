@@ -40,11 +40,17 @@ pub enum FileKind {
     /// `wal/<stream>/<name>`: the WAL archive, one object per archived
     /// PostgreSQL WAL file; the name within this kind is `<stream>/<name>`.
     Wal,
+    /// `locks/exclusive.<generation>`: the lease that keeps two prunes (or
+    /// repairs) apart, taken with a create-only write.
+    Lease,
+    /// `quarantine/snapshots/<id>`: snapshot files `repair snapshots` set
+    /// aside because they cannot be read; kept for inspection, never read.
+    QuarantinedSnapshot,
 }
 
 impl FileKind {
     /// Every kind, in listing order.
-    pub const ALL: [FileKind; 9] = [
+    pub const ALL: [FileKind; 11] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Pack,
@@ -54,6 +60,8 @@ impl FileKind {
         FileKind::Session,
         FileKind::Epoch,
         FileKind::Wal,
+        FileKind::Lease,
+        FileKind::QuarantinedSnapshot,
     ];
 
     /// The directory (prefix) of this kind, without a trailing slash.
@@ -68,6 +76,8 @@ impl FileKind {
             FileKind::Session => "sessions",
             FileKind::Epoch => "epochs",
             FileKind::Wal => "wal",
+            FileKind::Lease => "locks",
+            FileKind::QuarantinedSnapshot => "quarantine/snapshots",
         }
     }
 

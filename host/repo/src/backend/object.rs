@@ -339,6 +339,7 @@ impl Backend for ObjectBackend {
                 let name = match kind {
                     FileKind::Config => (name == "config").then_some(name),
                     FileKind::Epoch => (name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit())).then_some(name),
+                    FileKind::Lease => crate::commands::lease::parse_name(name).map(|_| name),
                     FileKind::Wal => m
                         .location
                         .as_ref()

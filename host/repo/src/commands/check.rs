@@ -150,7 +150,9 @@ impl Repository {
         let unindexed = listed.keys().filter(|p| !indexed.contains(p) && !marked.contains(p)).count();
         if unindexed > 0 {
             r.warnings.push(format!(
-                "{unindexed} packs are in no index (left by an interrupted backup or prune); `coffer prune` removes them"
+                "{unindexed} packs are in no index (left by an interrupted backup or prune, or by a lost index file); \
+                 `coffer prune` indexes again those holding data a snapshot needs and removes the rest, and \
+                 `coffer repair index` indexes every pack"
             ));
         }
         // Read back data.

@@ -7,6 +7,7 @@ mod entry_list;
 pub mod epoch;
 pub mod forget;
 pub mod key;
+pub mod lease;
 pub mod prune;
 pub mod read;
 pub mod repair;

@@ -9,7 +9,15 @@
 //! a margin for clock skew); it first recomputes what snapshots reference,
 //! so a pack that a concurrent backup came to rely on is kept. The new index
 //! is written before old index files and packs are deleted, so a crash at
-//! any point leaves every snapshot readable. Only one prune may run at a time.
+//! any point leaves every snapshot readable.
+//!
+//! Only one prune runs at a time: it holds the repository's exclusive lease
+//! ([`crate::commands::lease`]) from start to end and checks it still holds
+//! it before each step that deletes. A pack that no index lists is read
+//! before it is marked: if a snapshot needs a blob that only it holds (an
+//! index file was lost, or the pack sits under another name), the pack is
+//! indexed again, or its needed blobs are copied out when its name does not
+//! match its content, instead of being deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -18,13 +26,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::FileKind;
 use crate::blob::{self, BlobKind};
+use crate::commands::lease::Lease;
 use crate::commands::session::live_sessions;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::MasterIndex;
 use crate::packer::BlobSaver;
 use crate::repofile::aad;
-use crate::repofile::index::IndexFile;
+use crate::repofile::index::{IndexFile, IndexedPack};
+use crate::repofile::pack::PackEntry;
 use crate::repository::Repository;
 
 /// Sessions that began up to this long after a marker still hold it back
@@ -57,6 +67,9 @@ pub struct PruneOptions {
     /// Also rewrite every pack sealed under an older key epoch, then retire
     /// the epochs nothing is sealed under any more.
     pub reencrypt: bool,
+    /// How long this prune's lease outlives a crash of this process before
+    /// a prune on another machine may take it over.
+    pub lease_expiry: Duration,
 }
 
 impl Default for PruneOptions {
@@ -67,6 +80,7 @@ impl Default for PruneOptions {
             dry_run: false,
             staging_grace: Duration::from_secs(3600),
             reencrypt: false,
+            lease_expiry: crate::commands::lease::DEFAULT_EXPIRY,
         }
     }
 }
@@ -100,6 +114,16 @@ pub struct PruneReport {
     /// Older key epochs kept: packs are still sealed under them (waiting for
     /// a marker), or a running backup may still write under them.
     pub kept_epochs: Vec<u32>,
+    /// Packs in no index that hold blobs a snapshot needs, indexed again.
+    pub reindexed_packs: usize,
+    /// Packs in no index, under a name that does not match their content,
+    /// whose needed blobs were copied into new packs.
+    pub rescued_packs: usize,
+    /// Packs in no index whose header cannot be read: left in place, named.
+    pub unreadable_packs: Vec<String>,
+    /// Indexed packs missing from storage, whose entries the consolidated
+    /// index leaves out (`check` names what they took with them).
+    pub dropped_missing_packs: Vec<String>,
 }
 
 /// Reads every prune marker: (name, last modified, marker).
@@ -147,6 +171,18 @@ impl Repository {
                     Ok(s) => s,
                     // Forgotten while we were reading.
                     Err(Error::SnapshotNotFound(_)) => continue,
+                    // Not knowing what a snapshot references, prune cannot
+                    // know what is unused.
+                    Err(e @ (Error::Corrupt { .. } | Error::MissingBlob { .. })) => {
+                        return Err(Error::Corrupt {
+                            object: FileKind::Snapshot.path(&l.name),
+                            reason: format!("prune cannot tell what this snapshot references ({e})"),
+                            hint: "; prune stopped without deleting anything. If blobs are missing from the index, \
+                                   run `coffer repair index`; to set an unreadable snapshot aside, run `coffer repair \
+                                   snapshots`; then prune again"
+                                .into(),
+                        });
+                    }
                     Err(e) => return Err(e),
                 };
                 let mut ids = snap.manifest.tree.clone();
@@ -160,8 +196,29 @@ impl Repository {
         Ok(used)
     }
 
-    /// Runs both phases of prune.
+    /// Runs both phases of prune, holding the repository's exclusive lease
+    /// (a dry run takes none: it changes nothing).
     pub async fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        if opts.dry_run {
+            return self.prune_leased(opts, None).await;
+        }
+        let operation = if opts.reencrypt { "prune --reencrypt" } else { "prune" };
+        let lease = Lease::acquire(self, operation, opts.lease_expiry).await?;
+        let result = self.prune_leased(opts, Some(&lease)).await;
+        if !matches!(result, Err(Error::LeaseLost { .. })) {
+            lease.release().await;
+        }
+        result
+    }
+
+    async fn prune_leased(&self, opts: &PruneOptions, lease: Option<&Lease>) -> Result<PruneReport> {
+        // Called before each step that deletes or replaces something.
+        let still_held = || async {
+            match lease {
+                Some(l) => l.check().await,
+                None => Ok(()),
+            }
+        };
         let mut report = PruneReport::default();
         let keyring = self.load_keyring().await?;
         let current = keyring.current().clone();
@@ -200,14 +257,69 @@ impl Repository {
         let listed_packs = self.backend.list(FileKind::Pack).await?;
         let mut to_mark: Vec<Id> = Vec::new();
         let mut to_repack: Vec<Id> = Vec::new();
+        // Packs in no index (left by a failed or running backup, or by a
+        // lost index file, or stored under another name): what does a
+        // snapshot need of them?
+        let mut reindexed: Vec<IndexedPack> = Vec::new();
+        let mut rescue: Vec<(Id, u32, Vec<PackEntry>)> = Vec::new();
+        let mut unreadable: HashSet<Id> = HashSet::new();
+        let mut recovered: HashSet<Id> = HashSet::new();
+        let listed_ids: HashSet<Id> = listed_packs.iter().filter_map(|l| l.id()).collect();
+        // A blob the index puts in a pack gone from storage is not available.
+        let available = |id: &Id| full.lookup(id).is_some_and(|loc| listed_ids.contains(&loc.pack));
+        for l in &listed_packs {
+            let Some(id) = l.id() else { continue };
+            if pack_used.contains_key(&id) {
+                continue;
+            }
+            let (epoch, entries) = match self.read_pack_header(&id, l.size).await {
+                Ok(h) => h,
+                Err(Error::Backend(e)) if e.is_not_found() => continue,
+                Err(e) => {
+                    report.unreadable_packs.push(format!("{}: {e}", FileKind::Pack.path(&l.name)));
+                    unreadable.insert(id);
+                    continue;
+                }
+            };
+            let needed: Vec<PackEntry> = entries
+                .iter()
+                .filter(|e| used.contains(&e.id) && !available(&e.id) && !recovered.contains(&e.id))
+                .cloned()
+                .collect();
+            if needed.is_empty() {
+                if !already_marked.contains(&id) {
+                    to_mark.push(id);
+                }
+                continue;
+            }
+            if opts.dry_run {
+                report.reindexed_packs += 1;
+                continue;
+            }
+            recovered.extend(needed.iter().map(|e| e.id));
+            // Indexed as it is when its name is its content's hash (what
+            // `check --read-data` verifies); otherwise its needed blobs are
+            // copied out and the pack goes the way of any unused one.
+            let data = self.backend.get(FileKind::Pack, &l.name).await?;
+            if Id::of_bytes(&data) == id {
+                report.reindexed_packs += 1;
+                reindexed.push(IndexedPack { id, size: data.len() as u64, epoch, blobs: entries });
+            } else {
+                report.rescued_packs += 1;
+                rescue.push((id, epoch, needed));
+                if !already_marked.contains(&id) {
+                    to_mark.push(id);
+                }
+            }
+        }
         for l in &listed_packs {
             let Some(id) = l.id() else { continue };
             if already_marked.contains(&id) {
                 continue;
             }
             match pack_used.get(&id) {
-                // Not in any index: left by a failed or running backup.
-                None => to_mark.push(id),
+                // In no index: decided above.
+                None => {}
                 Some(&(0, _)) => to_mark.push(id),
                 Some(_)
                     if opts.reencrypt
@@ -232,7 +344,10 @@ impl Repository {
             report.waiting_markers = markers.len();
             return Ok(report);
         }
-        if !to_repack.is_empty() {
+        if !reindexed.is_empty() {
+            self.write_index_file(&IndexFile { supersedes: vec![], packs: reindexed }).await?;
+        }
+        if !to_repack.is_empty() || !rescue.is_empty() {
             let saver = BlobSaver::new(
                 current.clone(),
                 self.config.compression,
@@ -262,12 +377,35 @@ impl Repository {
                     saver.save(*kind, *id, plain).await.map_err(repack_failed)?;
                 }
             }
+            for (pack, epoch, needed) in &rescue {
+                let key = self.data_key(*epoch).await?;
+                let data = self.backend.get(FileKind::Pack, &pack.to_hex()).await?;
+                for e in needed {
+                    let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
+                    let copied = data
+                        .get(start..end)
+                        .ok_or_else(|| format!("blob {} lies beyond the end of the pack", e.id))
+                        .and_then(|sealed| {
+                            blob::decode(&self.keys, &key, e.kind, &e.id, sealed, e.raw_len as usize)
+                                .map_err(|err| format!("blob {}: {err}", e.id))
+                        });
+                    match copied {
+                        Ok(plain) => saver.save(e.kind, e.id, plain).await?,
+                        // The pack is kept: what could not be copied stays where it is.
+                        Err(reason) => {
+                            report.unreadable_packs.push(format!("{}: {reason}", FileKind::Pack.path(&pack.to_hex())));
+                            unreadable.insert(*pack);
+                        }
+                    }
+                }
+            }
             let packs = saver.finish().await.map_err(repack_failed)?;
             if !packs.is_empty() {
                 self.write_index_file(&IndexFile { supersedes: vec![], packs }).await?;
             }
         }
         let mut all_markers = markers;
+        to_mark.retain(|p| !unreadable.contains(p));
         if !to_mark.is_empty() || !to_repack.is_empty() {
             let marker =
                 PruneMarker { created: chrono::Utc::now(), packs: to_mark.iter().chain(&to_repack).copied().collect() };
@@ -303,14 +441,18 @@ impl Repository {
             let no_marks = HashSet::new();
             *self.index.write().expect("index lock") = std::sync::Arc::new(MasterIndex::build(&files, &no_marks));
             let used = self.used_blobs(&mut snap_cache).await?;
+            // Listed after the index files were read: a backup stores its
+            // packs before the index file naming them, so an indexed pack
+            // missing here is gone from storage, not yet to come.
+            let present: HashSet<Id> = self.backend.list(FileKind::Pack).await?.iter().filter_map(|l| l.id()).collect();
             let mut doomed: HashSet<Id> = HashSet::new();
             for (_, _, m) in &ripe {
-                doomed.extend(m.packs.iter().copied());
+                doomed.extend(m.packs.iter().copied().filter(|p| !unreadable.contains(p)));
             }
             // A blob still used must survive in some pack that is not doomed.
             let mut survivors: HashSet<Id> = HashSet::new();
             for (_, f) in &files {
-                for p in f.packs.iter().filter(|p| !doomed.contains(&p.id)) {
+                for p in f.packs.iter().filter(|p| !doomed.contains(&p.id) && present.contains(&p.id)) {
                     survivors.extend(p.blobs.iter().map(|b| b.id));
                 }
             }
@@ -332,17 +474,27 @@ impl Repository {
             let mut seen = HashSet::new();
             for (_, f) in files {
                 for p in f.packs {
+                    if !present.contains(&p.id) {
+                        // Entries of a pack gone from storage hide the copies
+                        // of its blobs that other packs hold.
+                        if seen.insert(p.id) {
+                            report.dropped_missing_packs.push(FileKind::Pack.path(&p.id.to_hex()));
+                        }
+                        continue;
+                    }
                     if !doomed.contains(&p.id) && seen.insert(p.id) {
                         packs.push(p);
                     }
                 }
             }
+            still_held().await?;
             self.write_index_file(&IndexFile { supersedes: read_ids.clone(), packs }).await?;
             for id in &read_ids {
                 self.backend.delete(FileKind::Index, &id.to_hex()).await?;
             }
             report.replaced_index_files = read_ids.len();
             let sizes: HashMap<String, u64> = listed_packs.iter().map(|l| (l.name.clone(), l.size)).collect();
+            still_held().await?;
             for p in &doomed {
                 self.backend.delete(FileKind::Pack, &p.to_hex()).await?;
                 report.deleted_packs += 1;
@@ -362,6 +514,7 @@ impl Repository {
             report.removed_staging_files = self.backend.remove_stale_staging(opts.staging_grace).await?;
         }
         if opts.reencrypt {
+            still_held().await?;
             (report.retired_epochs, report.kept_epochs) = self.retire_epochs().await?;
         }
         self.load_index().await?;

@@ -1,8 +1,12 @@
 //! `repair index`: rebuilds the index from the pack headers alone.
+//! `repair snapshots`: sets aside snapshot files that cannot be read.
+//! Both hold the repository's exclusive lease, so neither runs beside a
+//! prune.
 
 use serde::Serialize;
 
-use crate::backend::FileKind;
+use crate::backend::{FileKind, PutMode};
+use crate::commands::lease::{DEFAULT_EXPIRY, Lease};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repofile::index::{IndexFile, IndexedPack};
@@ -24,10 +28,71 @@ pub struct RepairReport {
     pub carried_over: usize,
 }
 
+/// What `repair snapshots` did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotRepairReport {
+    /// Snapshots whose manifest and tree read back.
+    pub readable: usize,
+    /// Damaged snapshot files moved to `quarantine/snapshots/` (or that
+    /// would be, on a dry run): (path, what is wrong).
+    pub quarantined: Vec<(String, String)>,
+    /// Snapshots whose manifest reads but whose tree does not (a blob is
+    /// missing or damaged): left in place, since `repair index` or a copy of
+    /// the lost pack may bring them back. (snapshot id, what is wrong).
+    pub broken_trees: Vec<(String, String)>,
+}
+
 impl Repository {
     /// Reads every pack's header and writes one new index; then deletes the
-    /// old index files.
+    /// old index files. Holds the exclusive lease.
     pub async fn repair_index(&self) -> Result<RepairReport> {
+        let lease = Lease::acquire(self, "repair index", DEFAULT_EXPIRY).await?;
+        let result = self.repair_index_leased(&lease).await;
+        if !matches!(result, Err(Error::LeaseLost { .. })) {
+            lease.release().await;
+        }
+        result
+    }
+
+    /// Moves every snapshot file that cannot be read (fails authentication,
+    /// does not match its name, does not parse) to `quarantine/snapshots/`,
+    /// naming each; `dry_run` only names them. Holds the exclusive lease.
+    pub async fn repair_snapshots(&self, dry_run: bool) -> Result<SnapshotRepairReport> {
+        let lease = if dry_run { None } else { Some(Lease::acquire(self, "repair snapshots", DEFAULT_EXPIRY).await?) };
+        let mut report = SnapshotRepairReport::default();
+        let (good, damaged) = self.snapshots_and_damaged().await?;
+        for (id, _) in &good {
+            match self.open_snapshot(id).await {
+                Ok(_) => report.readable += 1,
+                Err(e @ (Error::Corrupt { .. } | Error::MissingBlob { .. })) => {
+                    report.broken_trees.push((id.to_hex(), e.to_string()))
+                }
+                Err(Error::SnapshotNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (id, e) in damaged {
+            let name = id.to_hex();
+            let reason = match &e {
+                Error::Corrupt { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            report.quarantined.push((FileKind::Snapshot.path(&name), reason));
+            if let Some(l) = &lease {
+                l.check().await?;
+                // Copied whole before the original goes: nothing is lost.
+                let raw = self.backend.get(FileKind::Snapshot, &name).await?;
+                self.backend.put(FileKind::QuarantinedSnapshot, &name, raw, PutMode::Overwrite).await?;
+                self.backend.delete(FileKind::Snapshot, &name).await?;
+            }
+        }
+        if let Some(l) = lease {
+            l.release().await;
+        }
+        Ok(report)
+    }
+
+    async fn repair_index_leased(&self, lease: &Lease) -> Result<RepairReport> {
         let mut report = RepairReport::default();
         let old: Vec<Id> =
             self.backend.list(FileKind::Index).await?.iter().filter_map(|l| Id::from_hex(&l.name)).collect();
@@ -66,6 +131,7 @@ impl Repository {
             }
             report.carried_over = kept.len();
         }
+        lease.check().await?;
         self.write_index_file(&IndexFile { supersedes: old.clone(), packs }).await?;
         for id in &old {
             self.backend.delete(FileKind::Index, &id.to_hex()).await?;

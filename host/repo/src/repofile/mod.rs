@@ -23,6 +23,8 @@ pub mod aad {
     pub const PRUNE_MARKER: &[u8] = b"coffer prune marker v1";
     /// Backup session markers.
     pub const SESSION: &[u8] = b"coffer session v1";
+    /// Exclusive maintenance leases.
+    pub const LEASE: &[u8] = b"coffer lease v1";
     /// WAL archive objects.
     pub const WAL: &[u8] = b"coffer wal v1";
 }

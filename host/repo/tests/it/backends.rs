@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use coffer_repo::{DynBackend, KeepPolicy, PruneOptions, ReadData, Repository, backend_for};
 
+use coffer_repo::commands::lease::{DEFAULT_EXPIRY, Lease};
+
 use crate::servers::TestServer;
 use crate::support::*;
 
@@ -37,6 +39,81 @@ async fn suite(name: &str, backend: DynBackend) {
     let fixed = repo.repair_index().await.unwrap();
     assert!(fixed.unreadable_packs.is_empty(), "{name}");
     assert!(repo.check(ReadData::Subset(50.0)).await.unwrap().is_ok(), "{name}");
+    lease_race(name, &repo).await;
+}
+
+/// Runs that race for the exclusive lease: exactly one wins each round, on
+/// every store (create-only writes are enforced by the store itself).
+async fn lease_race(name: &str, repo: &Repository) {
+    for round in 0..4 {
+        let (a, b, c) = tokio::join!(
+            Lease::acquire(repo, "prune", DEFAULT_EXPIRY),
+            Lease::acquire(repo, "prune", DEFAULT_EXPIRY),
+            Lease::acquire(repo, "repair index", DEFAULT_EXPIRY)
+        );
+        let mut won = Vec::new();
+        for r in [a, b, c] {
+            match r {
+                Ok(l) => won.push(l),
+                Err(coffer_repo::Error::LeaseHeld { .. }) => {}
+                Err(e) => panic!("{name} round {round}: {e}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "{name} round {round}: {} runs took the lease", won.len());
+        let l = won.pop().unwrap();
+        l.check().await.unwrap();
+        l.release().await;
+    }
+}
+
+/// Set by [`a_prune_lease_of_a_killed_process_is_taken_over_at_once_on_s3`]
+/// for the child it runs: where to take a lease and hold it until killed.
+const HOLDER_ENV: &str = "COFFER_TEST_LEASE_HOLDER";
+
+/// Not a test of its own: the process that holds a lease and gets killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_prune_lease_of_a_killed_process_is_taken_over_at_once_on_s3"]
+async fn lease_holder_child() {
+    let Ok(spec) = std::env::var(HOLDER_ENV) else { return };
+    let (url, options): (String, Vec<(String, String)>) = serde_json::from_str(&spec).unwrap();
+    let repo = Repository::open(backend_for(&url, &options).unwrap(), PASSWORD).await.unwrap();
+    let _lease = Lease::acquire(&repo, "prune", DEFAULT_EXPIRY).await.unwrap();
+    println!("lease held");
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_lease_of_a_killed_process_is_taken_over_at_once_on_s3() {
+    use std::io::BufRead;
+    let server = tokio::task::spawn_blocking(TestServer::seaweedfs).await.unwrap().unwrap();
+    let (url, options) = server.location("killed-holder");
+    let backend = backend_for(&url, &options).unwrap();
+    let repo = Repository::init(Arc::clone(&backend), PASSWORD, small_pack_options()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_random_tree(&src, 3, 300_000, 5);
+    let id = repo.backup_dir(&src, opts("s")).await.unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "backends::lease_holder_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(HOLDER_ENV, serde_json::to_string(&(&url, &options)).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("lease held")), "the child took the lease");
+    // While the holder lives, prune is refused and names it.
+    let err = repo.prune(&PruneOptions::default()).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("pid {}", child.id())), "{err}");
+    // kill -9: no release, no cleanup.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(backend.list(coffer_repo::FileKind::Lease).await.unwrap().len(), 1, "the dead lease is still there");
+    repo.prune(&PruneOptions::default()).await.unwrap();
+    assert!(backend.list(coffer_repo::FileKind::Lease).await.unwrap().is_empty());
+    assert!(repo.check(ReadData::All).await.unwrap().is_ok());
+    let out = dir.path().join("out");
+    repo.restore_dir(&id, &out).await.unwrap();
+    assert_same_tree(&src, &out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

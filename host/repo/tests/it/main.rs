@@ -6,6 +6,7 @@ mod crash;
 mod damage;
 mod faults;
 mod keys;
+mod maintenance;
 mod retention;
 mod roundtrip;
 mod servers;

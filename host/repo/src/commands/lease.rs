@@ -1,0 +1,370 @@
+//! `locks/exclusive.<generation>`: the lease that keeps maintenance runs
+//! (`prune`, `repair index`, `repair snapshots`) apart, on one machine or on
+//! several sharing a bucket.
+//!
+//! A lease is taken by creating the object for the next generation with a
+//! create-only write (`object_store`'s `PutMode::Create`, which local disk,
+//! S3, GCS and Azure enforce): of two runs that race for one generation,
+//! exactly one succeeds. A live lease blocks every other run; the holder
+//! refreshes its object every fifth of its expiry. A lease is dead when it
+//! went unrefreshed for longer than the expiry its holder wrote into it, or
+//! at once when its holder ran on this machine (same host name, boot and
+//! process namespace) and that process is gone. Taking over a dead lease
+//! never deletes it first: the taker creates the next generation, so two
+//! takers cannot both win. Before each destructive step the holder checks
+//! that it still holds the lease (its refreshes kept up, its object is
+//! still its own, and no later generation exists); otherwise it stops.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{BackendError, FileKind, PutMode};
+use crate::error::{Error, Result};
+use crate::repofile::aad;
+use crate::repository::Repository;
+
+/// How long a lease outlives a crash of its holder on another machine
+/// (unless the holder chose another expiry).
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
+
+/// The shortest expiry a holder may choose: refreshes every fifth of it
+/// must stay well above a store's round trip.
+pub const MIN_EXPIRY: Duration = Duration::from_secs(5);
+
+/// The prefix of every lease object's name.
+const PREFIX: &str = "exclusive.";
+
+/// A lease object's content (sealed with the repository's keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// What holds it: `prune`, `repair index`, `repair snapshots`.
+    pub operation: String,
+    /// Host name of the holder.
+    pub host: String,
+    /// Process id of the holder.
+    pub pid: u32,
+    /// When the holder took the lease.
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Seconds without a refresh after which the lease is dead.
+    pub expiry_secs: u64,
+    /// Random, so the holder recognises its own object.
+    pub token: String,
+    /// What makes "same machine" certain: boot id and process namespace
+    /// (empty where the system does not tell).
+    #[serde(default)]
+    pub machine: String,
+    /// The holder's start time in clock ticks since boot (`/proc/PID/stat`
+    /// field 22), so a reused process id is not taken for the holder.
+    #[serde(default)]
+    pub proc_start: u64,
+}
+
+/// A held lease; refreshes itself until released or dropped.
+pub struct Lease {
+    name: String,
+    generation: u64,
+    token: String,
+    expiry: Duration,
+    repo: Repository,
+    heartbeat: tokio::task::JoinHandle<()>,
+    last_refresh: Arc<Mutex<Instant>>,
+}
+
+/// The object name of a generation.
+fn object_name(generation: u64) -> String {
+    format!("{PREFIX}{generation:010}")
+}
+
+/// The generation of a lease object's name, if it is one.
+pub(crate) fn parse_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(PREFIX)?;
+    (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Boot id plus process namespace: two processes with equal values see the
+/// same process table. Empty when unknown, which never counts as "same".
+fn machine_identity() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string());
+    let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string());
+    match (boot, ns) {
+        (Ok(b), Ok(n)) if !b.is_empty() => format!("{b} {n}"),
+        _ => String::new(),
+    }
+}
+
+/// A process's state letter and start time from `/proc/PID/stat`, or
+/// `None` when no such process exists.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Fields 4..=22 follow; field 22 is the 19th after the state.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// True when the holder certainly ran on this machine and is gone.
+fn holder_is_gone(info: &LeaseInfo, here: &str) -> bool {
+    if here.is_empty() || info.machine != here || info.host != host_name() {
+        return false;
+    }
+    match proc_stat(info.pid) {
+        None => true,
+        // A zombie has exited; a different start time is another process.
+        Some((state, start)) => state == 'Z' || (info.proc_start != 0 && start != info.proc_start),
+    }
+}
+
+impl Lease {
+    /// Takes the repository's exclusive lease for `operation`, or fails with
+    /// [`Error::LeaseHeld`] naming the live holder.
+    pub async fn acquire(repo: &Repository, operation: &str, expiry: Duration) -> Result<Lease> {
+        let expiry = expiry.max(MIN_EXPIRY);
+        let here = machine_identity();
+        let info = LeaseInfo {
+            operation: operation.to_string(),
+            host: host_name(),
+            pid: std::process::id(),
+            started: chrono::Utc::now(),
+            expiry_secs: expiry.as_secs(),
+            token: crate::id::Id(crate::crypto::random_bytes()).to_hex(),
+            machine: here.clone(),
+            proc_start: proc_stat(std::process::id()).map_or(0, |(_, s)| s),
+        };
+        let plain = serde_json::to_vec(&info).expect("serializes");
+        let sealed = bytes::Bytes::from(repo.keys.seal(&plain, aad::LEASE));
+        // Each round either takes the next generation or finds the run that
+        // took it first; a few rounds cover leases released meanwhile.
+        for _ in 0..4 {
+            let mut newest = 0u64;
+            let mut dead = Vec::new();
+            for l in repo.backend.list(FileKind::Lease).await? {
+                let Some(generation) = parse_name(&l.name) else { continue };
+                newest = newest.max(generation);
+                let holder = match repo.read_lease(&l.name).await {
+                    Ok(h) => Some(h),
+                    // Released since we listed it.
+                    Err(Error::Backend(e)) if e.is_not_found() => {
+                        dead.push(l.name);
+                        continue;
+                    }
+                    // Unreadable: held for the default expiry since written.
+                    Err(_) => None,
+                };
+                let limit = holder.as_ref().map_or(DEFAULT_EXPIRY, |h| Duration::from_secs(h.expiry_secs));
+                let age = (chrono::Utc::now() - l.modified).to_std().unwrap_or(Duration::ZERO);
+                let gone = holder.as_ref().is_some_and(|h| holder_is_gone(h, &here));
+                if age <= limit && !gone {
+                    return Err(held_error(operation, &l.name, holder, l.modified, limit));
+                }
+                dead.push(l.name);
+            }
+            let generation = newest + 1;
+            let name = object_name(generation);
+            match repo.backend.put(FileKind::Lease, &name, sealed.clone(), PutMode::CreateNew).await {
+                Ok(()) => {
+                    // Dead leases of earlier generations are only clutter now.
+                    for d in dead {
+                        let _ = repo.backend.delete(FileKind::Lease, &d).await;
+                    }
+                    return Ok(Lease::start(repo, name, generation, info.token, expiry, sealed));
+                }
+                // Another run took this generation first: look again.
+                Err(BackendError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Aborted(format!(
+            "could not take the repository's exclusive lease for {operation}: other runs kept taking it; try again"
+        )))
+    }
+
+    fn start(
+        repo: &Repository,
+        name: String,
+        generation: u64,
+        token: String,
+        expiry: Duration,
+        sealed: bytes::Bytes,
+    ) -> Lease {
+        let last_refresh = Arc::new(Mutex::new(Instant::now()));
+        let (r, n, lr) = (repo.clone(), name.clone(), Arc::clone(&last_refresh));
+        let every = expiry / 5;
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let wrote = Instant::now();
+                if r.backend.put(FileKind::Lease, &n, sealed.clone(), PutMode::Overwrite).await.is_ok() {
+                    *lr.lock().expect("lease lock") = wrote;
+                }
+            }
+        });
+        Lease { name, generation, token, expiry, repo: repo.clone(), heartbeat, last_refresh }
+    }
+
+    /// Stops refreshing, as a paused or cut-off holder would (tests).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn stop_refreshing(&self) {
+        self.heartbeat.abort();
+    }
+
+    /// The lease object's path in the repository.
+    pub fn path(&self) -> String {
+        FileKind::Lease.path(&self.name)
+    }
+
+    /// Fails unless this run certainly still holds the lease: its refreshes
+    /// kept up (a gap of half the expiry would let another run take it),
+    /// its object is still its own, and no later generation exists. Call it
+    /// before every step that deletes.
+    pub async fn check(&self) -> Result<()> {
+        let gap = self.last_refresh.lock().expect("lease lock").elapsed();
+        if gap > self.expiry / 2 {
+            return Err(self
+                .lost(format!("it went unrefreshed for {} s (process paused or storage unreachable)", gap.as_secs())));
+        }
+        match self.repo.read_lease(&self.name).await {
+            Ok(info) if info.token == self.token => {}
+            Ok(_) => return Err(self.lost("its object now belongs to another run".into())),
+            Err(Error::Backend(e)) if e.is_not_found() => {
+                return Err(self.lost("its object was removed".into()));
+            }
+            Err(e) => return Err(e),
+        }
+        let later = self
+            .repo
+            .backend
+            .list(FileKind::Lease)
+            .await?
+            .iter()
+            .filter_map(|l| parse_name(&l.name))
+            .any(|g| g > self.generation);
+        if later {
+            return Err(self.lost("another run has taken a later generation of it".into()));
+        }
+        Ok(())
+    }
+
+    fn lost(&self, why: String) -> Error {
+        Error::LeaseLost { object: self.path(), reason: why }
+    }
+
+    /// Stops refreshing and removes the lease object.
+    pub async fn release(self) {
+        self.heartbeat.abort();
+        let _ = self.repo.backend.delete(FileKind::Lease, &self.name).await;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // A lease dropped without `release` (an error path) stops refreshing
+        // and expires; `release` is what frees it at once.
+        self.heartbeat.abort();
+    }
+}
+
+fn held_error(
+    operation: &str,
+    name: &str,
+    holder: Option<LeaseInfo>,
+    modified: chrono::DateTime<chrono::Utc>,
+    limit: Duration,
+) -> Error {
+    let expires = modified + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+    let holder = match holder {
+        Some(h) => format!(
+            "{} started {} on host {} (pid {})",
+            h.operation,
+            h.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            if h.host.is_empty() { "?" } else { &h.host },
+            h.pid
+        ),
+        None => "a run whose lease object cannot be read".to_string(),
+    };
+    Error::LeaseHeld {
+        operation: operation.to_string(),
+        object: FileKind::Lease.path(name),
+        holder,
+        expires: expires.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    }
+}
+
+impl Repository {
+    async fn read_lease(&self, name: &str) -> Result<LeaseInfo> {
+        // Rewritten in place by its holder, so not named by its content.
+        let raw = self.backend.get(FileKind::Lease, name).await?;
+        let plain = self
+            .keys
+            .open(&raw, aad::LEASE)
+            .map_err(|_| Error::corrupt(FileKind::Lease.path(name), "fails authentication"))?;
+        serde_json::from_slice(&plain).map_err(|e| Error::corrupt(FileKind::Lease.path(name), e.to_string()))
+    }
+
+    /// Who holds the exclusive lease now, if anyone: (object path, holder,
+    /// whether it is dead and would be taken over).
+    pub async fn lease_holders(&self) -> Result<Vec<(String, Option<LeaseInfo>, bool)>> {
+        let here = machine_identity();
+        let mut out = Vec::new();
+        for l in self.backend.list(FileKind::Lease).await? {
+            if parse_name(&l.name).is_none() {
+                continue;
+            }
+            let holder = match self.read_lease(&l.name).await {
+                Ok(h) => Some(h),
+                Err(Error::Backend(e)) if e.is_not_found() => continue,
+                Err(_) => None,
+            };
+            let limit = holder.as_ref().map_or(DEFAULT_EXPIRY, |h| Duration::from_secs(h.expiry_secs));
+            let age = (chrono::Utc::now() - l.modified).to_std().unwrap_or(Duration::ZERO);
+            let dead = age > limit || holder.as_ref().is_some_and(|h| holder_is_gone(h, &here));
+            out.push((FileKind::Lease.path(&l.name), holder, dead));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_name(&object_name(7)), Some(7));
+        assert_eq!(parse_name("exclusive.12"), None);
+        assert_eq!(parse_name("exclusive.00000000x1"), None);
+        assert_eq!(parse_name("other.0000000001"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive_and_a_missing_one_is_gone() {
+        let here = machine_identity();
+        if here.is_empty() {
+            return; // no /proc: only expiry applies
+        }
+        let me = LeaseInfo {
+            operation: "prune".into(),
+            host: host_name(),
+            pid: std::process::id(),
+            started: chrono::Utc::now(),
+            expiry_secs: 900,
+            token: String::new(),
+            machine: here.clone(),
+            proc_start: proc_stat(std::process::id()).unwrap().1,
+        };
+        assert!(!holder_is_gone(&me, &here));
+        // Same pid, other start time: a reused pid.
+        assert!(holder_is_gone(&LeaseInfo { proc_start: me.proc_start + 1, ..me.clone() }, &here));
+        // Another machine: never judged by pid.
+        assert!(!holder_is_gone(&LeaseInfo { pid: u32::MAX, machine: "elsewhere".into(), ..me.clone() }, &here));
+        assert!(holder_is_gone(&LeaseInfo { pid: u32::MAX - 1, ..me }, &here));
+    }
+}
