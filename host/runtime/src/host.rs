@@ -562,6 +562,7 @@ impl host::Host for PluginState {
                     &format!("logged {MAX_LOG_LINES} lines; later lines are dropped and counted"),
                 );
             }
+            self.job.log_dropped += 1;
             return Ok(());
         }
         // Cut before escaping, so a huge message costs no more than a
@@ -570,7 +571,6 @@ impl host::Host for PluginState {
         let mut cut = message.len().min(MAX_LOG_LINE);
         while !message.is_char_boundary(cut) {
             cut -= 1;
-            self.job.log_dropped += 1;
         }
         let mut m = printable(&message[..cut]);
         if long {
