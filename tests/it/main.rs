@@ -5,8 +5,8 @@
 mod cli;
 mod hostile;
 mod keys;
-mod maintenance;
 mod live_trees;
+mod maintenance;
 mod postgres;
 mod redis;
 mod support;
