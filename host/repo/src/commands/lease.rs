@@ -257,6 +257,15 @@ impl Lease {
         Error::LeaseLost { object: self.path(), reason: why }
     }
 
+    /// Releases the lease after `result`, the run it guarded: unless the
+    /// run found it had lost the lease (the object may be another run's
+    /// now), the object is removed.
+    pub async fn release_after<T>(self, result: &Result<T>) {
+        if !matches!(result, Err(Error::LeaseLost { .. })) {
+            self.release().await;
+        }
+    }
+
     /// Stops refreshing and removes the lease object.
     pub async fn release(self) {
         self.heartbeat.abort();
@@ -307,28 +316,6 @@ impl Repository {
             .open(&raw, aad::LEASE)
             .map_err(|_| Error::corrupt(FileKind::Lease.path(name), "fails authentication"))?;
         serde_json::from_slice(&plain).map_err(|e| Error::corrupt(FileKind::Lease.path(name), e.to_string()))
-    }
-
-    /// Who holds the exclusive lease now, if anyone: (object path, holder,
-    /// whether it is dead and would be taken over).
-    pub async fn lease_holders(&self) -> Result<Vec<(String, Option<LeaseInfo>, bool)>> {
-        let here = machine_identity();
-        let mut out = Vec::new();
-        for l in self.backend.list(FileKind::Lease).await? {
-            if parse_name(&l.name).is_none() {
-                continue;
-            }
-            let holder = match self.read_lease(&l.name).await {
-                Ok(h) => Some(h),
-                Err(Error::Backend(e)) if e.is_not_found() => continue,
-                Err(_) => None,
-            };
-            let limit = holder.as_ref().map_or(DEFAULT_EXPIRY, |h| Duration::from_secs(h.expiry_secs));
-            let age = (chrono::Utc::now() - l.modified).to_std().unwrap_or(Duration::ZERO);
-            let dead = age > limit || holder.as_ref().is_some_and(|h| holder_is_gone(h, &here));
-            out.push((FileKind::Lease.path(&l.name), holder, dead));
-        }
-        Ok(out)
     }
 }
 

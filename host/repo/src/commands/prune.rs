@@ -205,9 +205,7 @@ impl Repository {
         let operation = if opts.reencrypt { "prune --reencrypt" } else { "prune" };
         let lease = Lease::acquire(self, operation, opts.lease_expiry).await?;
         let result = self.prune_leased(opts, Some(&lease)).await;
-        if !matches!(result, Err(Error::LeaseLost { .. })) {
-            lease.release().await;
-        }
+        lease.release_after(&result).await;
         result
     }
 
@@ -261,7 +259,7 @@ impl Repository {
         // lost index file, or stored under another name): what does a
         // snapshot need of them?
         let mut reindexed: Vec<IndexedPack> = Vec::new();
-        let mut rescue: Vec<(Id, u32, Vec<PackEntry>)> = Vec::new();
+        let mut rescue: Vec<(Id, u32, Vec<PackEntry>, bytes::Bytes)> = Vec::new();
         let mut unreadable: HashSet<Id> = HashSet::new();
         let mut recovered: HashSet<Id> = HashSet::new();
         let listed_ids: HashSet<Id> = listed_packs.iter().filter_map(|l| l.id()).collect();
@@ -306,7 +304,7 @@ impl Repository {
                 reindexed.push(IndexedPack { id, size: data.len() as u64, epoch, blobs: entries });
             } else {
                 report.rescued_packs += 1;
-                rescue.push((id, epoch, needed));
+                rescue.push((id, epoch, needed, data));
                 if !already_marked.contains(&id) {
                     to_mark.push(id);
                 }
@@ -377,9 +375,8 @@ impl Repository {
                     saver.save(*kind, *id, plain).await.map_err(repack_failed)?;
                 }
             }
-            for (pack, epoch, needed) in &rescue {
+            for (pack, epoch, needed, data) in &rescue {
                 let key = self.data_key(*epoch).await?;
-                let data = self.backend.get(FileKind::Pack, &pack.to_hex()).await?;
                 for e in needed {
                     let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
                     let copied = data

@@ -48,9 +48,7 @@ impl Repository {
     pub async fn repair_index(&self) -> Result<RepairReport> {
         let lease = Lease::acquire(self, "repair index", DEFAULT_EXPIRY).await?;
         let result = self.repair_index_leased(&lease).await;
-        if !matches!(result, Err(Error::LeaseLost { .. })) {
-            lease.release().await;
-        }
+        lease.release_after(&result).await;
         result
     }
 
@@ -58,7 +56,17 @@ impl Repository {
     /// does not match its name, does not parse) to `quarantine/snapshots/`,
     /// naming each; `dry_run` only names them. Holds the exclusive lease.
     pub async fn repair_snapshots(&self, dry_run: bool) -> Result<SnapshotRepairReport> {
-        let lease = if dry_run { None } else { Some(Lease::acquire(self, "repair snapshots", DEFAULT_EXPIRY).await?) };
+        if dry_run {
+            return self.repair_snapshots_leased(None).await;
+        }
+        let lease = Lease::acquire(self, "repair snapshots", DEFAULT_EXPIRY).await?;
+        let result = self.repair_snapshots_leased(Some(&lease)).await;
+        lease.release_after(&result).await;
+        result
+    }
+
+    /// `repair snapshots`, moving files only when it holds `lease`.
+    async fn repair_snapshots_leased(&self, lease: Option<&Lease>) -> Result<SnapshotRepairReport> {
         let mut report = SnapshotRepairReport::default();
         let (good, damaged) = self.snapshots_and_damaged().await?;
         for (id, _) in &good {
@@ -78,16 +86,13 @@ impl Repository {
                 other => other.to_string(),
             };
             report.quarantined.push((FileKind::Snapshot.path(&name), reason));
-            if let Some(l) = &lease {
+            if let Some(l) = lease {
                 l.check().await?;
                 // Copied whole before the original goes: nothing is lost.
                 let raw = self.backend.get(FileKind::Snapshot, &name).await?;
                 self.backend.put(FileKind::QuarantinedSnapshot, &name, raw, PutMode::Overwrite).await?;
                 self.backend.delete(FileKind::Snapshot, &name).await?;
             }
-        }
-        if let Some(l) = lease {
-            l.release().await;
         }
         Ok(report)
     }

@@ -94,6 +94,14 @@ pub enum SourceIssue {
     ChangedWhileRead,
 }
 
+/// How many of each [`SourceIssue`] a snapshot met.
+#[derive(Debug, Clone, Copy, Default)]
+struct IssueCounts {
+    left_out: u64,
+    vanished: u64,
+    changed_while_read: u64,
+}
+
 struct WriterState {
     entries: EntryList,
     /// Every path added so far, as [`path_key`]s.
@@ -101,8 +109,8 @@ struct WriterState {
     attributes: BTreeMap<String, String>,
     reused: u64,
     bytes_read: u64,
-    /// [`SourceIssue`]s counted: left out, vanished, changed while read.
-    issues: [u64; 3],
+    /// [`SourceIssue`]s counted so far.
+    issues: IssueCounts,
     failed: Option<String>,
 }
 
@@ -258,7 +266,7 @@ impl Repository {
                     attributes: BTreeMap::new(),
                     reused: 0,
                     bytes_read: 0,
-                    issues: [0; 3],
+                    issues: IssueCounts::default(),
                     failed: None,
                 }),
                 open_writers: AtomicUsize::new(0),
@@ -417,12 +425,12 @@ impl SnapshotWriter {
     /// Counts a file or directory the source could not take as it was;
     /// the counts go into the summary at commit.
     pub fn count_issue(&self, issue: SourceIssue) {
-        let i = match issue {
-            SourceIssue::LeftOut => 0,
-            SourceIssue::Vanished => 1,
-            SourceIssue::ChangedWhileRead => 2,
-        };
-        self.shared.state.lock().expect("state lock").issues[i] += 1;
+        let counts = &mut self.shared.state.lock().expect("state lock").issues;
+        *match issue {
+            SourceIssue::LeftOut => &mut counts.left_out,
+            SourceIssue::Vanished => &mut counts.vanished,
+            SourceIssue::ChangedWhileRead => &mut counts.changed_while_read,
+        } += 1;
     }
 
     /// Sets a source attribute (replacing an earlier value).
@@ -476,9 +484,9 @@ impl SnapshotWriter {
             bytes: counts.bytes,
             reused_entries: reused,
             bytes_read,
-            left_out: issues[0],
-            vanished: issues[1],
-            changed_while_read: issues[2],
+            left_out: issues.left_out,
+            vanished: issues.vanished,
+            changed_while_read: issues.changed_while_read,
             started: self.started,
             ..Default::default()
         };
