@@ -16,19 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{TestRepo, coffer_bin, stderr};
 
-/// xorshift bytes: incompressible, reproducible.
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
+use coffer_test_support::random_bytes;
 
 /// Hands the repository, the cache and everything under the test's temp
 /// dir to the user `nobody`, except what `keep_root` names (tests run as

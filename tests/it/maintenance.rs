@@ -6,24 +6,16 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use coffer_test_support::random_bytes;
+
 use crate::support::{TestRepo, stderr};
 
 fn write_data(dir: &Path, round: u64) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ round;
     for f in 0..4u64 {
         // Two files change every round, two stay.
-        let seed = if f < 2 { round } else { 0 };
-        let mut data = vec![0u8; 400_000];
-        x = x.wrapping_add(seed * 7919 + f);
-        let mut y = x | 1;
-        for b in data.iter_mut() {
-            y ^= y << 13;
-            y ^= y >> 7;
-            y ^= y << 17;
-            *b = y as u8;
-        }
-        std::fs::write(dir.join(format!("f{f}")), data).unwrap();
+        let seed = if f < 2 { 1000 * round + f } else { f };
+        std::fs::write(dir.join(format!("f{f}")), random_bytes(400_000, seed)).unwrap();
     }
 }
 

@@ -1,6 +1,7 @@
 //! coffer-test-support: what the test harnesses (`tests/it`,
 //! `host/repo/tests/it`) and xtask share to run real servers: free ports on
-//! 127.0.0.1 and where the installed server programs are.
+//! 127.0.0.1, where the installed server programs are, and reproducible
+//! test data.
 //!
 //! std only, so that xtask can use it without growing its dependencies.
 
@@ -129,6 +130,20 @@ pub fn which(name: &str) -> Option<PathBuf> {
 pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// xorshift bytes: incompressible, reproducible.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 #[cfg(test)]

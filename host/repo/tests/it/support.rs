@@ -74,19 +74,7 @@ pub fn opts(source: &str) -> SnapshotOptions {
     SnapshotOptions { source: source.into(), ..Default::default() }
 }
 
-/// xorshift bytes: incompressible, reproducible.
-pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
+pub use coffer_test_support::random_bytes;
 
 /// Writes `files` files of `size` random bytes into `dir`.
 pub fn make_random_tree(dir: &Path, files: usize, size: usize, seed: u64) {
