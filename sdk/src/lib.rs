@@ -115,14 +115,16 @@ pub mod bindings {
     #![allow(missing_docs, unsafe_code, clippy::all)]
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin",
+        world: "coffer:plugin/plugin@0.2.0",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "::coffer_sdk::bindings",
     });
 }
 
-use bindings::coffer::plugin as wit;
+use bindings::coffer::plugin0_1_0 as wit;
+use bindings::coffer::plugin0_2_0 as wit2;
 
 pub use wit::types::EntryKind;
 
@@ -701,6 +703,13 @@ impl Sink<'_> {
     pub fn set_attribute(&self, key: &str, value: &str) -> Result<(), Error> {
         self.inner.set_attribute(key, value).map_err(Error::from_wit)
     }
+
+    /// Declares that restoring this snapshot to a later point in time needs
+    /// the items of this plugin's `stream` from `from_position` on, so that
+    /// retention keeps them while the snapshot exists.
+    pub fn need_stream(&self, stream: &str, from_position: u64) -> Result<(), Error> {
+        wit2::streams::need_stream(self.inner, stream, from_position).map_err(|e| Error::from_wit(e).context(stream))
+    }
 }
 
 /// Writes one entry's content; a [`std::io::Write`].
@@ -836,6 +845,178 @@ impl SnapshotReader<'_> {
     pub fn restore_files(&self, paths: &[String]) -> Result<u64, Error> {
         self.inner.restore_files(paths).map_err(Error::from_wit)
     }
+
+    /// The streams of the plugin that wrote this snapshot.
+    pub fn streams(&self) -> StreamReader {
+        StreamReader { inner: wit2::streams::open_streams(self.inner) }
+    }
+
+    /// The streams this snapshot declared it needs, with the positions.
+    pub fn needed_streams(&self) -> Vec<(String, u64)> {
+        wit2::streams::needed_streams(self.inner)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Streams
+
+/// One item of a stream, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamItem {
+    /// The item's name in its stream.
+    pub key: String,
+    /// Its position; `None` for an item archived before streams had
+    /// positions, whose position the plugin works out from the key.
+    pub position: Option<u64>,
+    /// Retention never removes a pinned item.
+    pub pinned: bool,
+}
+
+impl StreamItem {
+    fn from_wit(i: wit2::stream_types::Item) -> Self {
+        StreamItem { key: i.key, position: i.position, pinned: i.pinned }
+    }
+
+    fn to_wit(&self) -> wit2::stream_types::Item {
+        wit2::stream_types::Item { key: self.key.clone(), position: self.position, pinned: self.pinned }
+    }
+}
+
+/// An item as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemInfo {
+    /// The item's name in its stream.
+    pub key: String,
+    /// Its position (`None` as in [`StreamItem`]).
+    pub position: Option<u64>,
+    /// Retention never removes a pinned item.
+    pub pinned: bool,
+    /// Bytes of content.
+    pub size: u64,
+    /// Hex BLAKE3 of the content.
+    pub blake3: String,
+    /// When it was stored.
+    pub pushed: Timestamp,
+}
+
+/// The resume point a `follow` saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// What the plugin saved.
+    pub state: String,
+    /// How far the source was, in the stream's positions, if known.
+    pub source_position: Option<u64>,
+    /// When it was saved.
+    pub time: Timestamp,
+}
+
+/// Items fetched per host call while iterating a stream.
+const ITEM_PAGE: u32 = 4096;
+
+/// Read access to one plugin's streams.
+pub struct StreamReader {
+    inner: wit2::streams::StreamReader,
+}
+
+impl StreamReader {
+    /// The names of the streams, sorted.
+    pub fn streams(&self) -> Result<Vec<String>, Error> {
+        self.inner.streams().map_err(Error::from_wit)
+    }
+
+    /// The items of `stream` at or above `from` (every item, those without
+    /// a position first, when `None`), ordered by position, fetched page
+    /// by page.
+    pub fn items(&self, stream: &str, from: Option<u64>) -> impl Iterator<Item = Result<StreamItem, Error>> + '_ {
+        let stream = stream.to_string();
+        let mut page: std::vec::IntoIter<wit2::stream_types::Item> = Vec::new().into_iter();
+        let mut last: Option<StreamItem> = None;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            loop {
+                if let Some(i) = page.next() {
+                    let item = StreamItem::from_wit(i);
+                    last = Some(item.clone());
+                    return Some(Ok(item));
+                }
+                if done {
+                    return None;
+                }
+                let after = last.as_ref().map(StreamItem::to_wit);
+                match self.inner.items(&stream, from, after.as_ref(), ITEM_PAGE) {
+                    Ok(next) => {
+                        done = (next.len() as u32) < ITEM_PAGE;
+                        page = next.into_iter();
+                    }
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(Error::from_wit(e).context(&stream)));
+                    }
+                }
+            }
+        })
+    }
+
+    /// The item `key` of `stream`, if there is one.
+    pub fn stat(&self, stream: &str, key: &str) -> Result<Option<ItemInfo>, Error> {
+        let i = self.inner.stat(stream, key).map_err(|e| Error::from_wit(e).context(format!("{stream}/{key}")))?;
+        Ok(i.map(|i| ItemInfo {
+            key: i.key,
+            position: i.position,
+            pinned: i.pinned,
+            size: i.size,
+            blake3: i.blake3,
+            pushed: Timestamp::from_wit(i.pushed),
+        }))
+    }
+
+    /// Opens an item; the reader is a [`std::io::Read`]. The host checks
+    /// size and BLAKE3 as it is read.
+    pub fn open(&self, stream: &str, key: &str) -> Result<EntryReader, Error> {
+        let inner = self.inner.open(stream, key).map_err(|e| Error::from_wit(e).context(format!("{stream}/{key}")))?;
+        Ok(EntryReader { inner, buf: Vec::new(), pos: 0, eof: false })
+    }
+
+    /// The last checkpoint saved for `stream`.
+    pub fn last_checkpoint(&self, stream: &str) -> Result<Option<Checkpoint>, Error> {
+        let c = self.inner.last_checkpoint(stream).map_err(|e| Error::from_wit(e).context(stream))?;
+        Ok(c.map(|c| Checkpoint {
+            state: c.state,
+            source_position: c.source_position,
+            time: Timestamp::from_wit(c.time),
+        }))
+    }
+}
+
+/// Where a plugin appends to its own streams (in `stream_push` and
+/// `follow`).
+pub struct StreamSink<'a> {
+    inner: &'a wit2::streams::StreamSink,
+}
+
+impl StreamSink<'_> {
+    /// Begins item `key` at `position` in `stream`; write the content to
+    /// the returned writer and [`EntryWriter::finish`] it to store the
+    /// item. Appending a key the stream holds with the same content stores
+    /// nothing and succeeds; with other content, it fails.
+    pub fn append(&self, stream: &str, key: &str, position: u64, pinned: bool) -> Result<EntryWriter, Error> {
+        let inner = self
+            .inner
+            .append(stream, key, position, pinned)
+            .map_err(|e| Error::from_wit(e).context(format!("{stream}/{key}")))?;
+        Ok(EntryWriter { inner: Some(inner), buf: Vec::new(), is_file: true })
+    }
+
+    /// Saves the resume point of `stream` (at most 64 KiB of `state`),
+    /// after the items it covers are finished.
+    pub fn checkpoint(&self, stream: &str, state: &str, source_position: Option<u64>) -> Result<(), Error> {
+        self.inner.checkpoint(stream, state, source_position).map_err(|e| Error::from_wit(e).context(stream))
+    }
+
+    /// Reads this plugin's own streams.
+    pub fn reader(&self) -> StreamReader {
+        StreamReader { inner: self.inner.reader() }
+    }
 }
 
 /// Bytes asked of the host per read call.
@@ -937,6 +1118,42 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Only these paths (and what is below them); empty means all.
     pub include: Vec<String>,
+    /// The host's command that fetches one item of this plugin's streams,
+    /// for commands the restored system runs later (PostgreSQL's
+    /// `restore_command`); `None` when the host cannot offer one.
+    pub fetch: Option<FetchCommand>,
+}
+
+/// The host's own command for fetching one stream item. It holds no
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchCommand {
+    /// Program (an absolute path) and its first arguments; append the
+    /// stream, the key and the file to write. It exits 0 when it wrote the
+    /// file and 1 when the stream holds no such item.
+    pub argv: Vec<String>,
+    /// What the operator must know for it to work, if anything.
+    pub note: Option<String>,
+}
+
+impl FetchCommand {
+    /// The command as one line for a POSIX shell, each argument quoted,
+    /// followed by `tail` as it is (for example `"STREAM %f %p"` with the
+    /// stream quoted by the caller, where the system substitutes `%f`).
+    pub fn shell_line(&self, tail: &str) -> String {
+        let mut line: Vec<String> = self.argv.iter().map(|a| shell_quote(a)).collect();
+        if !tail.is_empty() {
+            line.push(tail.to_string());
+        }
+        line.join(" ")
+    }
+}
+
+/// `s` quoted for a POSIX shell: as it is when it holds only safe
+/// characters, otherwise in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@%".contains(&b));
+    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', "'\\''")) }
 }
 
 impl RestoreOptions {
@@ -1015,6 +1232,23 @@ pub trait Plugin {
 
     /// Checks `snapshot`.
     fn verify(config: Self::Config, snapshot: &SnapshotReader) -> Result<VerifyReport, Error>;
+
+    /// Archives the file at host path `file`, which the operator handed
+    /// over (an `archive_command`), into one of the plugin's streams. A
+    /// plugin without streams keeps this default, which says so.
+    fn stream_push(config: Self::Config, file: &str, sink: &StreamSink) -> Result<(), Error> {
+        let _ = (config, file, sink);
+        Err(Error::Unsupported("this plugin keeps no streams: it has nothing to push".into()))
+    }
+
+    /// Follows the source, appending items to the plugin's streams as they
+    /// appear and saving a checkpoint after each, until
+    /// [`host::cancelled`] (then return [`Error::Cancelled`]). A plugin
+    /// without streams keeps this default, which says so.
+    fn follow(config: Self::Config, sink: &StreamSink) -> Result<(), Error> {
+        let _ = (config, sink);
+        Err(Error::Unsupported("this plugin keeps no streams: it has nothing to follow".into()))
+    }
 }
 
 #[doc(hidden)]
@@ -1070,7 +1304,7 @@ pub mod glue {
     pub fn restore<P: Plugin>(
         config: String,
         snapshot: &wit::reader::SnapshotReader,
-        options: t::RestoreOptions,
+        options: wit2::stream_types::RestoreOptions,
     ) -> Result<(), t::Error> {
         let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
         let options = RestoreOptions {
@@ -1080,6 +1314,7 @@ pub mod glue {
             },
             force: options.force,
             include: options.paths,
+            fetch: options.fetch.map(|f| FetchCommand { argv: f.argv, note: f.note }),
         };
         P::restore(c, &SnapshotReader { inner: snapshot }, options).map_err(Error::into_wit)
     }
@@ -1097,6 +1332,20 @@ pub mod glue {
             notes: r.notes,
         })
     }
+
+    pub fn stream_push<P: Plugin>(
+        config: String,
+        file: String,
+        sink: &wit2::streams::StreamSink,
+    ) -> Result<(), t::Error> {
+        let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
+        P::stream_push(c, &file, &StreamSink { inner: sink }).map_err(Error::into_wit)
+    }
+
+    pub fn follow<P: Plugin>(config: String, sink: &wit2::streams::StreamSink) -> Result<(), t::Error> {
+        let c: P::Config = parse_config(&config).map_err(Error::into_wit)?;
+        P::follow(c, &StreamSink { inner: sink }).map_err(Error::into_wit)
+    }
 }
 
 /// Exports a [`Plugin`] implementation as the component's `source`
@@ -1112,36 +1361,55 @@ macro_rules! export {
 
         pub struct __CofferExport;
 
-        impl $crate::bindings::exports::coffer::plugin::source::Guest for __CofferExport {
+        impl $crate::bindings::exports::coffer::plugin0_2_0::source::Guest for __CofferExport {
             fn info(
                 config: Option<String>,
-            ) -> Result<$crate::bindings::coffer::plugin::types::PluginInfo, $crate::bindings::coffer::plugin::types::Error>
-            {
+            ) -> Result<
+                $crate::bindings::coffer::plugin0_1_0::types::PluginInfo,
+                $crate::bindings::coffer::plugin0_1_0::types::Error,
+            > {
                 $crate::glue::info::<$plugin>(config)
             }
 
             fn snapshot(
                 config: String,
-                parent: Option<&$crate::bindings::coffer::plugin::reader::SnapshotReader>,
-                sink: &$crate::bindings::coffer::plugin::sink::SnapshotSink,
-            ) -> Result<(), $crate::bindings::coffer::plugin::types::Error> {
+                parent: Option<&$crate::bindings::coffer::plugin0_1_0::reader::SnapshotReader>,
+                sink: &$crate::bindings::coffer::plugin0_1_0::sink::SnapshotSink,
+            ) -> Result<(), $crate::bindings::coffer::plugin0_1_0::types::Error> {
                 $crate::glue::snapshot::<$plugin>(config, parent, sink)
             }
 
             fn restore(
                 config: String,
-                snapshot: &$crate::bindings::coffer::plugin::reader::SnapshotReader,
-                options: $crate::bindings::coffer::plugin::types::RestoreOptions,
-            ) -> Result<(), $crate::bindings::coffer::plugin::types::Error> {
+                snapshot: &$crate::bindings::coffer::plugin0_1_0::reader::SnapshotReader,
+                options: $crate::bindings::coffer::plugin0_2_0::stream_types::RestoreOptions,
+            ) -> Result<(), $crate::bindings::coffer::plugin0_1_0::types::Error> {
                 $crate::glue::restore::<$plugin>(config, snapshot, options)
             }
 
             fn verify(
                 config: String,
-                snapshot: &$crate::bindings::coffer::plugin::reader::SnapshotReader,
-            ) -> Result<$crate::bindings::coffer::plugin::types::VerifyReport, $crate::bindings::coffer::plugin::types::Error>
-            {
+                snapshot: &$crate::bindings::coffer::plugin0_1_0::reader::SnapshotReader,
+            ) -> Result<
+                $crate::bindings::coffer::plugin0_1_0::types::VerifyReport,
+                $crate::bindings::coffer::plugin0_1_0::types::Error,
+            > {
                 $crate::glue::verify::<$plugin>(config, snapshot)
+            }
+
+            fn stream_push(
+                config: String,
+                file: String,
+                sink: &$crate::bindings::coffer::plugin0_2_0::streams::StreamSink,
+            ) -> Result<(), $crate::bindings::coffer::plugin0_1_0::types::Error> {
+                $crate::glue::stream_push::<$plugin>(config, file, sink)
+            }
+
+            fn follow(
+                config: String,
+                sink: &$crate::bindings::coffer::plugin0_2_0::streams::StreamSink,
+            ) -> Result<(), $crate::bindings::coffer::plugin0_1_0::types::Error> {
+                $crate::glue::follow::<$plugin>(config, sink)
             }
         }
 

@@ -493,6 +493,7 @@ impl Scene {
             target: Some(target),
             force: false,
             paths: Vec::new(),
+            fetch: None,
         };
         hostile().restore(&self.repo, &id, req, &opts).await
     }

@@ -16,10 +16,10 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::coffer::plugin::{host, reader, sink, types};
 use crate::bindings::types::{
     Digest, DirItem, DirListing, EntryInfo, EntryKind, EntryMeta, Error as WitError, LogLevel, Timestamp,
 };
+use crate::bindings::{host, reader, sink, types};
 use crate::grants::GrantSet;
 use crate::job::{CancelToken, JobObserver};
 use crate::limits::Limits;

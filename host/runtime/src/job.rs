@@ -14,6 +14,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use crate::bindings::stream_types as st;
 use crate::bindings::types::{self as t, LogLevel};
 use crate::grants::{GrantError, GrantSet, Permission};
 use crate::host::{
@@ -21,7 +22,7 @@ use crate::host::{
 };
 use crate::limits::Limits;
 use crate::settle::Settler;
-use crate::{LoadedPlugin, bindings};
+use crate::{Contract, LoadedPlugin, bindings};
 
 /// Bytes of a plugin's stderr kept (for panic messages).
 const STDERR_KEPT: usize = 64 << 10;
@@ -241,6 +242,15 @@ pub enum JobError {
         /// The links, `path -> target`, escaped.
         links: String,
     },
+    /// A stream job asked of a component built against contract 0.1.0,
+    /// which has no streams.
+    #[error(
+        "plugin {plugin} was built against contract coffer:plugin@0.1.0, which has no streams; rebuild it against 0.2.0 to push or follow"
+    )]
+    NoStreams {
+        /// Plugin name.
+        plugin: String,
+    },
     /// The repository failed.
     #[error(transparent)]
     Repository(#[from] coffer_repo::Error),
@@ -285,6 +295,8 @@ pub struct PluginDescription {
     pub restore_live: bool,
     /// BLAKE3 of the component bytes.
     pub digest: String,
+    /// The contract version it was built against (`0.1.0`, `0.2.0`).
+    pub contract: String,
 }
 
 /// What to snapshot.
@@ -316,6 +328,19 @@ pub struct RestoreRequest {
     pub force: bool,
     /// Only these paths.
     pub paths: Vec<String>,
+    /// The host's command that fetches a stream item, offered to the
+    /// plugin (0.2.0) for commands the restored system runs later.
+    pub fetch: Option<FetchCommand>,
+}
+
+/// The host's own command for fetching one stream item: `argv` followed by
+/// the stream, the key and the destination file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchCommand {
+    /// Program (absolute path) and its first arguments; never a password.
+    pub argv: Vec<String>,
+    /// What the operator must know for it to work, if anything.
+    pub note: Option<String>,
 }
 
 /// A verify's findings.
@@ -342,8 +367,76 @@ fn describe_capability(c: &t::Capability) -> String {
 /// One live instance plus its store.
 struct Instance {
     store: Store<PluginState>,
-    bindings: bindings::Plugin,
+    bindings: Bound,
     plugin: String,
+}
+
+/// An instance's exports, by contract version.
+enum Bound {
+    V1(bindings::v1::Plugin),
+    V2(bindings::v2::Plugin),
+}
+
+impl Bound {
+    async fn call_info(
+        &self,
+        store: &mut Store<PluginState>,
+        config: Option<&str>,
+    ) -> wasmtime::Result<Result<t::PluginInfo, t::Error>> {
+        match self {
+            Bound::V1(b) => b.coffer_plugin0_1_0_source().call_info(store, config).await,
+            Bound::V2(b) => b.coffer_plugin0_2_0_source().call_info(store, config).await,
+        }
+    }
+
+    async fn call_snapshot(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &str,
+        parent: Option<Resource<ReaderSlot>>,
+        sink: Resource<SinkSlot>,
+    ) -> wasmtime::Result<Result<(), t::Error>> {
+        match self {
+            Bound::V1(b) => b.coffer_plugin0_1_0_source().call_snapshot(store, config, parent, sink).await,
+            Bound::V2(b) => b.coffer_plugin0_2_0_source().call_snapshot(store, config, parent, sink).await,
+        }
+    }
+
+    async fn call_restore(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &str,
+        snapshot: Resource<ReaderSlot>,
+        options: st::RestoreOptions,
+    ) -> wasmtime::Result<Result<(), t::Error>> {
+        match self {
+            Bound::V1(b) => {
+                let options = t::RestoreOptions { target: options.target, force: options.force, paths: options.paths };
+                b.coffer_plugin0_1_0_source().call_restore(store, config, snapshot, &options).await
+            }
+            Bound::V2(b) => b.coffer_plugin0_2_0_source().call_restore(store, config, snapshot, &options).await,
+        }
+    }
+
+    async fn call_verify(
+        &self,
+        store: &mut Store<PluginState>,
+        config: &str,
+        snapshot: Resource<ReaderSlot>,
+    ) -> wasmtime::Result<Result<t::VerifyReport, t::Error>> {
+        match self {
+            Bound::V1(b) => b.coffer_plugin0_1_0_source().call_verify(store, config, snapshot).await,
+            Bound::V2(b) => b.coffer_plugin0_2_0_source().call_verify(store, config, snapshot).await,
+        }
+    }
+
+    /// The 0.2.0 exports, or why there are none.
+    fn v2(&self, plugin: &str) -> Result<&bindings::v2::Plugin, JobError> {
+        match self {
+            Bound::V2(b) => Ok(b),
+            Bound::V1(_) => Err(JobError::NoStreams { plugin: plugin.to_string() }),
+        }
+    }
 }
 
 impl LoadedPlugin {
@@ -399,7 +492,11 @@ impl LoadedPlugin {
 
     async fn instantiate(&self, opts: &JobOptions) -> Result<Instance, JobError> {
         let mut store = self.new_store(opts)?;
-        let bindings = match self.pre.instantiate_async(&mut store).await {
+        let bindings = match &self.pre {
+            Contract::V1(pre) => pre.instantiate_async(&mut store).await.map(Bound::V1),
+            Contract::V2(pre) => pre.instantiate_async(&mut store).await.map(Bound::V2),
+        };
+        let bindings = match bindings {
             Ok(b) => b,
             Err(e) => return Err(classify(&self.label, &mut store, e)),
         };
@@ -413,12 +510,15 @@ impl LoadedPlugin {
         opts: &JobOptions,
     ) -> Result<t::PluginInfo, JobError> {
         let Instance { store, bindings, plugin } = inst;
-        let src = bindings.coffer_plugin_source();
         let limit = opts.limits.info_time.min(opts.limits.wall_time);
         store.data_mut().job.info_deadline = Some(Instant::now() + limit);
-        let r =
-            guarded_for(opts, limit, Fault::InfoTimeLimit(opts.limits.info_time), src.call_info(&mut *store, config))
-                .await;
+        let r = guarded_for(
+            opts,
+            limit,
+            Fault::InfoTimeLimit(opts.limits.info_time),
+            bindings.call_info(&mut *store, config),
+        )
+        .await;
         store.data_mut().job.info_deadline = None;
         let info = finish_call(plugin, store, r)?;
         if info.name.is_empty()
@@ -460,6 +560,7 @@ impl LoadedPlugin {
             restore_directory: i.restore_modes.contains(t::RestoreModes::DIRECTORY),
             restore_live: i.restore_modes.contains(t::RestoreModes::LIVE),
             digest: self.digest.clone(),
+            contract: self.contract().to_string(),
         })
     }
 
@@ -550,10 +651,9 @@ impl LoadedPlugin {
                 Some(s) => Some(table.push(ReaderSlot::new(Arc::clone(s))).map_err(|e| runtime_err(&plugin, e))?),
                 None => None,
             };
-            let src = bindings.coffer_plugin_source();
             let parent_borrow = parent.as_ref().map(|p| Resource::<ReaderSlot>::new_borrow(p.rep()));
             let sink_borrow = Resource::<SinkSlot>::new_borrow(sink.rep());
-            let r = guarded(opts, src.call_snapshot(&mut store, &config_text, parent_borrow, sink_borrow)).await;
+            let r = guarded(opts, bindings.call_snapshot(&mut store, &config_text, parent_borrow, sink_borrow)).await;
             finish_call(&plugin, &mut store, r)?;
             if let Some(path) = store.data().job.abandoned.clone() {
                 return Err(JobError::Fault {
@@ -630,10 +730,14 @@ impl LoadedPlugin {
         };
         let reader =
             store.data_mut().table.push(ReaderSlot::new(Arc::clone(&snap))).map_err(|e| runtime_err(&plugin, e))?;
-        let options = t::RestoreOptions { target, force: req.force, paths: req.paths.clone() };
-        let src = bindings.coffer_plugin_source();
+        let options = st::RestoreOptions {
+            target,
+            force: req.force,
+            paths: req.paths.clone(),
+            fetch: req.fetch.clone().map(|f| st::FetchCommand { argv: f.argv, note: f.note }),
+        };
         let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
-        let r = guarded(opts, src.call_restore(&mut store, &config_text, borrow, &options)).await;
+        let r = guarded(opts, bindings.call_restore(&mut store, &config_text, borrow, options)).await;
         let settler = store.data_mut().job.settler.take();
         finish_call(&plugin, &mut store, r)?;
         if let Some(settler) = settler {
@@ -691,9 +795,8 @@ impl LoadedPlugin {
         let Instance { mut store, bindings, plugin } = inst;
         store.data_mut().job.repo = Some(repo.clone());
         let reader = store.data_mut().table.push(ReaderSlot::new(snap)).map_err(|e| runtime_err(&plugin, e))?;
-        let src = bindings.coffer_plugin_source();
         let borrow = Resource::<ReaderSlot>::new_borrow(reader.rep());
-        let r = guarded(opts, src.call_verify(&mut store, &config_text, borrow)).await;
+        let r = guarded(opts, bindings.call_verify(&mut store, &config_text, borrow)).await;
         let report = finish_call(&plugin, &mut store, r)?;
         if report.problems.len() > MAX_PROBLEMS {
             return Err(JobError::Garbage {

@@ -20,6 +20,7 @@ pub mod limits;
 mod pool;
 mod restore_files;
 mod settle;
+pub mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +124,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        bindings::Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+        bindings::v2::Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
 
         let cache = opts.cache_dir.as_deref().and_then(ComponentCache::open);
@@ -165,10 +166,18 @@ impl Runtime {
         }
         .map_err(|e| err(format!("{e:#}")))?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
-            err(format!("it does not match the coffer:plugin@0.1.0 contract or imports something coffer does not provide ({e:#})"))
+            err(format!(
+                "it does not match the coffer:plugin contract (0.2.0 or 0.1.0) or imports something coffer does not provide ({e:#})"
+            ))
         })?;
-        let pre = bindings::PluginPre::new(pre)
-            .map_err(|e| err(format!("it does not export coffer:plugin/source ({e:#})")))?;
+        // A component exports one version of `source`: 0.2.0's, or 0.1.0's.
+        let pre = match bindings::v2::PluginPre::new(pre.clone()) {
+            Ok(p) => Contract::V2(p),
+            Err(e2) => match bindings::v1::PluginPre::new(pre) {
+                Ok(p) => Contract::V1(p),
+                Err(_) => return Err(err(format!("it does not export coffer:plugin/source@0.2.0 or @0.1.0 ({e2:#})"))),
+            },
+        };
         Ok(LoadedPlugin {
             runtime: self.clone(),
             label: name.to_string(),
@@ -187,7 +196,17 @@ pub struct LoadedPlugin {
     label: String,
     digest: String,
     builtin: bool,
-    pre: bindings::PluginPre<PluginState>,
+    pre: Contract,
+}
+
+/// The contract version a component was built against, with what it takes
+/// to instantiate it.
+#[derive(Clone)]
+pub(crate) enum Contract {
+    /// `coffer:plugin@0.1.0`: no streams.
+    V1(bindings::v1::PluginPre<PluginState>),
+    /// `coffer:plugin@0.2.0`.
+    V2(bindings::v2::PluginPre<PluginState>),
 }
 
 impl LoadedPlugin {
@@ -204,5 +223,14 @@ impl LoadedPlugin {
     /// The name it was loaded under.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The contract version the component was built against (`0.1.0`,
+    /// `0.2.0`).
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Contract::V1(_) => "0.1.0",
+            Contract::V2(_) => "0.2.0",
+        }
     }
 }

@@ -153,7 +153,13 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
         .restore(
             &repo,
             &id,
-            RestoreRequest { config: job.config, target: target.clone(), force: args.force, paths: args.paths.clone() },
+            RestoreRequest {
+                config: job.config,
+                target: target.clone(),
+                force: args.force,
+                paths: args.paths.clone(),
+                fetch: None,
+            },
             &opts,
         )
         .await;
