@@ -543,11 +543,13 @@ impl SnapshotWriter {
         if !streams.is_empty() {
             shared.repo.require_version(STREAM_FORMAT_VERSION).await?;
         }
-        let version = if !streams.is_empty() || shared.repo.config.version >= STREAM_FORMAT_VERSION {
-            MANIFEST_VERSION
+        let stored = if !streams.is_empty() || shared.repo.config.version >= STREAM_FORMAT_VERSION {
+            STREAM_FORMAT_VERSION
         } else {
-            MANIFEST_VERSION_BEFORE_STREAMS
+            // Another writer (or this process) may have raised it since it was opened.
+            crate::repository::Repository::read_config(&shared.repo.backend).await?.version
         };
+        let version = if stored >= STREAM_FORMAT_VERSION { MANIFEST_VERSION } else { MANIFEST_VERSION_BEFORE_STREAMS };
         let manifest = SnapshotManifest {
             version,
             time: self.started,

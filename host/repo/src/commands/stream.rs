@@ -693,6 +693,10 @@ impl StreamItemReader {
 struct WriterSlot {
     session: Arc<Session>,
     index: Arc<MasterIndex>,
+    /// Chunks the writer's items stored under this session, and where: the
+    /// index above predates them, and later items deduplicate against them
+    /// too (a stream repeats itself: zero-filled WAL segments, say).
+    recent: Arc<std::sync::Mutex<HashMap<Id, ChunkPlace>>>,
     key: DataKey,
     begun: Instant,
 }
@@ -709,7 +713,9 @@ impl WriterSlot {
         }
         .await;
         match loaded {
-            Ok((key, index)) => Ok(WriterSlot { session: Arc::new(session), index, key, begun: Instant::now() }),
+            Ok((key, index)) => {
+                Ok(WriterSlot { session: Arc::new(session), index, recent: Arc::default(), key, begun: Instant::now() })
+            }
             Err(e) => {
                 session.end().await;
                 Err(e)
@@ -960,6 +966,10 @@ impl ItemStore {
             self.places.push(place);
             return Ok(());
         }
+        if let Some(place) = self.slot.recent.lock().expect("recent lock").get(&id) {
+            self.places.push(Some(*place));
+            return Ok(());
+        }
         self.places.push(None);
         if self.pending.insert(id) {
             self.saver.save(BlobKind::Data, id, chunk).await?;
@@ -1140,6 +1150,7 @@ impl ItemWriter {
         repo.check_epoch_held(epoch).await?;
         let sealed = Bytes::from(repo.keys.seal(&body, aad::STREAM_ITEM));
         repo.backend.put(FileKind::Stream, &self.object_name(), sealed, PutMode::CreateNew).await?;
+        store.slot.recent.lock().expect("recent lock").extend(new_places);
         Ok(())
     }
 }
