@@ -3,6 +3,7 @@
 //! built by `build.rs`.
 
 mod cli;
+mod contract;
 mod hostile;
 mod keys;
 mod live_trees;
