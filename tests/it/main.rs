@@ -10,5 +10,6 @@ mod live_trees;
 mod maintenance;
 mod postgres;
 mod redis;
+mod streams;
 mod support;
 mod wal;
