@@ -8,99 +8,13 @@
 //! granted. Everything else (chunking, deduplication, compression,
 //! encryption, storage, retention) is the host's job.
 //!
-//! Implement [`Plugin`] for a type and name it in [`export!`]. This
-//! complete plugin backs up the `.txt` files of one directory:
-//!
-//! ```no_run
-//! use std::io::Read;
-//!
-//! use coffer_sdk::{
-//!     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
-//!     SnapshotReader, VerifyReport, host,
-//! };
-//!
-//! /// Backs up the `.txt` files of a directory.
-//! pub struct Notes;
-//!
-//! /// `coffer backup notes.wasm --set path=DIR`
-//! #[derive(serde::Deserialize)]
-//! #[serde(deny_unknown_fields)]
-//! pub struct NotesConfig {
-//!     /// The directory; `path` is granted read-only by the host.
-//!     path: String,
-//! }
-//!
-//! impl Config for NotesConfig {
-//!     fn validate(&self) -> Result<(), ConfigError> {
-//!         if !self.path.starts_with('/') {
-//!             return Err(ConfigError::field("path", "must be an absolute path"));
-//!         }
-//!         Ok(())
-//!     }
-//! }
-//!
-//! impl Plugin for Notes {
-//!     type Config = NotesConfig;
-//!
-//!     fn info() -> PluginInfo {
-//!         PluginInfo::new("notes", "0.1.0", "The .txt files of a directory")
-//!             .schema(r#"{"type":"object","required":["path"],"properties":{"path":{"type":"string"}}}"#)
-//!     }
-//!
-//!     fn source(config: &NotesConfig) -> String {
-//!         format!("notes:{}", config.path)
-//!     }
-//!
-//!     fn capabilities(config: &NotesConfig) -> Vec<Capability> {
-//!         vec![Capability::ReadDir(config.path.clone())]
-//!     }
-//!
-//!     fn snapshot(config: NotesConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
-//!         let mut names: Vec<String> = std::fs::read_dir(&config.path)?
-//!             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-//!             .filter(|n| n.ends_with(".txt"))
-//!             .collect();
-//!         names.sort();
-//!         for name in names {
-//!             host::check_cancelled()?;
-//!             let mut file = std::fs::File::open(format!("{}/{name}", config.path))?;
-//!             let mut entry = sink.add_entry(EntryMeta::file(name.as_str(), 0o644))?;
-//!             std::io::copy(&mut file, &mut entry)?;
-//!             entry.finish()?;
-//!         }
-//!         Ok(())
-//!     }
-//!
-//!     fn restore(_config: NotesConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
-//!         let dir = options.directory()?;
-//!         for e in snapshot.entries().filter(|e| e.kind == EntryKind::File) {
-//!             let mut out = std::fs::File::create(format!("{dir}/{}", e.path))?;
-//!             std::io::copy(&mut snapshot.open(&e.path)?, &mut out)?;
-//!             host::set_metadata(&e.path, e.mode, e.mtime)?;
-//!         }
-//!         Ok(())
-//!     }
-//!
-//!     fn verify(_config: NotesConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
-//!         let mut report = VerifyReport::default();
-//!         for e in snapshot.entries() {
-//!             let mut data = Vec::new();
-//!             snapshot.open(&e.path)?.read_to_end(&mut data)?;
-//!             if data.len() as u64 != e.size {
-//!                 report.problem(&e.path, format!("read {} bytes, expected {}", data.len(), e.size));
-//!             }
-//!             report.checked(1, data.len() as u64);
-//!         }
-//!         Ok(report)
-//!     }
-//! }
-//!
-//! coffer_sdk::export!(Notes);
-//! # fn main() {}
-//! ```
-//!
-//! `docs/writing-a-plugin.md` in the coffer repository walks through it from
-//! `cargo new` to `coffer backup ./one_file.wasm --set file=/etc/hostname`.
+//! Implement [`Plugin`] for a type and name it in [`export!`]. The example
+//! is a real crate, `examples/plugin-notes` in the coffer repository: it
+//! backs up the `.txt` files of a directory with [`host::list_dir`],
+//! [`Sink::reuse_unchanged`] and [`Sink::add_files`], restores them with
+//! [`SnapshotReader::restore_files`] and verifies them.
+//! `docs/writing-a-plugin.md` walks through it from `cargo new` to
+//! `coffer backup`, `restore` and `verify`, and CI runs its commands.
 
 #![deny(missing_docs)]
 

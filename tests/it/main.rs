@@ -4,6 +4,7 @@
 
 mod cli;
 mod contract;
+mod guide;
 mod hostile;
 mod keys;
 mod live_trees;

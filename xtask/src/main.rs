@@ -8,7 +8,7 @@
 //! cargo xtask ci                    fmt, clippy (host and wasm32-wasip2), cargo deny, then test (what .ci/run runs)
 //! cargo xtask deny                  cargo deny check: licences, bans, sources; advisories where the database can be fetched
 //! cargo xtask bench repo|runtime|redis|postgres|compare|primitives   end-to-end and criterion benchmarks
-//! cargo xtask build-plugins         build every plugin and fixture for wasm32-wasip2
+//! cargo xtask build-plugins         build every plugin, the guide's example and every fixture for wasm32-wasip2
 //! ```
 
 mod bench;
@@ -218,19 +218,15 @@ fn test(args: &[String]) -> Result<()> {
     // plain Rust (the redis plugin's RDB, listpack and AOF parsers). The
     // plugins themselves are wasm32-wasip2 components, built by
     // build-plugins and run by the end-to-end tests.
-    cmd.args(["test", "--workspace", "--exclude", "coffer-sdk", "--exclude", "coffer-plugin-files"]);
-    for p in guest_packages().iter().filter(|p| p.starts_with("coffer-fixture-")) {
-        cmd.args(["--exclude", p]);
-    }
+    cmd.args(["test", "--workspace", "--exclude", "coffer-sdk"]).args(host_excludes());
     cmd.args(["--lib", "--bins", "--tests", "--examples", "--benches", "--"]).args(args);
     let mut counts = TestCounts::default();
     let unit = run_tests(&mut cmd, &mut counts);
-    // Doctests (cargo runs them apart from the other targets). The SDK's
-    // crate-level example is a whole plugin: it is compiled for the host,
-    // which checks it against the SDK's API (its bindings compile to stubs
-    // off wasm32). The plugins are left out: a doctest links the crate's
-    // cdylib for the host, whose export names (`cabi_post_coffer:plugin/...`)
-    // the host linker's version script cannot hold.
+    // Doctests (cargo runs them apart from the other targets). The plugins
+    // are left out: a doctest links the crate's cdylib for the host, whose
+    // export names (`cabi_post_coffer:plugin/...`) the host linker's version
+    // script cannot hold. The guide's example plugin (`examples/`) is built
+    // and run by `tests/it/guide.rs` instead.
     let mut doc = cargo_cmd();
     doc.args(["test", "--doc", "--workspace"]);
     for p in guest_packages().iter().filter(|p| p.starts_with("coffer-fixture-") || p.starts_with("coffer-plugin-")) {
@@ -306,11 +302,11 @@ fn ci() -> Result<()> {
 }
 
 /// `--exclude` for every crate that only builds for wasm32-wasip2 (the
-/// files plugin and the fixtures; the SDK and the other plugins also build
-/// for the host, where their parsers are unit-tested).
+/// files plugin, the guide's example and the fixtures; the SDK and the other
+/// plugins also build for the host, where their parsers are unit-tested).
 fn host_excludes() -> Vec<String> {
     let mut args = vec!["--exclude".to_string(), "coffer-plugin-files".to_string()];
-    for p in guest_packages().into_iter().filter(|p| p.starts_with("coffer-fixture-")) {
+    for p in guest_packages().into_iter().filter(|p| p.starts_with("coffer-fixture-") || p == EXAMPLE_PLUGIN) {
         args.extend(["--exclude".to_string(), p]);
     }
     args
@@ -350,9 +346,13 @@ fn deny() -> Result<()> {
     )
 }
 
-/// Every wasm32-wasip2 crate: the SDK, `plugins/*` and `tests/fixtures/*`.
+/// The plugin `docs/writing-a-plugin.md` walks through (`examples/plugin-notes`).
+const EXAMPLE_PLUGIN: &str = "coffer-plugin-notes";
+
+/// Every wasm32-wasip2 crate: the SDK, `plugins/*`, the guide's example
+/// and `tests/fixtures/*`.
 fn guest_packages() -> Vec<String> {
-    let mut names = vec!["coffer-sdk".to_string()];
+    let mut names = vec!["coffer-sdk".to_string(), EXAMPLE_PLUGIN.to_string()];
     for (dir, prefix) in [("plugins", "coffer-plugin-"), ("tests/fixtures", "coffer-fixture-")] {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {

@@ -1,6 +1,6 @@
 //! `notes`: a coffer plugin that backs up the `.txt` files of one directory,
 //! restores them with their permission bits and modification times, and
-//! verifies them. The example `docs/writing-a-plugin.md` walks through.
+//! verifies them. `docs/writing-a-plugin.md` walks through it.
 
 use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, Error, FileOutcome, FileSource, Plugin, PluginInfo, RestoreOptions,
@@ -53,7 +53,7 @@ impl Plugin for Notes {
     type Config = NotesConfig;
 
     fn info() -> PluginInfo {
-        PluginInfo::new("notes", env!("CARGO_PKG_VERSION"), "The notes (.txt files) of one directory").schema(SCHEMA)
+        PluginInfo::new("notes", env!("CARGO_PKG_VERSION"), "The notes of one directory: its .txt files").schema(SCHEMA)
     }
 
     fn source(config: &NotesConfig) -> String {

@@ -111,6 +111,67 @@ pub enum Error {
         /// BLAKE3 hex of the pushed file.
         blake3: String,
     },
+    /// The stream holds no item under that key (a normal answer while a
+    /// recovery asks for items beyond the end).
+    #[error("stream {owner}/{stream} holds no item {key}")]
+    StreamItemNotFound {
+        /// The stream's owner.
+        owner: String,
+        /// The stream.
+        stream: String,
+        /// The key asked for.
+        key: String,
+    },
+    /// A push under a key the stream already holds, with other content or at
+    /// another position or pinned flag: a stored item is never replaced.
+    #[error(
+        "stream {owner}/{stream}: item {key} is already stored with {stored}, and the push has {pushed}; a stored \
+         item is never replaced (give new content a new key)"
+    )]
+    StreamItemConflict {
+        /// The stream's owner.
+        owner: String,
+        /// The stream.
+        stream: String,
+        /// The key.
+        key: String,
+        /// What the stored item has that differs (`position 12`, `1000 bytes
+        /// with BLAKE3 ...`).
+        stored: String,
+        /// What the push has instead.
+        pushed: String,
+    },
+    /// Another follower holds a stream's lease.
+    #[error(
+        "{operation} of stream {owner}/{stream} cannot start: {holder} holds its lease ({object}). Only one \
+         follower writes a stream at a time; if that run crashed on another machine, its lease expires at \
+         {expires} (a crashed run on this machine is noticed at once)"
+    )]
+    StreamLeaseHeld {
+        /// What was refused.
+        operation: String,
+        /// The stream's owner.
+        owner: String,
+        /// The stream.
+        stream: String,
+        /// The lease object's path.
+        object: String,
+        /// Who holds it, when it started, where.
+        holder: String,
+        /// When it expires unless refreshed.
+        expires: String,
+    },
+    /// A follower found it no longer certainly holds its stream's lease.
+    #[error(
+        "this run no longer certainly holds the stream lease {object} ({reason}): another follower may have \
+         taken the stream over, so this one must stop writing it; start it again if none is running"
+    )]
+    StreamLeaseLost {
+        /// The lease object's path.
+        object: String,
+        /// Why.
+        reason: String,
+    },
     /// The caller passed something invalid.
     #[error("{0}")]
     Invalid(String),

@@ -24,19 +24,21 @@ pub use backend::{Backend, BackendOptions, DynBackend, FileKind, ObjectBackend};
 pub use commands::check::{CheckReport, ReadData};
 pub use commands::diff::{SnapshotDiff, diff};
 pub use commands::epoch::EpochInfo;
-pub use commands::forget::{Decision, GroupPlan, KeepPolicy};
+pub use commands::forget::{Decision, ForgetReport, GroupPlan, KeepPolicy, StreamRetention};
 pub use commands::prune::{PruneOptions, PruneReport};
 pub use commands::read::{EntryReader, Snapshot};
 pub use commands::repair::{RepairReport, SnapshotRepairReport};
 pub use commands::snapshot::{
     EntryAdder, EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter, SourceIssue,
 };
+pub use commands::stream::{ItemOutcome, ItemWriter, StreamItem, StreamItemListing, StreamItemReader, StreamWriter};
 pub use commands::wal::{WalCoverage, WalForgetReport, WalGap, WalListing, WalPushReport};
 pub use crypto::MasterSecret;
 pub use error::{Error, Result};
 pub use id::Id;
 pub use repofile::keyfile::KdfParams;
 pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary};
+pub use repofile::stream::{StreamCheckpoint, StreamNeed, StreamOwner};
 pub use repofile::tree::{Entry, EntryKind};
 pub use repofile::wal::{Lsn, WalFile, WalObject};
 pub use repository::{InitOptions, Repository, backend_for};

@@ -16,8 +16,8 @@ use crate::id::Id;
 use crate::index::MasterIndex;
 use crate::repofile::aad;
 use crate::repofile::config::{
-    ConfigHead, DEFAULT_PACK_SIZE, FORMAT_NAME, FORMAT_VERSION, MAX_PACK_SIZE, MIN_PACK_SIZE, RepoConfig,
-    WAL_FORMAT_VERSION,
+    ConfigHead, DEFAULT_PACK_SIZE, FORMAT_NAME, FORMAT_VERSION, HIGHEST_READ_VERSION, MAX_PACK_SIZE, MIN_PACK_SIZE,
+    RepoConfig,
 };
 use crate::repofile::index::IndexFile;
 use crate::repofile::keyfile::{KdfParams, KeyFile, KeyFileError};
@@ -89,8 +89,8 @@ async fn read_config(backend: &DynBackend) -> Result<RepoConfig> {
         return Err(damaged("not a coffer repository config".into()));
     }
     let version = head.version.unwrap_or(0);
-    if version > WAL_FORMAT_VERSION || version == 0 {
-        return Err(Error::UnsupportedVersion { location, found: version, supported: WAL_FORMAT_VERSION });
+    if version > HIGHEST_READ_VERSION || version == 0 {
+        return Err(Error::UnsupportedVersion { location, found: version, supported: HIGHEST_READ_VERSION });
     }
     let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| damaged(format!("unreadable ({e})")))?;
     config.chunker.validate().map_err(damaged)?;
@@ -517,7 +517,7 @@ impl Repository {
         };
         let m: SnapshotManifest =
             serde_json::from_slice(&plain).map_err(|e| damaged(format!("unreadable manifest ({e})")))?;
-        if m.version != 1 {
+        if !(1..=crate::repofile::snapshot::MANIFEST_VERSION).contains(&m.version) {
             return Err(damaged(format!("unknown manifest version {}", m.version)));
         }
         Ok(m)

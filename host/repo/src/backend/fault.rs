@@ -4,8 +4,10 @@
 //! rules: the Nth write, every write of a kind, reads of one object, writes
 //! that hang until a timeout, and silent truncation. Tests use it to prove that
 //! a failing store never leaves a half snapshot and always yields a clear
-//! error.
+//! error. It also counts the calls it forwards ([`FaultyBackend::calls`]),
+//! so a test can tell how a command used the store.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +25,7 @@ pub enum Op {
     Put,
     /// `get` and `get_range`.
     Get,
-    /// `list`.
+    /// `list` and `list_prefix`.
     List,
     /// `delete`.
     Delete,
@@ -80,12 +82,36 @@ pub struct FaultyBackend {
     inner: DynBackend,
     rules: Mutex<Vec<Rule>>,
     injected: AtomicU64,
+    /// Calls made, by method name (`put`, `get`, `get_range`, `list`,
+    /// `list_prefix`, `delete`) and kind.
+    calls: Mutex<HashMap<(&'static str, FileKind), u64>>,
 }
 
 impl FaultyBackend {
     /// Wraps `inner` with no faults.
     pub fn new(inner: DynBackend) -> Self {
-        FaultyBackend { inner, rules: Mutex::new(Vec::new()), injected: AtomicU64::new(0) }
+        FaultyBackend {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            injected: AtomicU64::new(0),
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How many times `method` (`put`, `get`, `get_range`, `list`,
+    /// `list_prefix`, `delete`) was called on `kind` so far.
+    pub fn calls(&self, method: &str, kind: FileKind) -> u64 {
+        let calls = self.calls.lock().expect("calls lock");
+        calls.iter().filter(|((m, k), _)| *m == method && *k == kind).map(|(_, n)| *n).sum()
+    }
+
+    /// Forgets the calls counted so far.
+    pub fn reset_calls(&self) {
+        self.calls.lock().expect("calls lock").clear();
+    }
+
+    fn count(&self, method: &'static str, kind: FileKind) {
+        *self.calls.lock().expect("calls lock").entry((method, kind)).or_default() += 1;
     }
 
     /// Adds a rule.
@@ -129,6 +155,7 @@ impl Backend for FaultyBackend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: Bytes, mode: PutMode) -> BoxFuture<'_, BackendResult<()>> {
+        self.count("put", kind);
         let effect = self.check(Op::Put, kind);
         let name = name.to_string();
         Box::pin(async move {
@@ -148,6 +175,7 @@ impl Backend for FaultyBackend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<Bytes>> {
+        self.count("get", kind);
         let effect = self.check(Op::Get, kind);
         let name = name.to_string();
         Box::pin(async move {
@@ -167,6 +195,7 @@ impl Backend for FaultyBackend {
     }
 
     fn get_range(&self, kind: FileKind, name: &str, range: Range<u64>) -> BoxFuture<'_, BackendResult<Bytes>> {
+        self.count("get_range", kind);
         let effect = self.check(Op::Get, kind);
         let name = name.to_string();
         Box::pin(async move {
@@ -186,6 +215,7 @@ impl Backend for FaultyBackend {
     }
 
     fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {
+        self.count("list", kind);
         let effect = self.check(Op::List, kind);
         Box::pin(async move {
             match effect {
@@ -194,6 +224,22 @@ impl Backend for FaultyBackend {
                 Some(Effect::Hang(d)) => {
                     tokio::time::sleep(d).await;
                     Err(BackendError::Timeout { op: "list", path: kind.dir().to_string(), secs: d.as_secs() })
+                }
+            }
+        })
+    }
+
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {
+        self.count("list_prefix", kind);
+        let effect = self.check(Op::List, kind);
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            match effect {
+                None | Some(Effect::Truncate) => self.inner.list_prefix(kind, &prefix).await,
+                Some(Effect::Error) => Err(injected("list", kind.path(&prefix))),
+                Some(Effect::Hang(d)) => {
+                    tokio::time::sleep(d).await;
+                    Err(BackendError::Timeout { op: "list", path: kind.path(&prefix), secs: d.as_secs() })
                 }
             }
         })
@@ -235,6 +281,7 @@ impl Backend for FaultyBackend {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>> {
+        self.count("delete", kind);
         let effect = self.check(Op::Delete, kind);
         let name = name.to_string();
         Box::pin(async move {

@@ -41,16 +41,21 @@ pub enum FileKind {
     /// PostgreSQL WAL file; the name within this kind is `<stream>/<name>`.
     Wal,
     /// `locks/exclusive.<generation>`: the lease that keeps two prunes (or
-    /// repairs) apart, taken with a create-only write.
+    /// repairs) apart, and `locks/stream.<owner>.<stream>.<generation>`: the
+    /// lease of one stream's follower; taken with a create-only write.
     Lease,
     /// `quarantine/snapshots/<id>`: snapshot files `repair snapshots` set
     /// aside because they cannot be read; kept for inspection, never read.
     QuarantinedSnapshot,
+    /// `streams/<owner>/<stream>/<key>@<position>-<u|p>`: plugin-owned
+    /// stream items, and `streams/<owner>/<stream>/.checkpoint`; the name
+    /// within this kind is everything after `streams/`.
+    Stream,
 }
 
 impl FileKind {
     /// Every kind, in listing order.
-    pub const ALL: [FileKind; 11] = [
+    pub const ALL: [FileKind; 12] = [
         FileKind::Config,
         FileKind::Key,
         FileKind::Pack,
@@ -62,6 +67,7 @@ impl FileKind {
         FileKind::Wal,
         FileKind::Lease,
         FileKind::QuarantinedSnapshot,
+        FileKind::Stream,
     ];
 
     /// The directory (prefix) of this kind, without a trailing slash.
@@ -78,6 +84,7 @@ impl FileKind {
             FileKind::Wal => "wal",
             FileKind::Lease => "locks",
             FileKind::QuarantinedSnapshot => "quarantine/snapshots",
+            FileKind::Stream => "streams",
         }
     }
 
@@ -194,6 +201,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// Lists the objects of a kind.
     fn list(&self, kind: FileKind) -> BoxFuture<'_, BackendResult<Vec<Listed>>>;
+    /// Lists the objects of a kind whose name (as [`Backend::list`] gives
+    /// it, relative to the kind) starts with `prefix`, which need not end at
+    /// a `/`: `<owner>/<stream>/<key>@` finds one stream item. A store that
+    /// can list by a raw key prefix asks it for just those; the default
+    /// lists the whole kind and filters (correct, but as slow as the kind
+    /// is large: implementations override it).
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let mut all = self.list(kind).await?;
+            all.retain(|l| l.name.starts_with(&prefix));
+            Ok(all)
+        })
+    }
     /// Deletes an object; deleting a missing object is not an error.
     fn delete(&self, kind: FileKind, name: &str) -> BoxFuture<'_, BackendResult<()>>;
     /// For a repository on local disk: a directory on the same file system

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
 
@@ -49,6 +50,19 @@ pub struct ObjectBackend {
     options: BackendOptions,
     /// For `file://`: the directory, to sweep staging leftovers.
     local_root: Option<std::path::PathBuf>,
+    /// For the cloud stores: the same store, listing by a raw key prefix
+    /// (which need not end at a `/`), for [`Backend::list_prefix`].
+    paged: Option<PagedLister>,
+}
+
+/// A cloud store's raw-prefix listing ([`PaginatedListStore`]).
+#[derive(Clone)]
+struct PagedLister(Arc<dyn PaginatedListStore>);
+
+impl std::fmt::Debug for PagedLister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PagedLister")
+    }
 }
 
 /// Errors choosing or configuring a store.
@@ -82,14 +96,17 @@ impl ObjectBackend {
             RetryConfig { max_retries: limits.max_retries, retry_timeout: limits.op_timeout, ..Default::default() };
         let strip = |p: &str| p.trim_matches('/').to_string();
         // The three cloud builders share method names but no trait.
+        let mut paged = None;
         macro_rules! cloud {
-            ($builder:ty) => {{
+            ($builder:ty, $paged:ident) => {{
                 let mut b = <$builder>::from_env().with_url(url).with_client_options(client).with_retry(retry);
                 for (k, v) in options {
                     let key = k.parse().map_err(|e: object_store::Error| invalid(format!("option {k}: {e}")))?;
                     b = b.with_config(key, v);
                 }
-                let store: Arc<dyn ObjectStore> = Arc::new(b.build().map_err(|e| invalid(e.to_string()))?);
+                let built = Arc::new(b.build().map_err(|e| invalid(e.to_string()))?);
+                $paged = Some(PagedLister(Arc::clone(&built) as Arc<dyn PaginatedListStore>));
+                let store: Arc<dyn ObjectStore> = built;
                 (store, strip(parsed.path()))
             }};
         }
@@ -107,9 +124,9 @@ impl ObjectBackend {
                 (Arc::new(fs), String::new())
             }
             "memory" => (Arc::new(object_store::memory::InMemory::new()), String::new()),
-            "s3" | "s3a" => cloud!(object_store::aws::AmazonS3Builder),
-            "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
-            "az" | "azure" | "abfs" => cloud!(object_store::azure::MicrosoftAzureBuilder),
+            "s3" | "s3a" => cloud!(object_store::aws::AmazonS3Builder, paged),
+            "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder, paged),
+            "az" | "azure" | "abfs" => cloud!(object_store::azure::MicrosoftAzureBuilder, paged),
             other => {
                 return Err(invalid(format!(
                     "unknown scheme {other:?}; use file://, memory://, s3://, gs:// or az://"
@@ -126,6 +143,7 @@ impl ObjectBackend {
             location: shown.to_string(),
             options: limits,
             local_root,
+            paged,
         })
     }
 
@@ -137,6 +155,7 @@ impl ObjectBackend {
             location: location.to_string(),
             options: BackendOptions::default(),
             local_root: None,
+            paged: None,
         }
     }
 
@@ -181,6 +200,34 @@ impl ObjectBackend {
             let _ = rustix::fs::fadvise(&f, range.start, len, rustix::fs::Advice::DontNeed);
         })
         .await;
+    }
+
+    /// The objects of `kind` among `metas` whose name (relative to the kind)
+    /// starts with `prefix`, sorted by name. Only names this repository
+    /// writes: 64 hex characters (or "config", an 8-digit epoch number, a
+    /// lease name, `<stream>/<WAL file name>` or a stream object's name).
+    /// Staging files and strangers are ignored.
+    fn listed(&self, kind: FileKind, metas: Vec<object_store::ObjectMeta>, prefix: &str) -> Vec<Listed> {
+        let dir = kind.dir();
+        let kind_prefix = format!("{}/", self.full(if dir.is_empty() { "config" } else { dir }).as_ref());
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let Some(name) = m.location.filename() else { continue };
+            let rel = || m.location.as_ref().strip_prefix(&kind_prefix);
+            let name = match kind {
+                FileKind::Config => (name == "config").then_some(name),
+                FileKind::Epoch => (name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit())).then_some(name),
+                FileKind::Lease => crate::commands::lease::parse_name(name).map(|_| name),
+                FileKind::Wal => rel().filter(|rel| crate::repofile::wal::split_object_name(rel).is_some()),
+                FileKind::Stream => rel().filter(|rel| crate::repofile::stream::parse_object_name(rel).is_some()),
+                _ => (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())).then_some(name),
+            };
+            if let Some(name) = name.filter(|n| n.starts_with(prefix)) {
+                out.push(Listed { name: name.to_string(), size: m.size, modified: m.last_modified });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// The file behind `rel` in a `file://` repository.
@@ -329,30 +376,50 @@ impl Backend for ObjectBackend {
             let prefix = self.full(if dir.is_empty() { "config" } else { dir });
             let metas: Vec<object_store::ObjectMeta> =
                 self.timed("list", dir, self.store.list(Some(&prefix)).try_collect()).await?;
-            let mut out = Vec::with_capacity(metas.len());
-            let wal_prefix = format!("{}/", prefix.as_ref());
-            for m in metas {
-                let Some(name) = m.location.filename() else { continue };
-                // Only names this repository writes: 64 hex characters (or
-                // "config", an 8-digit epoch number, or `<stream>/<WAL file
-                // name>`). Staging files and strangers are ignored.
-                let name = match kind {
-                    FileKind::Config => (name == "config").then_some(name),
-                    FileKind::Epoch => (name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit())).then_some(name),
-                    FileKind::Lease => crate::commands::lease::parse_name(name).map(|_| name),
-                    FileKind::Wal => m
-                        .location
-                        .as_ref()
-                        .strip_prefix(&wal_prefix)
-                        .filter(|rel| crate::repofile::wal::split_object_name(rel).is_some()),
-                    _ => (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())).then_some(name),
-                };
-                if let Some(name) = name {
-                    out.push(Listed { name: name.to_string(), size: m.size, modified: m.last_modified });
-                }
+            Ok(self.listed(kind, metas, ""))
+        })
+    }
+
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> BoxFuture<'_, BackendResult<Vec<Listed>>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let dir = kind.dir();
+            // `config` is one object, and pack names are fanned out under
+            // `xx/`: those are listed whole and filtered.
+            if matches!(kind, FileKind::Config | FileKind::Pack) {
+                let mut all = self.list(kind).await?;
+                all.retain(|l| l.name.starts_with(&prefix));
+                return Ok(all);
             }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            let metas: Vec<object_store::ObjectMeta> = match &self.paged {
+                // A cloud store lists by the raw key prefix: only the
+                // objects asked for, however many others the kind holds.
+                Some(PagedLister(paged)) => {
+                    let raw = format!("{}/{prefix}", self.full(dir).as_ref());
+                    let mut out = Vec::new();
+                    let mut token = None;
+                    loop {
+                        let opts = PaginatedListOptions { page_token: token.take(), ..Default::default() };
+                        let page = self.timed("list", dir, paged.list_paginated(Some(&raw), opts)).await?;
+                        out.extend(page.result.objects);
+                        match page.page_token {
+                            Some(t) => token = Some(t),
+                            None => break,
+                        }
+                    }
+                    out
+                }
+                // Local disk and memory list by whole path segments: the
+                // deepest directory the prefix names, then filter.
+                None => {
+                    let sub = match prefix.rfind('/') {
+                        Some(i) => format!("{dir}/{}", &prefix[..i]),
+                        None => dir.to_string(),
+                    };
+                    self.timed("list", dir, self.store.list(Some(&self.full(&sub))).try_collect()).await?
+                }
+            };
+            Ok(self.listed(kind, metas, &prefix))
         })
     }
 
@@ -438,11 +505,12 @@ fn remove_staging_under(root: &std::path::Path, older_than: Duration) -> Backend
             }
             let name = e.file_name().to_string_lossy().into_owned();
             let staging = name.split_once('#').is_some_and(|(base, n)| {
-                // Content-addressed names, epoch files (8 digits) and WAL
-                // archive objects.
+                // Content-addressed names, epoch files (8 digits), WAL
+                // archive objects and stream items and checkpoints.
                 let named = base.len() == 64
                     || (base.len() == 8 && base.bytes().all(|b| b.is_ascii_digit()))
-                    || crate::repofile::wal::WalFile::parse(base).is_some();
+                    || crate::repofile::wal::WalFile::parse(base).is_some()
+                    || crate::repofile::stream::is_object_leaf(base);
                 named && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
             });
             let old = md.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= older_than);

@@ -7,7 +7,9 @@
 //! downloaded, its BLAKE3 checked against its name, its header opened and
 //! compared with the index, and every blob decrypted, decompressed and
 //! re-hashed. Damaged packs are named together with the snapshots and paths
-//! that lose data, and the archived WAL files that do.
+//! that lose data, and the archived WAL files and stream items that do.
+//! Stream items are also checked against their names, and a key stored
+//! twice is reported.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -59,6 +61,13 @@ pub struct CheckReport {
     pub snapshots: usize,
     /// Archived WAL files checked.
     pub wal_files: usize,
+    /// Stream items (`<owner>/<stream>/<key>`) that are unreadable, moved,
+    /// or depend on damaged or missing data.
+    pub damaged_stream_items: BTreeSet<String>,
+    /// Stream items checked (legacy WAL archive files are in `wal_files`).
+    pub stream_items: usize,
+    /// Stream checkpoints checked.
+    pub stream_checkpoints: usize,
     /// Packs read back.
     pub packs_read: usize,
     /// Blobs verified by read-back.
@@ -84,6 +93,7 @@ impl Repository {
         // damage.
         let snapshot_list = self.backend.list(FileKind::Snapshot).await?;
         let wal_list = self.wal_listings().await?;
+        let stream_list = self.backend.list(FileKind::Stream).await?;
         let marked = self.marked_packs().await?;
         // The keyring before the index: `prune --reencrypt` retires an epoch
         // only after no index file names a pack under it, so in this order a
@@ -247,6 +257,7 @@ impl Repository {
             }
         }
         // Archived WAL files.
+        let wal_names: Vec<(String, String)> = wal_list.iter().map(|(s, l)| (s.clone(), l.name.clone())).collect();
         for (stream, l) in wal_list {
             let obj = match self.read_wal(&stream, &l.name).await {
                 Ok(o) => o,
@@ -267,11 +278,17 @@ impl Repository {
                 r.damaged_wal.insert(format!("{stream}/{}", l.name));
             }
         }
+        // Stream items.
+        let legacy: Vec<(String, String)> = wal_names;
+        self.check_streams(stream_list, &legacy, &idx, &bad_blobs, &mut r).await;
         for d in &r.damaged_paths {
             r.errors.push(format!("snapshot {} loses data at {}", d.snapshot.short(), d.path));
         }
         for w in &r.damaged_wal {
             r.errors.push(format!("archived WAL file {w} loses data"));
+        }
+        for s in &r.damaged_stream_items {
+            r.errors.push(format!("stream item {s} loses data"));
         }
         Ok(r)
     }

@@ -1,6 +1,8 @@
 //! `locks/exclusive.<generation>`: the lease that keeps maintenance runs
 //! (`prune`, `repair index`, `repair snapshots`) apart, on one machine or on
-//! several sharing a bucket.
+//! several sharing a bucket; and `locks/stream.<owner>.<stream>.<generation>`,
+//! the same kind of lease for one stream, which keeps two followers of it
+//! apart ([`LeaseScope`]). Each scope has its own generations.
 //!
 //! A lease is taken by creating the object for the next generation with a
 //! create-only write (`object_store`'s `PutMode::Create`, which local disk,
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{BackendError, FileKind, PutMode};
 use crate::error::{Error, Result};
 use crate::repofile::aad;
+use crate::repofile::stream::{StreamOwner, valid_stream};
 use crate::repository::Repository;
 
 /// How long a lease outlives a crash of its holder on another machine
@@ -33,8 +36,35 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// must stay well above a store's round trip.
 pub const MIN_EXPIRY: Duration = Duration::from_secs(5);
 
-/// The prefix of every lease object's name.
-const PREFIX: &str = "exclusive.";
+/// The prefix of the exclusive lease's object names.
+const EXCLUSIVE_PREFIX: &str = "exclusive.";
+
+/// The prefix of stream leases' object names.
+const STREAM_PREFIX: &str = "stream.";
+
+/// What a lease keeps to one run at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseScope {
+    /// The repository's maintenance (`locks/exclusive.<generation>`).
+    Exclusive,
+    /// One stream's follower (`locks/stream.<owner>.<stream>.<generation>`).
+    Stream {
+        /// The stream's owner.
+        owner: StreamOwner,
+        /// The stream.
+        stream: String,
+    },
+}
+
+impl LeaseScope {
+    /// The prefix of this scope's object names, up to the generation.
+    fn prefix(&self) -> String {
+        match self {
+            LeaseScope::Exclusive => EXCLUSIVE_PREFIX.to_string(),
+            LeaseScope::Stream { owner, stream } => format!("{STREAM_PREFIX}{owner}.{stream}."),
+        }
+    }
+}
 
 /// A lease object's content (sealed with the repository's keys).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +93,7 @@ pub struct LeaseInfo {
 
 /// A held lease; refreshes itself until released or dropped.
 pub struct Lease {
+    scope: LeaseScope,
     name: String,
     generation: u64,
     token: String,
@@ -72,15 +103,25 @@ pub struct Lease {
     last_refresh: Arc<Mutex<Instant>>,
 }
 
-/// The object name of a generation.
-fn object_name(generation: u64) -> String {
-    format!("{PREFIX}{generation:010}")
+/// The object name of a generation of the scope whose prefix is `prefix`.
+fn object_name(prefix: &str, generation: u64) -> String {
+    format!("{prefix}{generation:010}")
 }
 
-/// The generation of a lease object's name, if it is one.
-pub(crate) fn parse_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(PREFIX)?;
-    (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+/// The scope prefix (up to and including the last `.`) and generation of a
+/// lease object's name, if it is one.
+pub(crate) fn parse_name(name: &str) -> Option<(&str, u64)> {
+    let dot = name.rfind('.')?;
+    let (prefix, digits) = (&name[..=dot], &name[dot + 1..]);
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scoped = prefix == EXCLUSIVE_PREFIX
+        || prefix.strip_prefix(STREAM_PREFIX).and_then(|r| r.strip_suffix('.')).is_some_and(|r| {
+            // The owner has no `.`; the stream may.
+            r.split_once('.').is_some_and(|(o, s)| StreamOwner::parse(o).is_ok() && valid_stream(s).is_ok())
+        });
+    scoped.then(|| Some((prefix, digits.parse().ok()?)))?
 }
 
 fn host_name() -> String {
@@ -127,6 +168,19 @@ impl Lease {
     /// Takes the repository's exclusive lease for `operation`, or fails with
     /// [`Error::LeaseHeld`] naming the live holder.
     pub async fn acquire(repo: &Repository, operation: &str, expiry: Duration) -> Result<Lease> {
+        Lease::acquire_scoped(repo, LeaseScope::Exclusive, operation, expiry).await
+    }
+
+    /// Takes the lease of `scope` for `operation`, or fails with
+    /// [`Error::LeaseHeld`] (the exclusive lease) or
+    /// [`Error::StreamLeaseHeld`] (a stream's) naming the live holder.
+    pub async fn acquire_scoped(
+        repo: &Repository,
+        scope: LeaseScope,
+        operation: &str,
+        expiry: Duration,
+    ) -> Result<Lease> {
+        let prefix = scope.prefix();
         let expiry = expiry.max(MIN_EXPIRY);
         let here = machine_identity();
         let info = LeaseInfo {
@@ -146,8 +200,10 @@ impl Lease {
         for _ in 0..4 {
             let mut newest = 0u64;
             let mut dead = Vec::new();
-            for l in repo.backend.list(FileKind::Lease).await? {
-                let Some(generation) = parse_name(&l.name) else { continue };
+            for l in repo.backend.list_prefix(FileKind::Lease, &prefix).await? {
+                let Some(generation) = parse_name(&l.name).filter(|(p, _)| *p == prefix).map(|(_, g)| g) else {
+                    continue;
+                };
                 newest = newest.max(generation);
                 let holder = match repo.read_lease(&l.name).await {
                     Ok(h) => Some(h),
@@ -163,19 +219,19 @@ impl Lease {
                 let age = (chrono::Utc::now() - l.modified).to_std().unwrap_or(Duration::ZERO);
                 let gone = holder.as_ref().is_some_and(|h| holder_is_gone(h, &here));
                 if age <= limit && !gone {
-                    return Err(held_error(operation, &l.name, holder, l.modified, limit));
+                    return Err(held_error(&scope, operation, &l.name, holder, l.modified, limit));
                 }
                 dead.push(l.name);
             }
             let generation = newest + 1;
-            let name = object_name(generation);
+            let name = object_name(&prefix, generation);
             match repo.backend.put(FileKind::Lease, &name, sealed.clone(), PutMode::CreateNew).await {
                 Ok(()) => {
                     // Dead leases of earlier generations are only clutter now.
                     for d in dead {
                         let _ = repo.backend.delete(FileKind::Lease, &d).await;
                     }
-                    return Ok(Lease::start(repo, name, generation, info.token, expiry, sealed));
+                    return Ok(Lease::start(repo, scope, name, generation, info.token, expiry, sealed));
                 }
                 // Another run took this generation first: look again.
                 Err(BackendError::AlreadyExists { .. }) => continue,
@@ -183,12 +239,14 @@ impl Lease {
             }
         }
         Err(Error::Aborted(format!(
-            "could not take the repository's exclusive lease for {operation}: other runs kept taking it; try again"
+            "could not take the lease {} for {operation}: other runs kept taking it; try again",
+            FileKind::Lease.path(&format!("{prefix}*"))
         )))
     }
 
     fn start(
         repo: &Repository,
+        scope: LeaseScope,
         name: String,
         generation: u64,
         token: String,
@@ -207,7 +265,7 @@ impl Lease {
                 }
             }
         });
-        Lease { name, generation, token, expiry, repo: repo.clone(), heartbeat, last_refresh }
+        Lease { scope, name, generation, token, expiry, repo: repo.clone(), heartbeat, last_refresh }
     }
 
     /// Stops refreshing, as a paused or cut-off holder would (tests).
@@ -239,14 +297,15 @@ impl Lease {
             }
             Err(e) => return Err(e),
         }
+        let prefix = self.scope.prefix();
         let later = self
             .repo
             .backend
-            .list(FileKind::Lease)
+            .list_prefix(FileKind::Lease, &prefix)
             .await?
             .iter()
             .filter_map(|l| parse_name(&l.name))
-            .any(|g| g > self.generation);
+            .any(|(p, g)| p == prefix && g > self.generation);
         if later {
             return Err(self.lost("another run has taken a later generation of it".into()));
         }
@@ -254,14 +313,17 @@ impl Lease {
     }
 
     fn lost(&self, why: String) -> Error {
-        Error::LeaseLost { object: self.path(), reason: why }
+        match &self.scope {
+            LeaseScope::Exclusive => Error::LeaseLost { object: self.path(), reason: why },
+            LeaseScope::Stream { .. } => Error::StreamLeaseLost { object: self.path(), reason: why },
+        }
     }
 
     /// Releases the lease after `result`, the run it guarded: unless the
     /// run found it had lost the lease (the object may be another run's
     /// now), the object is removed.
     pub async fn release_after<T>(self, result: &Result<T>) {
-        if !matches!(result, Err(Error::LeaseLost { .. })) {
+        if !matches!(result, Err(Error::LeaseLost { .. } | Error::StreamLeaseLost { .. })) {
             self.release().await;
         }
     }
@@ -282,6 +344,7 @@ impl Drop for Lease {
 }
 
 fn held_error(
+    scope: &LeaseScope,
     operation: &str,
     name: &str,
     holder: Option<LeaseInfo>,
@@ -299,11 +362,17 @@ fn held_error(
         ),
         None => "a run whose lease object cannot be read".to_string(),
     };
-    Error::LeaseHeld {
-        operation: operation.to_string(),
-        object: FileKind::Lease.path(name),
-        holder,
-        expires: expires.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    let (object, expires) = (FileKind::Lease.path(name), expires.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+    match scope {
+        LeaseScope::Exclusive => Error::LeaseHeld { operation: operation.to_string(), object, holder, expires },
+        LeaseScope::Stream { owner, stream } => Error::StreamLeaseHeld {
+            operation: operation.to_string(),
+            owner: owner.to_string(),
+            stream: stream.clone(),
+            object,
+            holder,
+            expires,
+        },
     }
 }
 
@@ -325,10 +394,17 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        assert_eq!(parse_name(&object_name(7)), Some(7));
+        assert_eq!(parse_name(&object_name(EXCLUSIVE_PREFIX, 7)), Some(("exclusive.", 7)));
         assert_eq!(parse_name("exclusive.12"), None);
         assert_eq!(parse_name("exclusive.00000000x1"), None);
         assert_eq!(parse_name("other.0000000001"), None);
+        let scope = LeaseScope::Stream { owner: StreamOwner::legacy_wal(), stream: "pg.main".into() };
+        let name = object_name(&scope.prefix(), 3);
+        assert_eq!(name, "stream.builtin-postgres.pg.main.0000000003");
+        assert_eq!(parse_name(&name), Some(("stream.builtin-postgres.pg.main.", 3)));
+        assert_eq!(parse_name("stream.builtin-postgres.0000000003"), None);
+        assert_eq!(parse_name("stream.builtin-Pg.main.0000000003"), None);
+        assert_eq!(parse_name("stream.builtin-postgres..x.0000000003"), None);
     }
 
     #[test]

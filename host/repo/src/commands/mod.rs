@@ -13,4 +13,5 @@ pub mod read;
 pub mod repair;
 pub mod session;
 pub mod snapshot;
+pub mod stream;
 pub mod wal;

@@ -1,7 +1,8 @@
 //! `prune`: removes data no snapshot references, in two phases, without
 //! stopping backups.
 //!
-//! Phase 1 finds packs whose blobs no snapshot needs (and repacks the used
+//! Phase 1 finds packs whose blobs no snapshot, archived WAL file or
+//! stream item needs (and repacks the used
 //! blobs of mostly-unused packs), then writes a marker `prune/<id>` naming
 //! them. From then on new backups do not deduplicate against those packs.
 //! Phase 2 deletes a marker's packs once (a) the marker is older than the
@@ -150,14 +151,17 @@ struct UsedCache {
     snapshots: HashMap<Id, Vec<Id>>,
     /// WAL object name -> its chunks.
     wal: HashMap<String, Vec<Id>>,
+    /// Stream item object name -> its chunks.
+    streams: HashMap<String, Vec<Id>>,
 }
 
 impl Repository {
-    /// Every blob referenced by a snapshot (tree and data) or by an archived
-    /// WAL file, reading each object not already in `cache`.
+    /// Every blob referenced by a snapshot (tree and data), an archived
+    /// WAL file or a stream item, reading each object not already in `cache`.
     async fn used_blobs(&self, cache: &mut UsedCache) -> Result<HashSet<Id>> {
         let mut used = self.snapshot_blobs(&mut cache.snapshots).await?;
         used.extend(self.wal_chunks(&mut cache.wal).await?);
+        used.extend(self.stream_chunks(&mut cache.streams).await?);
         Ok(used)
     }
 

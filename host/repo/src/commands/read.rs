@@ -6,9 +6,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::blob::BlobKind;
+use crate::backend::FileKind;
+use crate::blob::{self, BlobKind};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::repofile::index::ChunkPlace;
 use crate::repofile::snapshot::SnapshotManifest;
 use crate::repofile::tree::{Entry, EntryDecoder};
 use crate::repository::Repository;
@@ -89,6 +91,40 @@ impl Repository {
         EntryReader { stream, current: Bytes::new(), queue: VecDeque::new() }
     }
 
+    /// One data chunk of a WAL file or stream item, from where it was stored
+    /// at push time when it is still there, else through the index (loading
+    /// it if needed).
+    pub(crate) async fn load_chunk_hinted(&self, id: &Id, place: Option<ChunkPlace>) -> Result<Bytes> {
+        if let Some(p) = place
+            && let Ok(b) = self.load_blob_at(id, &p).await
+        {
+            return Ok(b);
+        }
+        if self.index().is_empty() {
+            self.load_index().await?;
+        }
+        match self.load_blob(BlobKind::Data, id).await {
+            Err(Error::MissingBlob { .. }) => {
+                // The index may predate the push: reload once.
+                self.load_index().await?;
+                self.load_blob(BlobKind::Data, id).await
+            }
+            other => other,
+        }
+    }
+
+    async fn load_blob_at(&self, id: &Id, p: &ChunkPlace) -> Result<Bytes> {
+        let key = self.keyring().get(p.epoch).cloned().ok_or(Error::MissingEpoch(p.epoch))?;
+        let range = u64::from(p.offset)..u64::from(p.offset) + u64::from(p.length);
+        let sealed = self.backend.get_range(FileKind::Pack, &p.pack.to_hex(), range).await?;
+        let keys = self.keys.clone();
+        let (id, raw_len) = (*id, p.raw_len as usize);
+        tokio::task::spawn_blocking(move || blob::decode(&keys, &key, BlobKind::Data, &id, &sealed, raw_len))
+            .await
+            .map_err(|e| Error::Aborted(e.to_string()))?
+            .map_err(|e| Error::corrupt(FileKind::Pack.path(&p.pack.to_hex()), e.to_string()))
+    }
+
     /// A reader over an entry's content.
     pub fn entry_reader<'a>(&'a self, entry: &Entry) -> EntryReader<'a> {
         EntryReader { stream: self.entry_stream(entry), current: Bytes::new(), queue: VecDeque::new() }
@@ -100,6 +136,13 @@ pub struct EntryReader<'a> {
     stream: BoxStream<'a, Result<Bytes>>,
     current: Bytes,
     queue: VecDeque<Bytes>,
+}
+
+impl<'a> EntryReader<'a> {
+    /// A reader over a stream of chunks, in order (a stream item's).
+    pub(crate) fn from_chunks(stream: BoxStream<'a, Result<Bytes>>) -> EntryReader<'a> {
+        EntryReader { stream, current: Bytes::new(), queue: VecDeque::new() }
+    }
 }
 
 impl EntryReader<'_> {

@@ -33,7 +33,24 @@ pub struct SessionInfo {
     pub host: String,
     /// Process id.
     pub pid: u32,
+    /// What writes: `backup`, `stream` (a stream writer), `wal push`; empty
+    /// in markers written before it was recorded (taken as a backup of any
+    /// plugin by stream retention).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
+    /// For a backup: the stream owner of its plugin (empty when it has
+    /// none), so that stream retention leaves that owner's streams alone
+    /// while the backup may still declare needs on them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
+
+/// [`SessionInfo::purpose`] of a backup.
+pub const PURPOSE_BACKUP: &str = "backup";
+/// [`SessionInfo::purpose`] of a stream writer.
+pub const PURPOSE_STREAM: &str = "stream";
+/// [`SessionInfo::purpose`] of a WAL push.
+pub const PURPOSE_WAL_PUSH: &str = "wal push";
 
 /// A live session marker; refreshes itself until dropped or ended.
 pub struct Session {
@@ -62,10 +79,18 @@ fn gap_since(t: SystemTime) -> Duration {
 impl Session {
     /// Writes a marker and starts its heartbeat.
     pub async fn start(repo: &Repository) -> Result<Session> {
+        Session::start_for(repo, "", "").await
+    }
+
+    /// As [`Session::start`], recording what writes ([`SessionInfo::purpose`])
+    /// and for which stream owner ([`SessionInfo::owner`]).
+    pub async fn start_for(repo: &Repository, purpose: &str, owner: &str) -> Result<Session> {
         let info = SessionInfo {
             started: chrono::Utc::now(),
             host: std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
             pid: std::process::id(),
+            purpose: purpose.to_string(),
+            owner: owner.to_string(),
         };
         let plain = serde_json::to_vec(&info).expect("serializes");
         // A random name: refreshing rewrites the same object in place.
@@ -143,6 +168,8 @@ pub async fn live_sessions(repo: &Repository) -> Result<(Vec<SessionInfo>, Vec<S
                 started: chrono::DateTime::<chrono::Utc>::MIN_UTC,
                 host: String::new(),
                 pid: 0,
+                purpose: String::new(),
+                owner: String::new(),
             }),
         }
     }

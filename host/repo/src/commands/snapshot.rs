@@ -23,8 +23,13 @@ use crate::id::Id;
 use crate::index::MasterIndex;
 use crate::packer::BlobSaver;
 use crate::repofile::aad;
+use crate::repofile::config::STREAM_FORMAT_VERSION;
 use crate::repofile::index::IndexFile;
-use crate::repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary, redact_config};
+use crate::repofile::snapshot::{
+    BackupKind, MANIFEST_VERSION, MANIFEST_VERSION_BEFORE_STREAMS, PluginIdentity, SnapshotManifest, SnapshotSummary,
+    redact_config,
+};
+use crate::repofile::stream::{StreamNeed, StreamOwner, valid_stream};
 use crate::repofile::tree::{Entry, EntryKind, validate_path};
 use crate::repository::Repository;
 
@@ -111,6 +116,8 @@ struct WriterState {
     bytes_read: u64,
     /// [`SourceIssue`]s counted so far.
     issues: IssueCounts,
+    /// Stream needs declared so far: the lowest position per stream.
+    needs: BTreeMap<(StreamOwner, String), u64>,
     failed: Option<String>,
 }
 
@@ -224,8 +231,11 @@ impl Repository {
         }
         let started = chrono::Utc::now();
         // The session marker goes first so that a prune running now sees us
-        // before we load the index (see session.rs).
-        let session = Session::start(self).await?;
+        // before we load the index (see session.rs). It names the plugin's
+        // stream owner: stream retention leaves those streams alone while
+        // this backup may still declare needs on them.
+        let owner = StreamOwner::of(&opts.plugin).map(|o| o.to_string()).unwrap_or_default();
+        let session = Session::start_for(self, crate::commands::session::PURPOSE_BACKUP, &owner).await?;
         let loaded = async {
             // The keyring is read after the session marker is written: an
             // epoch retired later is never one this backup writes under
@@ -267,6 +277,7 @@ impl Repository {
                     reused: 0,
                     bytes_read: 0,
                     issues: IssueCounts::default(),
+                    needs: BTreeMap::new(),
                     failed: None,
                 }),
                 open_writers: AtomicUsize::new(0),
@@ -433,6 +444,21 @@ impl SnapshotWriter {
         } += 1;
     }
 
+    /// Records that the snapshot needs the items of `owner`'s `stream` from
+    /// position `from` on (to recover to a point after the snapshot). The
+    /// runtime passes the writing plugin's own owner
+    /// ([`StreamOwner::of`] its identity), never one the plugin names. Of
+    /// several needs on one stream the lowest `from` is kept. The manifest
+    /// records them ([`SnapshotManifest::streams`]); while the snapshot
+    /// remains, stream retention keeps every item from there on.
+    pub fn need_stream(&self, owner: StreamOwner, stream: &str, from: u64) -> Result<()> {
+        valid_stream(stream).map_err(Error::Invalid)?;
+        let mut s = self.shared.state.lock().expect("state lock");
+        let slot = s.needs.entry((owner, stream.to_string())).or_insert(from);
+        *slot = (*slot).min(from);
+        Ok(())
+    }
+
     /// Sets a source attribute (replacing an earlier value).
     pub fn set_attribute(&self, key: &str, value: &str) {
         self.shared.state.lock().expect("state lock").attributes.insert(key.to_string(), value.to_string());
@@ -469,12 +495,15 @@ impl SnapshotWriter {
         // The parent's entries are not needed past here: freed before the
         // new ones are unpacked (if no one else holds them).
         self.parent = None;
-        let (entries, attributes, reused, bytes_read, issues) = {
+        let (entries, attributes, reused, bytes_read, issues, needs) = {
             let mut s = self.shared.state.lock().expect("state lock");
             // No entry comes after this: the set of paths can go.
             s.paths = HashSet::new();
-            (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read, s.issues)
+            let needs = std::mem::take(&mut s.needs);
+            (std::mem::take(&mut s.entries), s.attributes.clone(), s.reused, s.bytes_read, s.issues, needs)
         };
+        let streams: Vec<StreamNeed> =
+            needs.into_iter().map(|((owner, stream), from)| StreamNeed { owner, stream, from }).collect();
         let counts = entries.counts();
         let mut summary = SnapshotSummary {
             entries: counts.entries,
@@ -506,8 +535,23 @@ impl SnapshotWriter {
         summary.stored_bytes = saver.stats().stored_bytes.load(Ordering::Relaxed);
         summary.new_packs = saver.stats().packs.load(Ordering::Relaxed);
         summary.finished = chrono::Utc::now();
+        // A manifest that declares needs is version 2, which builds that do
+        // not know streams must refuse: the repository is raised to format
+        // 4 first. In a repository at 4 every manifest is version 2 (an
+        // empty list then means "needs nothing"); below it, a manifest that
+        // needs nothing stays readable by older builds.
+        if !streams.is_empty() {
+            shared.repo.require_version(STREAM_FORMAT_VERSION).await?;
+        }
+        let stored = if !streams.is_empty() || shared.repo.config.version >= STREAM_FORMAT_VERSION {
+            STREAM_FORMAT_VERSION
+        } else {
+            // Another writer (or this process) may have raised it since it was opened.
+            crate::repository::Repository::read_config(&shared.repo.backend).await?.version
+        };
+        let version = if stored >= STREAM_FORMAT_VERSION { MANIFEST_VERSION } else { MANIFEST_VERSION_BEFORE_STREAMS };
         let manifest = SnapshotManifest {
-            version: 1,
+            version,
             time: self.started,
             tenant: if self.opts.tenant.is_empty() { "default".into() } else { self.opts.tenant.clone() },
             source: self.opts.source.clone(),
@@ -520,6 +564,7 @@ impl SnapshotWriter {
             attributes,
             tree,
             summary,
+            streams,
         };
         let body = serde_json::to_vec(&manifest).expect("manifest serializes");
         if let Some(session) = &self.session {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::backend::{BackendError, FileKind, PutMode};
-use crate::blob::{self, BlobKind};
+use crate::blob::BlobKind;
 use crate::commands::session::Session;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -232,7 +232,7 @@ impl Repository {
         self.require_version(crate::repofile::config::WAL_FORMAT_VERSION).await?;
         // The session marker goes first so that a prune running now sees
         // this push before it loads the index (see session.rs).
-        let session = Session::start(self).await?;
+        let session = Session::start_for(self, crate::commands::session::PURPOSE_WAL_PUSH, "").await?;
         let stored = self.wal_store(&session, stream, name, data, &digest, &mut report).await;
         session.end().await;
         match stored {
@@ -356,7 +356,7 @@ impl Repository {
         let mut size = 0u64;
         for (i, id) in obj.chunks.iter().enumerate() {
             let place = obj.places.get(i).copied().flatten();
-            let data = self.load_wal_chunk(id, place).await?;
+            let data = self.load_chunk_hinted(id, place).await?;
             hasher.update(&data);
             size += data.len() as u64;
             out.write_all(&data).map_err(|e| Error::io(format!("writing {name}"), e))?;
@@ -379,39 +379,6 @@ impl Repository {
         let mut out = Vec::new();
         self.wal_fetch_into(stream, name, &mut out).await?;
         Ok(out)
-    }
-
-    /// One chunk, from where it was stored at push time when it is still
-    /// there, else through the index (loading it if needed).
-    async fn load_wal_chunk(&self, id: &Id, place: Option<ChunkPlace>) -> Result<Bytes> {
-        if let Some(p) = place
-            && let Ok(b) = self.load_blob_at(id, &p).await
-        {
-            return Ok(b);
-        }
-        if self.index().is_empty() {
-            self.load_index().await?;
-        }
-        match self.load_blob(BlobKind::Data, id).await {
-            Err(Error::MissingBlob { .. }) => {
-                // The index may predate the push: reload once.
-                self.load_index().await?;
-                self.load_blob(BlobKind::Data, id).await
-            }
-            other => other,
-        }
-    }
-
-    async fn load_blob_at(&self, id: &Id, p: &ChunkPlace) -> Result<Bytes> {
-        let key = self.keyring().get(p.epoch).cloned().ok_or(Error::MissingEpoch(p.epoch))?;
-        let range = u64::from(p.offset)..u64::from(p.offset) + u64::from(p.length);
-        let sealed = self.backend.get_range(FileKind::Pack, &p.pack.to_hex(), range).await?;
-        let keys = self.keys.clone();
-        let (id, raw_len) = (*id, p.raw_len as usize);
-        tokio::task::spawn_blocking(move || blob::decode(&keys, &key, BlobKind::Data, &id, &sealed, raw_len))
-            .await
-            .map_err(|e| Error::Aborted(e.to_string()))?
-            .map_err(|e| Error::corrupt(FileKind::Pack.path(&p.pack.to_hex()), e.to_string()))
     }
 
     /// Every archived file: (stream, listing), streams and files in WAL order.

@@ -20,13 +20,24 @@ use crate::id::Id;
 /// writes there is version 2 data that older builds would misread.
 pub const FORMAT_VERSION: u32 = 2;
 
-/// The version a repository is raised to when it first archives WAL, and
-/// the highest this build reads.
+/// The version a repository is raised to when it first archives WAL.
 ///
 /// Version 3 added the WAL archive (`wal/`). Builds that do not know it
 /// would not count archived WAL as a user of blobs, and their prune would
 /// delete it; so they must refuse such a repository.
 pub const WAL_FORMAT_VERSION: u32 = 3;
+
+/// The version a repository is raised to by its first stream write (an
+/// item, a checkpoint, or a snapshot that declares stream needs).
+///
+/// Version 4 added plugin-owned streams (`streams/`) and manifests that
+/// declare stream needs (manifest version 2). Builds that do not know them
+/// would not count stream items as users of blobs, and their prune would
+/// delete them; so they must refuse such a repository.
+pub const STREAM_FORMAT_VERSION: u32 = 4;
+
+/// The highest format version this build reads.
+pub const HIGHEST_READ_VERSION: u32 = STREAM_FORMAT_VERSION;
 /// The constant in `format`, to recognise a coffer repository.
 pub const FORMAT_NAME: &str = "coffer-repository";
 

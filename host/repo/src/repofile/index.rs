@@ -11,6 +11,8 @@
 //! Version 1 files (written before key epochs) lack `epoch`: their packs are
 //! epoch 0.
 
+use serde::{Deserialize, Serialize};
+
 use crate::blob::BlobKind;
 use crate::id::Id;
 use crate::repofile::pack::PackEntry;
@@ -124,6 +126,23 @@ impl Reader<'_> {
     fn id(&mut self) -> Result<Id, String> {
         Ok(Id::from_slice(self.take(32)?).expect("32 bytes"))
     }
+}
+
+/// Where one chunk was stored when a WAL file or stream item was pushed:
+/// lets a fetch read it without loading the index. Only a hint: prune may
+/// have moved the chunk since, and then the index is consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkPlace {
+    /// Pack id.
+    pub pack: Id,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Sealed length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Key epoch of the pack.
+    pub epoch: u32,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod index;
 pub mod keyfile;
 pub mod pack;
 pub mod snapshot;
+pub mod stream;
 pub mod tree;
 pub mod wal;
 
@@ -27,4 +28,8 @@ pub mod aad {
     pub const LEASE: &[u8] = b"coffer lease v1";
     /// WAL archive objects.
     pub const WAL: &[u8] = b"coffer wal v1";
+    /// Stream items.
+    pub const STREAM_ITEM: &[u8] = b"coffer stream item v1";
+    /// Stream checkpoints.
+    pub const STREAM_CHECKPOINT: &[u8] = b"coffer stream checkpoint v1";
 }

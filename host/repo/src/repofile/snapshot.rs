@@ -6,6 +6,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
+use crate::repofile::stream::StreamNeed;
+
+/// The manifest version this build writes when a snapshot declares stream
+/// needs or the repository is at format 4 or later, and the highest it
+/// reads. Version 2 added [`SnapshotManifest::streams`]; a version 1
+/// manifest predates stream needs, so stream retention cannot tell what it
+/// needs and keeps everything of its plugin's streams.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// The manifest version of snapshots that predate stream needs.
+pub const MANIFEST_VERSION_BEFORE_STREAMS: u32 = 1;
 
 /// The plugin that produced a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +97,8 @@ pub struct SnapshotSummary {
 /// A snapshot manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
-    /// Manifest format version (1).
+    /// Manifest format version: 1, or 2 ([`MANIFEST_VERSION`]) once stream
+    /// needs are recorded.
     pub version: u32,
     /// Snapshot time (the backup's start).
     pub time: chrono::DateTime<chrono::Utc>,
@@ -113,6 +125,12 @@ pub struct SnapshotManifest {
     pub tree: Vec<Id>,
     /// Totals.
     pub summary: SnapshotSummary,
+    /// The parts of its plugin's streams the snapshot needs (to recover to
+    /// a point after it): one per stream, the lowest position. Stream
+    /// retention keeps every item from there on while the snapshot remains.
+    /// Absent (empty) in version 1 manifests and when nothing is needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamNeed>,
 }
 
 /// Key names whose values are replaced by `"<redacted>"` in stored configs.

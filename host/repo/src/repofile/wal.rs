@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
+pub use crate::repofile::index::ChunkPlace;
 
 pub use coffer_pgwal::{
     DEFAULT_SEGMENT_SIZE, LongPageHeader, Lsn, TimelineSwitch, WalFile, XLP_LONG_HEADER, parse_history,
@@ -41,23 +42,6 @@ pub fn valid_stream(stream: &str) -> Result<(), String> {
 /// The stream name coffer uses for a PostgreSQL cluster: `pg-<system identifier>`.
 pub fn stream_for_system(system_identifier: u64) -> String {
     format!("pg-{system_identifier}")
-}
-
-/// Where one chunk was stored when the file was pushed: lets a fetch read it
-/// without loading the index. Only a hint: prune may have moved the chunk
-/// since, and then the index is consulted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkPlace {
-    /// Pack id.
-    pub pack: Id,
-    /// Offset of the sealed blob in the pack.
-    pub offset: u32,
-    /// Sealed length.
-    pub length: u32,
-    /// Plaintext length.
-    pub raw_len: u32,
-    /// Key epoch of the pack.
-    pub epoch: u32,
 }
 
 /// The content of `wal/<stream>/<name>`.

@@ -40,6 +40,39 @@ async fn suite(name: &str, backend: DynBackend) {
     assert!(fixed.unreadable_packs.is_empty(), "{name}");
     assert!(repo.check(ReadData::Subset(50.0)).await.unwrap().is_ok(), "{name}");
     lease_race(name, &repo).await;
+    stream_names(name, &repo).await;
+}
+
+/// Stream object names (the longest stream and key names, every allowed
+/// character, `@` and `.checkpoint` in the object names) round-trip through
+/// the store: pushed, listed by prefix, fetched.
+async fn stream_names(name: &str, repo: &Repository) {
+    use coffer_repo::{PluginIdentity, StreamOwner};
+    let plugin = PluginIdentity { name: "stream-names".into(), digest: "c".repeat(64), ..Default::default() };
+    let owner = StreamOwner::of(&plugin).unwrap();
+    let w = repo.stream_writer(owner.clone(), plugin).await.unwrap();
+    let stream = format!("Aa0._-{}", "s".repeat(194));
+    let keys = ["k", "K.9_x-y", "k.", &"k".repeat(200)];
+    for (i, key) in keys.iter().enumerate() {
+        let mut item = w.item(&stream, key, u64::MAX - i as u64, i % 2 == 0).await.unwrap();
+        item.write(key.as_bytes()).await.unwrap();
+        assert!(item.finish().await.unwrap().stored, "{name}: {key}");
+    }
+    w.checkpoint(&stream, "resume", None).await.unwrap();
+    w.finish().await.unwrap();
+    let listed = repo.stream_list(&owner, &stream, None, None).await.unwrap();
+    assert_eq!(listed.len(), keys.len(), "{name}: {listed:?}");
+    for (i, key) in keys.iter().enumerate() {
+        let l = listed.iter().find(|l| l.key == *key).unwrap_or_else(|| panic!("{name}: {key} not listed"));
+        assert_eq!((l.position, l.pinned), (Some(u64::MAX - i as u64), i % 2 == 0), "{name}: {key}");
+        let mut out = Vec::new();
+        repo.stream_fetch_into(&owner, &stream, key, &mut out).await.unwrap();
+        assert_eq!(out, key.as_bytes(), "{name}: {key}");
+    }
+    // `k` is a prefix of the other keys' names but finds only itself.
+    assert_eq!(repo.stream_item(&owner, &stream, "k").await.unwrap().unwrap().size, 1, "{name}");
+    assert_eq!(repo.stream_checkpoint(&owner, &stream).await.unwrap().unwrap().state, "resume", "{name}");
+    assert!(repo.streams().await.unwrap().contains(&(owner, stream)), "{name}");
 }
 
 /// Runs that race for the exclusive lease: exactly one wins each round, on

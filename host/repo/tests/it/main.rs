@@ -10,5 +10,6 @@ mod maintenance;
 mod retention;
 mod roundtrip;
 mod servers;
+mod streams;
 mod support;
 mod wal;

@@ -24,6 +24,7 @@ fn manifest_at(t: chrono::DateTime<Utc>) -> SnapshotManifest {
         attributes: BTreeMap::new(),
         tree: vec![],
         summary: Default::default(),
+        streams: vec![],
     }
 }
 
