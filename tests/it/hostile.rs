@@ -55,6 +55,11 @@ const TESTED: &[&str] = &[
     "stray-symlink",
     "terminal-escapes",
     "impostor",
+    // The stream modes, tested through the CLI in `streams.rs`.
+    "push",
+    "pin-flood",
+    "follow",
+    "need-stream",
 ];
 
 fn runtime() -> &'static Runtime {

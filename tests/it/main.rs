@@ -3,6 +3,7 @@
 //! built by `build.rs`.
 
 mod cli;
+mod contract;
 mod guide;
 mod hostile;
 mod keys;
@@ -10,5 +11,6 @@ mod live_trees;
 mod maintenance;
 mod postgres;
 mod redis;
+mod streams;
 mod support;
 mod wal;

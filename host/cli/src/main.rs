@@ -140,6 +140,9 @@ pub enum Cmd {
     /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list.
     #[command(subcommand)]
     Wal(commands::wal::WalCmd),
+    /// Plugin-owned streams (WAL, replication streams): push, fetch, list, follow.
+    #[command(subcommand)]
+    Stream(commands::stream::StreamCmd),
 }
 
 fn main() -> ExitCode {

@@ -89,15 +89,24 @@ pub enum Fault {
 /// job state).
 pub struct SinkSlot;
 
-/// An entry being written.
+/// An entry (or, in a stream job, a stream item) being written.
 pub struct EntryWriterSlot {
-    writer: Option<EntryWriter>,
-    path: String,
+    pub(crate) writer: Option<ContentWriter>,
+    /// The entry's path, or `<stream>/<key>` for an item.
+    pub(crate) path: String,
+}
+
+/// Where an [`EntryWriterSlot`]'s content goes.
+pub(crate) enum ContentWriter {
+    /// An entry of the snapshot being written.
+    Entry(EntryWriter),
+    /// An item of one of the plugin's streams.
+    Item(coffer_repo::ItemWriter),
 }
 
 /// A stored snapshot opened for a plugin.
 pub struct ReaderSlot {
-    snapshot: Arc<Snapshot>,
+    pub(crate) snapshot: Arc<Snapshot>,
 }
 
 impl ReaderSlot {
@@ -106,9 +115,26 @@ impl ReaderSlot {
     }
 }
 
-/// An entry being read.
+/// An entry (or a stream item) being read.
 pub struct EntryReaderSlot {
-    reader: EntryReader<'static>,
+    pub(crate) reader: ContentReader,
+}
+
+/// Where an [`EntryReaderSlot`]'s content comes from.
+pub(crate) enum ContentReader {
+    /// An entry of a stored snapshot.
+    Entry(EntryReader<'static>),
+    /// A stream item (its size and BLAKE3 checked at the end).
+    Item(coffer_repo::StreamItemReader),
+}
+
+impl ContentReader {
+    async fn read(&mut self, buf: &mut [u8]) -> coffer_repo::Result<usize> {
+        match self {
+            ContentReader::Entry(r) => r.read(buf).await,
+            ContentReader::Item(r) => r.read(buf).await,
+        }
+    }
 }
 
 /// Enforces the memory cap and remembers when it said no.
@@ -172,6 +198,11 @@ pub(crate) struct JobState {
     /// Lines dropped past [`MAX_LOG_LINES`] and not yet reported.
     pub(crate) log_dropped: u64,
     pub(crate) fault: Option<Fault>,
+    /// The owner of this plugin's streams: its identity, decided by the
+    /// host (`None` when it cannot own streams).
+    pub(crate) owner: Option<coffer_repo::StreamOwner>,
+    /// In a stream job (`stream-push`, `follow`): where items go.
+    pub(crate) streams: Option<crate::streams::StreamJob>,
 }
 
 /// The data of one plugin instance's store.
@@ -209,14 +240,14 @@ pub(crate) fn on_epoch(ctx: StoreContextMut<'_, PluginState>) -> wasmtime::Resul
 
 impl PluginState {
     /// Records a fault and returns it as a trap.
-    fn fault(&mut self, f: Fault) -> wasmtime::Error {
+    pub(crate) fn fault(&mut self, f: Fault) -> wasmtime::Error {
         if self.job.fault.is_none() {
             self.job.fault = Some(f.clone());
         }
         wasmtime::Error::new(f)
     }
 
-    fn open_handle(&mut self) -> wasmtime::Result<()> {
+    pub(crate) fn open_handle(&mut self) -> wasmtime::Result<()> {
         let open = self.job.open_writers + self.job.open_readers;
         if open >= self.job.limits.open_handles {
             let limit = self.job.limits.open_handles;
@@ -339,7 +370,7 @@ impl PluginState {
         }
     }
 
-    fn writer(&mut self) -> wasmtime::Result<&SnapshotWriter> {
+    pub(crate) fn writer(&mut self) -> wasmtime::Result<&SnapshotWriter> {
         if self.job.writer.is_none() {
             return Err(self.fault(Fault::Contract("the sink was used outside a snapshot".into())));
         }
@@ -349,7 +380,7 @@ impl PluginState {
     /// Maps a repository error from a sink call: the plugin's mistakes are
     /// contract faults, storage failures are repository faults, both end
     /// the job.
-    fn repo_fault(&mut self, e: coffer_repo::Error) -> wasmtime::Error {
+    pub(crate) fn repo_fault(&mut self, e: coffer_repo::Error) -> wasmtime::Error {
         let f = match e {
             coffer_repo::Error::InvalidEntry { path, reason } => {
                 Fault::Contract(format!("entry `{}`: {reason}", printable(&path)))
@@ -783,7 +814,7 @@ impl sink::HostSnapshotSink for PluginState {
         };
         let slot = if is_file {
             self.job.open_writers += 1;
-            EntryWriterSlot { writer: Some(writer), path }
+            EntryWriterSlot { writer: Some(ContentWriter::Entry(writer)), path }
         } else {
             // Directories and symlinks are complete at once.
             if let Err(e) = writer.finish().await {
@@ -945,39 +976,64 @@ impl sink::HostEntryWriter for PluginState {
             return Err(self.fault(Fault::OutputLimit { limit }));
         }
         let slot = self.table.get_mut(&this)?;
-        let Some(w) = slot.writer.as_mut() else {
-            let path = slot.path.clone();
-            return Ok(Err(WitError::Other(format!("{}: directories and symlinks have no content", printable(&path)))));
+        let r = match slot.writer.as_mut() {
+            None => {
+                let path = slot.path.clone();
+                return Ok(Err(WitError::Other(format!(
+                    "{}: directories and symlinks have no content",
+                    printable(&path)
+                ))));
+            }
+            Some(ContentWriter::Entry(w)) => w.write(&data).await,
+            Some(ContentWriter::Item(w)) => w.write(&data).await,
         };
-        match w.write(&data).await {
+        match r {
             Ok(()) => Ok(Ok(())),
             Err(e) => Err(self.repo_fault(e)),
         }
     }
 
     async fn finish(&mut self, this: Resource<EntryWriterSlot>) -> wasmtime::Result<Result<Digest, WitError>> {
+        let rep = this.rep();
         let slot = self.table.delete(this)?;
         match slot.writer {
             None => Ok(Ok(Digest { size: 0, blake3: coffer_repo::Id::default().to_hex() })),
-            Some(w) => {
+            Some(ContentWriter::Entry(w)) => {
                 self.job.open_writers -= 1;
                 match w.finish().await {
                     Ok(d) => Ok(Ok(Digest { size: d.size, blake3: d.blake3.to_hex() })),
                     Err(e) => Err(self.repo_fault(e)),
                 }
             }
+            Some(ContentWriter::Item(w)) => {
+                self.job.open_writers -= 1;
+                self.finish_item(w, rep).await
+            }
         }
     }
 
-    async fn drop(&mut self, rep: Resource<EntryWriterSlot>) -> wasmtime::Result<()> {
-        let slot = self.table.delete(rep)?;
-        if slot.writer.is_some() {
-            self.job.open_writers -= 1;
-            // Dropping the writer marks the snapshot failed in coffer-repo.
-            // No trap: a plugin abandons an entry when reading its source
-            // failed, and the error it then returns is the one to show.
-            if self.job.abandoned.is_none() {
-                self.job.abandoned = Some(printable(&slot.path));
+    async fn drop(&mut self, this: Resource<EntryWriterSlot>) -> wasmtime::Result<()> {
+        let rep = this.rep();
+        let slot = self.table.delete(this)?;
+        match slot.writer {
+            None => {}
+            Some(ContentWriter::Entry(_)) => {
+                self.job.open_writers -= 1;
+                // Dropping the writer marks the snapshot failed in
+                // coffer-repo. No trap: a plugin abandons an entry when
+                // reading its source failed, and the error it then returns
+                // is the one to show.
+                if self.job.abandoned.is_none() {
+                    self.job.abandoned = Some(printable(&slot.path));
+                }
+            }
+            Some(ContentWriter::Item(_)) => {
+                // An abandoned item is simply not stored (its chunks are
+                // garbage for prune); the stream job goes on.
+                self.job.open_writers -= 1;
+                if let Some(job) = self.job.streams.as_mut() {
+                    job.pending.remove(&rep);
+                }
             }
         }
         Ok(())
@@ -1040,7 +1096,7 @@ impl reader::HostSnapshotReader for PluginState {
         };
         let reader = repo.entry_reader_owned(entry);
         self.job.open_readers += 1;
-        Ok(Ok(self.table.push(EntryReaderSlot { reader })?))
+        Ok(Ok(self.table.push(EntryReaderSlot { reader: ContentReader::Entry(reader) })?))
     }
 
     async fn restore_files(

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use coffer_repo::{BackupKind, Id, PluginIdentity, Repository, SnapshotOptions};
+use coffer_repo::{BackupKind, Id, PluginIdentity, Repository, SnapshotOptions, StreamOwner};
 use tokio::sync::Notify;
 use wasmtime::Store;
 use wasmtime::component::{Resource, ResourceTable};
@@ -22,6 +22,7 @@ use crate::host::{
 };
 use crate::limits::Limits;
 use crate::settle::Settler;
+use crate::streams::{PushedItem, StreamJob, StreamSinkSlot};
 use crate::{Contract, LoadedPlugin, bindings};
 
 /// Bytes of a plugin's stderr kept (for panic messages).
@@ -475,6 +476,8 @@ impl LoadedPlugin {
             log_lines: 0,
             log_dropped: 0,
             fault: None,
+            owner: self.stream_owner(),
+            streams: None,
         };
         let state = PluginState {
             wasi: b.build(),
@@ -814,6 +817,122 @@ impl LoadedPlugin {
             notes: report.notes.into_iter().map(shown).collect(),
         })
     }
+}
+
+impl LoadedPlugin {
+    /// The owner of this plugin's streams: `builtin-<name>` for a plugin
+    /// embedded in the binary, its digest otherwise.
+    pub fn stream_owner(&self) -> Option<StreamOwner> {
+        let owner = if self.builtin { StreamOwner::builtin(&self.label) } else { StreamOwner::parse(&self.digest) };
+        owner.ok()
+    }
+
+    /// Hands `file` (a host path the caller granted read-only in `opts`)
+    /// to the plugin's `stream-push`, which archives it in one of its
+    /// streams.
+    pub async fn stream_push(
+        &self,
+        repo: &Repository,
+        file: &std::path::Path,
+        config: &serde_json::Value,
+        opts: &JobOptions,
+    ) -> Result<StreamReport, JobError> {
+        self.stream_job(repo, config, opts, StreamCall::Push(file.to_string_lossy().into_owned())).await
+    }
+
+    /// Runs the plugin's `follow` until it is cancelled (through
+    /// `opts.cancel`) or fails. Each stream it writes is leased for
+    /// `lease_expiry` while it runs, so a second follower of the same
+    /// stream is refused. A follow that ends because it was cancelled
+    /// succeeds: every finished item is stored, none is half stored.
+    pub async fn follow(
+        &self,
+        repo: &Repository,
+        config: &serde_json::Value,
+        opts: &JobOptions,
+        lease_expiry: Duration,
+    ) -> Result<StreamReport, JobError> {
+        self.stream_job(repo, config, opts, StreamCall::Follow(lease_expiry)).await
+    }
+
+    async fn stream_job(
+        &self,
+        repo: &Repository,
+        config: &serde_json::Value,
+        opts: &JobOptions,
+        call: StreamCall,
+    ) -> Result<StreamReport, JobError> {
+        let mut inst = self.instantiate(opts).await?;
+        let config_text = config.to_string();
+        let info = Self::call_info(&mut inst, Some(&config_text), opts).await?;
+        Self::check_needs(&inst.plugin, &info, &opts.grants)?;
+        let Instance { mut store, bindings, plugin } = inst;
+        let b = bindings.v2(&plugin)?;
+        let Some(owner) = self.stream_owner() else {
+            return Err(JobError::Garbage { plugin, reason: "it has no identity that can own streams".into() });
+        };
+        let identity = PluginIdentity {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            digest: self.digest.clone(),
+            builtin: self.builtin,
+        };
+        let writer = repo.stream_writer(owner, identity).await?;
+        let lease_expiry = match call {
+            StreamCall::Follow(e) => Some(e),
+            StreamCall::Push(_) => None,
+        };
+        {
+            let job = &mut store.data_mut().job;
+            job.repo = Some(repo.clone());
+            job.streams = Some(StreamJob::new(writer, lease_expiry));
+        }
+        let outcome = async {
+            let sink: Resource<StreamSinkSlot> =
+                store.data_mut().table.push(StreamSinkSlot).map_err(|e| runtime_err(&plugin, e))?;
+            let borrow = Resource::<StreamSinkSlot>::new_borrow(sink.rep());
+            let src = b.coffer_plugin0_2_0_source();
+            let r = match &call {
+                StreamCall::Push(file) => {
+                    guarded(opts, src.call_stream_push(&mut store, &config_text, file, borrow)).await
+                }
+                StreamCall::Follow(_) => guarded(opts, src.call_follow(&mut store, &config_text, borrow)).await,
+            };
+            match finish_call(&plugin, &mut store, r) {
+                Ok(()) => Ok(()),
+                // A follow runs until it is stopped: stopping it is its
+                // normal end, whether the plugin noticed or the host did.
+                Err(e) if e.is_cancelled() && matches!(call, StreamCall::Follow(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        let job = store.data_mut().job.streams.take().expect("stream job set above");
+        drop(store);
+        let report = StreamReport { items: job.items.clone(), finished: job.finished };
+        let ended = job.end(outcome.is_ok()).await;
+        outcome?;
+        ended?;
+        Ok(report)
+    }
+}
+
+/// Which stream export a stream job calls.
+enum StreamCall {
+    /// `stream-push` of this host path.
+    Push(String),
+    /// `follow`, leasing each stream for this long.
+    Follow(Duration),
+}
+
+/// What a stream job stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamReport {
+    /// The items finished (the first 1,000 of them), stored or found
+    /// already stored.
+    pub items: Vec<PushedItem>,
+    /// How many items were finished in all.
+    pub finished: u64,
 }
 
 /// Every symlink below `root` as (path relative to `root`, target), found

@@ -32,10 +32,11 @@ pub use cache::ComponentCache;
 pub use grants::{GrantError, GrantSet, Permission, Purpose};
 pub use host::{Fault, PluginState, printable};
 pub use job::{
-    CancelToken, JobError, JobObserver, JobOptions, PluginDescription, PluginError, RestoreRequest, SnapshotRequest,
-    TracingObserver, VerifyReport,
+    CancelToken, FetchCommand, JobError, JobObserver, JobOptions, PluginDescription, PluginError, RestoreRequest,
+    SnapshotRequest, StreamReport, TracingObserver, VerifyReport,
 };
 pub use limits::Limits;
+pub use streams::PushedItem;
 
 /// How often the epoch advances: the granularity of deadlines,
 /// cancellation and cooperative yielding of running wasm.

@@ -7,6 +7,7 @@ pub mod maintain;
 pub mod plugin;
 pub mod restore;
 pub mod snapshots;
+pub mod stream;
 pub mod wal;
 
 use std::process::ExitCode;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Cmd::Key(k) => key::run(&g, k).await,
         Cmd::Plugin(p) => plugin::run(&g, p).await,
         Cmd::Wal(w) => wal::run(&g, w).await,
+        Cmd::Stream(s) => stream::run(&g, s).await,
     };
     match r {
         Ok(code) => ExitCode::from(code),

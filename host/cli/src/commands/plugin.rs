@@ -61,6 +61,11 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
                     described.digest,
                     if p.is_builtin() { " (built into this coffer)" } else { "" }
                 );
+                println!(
+                    "contract:    coffer:plugin@{}{}",
+                    described.contract,
+                    if described.contract == "0.1.0" { " (no streams)" } else { "" }
+                );
                 let mut modes = Vec::new();
                 if described.restore_directory {
                     modes.push("directory (--target DIR)");

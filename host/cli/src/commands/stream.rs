@@ -1,0 +1,345 @@
+//! `coffer stream push|fetch|list|follow`: the logs that make point-in-time
+//! recovery possible (PostgreSQL's WAL, Redis's replication stream, ...),
+//! kept as plugin-owned streams. The plugin knows the format: `push` hands
+//! it a file, `follow` lets it follow the source. The host stores, lists
+//! and fetches items without knowing what they are: `fetch` runs no plugin
+//! at all, so a system's restore command stays fast.
+//!
+//! A stream belongs to the plugin that writes it, by identity: a built-in
+//! plugin by its name, any other by the BLAKE3 of its component.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use coffer_repo::{Repository, StreamOwner};
+use coffer_runtime::{GrantSet, JobOptions, Purpose, StreamReport, printable};
+use serde::Serialize;
+
+use crate::output::{duration, print_json, size};
+use crate::{ConfigArgs, Global, LimitArgs};
+
+#[derive(Subcommand, Debug)]
+pub enum StreamCmd {
+    /// Hand one file to the plugin to archive in its stream (an
+    /// `archive_command`): `coffer stream push --plugin postgres %p`.
+    Push(PushArgs),
+    /// Write one stream item to DEST (a `restore_command`); exits 1 with
+    /// one line when the stream does not hold it. Runs no plugin.
+    Fetch(FetchArgs),
+    /// List streams (owner, items, newest, lag), or one stream's items.
+    List(ListArgs),
+    /// Follow the source (e.g. PostgreSQL's WAL over a replication slot),
+    /// storing items as they appear, until stopped with Ctrl-C or SIGTERM.
+    Follow(FollowArgs),
+}
+
+/// Whose streams: a plugin, by built-in name or `.wasm` path.
+#[derive(Args, Debug, Clone)]
+pub struct PluginArg {
+    /// A built-in plugin (`postgres`) or a path to a plugin `.wasm` file.
+    #[arg(long, short = 'p', value_name = "PLUGIN")]
+    pub plugin: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// The file to archive (relative paths are taken from the working
+    /// directory); the plugin may read it and nothing else beside it.
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    /// The stream.
+    pub stream: String,
+    /// The item's key.
+    pub key: String,
+    /// Where to write it; written to a temporary file beside it, checked,
+    /// then renamed.
+    pub dest: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this plugin's streams.
+    #[arg(long, short = 'p', value_name = "PLUGIN")]
+    pub plugin: Option<String>,
+    /// One stream: list its items (needs --plugin).
+    pub stream: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FollowArgs {
+    #[command(flatten)]
+    pub plugin: PluginArg,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// How long another follower of the same stream must wait after this
+    /// one dies on another machine (on this machine, a dead follower is
+    /// noticed at once).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    pub lease_expiry: String,
+}
+
+pub async fn run(g: &Global, cmd: StreamCmd) -> Result<u8> {
+    match cmd {
+        StreamCmd::Push(a) => push(g, a).await,
+        StreamCmd::Fetch(a) => fetch(g, a).await,
+        StreamCmd::List(a) => list(g, a).await,
+        StreamCmd::Follow(a) => follow(g, a).await,
+    }
+}
+
+/// The owner of `spec`'s streams, without running it: `builtin-<name>` for
+/// a built-in, the BLAKE3 of the file for a component.
+pub fn owner_of(spec: &str) -> Result<StreamOwner> {
+    let owner = if crate::plugins::builtin(spec).is_some() {
+        StreamOwner::builtin(spec)
+    } else {
+        let bytes = std::fs::read(spec).with_context(|| format!("reading plugin {spec}"))?;
+        StreamOwner::parse(&blake3::hash(&bytes).to_hex())
+    };
+    owner.map_err(|e| anyhow!(e))
+}
+
+/// What `push` printed as JSON.
+#[derive(Serialize)]
+struct PushOutput<'a> {
+    file: String,
+    #[serde(flatten)]
+    report: &'a StreamReport,
+}
+
+pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
+    let cancel = super::cancel_on_signal();
+    let file = std::path::absolute(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let meta = std::fs::metadata(&file).with_context(|| format!("{}: cannot read it", file.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", file.display());
+    }
+    let dir = file.parent().ok_or_else(|| anyhow!("{}: no directory", file.display()))?;
+    let repo: Repository = super::open_repo(g).await?;
+    let rt = crate::plugins::runtime()?;
+    let plugin = crate::plugins::load(&rt, &args.plugin.plugin)?;
+    let mut job = crate::config::for_plugin(&plugin, &cancel, &args.cfg, &args.limits, None).await?;
+    let mut grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
+    grants.read_dir("FILE", &dir.to_string_lossy())?;
+    let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };
+    let report = plugin.stream_push(&repo, &file, &job.config, &opts).await?;
+    if g.json {
+        print_json(&PushOutput { file: file.display().to_string(), report: &report })?;
+    } else if !g.quiet {
+        for i in &report.items {
+            let what = if i.stored { "archived" } else { "already archived, nothing written:" };
+            eprintln!("{what} {}/{} ({})", printable(&i.stream), printable(&i.key), size(i.size));
+        }
+        if report.finished == 0 {
+            eprintln!("warning: the plugin stored nothing for {}", file.display());
+        }
+    }
+    Ok(0)
+}
+
+pub async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
+    let owner = owner_of(&args.plugin.plugin)?;
+    let repo: Repository = super::open_repo(g).await?;
+    fetch_item(g, &repo, &owner, &args.stream, &args.key, &args.dest).await
+}
+
+/// Writes one item to `dest` (through a temporary file beside it, renamed
+/// once size and BLAKE3 are checked); 1 with one line when there is no
+/// such item.
+pub async fn fetch_item(
+    g: &Global,
+    repo: &Repository,
+    owner: &StreamOwner,
+    stream: &str,
+    key: &str,
+    dest: &Path,
+) -> Result<u8> {
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!(super::UsageError(format!("{}: not a file name", dest.display()))))?;
+    let tmp = dir.join(format!(".{base}.coffer-{}.tmp", std::process::id()));
+    let written = async {
+        let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::new(f);
+        let item = repo.stream_fetch_into(owner, stream, key, &mut out).await?;
+        let f = out.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+        f.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+        Ok::<_, anyhow::Error>(item)
+    }
+    .await;
+    match written {
+        Ok(item) => {
+            if g.json {
+                print_json(&serde_json::json!({
+                    "owner": owner.to_string(), "stream": stream, "key": key, "size": item.size,
+                    "blake3": item.blake3, "dest": dest.display().to_string(),
+                }))?;
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(coffer_repo::Error::StreamItemNotFound { .. }) = e.downcast_ref::<coffer_repo::Error>() {
+                // A restore command is asked for items that were never
+                // archived (the next segment, a history file): one line,
+                // exit 1.
+                if !g.quiet {
+                    eprintln!("coffer: {e}");
+                }
+                return Ok(1);
+            }
+            Err(e.context(format!("fetching {stream}/{key}")))
+        }
+    }
+}
+
+/// One stream as `list` shows it.
+#[derive(Serialize)]
+struct StreamRow {
+    owner: String,
+    stream: String,
+    items: usize,
+    pinned: usize,
+    first_position: Option<u64>,
+    last_position: Option<u64>,
+    newest_key: Option<String>,
+    newest_pushed: Option<chrono::DateTime<chrono::Utc>>,
+    checkpoint_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Positions between the newest item and where the source was at the
+    /// last checkpoint.
+    lag_positions: Option<u64>,
+}
+
+pub async fn list(g: &Global, args: ListArgs) -> Result<u8> {
+    let only = args.plugin.as_deref().map(owner_of).transpose()?;
+    let repo: Repository = super::open_repo(g).await?;
+    if let Some(stream) = &args.stream {
+        let owner = only.ok_or_else(|| anyhow!("name the plugin whose stream {stream} to list (--plugin P)"))?;
+        let items = repo.stream_list(&owner, stream, None, None).await?;
+        if g.json {
+            print_json(&items)?;
+        } else {
+            println!("{:<20} {:<6} {:<25} key", "position", "pinned", "stored");
+            for i in &items {
+                let pos = i.position.map_or("-".to_string(), |p| p.to_string());
+                let pinned = if i.pinned { "yes" } else { "" };
+                println!("{pos:<20} {pinned:<6} {:<25} {}", i.modified.format("%Y-%m-%d %H:%M:%S"), i.key);
+            }
+            println!("{} items", items.len());
+        }
+        return Ok(0);
+    }
+    let mut rows = Vec::new();
+    for (owner, stream) in repo.streams().await? {
+        if only.as_ref().is_some_and(|o| *o != owner) {
+            continue;
+        }
+        let items = repo.stream_list(&owner, &stream, None, None).await?;
+        let newest = items.iter().max_by_key(|i| (i.position, i.modified));
+        let checkpoint = repo.stream_checkpoint(&owner, &stream).await?;
+        let last_position = items.iter().filter_map(|i| i.position).max();
+        rows.push(StreamRow {
+            owner: owner.to_string(),
+            stream: stream.clone(),
+            items: items.len(),
+            pinned: items.iter().filter(|i| i.pinned).count(),
+            first_position: items.iter().filter_map(|i| i.position).min(),
+            last_position,
+            newest_key: newest.map(|i| i.key.clone()),
+            newest_pushed: newest.map(|i| i.modified),
+            checkpoint_time: checkpoint.as_ref().map(|c| c.time),
+            lag_positions: checkpoint
+                .as_ref()
+                .and_then(|c| c.source_position)
+                .map(|s| s.saturating_sub(last_position.unwrap_or(0))),
+        });
+    }
+    if g.json {
+        print_json(&rows)?;
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no streams");
+        return Ok(0);
+    }
+    let now = chrono::Utc::now();
+    for r in &rows {
+        let age = r
+            .newest_pushed
+            .map(|t| format!(", newest {} ago", duration((now - t).to_std().unwrap_or_default())))
+            .unwrap_or_default();
+        let lag = r.lag_positions.map(|l| format!(", lag {l} positions at the last checkpoint")).unwrap_or_default();
+        println!(
+            "{} {}: {} items ({} pinned), positions {}..{}{age}{lag}",
+            short_owner(&r.owner),
+            r.stream,
+            r.items,
+            r.pinned,
+            r.first_position.map_or("-".into(), |p| p.to_string()),
+            r.last_position.map_or("-".into(), |p| p.to_string()),
+        );
+    }
+    Ok(0)
+}
+
+/// An owner as a table shows it: built-ins whole, digests cut to 8 digits.
+fn short_owner(owner: &str) -> String {
+    if owner.starts_with("builtin-") { owner.to_string() } else { crate::plugins::short_digest(owner).to_string() }
+}
+
+pub async fn follow(g: &Global, args: FollowArgs) -> Result<u8> {
+    let cancel = super::cancel_on_signal();
+    let lease_expiry = coffer_runtime::limits::parse_duration(&args.lease_expiry)
+        .map_err(|e| anyhow!(super::UsageError(format!("--lease-expiry: {e}"))))?;
+    if lease_expiry < Duration::from_secs(10) {
+        bail!("--lease-expiry {}: at least 10s", args.lease_expiry);
+    }
+    let repo: Repository = super::open_repo(g).await?;
+    let rt = crate::plugins::runtime()?;
+    let plugin = crate::plugins::load(&rt, &args.plugin.plugin)?;
+    let mut job = crate::config::for_plugin(&plugin, &cancel, &args.cfg, &args.limits, None).await?;
+    if args.limits.time_limit.is_none() {
+        // A follow runs until it is stopped.
+        job.limits.wall_time = Duration::from_secs(100 * 365 * 24 * 3600);
+    }
+    let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
+    let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };
+    if !g.quiet && !g.json {
+        eprintln!("following with plugin {}; stop with Ctrl-C (finished items are kept)", args.plugin.plugin);
+    }
+    let started = Instant::now();
+    let report = plugin.follow(&repo, &job.config, &opts, lease_expiry).await?;
+    if g.json {
+        print_json(&report)?;
+    } else if !g.quiet {
+        let stored = report.items.iter().filter(|i| i.stored).count();
+        eprintln!(
+            "stopped after {}: {} items finished ({stored} of the first {} new)",
+            duration(started.elapsed()),
+            report.finished,
+            report.items.len()
+        );
+    }
+    Ok(0)
+}
