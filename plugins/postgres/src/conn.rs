@@ -285,11 +285,21 @@ impl Conn {
 
     /// The next message (notices are skipped).
     pub fn next_message(&mut self) -> Result<Got, Error> {
+        match self.next_message_polled(|| false)? {
+            Some(m) => Ok(m),
+            None => Err(Error::Cancelled),
+        }
+    }
+
+    /// The next message, or `None` once `stop()` says so: with a read
+    /// timeout set ([`Conn::set_read_timeout`]), `stop` is asked each time
+    /// the link is quiet for that long.
+    pub fn next_message_polled(&mut self, stop: impl Fn() -> bool) -> Result<Option<Got>, Error> {
         loop {
             match Message::parse(&mut self.rbuf) {
-                Ok(Some(Message::ErrorResponse(body))) => return Ok(Got::Failed(ServerError::from_body(&body))),
+                Ok(Some(Message::ErrorResponse(body))) => return Ok(Some(Got::Failed(ServerError::from_body(&body)))),
                 Ok(Some(Message::NoticeResponse(_))) => continue,
-                Ok(Some(m)) => return Ok(Got::Msg(m)),
+                Ok(Some(m)) => return Ok(Some(Got::Msg(m))),
                 Ok(None) => {}
                 Err(e) => return Err(self.protocol(&format!("an unreadable message ({e})"))),
             }
@@ -297,6 +307,13 @@ impl Conn {
             self.rbuf.resize(have + READ_CHUNK, 0);
             let n = match self.stream.read(&mut self.rbuf[have..]) {
                 Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    self.rbuf.truncate(have);
+                    if stop() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.rbuf.truncate(have);
                     return Err(Error::Unavailable(format!("PostgreSQL at {}: reading failed: {e}", self.addr)));
@@ -310,6 +327,67 @@ impl Conn {
                 )));
             }
         }
+    }
+
+    /// After `START_REPLICATION`: waits for the server's
+    /// `CopyBothResponse` (which the message parser does not know), or its
+    /// refusal. `None` once `stop()` says so.
+    pub fn start_copy_both(&mut self, stop: impl Fn() -> bool) -> Result<Option<Result<(), ServerError>>, Error> {
+        loop {
+            if self.rbuf.first() == Some(&b'W') && self.rbuf.len() >= 5 {
+                let len = u32::from_be_bytes(self.rbuf[1..5].try_into().expect("4 bytes")) as usize;
+                if self.rbuf.len() > len {
+                    let _ = self.rbuf.split_to(1 + len);
+                    return Ok(Some(Ok(())));
+                }
+            }
+            if self.rbuf.first().is_some_and(|b| *b != b'W') {
+                match self.next_message_polled(&stop)? {
+                    Some(Got::Failed(e)) => return Ok(Some(Err(e))),
+                    Some(Got::Msg(_)) => continue,
+                    None => return Ok(None),
+                }
+            }
+            let have = self.rbuf.len();
+            self.rbuf.resize(have + READ_CHUNK, 0);
+            match self.stream.read(&mut self.rbuf[have..]) {
+                Ok(0) => {
+                    self.rbuf.truncate(have);
+                    return Err(Error::Unavailable(format!("PostgreSQL at {} closed the connection", self.addr)));
+                }
+                Ok(n) => self.rbuf.truncate(have + n),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    self.rbuf.truncate(have);
+                    if stop() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    self.rbuf.truncate(have);
+                    return Err(Error::Unavailable(format!("PostgreSQL at {}: reading failed: {e}", self.addr)));
+                }
+            }
+        }
+    }
+
+    /// How long a read waits before [`Conn::next_message_polled`] asks
+    /// whether to stop (`None`: forever).
+    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> Result<(), Error> {
+        self.stream
+            .set_read_timeout(t)
+            .map_err(|e| Error::Other(format!("PostgreSQL at {}: setting a read timeout: {e}", self.addr)))
+    }
+
+    /// Sends one CopyData message (in a COPY BOTH exchange).
+    pub fn send_copy_data(&mut self, data: &[u8]) -> Result<(), Error> {
+        frontend::CopyData::new(data).map_err(Error::other)?.write(&mut self.wbuf);
+        self.flush()
+    }
+
+    /// Ends our side of a COPY exchange.
+    pub fn send_copy_done(&mut self) -> Result<(), Error> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush()
     }
 
     /// Sends a simple query.

@@ -25,6 +25,7 @@
 pub mod backup;
 pub mod conn;
 pub mod manifest;
+pub mod receive;
 pub mod recovery;
 pub mod tar;
 pub mod verify;
@@ -33,10 +34,11 @@ pub mod wal;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
-    SnapshotReader, Timestamp, VerifyReport, host,
+    SnapshotReader, StreamSink, Timestamp, VerifyReport, host,
 };
 use conn::{Conn, Target};
 use serde::Deserialize;
@@ -101,6 +103,23 @@ pub struct PostgresConfig {
     /// Verify: a restored data directory to check against the manifest.
     #[serde(default)]
     data_dir: Option<String>,
+    /// Follow: the physical replication slot to stream WAL from.
+    #[serde(default)]
+    slot: Option<String>,
+    /// Follow: create the slot when it does not exist.
+    #[serde(default)]
+    create_slot: bool,
+    /// Follow: seconds between stored copies of the segment in progress
+    /// (0: whole segments only).
+    #[serde(default = "default_partial_interval")]
+    partial_interval: u64,
+    /// Follow: the stream (default `pg-<system identifier>`).
+    #[serde(default)]
+    follow_stream: Option<String>,
+}
+
+fn default_partial_interval() -> u64 {
+    10
 }
 
 fn yes() -> bool {
@@ -172,7 +191,11 @@ const SCHEMA: &str = r#"{
     "target_action": {"type": "string", "enum": ["promote", "pause", "shutdown"], "description": "Restore: what the server does at the target (default promote)."},
     "archive_mode": {"type": "string", "enum": ["preserve", "off"], "description": "Restore: keep the cluster's archiving (default) or turn it off in the restored copy."},
     "restore_command": {"type": "string", "description": "Restore: the command PostgreSQL runs to fetch WAL (coffer fills in `coffer wal fetch %f %p` for this repository)."},
-    "data_dir": {"type": "string", "description": "Verify: a restored data directory (before it is started), granted read-only, checked against the backup manifest."}
+    "data_dir": {"type": "string", "description": "Verify: a restored data directory (before it is started), granted read-only, checked against the backup manifest."},
+    "slot": {"type": "string", "description": "Follow: the physical replication slot to stream WAL from, so the server keeps WAL until coffer stored it."},
+    "create_slot": {"type": "boolean", "description": "Follow: create the slot when it does not exist (default false)."},
+    "partial_interval": {"type": "integer", "minimum": 0, "description": "Follow: seconds between stored copies of the WAL segment in progress, which bound how far a restore may trail the server (default 10; 0: whole segments only)."},
+    "follow_stream": {"type": "string", "description": "Follow: the stream to store WAL in (default pg-<system identifier>)."}
   }
 }"#;
 
@@ -429,6 +452,19 @@ impl Plugin for Postgres {
             host::set_metadata(&d.path, d.mode, d.mtime)?;
         }
         Ok(())
+    }
+
+    /// Streams WAL over a replication connection, segment by segment
+    /// (see [`receive`]).
+    fn follow(config: PostgresConfig, sink: &StreamSink) -> Result<(), Error> {
+        let target = config.target()?;
+        let opts = receive::ReceiveOptions {
+            slot: config.slot.clone(),
+            create_slot: config.create_slot,
+            stream: config.follow_stream.clone(),
+            partial_interval: (config.partial_interval > 0).then(|| Duration::from_secs(config.partial_interval)),
+        };
+        receive::follow(&target, &opts, sink)
     }
 
     fn verify(config: PostgresConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {

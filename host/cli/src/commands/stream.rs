@@ -8,6 +8,7 @@
 //! A stream belongs to the plugin that writes it, by identity: a built-in
 //! plugin by its name, any other by the BLAKE3 of its component.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,15 @@ pub struct FetchArgs {
     /// Where to write it; written to a temporary file beside it, checked,
     /// then renamed.
     pub dest: PathBuf,
+    /// When the stream holds no item KEY: fetch the item with the highest
+    /// position among those whose key starts with PREFIX (e.g. the longest
+    /// stored copy of a WAL segment still being written).
+    #[arg(long, value_name = "PREFIX")]
+    pub or_latest_prefix: Option<String>,
+    /// Extend a shorter item with zero bytes to this many bytes (a
+    /// partial WAL segment must have the segment's size).
+    #[arg(long, value_name = "BYTES")]
+    pub pad_to: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -155,7 +165,23 @@ pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
 pub async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
     let owner = owner_of(&args.plugin.plugin)?;
     let repo: Repository = super::open_repo(g).await?;
-    fetch_item(g, &repo, &owner, &args.stream, &args.key, &args.dest).await
+    let mut key = args.key.clone();
+    if let Some(prefix) = &args.or_latest_prefix
+        && repo.stream_item(&owner, &args.stream, &key).await?.is_none()
+    {
+        coffer_repo::repofile::stream::valid_key(prefix.trim_end_matches('.'))
+            .map_err(|e| anyhow!(super::UsageError(format!("--or-latest-prefix: {e}"))))?;
+        let listed = repo.stream_list(&owner, &args.stream, None, None).await?;
+        if let Some(latest) =
+            listed.into_iter().filter(|i| i.key.starts_with(prefix.as_str())).max_by_key(|i| (i.position, i.modified))
+        {
+            if !g.quiet {
+                eprintln!("coffer: {} is not stored; fetching {} instead", args.key, latest.key);
+            }
+            key = latest.key;
+        }
+    }
+    fetch_item(g, &repo, &owner, &args.stream, &key, &args.dest, args.pad_to).await
 }
 
 /// Writes one item to `dest` (through a temporary file beside it, renamed
@@ -168,6 +194,7 @@ pub async fn fetch_item(
     stream: &str,
     key: &str,
     dest: &Path,
+    pad_to: Option<u64>,
 ) -> Result<u8> {
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -182,6 +209,12 @@ pub async fn fetch_item(
         let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = std::io::BufWriter::new(f);
         let item = repo.stream_fetch_into(owner, stream, key, &mut out).await?;
+        if let Some(n) = pad_to
+            && n > item.size
+        {
+            std::io::copy(&mut std::io::repeat(0).take(n - item.size), &mut out)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
         let f = out.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
         f.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
