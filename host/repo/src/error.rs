@@ -143,16 +143,12 @@ pub enum Error {
     },
     /// Another follower holds a stream's lease.
     #[error(
-        "{operation} of stream {owner}/{stream} cannot start: {holder} holds its lease ({object}). Only one \
-         follower writes a stream at a time; if that run crashed on another machine, its lease expires at \
-         {expires} (a crashed run on this machine is noticed at once)"
+        "stream {stream} cannot be followed: {holder} holds its lease ({object}). Only one follower writes a \
+         stream at a time; if that run crashed on another machine, its lease expires at {expires} (a crashed run \
+         on this machine is noticed at once)"
     )]
     StreamLeaseHeld {
-        /// What was refused.
-        operation: String,
-        /// The stream's owner.
-        owner: String,
-        /// The stream.
+        /// The stream, as `<owner>/<stream>`.
         stream: String,
         /// The lease object's path.
         object: String,

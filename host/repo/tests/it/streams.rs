@@ -590,3 +590,34 @@ async fn streams_on_seaweedfs() {
     let r = repo.check(ReadData::All).await.unwrap();
     assert!(r.is_ok() && r.stream_items == 3 && r.stream_checkpoints == 1, "{:?}", r.errors);
 }
+
+/// The runtime keeps writers and readers in plugin resources and awaits
+/// them from async host functions on a multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_readers_and_their_futures_can_move_between_threads() {
+    fn send<T: Send + 'static>(_: &T) {}
+    fn send_future<T: Send>(_: &T) {}
+    let t = TempRepo::new(test_init_options()).await;
+    let a = plugin_a();
+    let owner = owner_of(&a);
+    let w = writer_for(&t.repo, &a).await;
+    send(&w);
+    send_future(&w.item("s", "k", 1, false));
+    let mut item = w.item("s", "k", 1, false).await.unwrap();
+    send(&item);
+    send_future(&item.write(b"x"));
+    item.write(b"x").await.unwrap();
+    let finish = item.finish();
+    send_future(&finish);
+    finish.await.unwrap();
+    send_future(&w.checkpoint("s", "", None));
+    let found = t.repo.stream_item(&owner, "s", "k").await.unwrap().unwrap();
+    let mut reader = t.repo.stream_reader(&found);
+    send(&reader);
+    send_future(&reader.next_chunk());
+    let mut out = Vec::new();
+    send_future(&t.repo.stream_fetch_into(&owner, "s", "k", &mut out));
+    send_future(&t.repo.take_stream_lease(&owner, "s", DEFAULT_EXPIRY));
+    drop(reader);
+    w.finish().await.unwrap();
+}
