@@ -4,8 +4,8 @@
 //! or an object store: packs of deduplicated, compressed and encrypted blobs,
 //! index files that locate blobs in packs, snapshot manifests, key files and
 //! one config. See `docs/format.md` for every byte. This crate has no
-//! WebAssembly in it: the plugin runtime drives it through [`SnapshotWriter`]
-//! and the read API of [`Repository`].
+//! WebAssembly in it: the plugin runtime drives it through [`SnapshotWriter`],
+//! [`StreamWriter`] (plugin-owned streams) and the read API of [`Repository`].
 
 pub mod backend;
 pub mod blob;

@@ -151,12 +151,22 @@ async fn other_content_or_another_position_under_a_stored_key_is_refused() {
     assert!(msg.contains("unpinned") && msg.contains("pinned"), "{msg}");
     assert!(fetch(&t.repo, &owner, "oplog", "k1").await == data, "the stored item is untouched");
     assert_eq!(keys_of(&t.repo, &owner, "oplog").await, vec!["k1".to_string()]);
+    // An item dropped before finish() is abandoned: nothing becomes visible.
+    let mut abandoned = w.item("oplog", "gone", 99, false).await.unwrap();
+    abandoned.write(&random_bytes(3 << 20, 9)).await.unwrap();
+    drop(abandoned);
+    assert!(t.repo.stream_item(&owner, "oplog", "gone").await.unwrap().is_none());
     // Names that could escape the stream never reach storage.
     for (stream, key) in [("oplog", "../x"), ("oplog", "a@b"), ("oplog", ".checkpoint"), ("a/b", "k"), ("", "k")] {
         let e = w.item(stream, key, 1, false).await.err().unwrap();
         assert!(matches!(e, Error::Invalid(_)), "{stream} {key}: {e}");
     }
     w.finish().await.unwrap();
+    // Its packs are garbage for prune; what was finished stays.
+    t.repo.prune(&PruneOptions::default()).await.unwrap();
+    let r = t.repo.check(ReadData::All).await.unwrap();
+    assert!(r.is_ok() && r.warnings.is_empty(), "{:?} {:?}", r.errors, r.warnings);
+    assert!(fetch(&t.repo, &owner, "oplog", "k1").await == data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
