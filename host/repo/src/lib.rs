@@ -32,7 +32,7 @@ pub use commands::snapshot::{
     EntryAdder, EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter, SourceIssue,
 };
 pub use commands::stream::{ItemOutcome, ItemWriter, StreamItem, StreamItemListing, StreamItemReader, StreamWriter};
-pub use commands::wal::{WalCoverage, WalForgetReport, WalGap, WalListing, WalPushReport};
+pub use commands::wal::WalListing;
 pub use crypto::MasterSecret;
 pub use error::{Error, Result};
 pub use id::Id;
@@ -40,5 +40,5 @@ pub use repofile::keyfile::KdfParams;
 pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary};
 pub use repofile::stream::{StreamCheckpoint, StreamNeed, StreamOwner};
 pub use repofile::tree::{Entry, EntryKind};
-pub use repofile::wal::{Lsn, WalFile, WalObject};
+pub use repofile::wal::WalObject;
 pub use repository::{InitOptions, Repository, backend_for};

@@ -237,10 +237,10 @@ async fn the_listing_gives_positions_pinned_flags_and_checkpoints() {
 async fn legacy_wal_is_read_as_items_of_builtin_postgres() {
     let t = TempRepo::new(test_init_options()).await;
     const STREAM: &str = "pg-7283947561234567890";
-    let seg = |n: u64| coffer_repo::repofile::wal::segment_name(1, n, 16 << 20);
+    let seg = |n: u64| format!("{:08X}{:08X}{:08X}", 1, 0, n);
     let first = random_bytes(1 << 20, 3);
-    t.repo.wal_push(STREAM, &seg(1), Bytes::from(first.clone())).await.unwrap();
-    t.repo.wal_push(STREAM, &seg(2), Bytes::from(random_bytes(1 << 20, 4))).await.unwrap();
+    t.repo.legacy_wal_push(STREAM, &seg(1), Bytes::from(first.clone())).await.unwrap();
+    t.repo.legacy_wal_push(STREAM, &seg(2), Bytes::from(random_bytes(1 << 20, 4))).await.unwrap();
     let pg = plugin("postgres", DIGEST_B, true);
     let owner = owner_of(&pg);
     assert_eq!(owner, StreamOwner::legacy_wal());
