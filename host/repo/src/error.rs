@@ -46,6 +46,26 @@ pub enum Error {
         /// How many key files were tried.
         tried: usize,
     },
+    /// A key cache file's key file is gone from the repository: it was
+    /// removed, which revokes the cache file.
+    #[error(
+        "it is revoked: its key {key} is no longer in {location}/keys (`coffer key remove` revokes a key \
+         cache); make a new one with `coffer key cache --out FILE`, or open with the password"
+    )]
+    KeyCacheRevoked {
+        /// Where.
+        location: String,
+        /// The short id of the key it names.
+        key: String,
+    },
+    /// A key cache file that does not open this repository.
+    #[error("it does not open repository {location}: {reason}")]
+    KeyCacheRefused {
+        /// Where.
+        location: String,
+        /// Why.
+        reason: String,
+    },
     /// The repository has no key files.
     #[error("repository {location} has no key files; it cannot be opened (restore keys/ from a copy)")]
     NoKeys {

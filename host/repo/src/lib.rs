@@ -36,6 +36,7 @@ pub use commands::wal::WalListing;
 pub use crypto::MasterSecret;
 pub use error::{Error, Result};
 pub use id::Id;
+pub use repofile::keycache::KeyCache;
 pub use repofile::keyfile::KdfParams;
 pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary};
 pub use repofile::stream::{StreamCheckpoint, StreamNeed, StreamOwner};
