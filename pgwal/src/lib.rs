@@ -2,9 +2,9 @@
 //! names of segments, partial segments, timeline history and backup
 //! history files, and timeline history contents.
 //!
-//! The `postgres` plugin writes a base backup's WAL positions as snapshot
-//! attributes with these functions and the host's WAL archive reads them
-//! back with the same ones, so both sides agree on every name.
+//! The `postgres` plugin uses them to name, check and order the WAL it
+//! archives in its stream, and to read a base backup's WAL positions; the
+//! coffer host knows none of this (fuzz targets exercise it directly).
 
 use std::fmt;
 use std::str::FromStr;
@@ -325,6 +325,37 @@ pub fn parse_long_header(data: &[u8]) -> Result<LongPageHeader, String> {
 }
 
 // ---------------------------------------------------------------------------
+// pg_control and backup history files
+
+/// The system identifier at the start of `global/pg_control` (its first 8
+/// bytes, little-endian).
+pub fn control_system_identifier(data: &[u8]) -> Result<u64, String> {
+    if data.len() < 8 {
+        return Err(format!("{} bytes, too short for a control file", data.len()));
+    }
+    let id = le_u64(data, 0);
+    if id == 0 {
+        return Err("no system identifier in it".into());
+    }
+    Ok(id)
+}
+
+/// The start of a backup history file (`<segment>.<offset>.backup`): the
+/// LSN and the segment name of its `START WAL LOCATION: 0/700028 (file
+/// 000000010000000000000007)` line.
+pub fn parse_backup_start(text: &str) -> Result<(Lsn, String), String> {
+    let line =
+        text.lines().find_map(|l| l.strip_prefix("START WAL LOCATION:")).ok_or("it has no START WAL LOCATION line")?;
+    let mut words = line.split_whitespace();
+    let lsn = Lsn::parse(words.next().unwrap_or_default())?;
+    let file = match (words.next(), words.next()) {
+        (Some("(file"), Some(f)) => f.trim_end_matches(')').to_string(),
+        _ => return Err(format!("its START WAL LOCATION line {line:?} names no file")),
+    };
+    Ok((lsn, file))
+}
+
+// ---------------------------------------------------------------------------
 // Recovery target times
 
 /// Parses a recovery target time: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.frac]`
@@ -485,6 +516,20 @@ mod tests {
         }
         assert_eq!(files[5].segno(MIB16), Some(256));
         assert_eq!(files[3].segno(MIB16), None);
+    }
+
+    #[test]
+    fn control_files_and_backup_history_files_parse() {
+        let mut control = 42u64.to_le_bytes().to_vec();
+        control.resize(8192, 0);
+        assert_eq!(control_system_identifier(&control), Ok(42));
+        assert!(control_system_identifier(&control[..4]).unwrap_err().contains("too short"));
+        assert!(control_system_identifier(&[0u8; 16]).unwrap_err().contains("no system identifier"));
+        let text = "START WAL LOCATION: 0/700028 (file 000000010000000000000007)\nSTOP WAL LOCATION: 0/700100 \
+                    (file 000000010000000000000007)\n";
+        assert_eq!(parse_backup_start(text), Ok((Lsn(0x70_0028), "000000010000000000000007".to_string())));
+        assert!(parse_backup_start("nothing").is_err());
+        assert!(parse_backup_start("START WAL LOCATION: 0/7").is_err());
     }
 
     #[test]

@@ -350,7 +350,8 @@ pub mod host {
     }
 
     /// Sets permission bits and modification time of `path` (relative to
-    /// the restore target), which WASI itself cannot do.
+    /// the restore target; `.` is the target itself), which WASI itself
+    /// cannot do.
     pub fn set_metadata(path: &str, mode: u32, mtime: super::Timestamp) -> Result<(), Error> {
         wit::host::set_metadata(path, mode, mtime.to_wit()).map_err(|e| Error::from_wit(e).context(path))
     }

@@ -11,6 +11,8 @@ mod live_trees;
 mod maintenance;
 mod postgres;
 mod redis;
+mod redis_follow;
+mod repo_v3;
 mod streams;
 mod support;
 mod wal;

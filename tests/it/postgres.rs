@@ -1,7 +1,8 @@
 //! The postgres plugin against real PostgreSQL 15 clusters (Debian's
 //! `postgresql`, initialized with `initdb` in temp dirs and started on free
 //! loopback ports): base backups over SCRAM-authenticated replication
-//! connections of a pgbench database, `coffer wal push` as the cluster's
+//! connections of a pgbench database, `coffer wal push` (the postgres
+//! plugin's `stream_push`) as the cluster's
 //! `archive_command`, full and point-in-time restores started with the stock
 //! `postgres` and compared table by table, manifest verification, and bad
 //! input.
@@ -16,21 +17,21 @@ use std::time::{Duration, Instant};
 
 use crate::support::{PASSWORD, coffer_bin, stderr};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+pub(crate) const BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Password of the `backup` role (SCRAM-SHA-256).
 const BACKUP_PW: &str = "s3cret-backup-pw";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     coffer_test_support::free_port().expect("a free port on 127.0.0.1")
 }
 
-fn as_postgres(program: &str) -> Command {
+pub(crate) fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--", program]);
     c
 }
 
-fn run_ok(c: &mut Command, what: &str) -> String {
+pub(crate) fn run_ok(c: &mut Command, what: &str) -> String {
     let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
@@ -42,12 +43,12 @@ fn run_ok(c: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn chown_postgres(p: &Path) {
+pub(crate) fn chown_postgres(p: &Path) {
     run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(p), "chown");
 }
 
 /// A temp dir the `postgres` user owns.
-fn postgres_tempdir() -> tempfile::TempDir {
+pub(crate) fn postgres_tempdir() -> tempfile::TempDir {
     assert!(
         Path::new(BIN).join("postgres").exists(),
         "PostgreSQL 15 is missing: `cargo xtask deps` installs Debian's postgresql"
@@ -59,10 +60,10 @@ fn postgres_tempdir() -> tempfile::TempDir {
 }
 
 /// A repository in `root`, used as the `postgres` user.
-struct Repo {
-    url: String,
-    password_file: PathBuf,
-    cache: PathBuf,
+pub(crate) struct Repo {
+    pub(crate) url: String,
+    pub(crate) password_file: PathBuf,
+    pub(crate) cache: PathBuf,
 }
 
 impl Repo {
@@ -76,7 +77,12 @@ impl Repo {
         r
     }
 
-    fn cmd(&self) -> Command {
+    /// A repository that exists at `url` (owned by the `postgres` user).
+    pub(crate) fn existing(root: &Path, url: &Path, password_file: &Path) -> Repo {
+        Repo { url: url.display().to_string(), password_file: password_file.to_path_buf(), cache: root.join("cache") }
+    }
+
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = as_postgres(coffer_bin().to_str().unwrap());
         c.env("COFFER_REPO", &self.url)
             .env("COFFER_PASSWORD_FILE", &self.password_file)
@@ -86,15 +92,15 @@ impl Repo {
         c
     }
 
-    fn coffer(&self, args: &[&str]) -> Output {
+    pub(crate) fn coffer(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         run_ok(self.cmd().args(args), &format!("coffer {args:?}"))
     }
 
-    fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         serde_json::from_str(&self.ok(&a)).unwrap()
@@ -116,7 +122,7 @@ impl Repo {
 }
 
 /// A PostgreSQL cluster in a temp dir, stopped on drop.
-struct Cluster {
+pub(crate) struct Cluster {
     data: PathBuf,
     sock: PathBuf,
     port: u16,
@@ -157,14 +163,14 @@ impl Cluster {
     }
 
     /// A cluster over an existing (restored) data directory, on a new port.
-    fn over(root: &Path, data: &Path) -> Cluster {
+    pub(crate) fn over(root: &Path, data: &Path) -> Cluster {
         let sock = root.join(format!("{}.sock", data.file_name().unwrap().to_str().unwrap()));
         std::fs::create_dir_all(&sock).unwrap();
         chown_postgres(&sock);
         Cluster { data: data.to_path_buf(), sock, port: free_port(), cache: root.join("cache") }
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         let opts = format!("-p {} -k {}", self.port, self.sock.display());
         let log = self.data.with_extension("log");
         run_ok(
@@ -176,13 +182,13 @@ impl Cluster {
         );
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ = as_postgres(&format!("{BIN}/pg_ctl"))
             .args(["-D", self.data.to_str().unwrap(), "-m", "fast", "-w", "stop"])
             .output();
     }
 
-    fn psql(&self, sql: &str) -> String {
+    pub(crate) fn psql(&self, sql: &str) -> String {
         run_ok(
             as_postgres(&format!("{BIN}/psql"))
                 .args(["-h", self.sock.to_str().unwrap(), "-p", &self.port.to_string(), "-U", "postgres"])
@@ -235,7 +241,7 @@ impl Cluster {
         }
     }
 
-    fn wait_promoted(&self) {
+    pub(crate) fn wait_promoted(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.psql("select pg_is_in_recovery()") != "f" {
             assert!(Instant::now() < deadline, "the restored cluster did not finish recovery");
@@ -273,7 +279,7 @@ fn backup_pw_file(root: &Path) -> String {
 }
 
 /// A new restore target the postgres user owns.
-fn target(root: &Path, name: &str) -> PathBuf {
+pub(crate) fn target(root: &Path, name: &str) -> PathBuf {
     let t = root.join(name);
     std::fs::create_dir(&t).unwrap();
     chown_postgres(&t);
@@ -377,7 +383,9 @@ fn pgbench_backup_then_full_and_point_in_time_restores_match_the_tables() {
     assert!(out.contains("restored snapshot"), "{out}");
     assert!(pitr.join("recovery.signal").exists());
     let auto = std::fs::read_to_string(pitr.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("recovery_target_time") && auto.contains("wal fetch"), "{auto}");
+    assert!(auto.contains("recovery_target_time"), "{auto}");
+    // restore_command is coffer's fetch command for the snapshot's stream.
+    assert!(auto.contains(&format!("stream fetch --plugin postgres pg-{sysid} %f %p")), "{auto}");
     assert!(!auto.contains(PASSWORD), "the repository password is not written into the data directory");
     let c = Cluster::over(root, &pitr);
     c.start();

@@ -177,7 +177,12 @@ impl RedisServer {
 
     /// Starts a server on an existing data directory.
     pub fn start_in(dir: &Path, extra: &[&str]) -> RedisServer {
-        let port = free_port();
+        Self::start_at(dir, free_port(), extra)
+    }
+
+    /// Starts a server on an existing data directory and a given port (a
+    /// restart).
+    pub fn start_at(dir: &Path, port: u16, extra: &[&str]) -> RedisServer {
         let child = Command::new(redis_server_bin())
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir", dir.to_str().unwrap()])
             .args(["--save", "", "--daemonize", "no", "--enable-debug-command", "yes", "--logfile", "redis.log"])
@@ -585,11 +590,14 @@ impl FakeRedis {
                         };
                         format!("${}\r\n{body}\r\n", body.len()).into_bytes()
                     }
-                    "SYNC" => {
+                    "SYNC" | "PSYNC" => {
                         let (data, n) = match &sync {
                             SyncReply::Payload(d) => (d.clone(), d.len()),
                             SyncReply::CutAfter(d, n) => (d.clone(), *n),
                         };
+                        if name == "PSYNC" {
+                            let _ = w.write_all(b"+FULLRESYNC 0123456789abcdef0123456789abcdef01234567 0\r\n");
+                        }
                         let _ = w.write_all(format!("\n\n${}\r\n", data.len()).as_bytes());
                         let _ = w.write_all(&data[..n]);
                         return;
@@ -698,7 +706,7 @@ fn unreachable_servers_ungranted_addresses_and_refused_sync() {
     let out = t.coffer(&["backup", "redis"]);
     assert_failed_clean(&t, &out, "url", 0);
 
-    let src = RedisServer::start(&["--rename-command", "SYNC", ""]);
+    let src = RedisServer::start(&["--rename-command", "SYNC", "", "--rename-command", "PSYNC", ""]);
     let out = t.coffer(&["backup", "redis", "--set", &format!("url={}", src.url())]);
     assert_failed_clean(&t, &out, "refused SYNC", 0);
     assert!(stderr(&out).contains("mode=aof"), "{}", stderr(&out));

@@ -1,6 +1,9 @@
 //! `coffer wal push|fetch|list` as PostgreSQL runs them (archive_command and
 //! restore_command, in the data directory), on synthetic WAL files with
-//! real page headers; and WAL retention through `coffer forget`.
+//! real page headers: the aliases of `coffer stream push|fetch|list` with
+//! the postgres plugin, which classifies and checks each file; gaps named
+//! by `coffer verify`; WAL retention through `coffer forget` by the needs
+//! base backups declare.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -95,12 +98,27 @@ fn archive_and_restore_commands_work_as_postgres_runs_them() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("not in the archive") && err.contains(&name(4)), "{err}");
     assert!(!restored.join("pg_wal/RECOVERYXLOG.next").exists());
-    // Without pg_control or --stream, fetch says what to pass.
+    // Without pg_control or --stream, fetch finds the one stream holding
+    // the file.
     let out = in_dir(&t, t.dir.path(), &["wal", "fetch", &name(3), "x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(t.dir.path().join("x")).unwrap() == seg3);
+    let out = in_dir(&t, t.dir.path(), &["wal", "fetch", "--stream", &format!("pg-{SYSID}"), &name(3), "y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A history file without pg_control: the stream must be named.
+    std::fs::write(t.dir.path().join("00000003.history"), "1\t0/5000000\tx\n2\t0/6000000\ty\n").unwrap();
+    let out = in_dir(&t, t.dir.path(), &["wal", "push", "00000003.history"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--stream") && stderr(&out).contains("--pgdata"), "{}", stderr(&out));
-    let out = in_dir(&t, t.dir.path(), &["wal", "fetch", "--stream", &format!("pg-{SYSID}"), &name(3), "x"]);
+    // The same name in two streams: fetch without --stream says which hold it.
+    std::fs::write(pg.join("pg_wal").join(name(3)), &seg3).unwrap();
+    let out = in_dir(&t, &pg, &["wal", "push", "--stream", "other", &p]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let out = in_dir(&t, t.dir.path(), &["wal", "fetch", &name(3), "z"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("other") && err.contains(&format!("pg-{SYSID}")) && err.contains("--stream"), "{err}");
+    assert!(!t.dir.path().join("z").exists());
     // Names that are not WAL files are usage errors.
     let out = in_dir(&t, &pg, &["wal", "fetch", "../config", "x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -118,15 +136,19 @@ fn wal_list_shows_streams_counts_and_gaps() {
         std::fs::remove_file(&p).unwrap();
     }
     let text = t.ok(&["wal", "list"]);
-    assert!(text.contains(&format!("stream pg-{SYSID}: 4 files (4 segments")), "{text}");
-    assert!(text.contains(&format!("first {}, last {}", name(1), name(6))), "{text}");
-    assert!(text.contains(&format!("gap: {}..{} (2 segments missing)", name(4), name(5))), "{text}");
+    assert!(text.contains(&format!("builtin-postgres pg-{SYSID}: 4 items")), "{text}");
+    assert!(text.contains(&format!("first {}, newest {}", name(1), name(6))), "{text}");
     let v = t.json(&["wal", "list", "--stream", &format!("pg-{SYSID}")]);
-    let s = &v[0];
-    assert_eq!(s["files"], 4);
-    assert_eq!(s["segment_size"], SEG as u64);
-    assert_eq!(s["gaps"][0]["first"], name(4));
-    assert_eq!(s["names"].as_array().unwrap().len(), 4);
+    let keys: Vec<&str> = v.as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, [1, 2, 3, 6].map(name));
+    assert_eq!(v[1]["position"], 2 * SEG as u64, "a segment's position is where it starts");
+    // The host cannot tell WAL gaps; verify of a base backup does.
+    let id = base_backup(&t, 1);
+    let out = t.coffer(&["verify", &id]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{text}{}", stderr(&out));
+    assert!(text.contains(&format!("WAL {}..{} is missing from the archive", name(4), name(5))), "{text}");
+    assert!(text.contains(&format!("reaches segment {}", name(3))), "{text}");
     // A segment whose header does not match its name is refused.
     let p = pg.join("pg_wal").join(name(9));
     std::fs::write(&p, segment(8, 2)).unwrap();
@@ -135,7 +157,9 @@ fn wal_list_shows_streams_counts_and_gaps() {
     assert!(stderr(&out).contains("is not the WAL segment its name says"), "{}", stderr(&out));
 }
 
-/// Writes a snapshot shaped like the postgres plugin's through the library.
+/// Writes a snapshot shaped like the postgres plugin's (contract 0.2.0)
+/// through the library: its attributes, and the need of its stream from
+/// its start segment on.
 fn base_backup(t: &TestRepo, start: u64) -> String {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -143,11 +167,13 @@ fn base_backup(t: &TestRepo, start: u64) -> String {
         let w = repo
             .start_snapshot(coffer_repo::SnapshotOptions {
                 source: "postgres:db".into(),
-                plugin: coffer_repo::PluginIdentity { name: "postgres".into(), ..Default::default() },
+                plugin: coffer_repo::PluginIdentity { name: "postgres".into(), builtin: true, ..Default::default() },
                 ..Default::default()
             })
             .await
             .unwrap();
+        let owner = coffer_repo::StreamOwner::builtin("postgres").unwrap();
+        w.need_stream(owner, &format!("pg-{SYSID}"), start * SEG as u64).unwrap();
         w.set_attribute("pg.system-identifier", &SYSID.to_string());
         w.set_attribute("pg.start-wal", &name(start));
         w.set_attribute("pg.stop-wal", &name(start));
@@ -167,19 +193,26 @@ fn forget_removes_wal_older_than_the_oldest_remaining_base_backup() {
         std::fs::write(&p, segment(s, 3)).unwrap();
         assert!(in_dir(&t, &pg, &["wal", "push", p.to_str().unwrap()]).status.success());
     }
+    // A history file whose timeline began before the cut: pinned, kept.
+    std::fs::write(pg.join("pg_wal/00000002.history"), "1\t0/2000000\tno recovery target specified\n").unwrap();
+    assert!(in_dir(&t, &pg, &["wal", "push", "pg_wal/00000002.history"]).status.success());
+    let stream = format!("pg-{SYSID}");
+    let keys = |t: &TestRepo| -> Vec<String> {
+        let v = t.json(&["wal", "list", "--stream", &stream]);
+        v.as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_string()).collect()
+    };
     let dry = t.ok(&["forget", "--dry-run", &old[..12]]);
-    assert!(dry.contains(&format!("kept from {}; would remove 3 older files", name(4))), "{dry}");
-    let v = t.json(&["wal", "list"]);
-    assert_eq!(v[0]["files"], 5, "a dry run removed WAL");
+    assert!(dry.contains(&format!("kept from {}; would remove 3 older items", name(4))), "{dry}");
+    assert_eq!(keys(&t).len(), 6, "a dry run removed WAL");
     let done = t.ok(&["forget", &old[..12]]);
-    assert!(done.contains("removed 3 older files"), "{done}");
-    let v = t.json(&["wal", "list"]);
-    assert_eq!(v[0]["first"], name(4));
+    assert!(done.contains("removed 3 older items"), "{done}");
+    let left = keys(&t);
+    assert_eq!(left, vec!["00000002.history".to_string(), name(4), name(5)], "history files stay");
     // With --json the retention report goes to stderr; stdout stays one document.
     let out = t.coffer(&["--json", "forget", "--keep-last", "5"]);
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout is JSON");
-    assert!(stderr(&out).contains("WAL stream"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("stream builtin-postgres/{stream}: kept from")), "{}", stderr(&out));
     // Prune keeps the archived WAL and check reads it all back.
     t.ok(&["prune"]);
     let out = t.ok(&["check", "--read-data"]);

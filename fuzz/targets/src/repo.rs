@@ -1,5 +1,6 @@
-//! Targets for the repository's own files (`coffer-repo`) and the WAL
-//! names and headers it shares with the postgres plugin (`coffer-pgwal`).
+//! Targets for the repository's own files (`coffer-repo`, legacy WAL
+//! archive objects included) and the postgres plugin's WAL names and
+//! headers (`coffer-pgwal`).
 //!
 //! Sealed formats are fuzzed behind the seal: the target seals the input
 //! under a fixed key, so the parser after authentication sees every byte
@@ -8,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+use coffer_pgwal as walfile;
 use coffer_repo::Id;
 use coffer_repo::blob::{self, BlobKind, Compression};
 use coffer_repo::crypto::{Keyring, Keys, MasterSecret};
@@ -17,7 +19,7 @@ use coffer_repo::repofile::index::IndexFile;
 use coffer_repo::repofile::keyfile::KeyFile;
 use coffer_repo::repofile::snapshot::{SnapshotManifest, redact_config};
 use coffer_repo::repofile::tree::{self, Entry, EntryDecoder};
-use coffer_repo::repofile::wal::{self as walfile, WalObject};
+use coffer_repo::repofile::wal::{self as wal_object, WalObject};
 use coffer_repo::repofile::{aad, pack};
 use coffer_repo::shares::{self, Share};
 
@@ -261,6 +263,8 @@ pub(crate) fn wal_text(data: &[u8]) {
     }
     let _ = walfile::parse_history(&text);
     let _ = walfile::parse_time(&text);
-    let _ = walfile::valid_stream(&text);
-    let _ = walfile::split_object_name(&text);
+    let _ = walfile::parse_backup_start(&text);
+    let _ = walfile::control_system_identifier(data);
+    let _ = wal_object::valid_stream(&text);
+    let _ = wal_object::split_object_name(&text);
 }

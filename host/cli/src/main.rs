@@ -64,6 +64,11 @@ pub struct Global {
     /// for stdin.
     #[arg(long, env = "COFFER_SHARES_FROM", global = true, value_name = "FILE")]
     pub shares_from: Option<PathBuf>,
+    /// Open the repository with a key cache file (from `coffer key cache`)
+    /// instead of a password: no Argon2id, for commands run very often
+    /// (`archive_command`). Mode 0600; whoever reads it has the key.
+    #[arg(long, env = "COFFER_KEY_FILE", global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -168,7 +173,9 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(commands::run(cli));
+    tracing::debug!("command finished");
     // Background uploads and plugin threads must not delay the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    tracing::debug!("async runtime shut down");
     code
 }

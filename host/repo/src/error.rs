@@ -46,6 +46,26 @@ pub enum Error {
         /// How many key files were tried.
         tried: usize,
     },
+    /// A key cache file's key file is gone from the repository: it was
+    /// removed, which revokes the cache file.
+    #[error(
+        "it is revoked: its key {key} is no longer in {location}/keys (`coffer key remove` revokes a key \
+         cache); make a new one with `coffer key cache --out FILE`, or open with the password"
+    )]
+    KeyCacheRevoked {
+        /// Where.
+        location: String,
+        /// The short id of the key it names.
+        key: String,
+    },
+    /// A key cache file that does not open this repository.
+    #[error("it does not open repository {location}: {reason}")]
+    KeyCacheRefused {
+        /// Where.
+        location: String,
+        /// Why.
+        reason: String,
+    },
     /// The repository has no key files.
     #[error("repository {location} has no key files; it cannot be opened (restore keys/ from a copy)")]
     NoKeys {
@@ -143,16 +163,12 @@ pub enum Error {
     },
     /// Another follower holds a stream's lease.
     #[error(
-        "{operation} of stream {owner}/{stream} cannot start: {holder} holds its lease ({object}). Only one \
-         follower writes a stream at a time; if that run crashed on another machine, its lease expires at \
-         {expires} (a crashed run on this machine is noticed at once)"
+        "stream {stream} cannot be followed: {holder} holds its lease ({object}). Only one follower writes a \
+         stream at a time; if that run crashed on another machine, its lease expires at {expires} (a crashed run \
+         on this machine is noticed at once)"
     )]
     StreamLeaseHeld {
-        /// What was refused.
-        operation: String,
-        /// The stream's owner.
-        owner: String,
-        /// The stream.
+        /// The stream, as `<owner>/<stream>`.
         stream: String,
         /// The lease object's path.
         object: String,

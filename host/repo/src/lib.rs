@@ -4,8 +4,8 @@
 //! or an object store: packs of deduplicated, compressed and encrypted blobs,
 //! index files that locate blobs in packs, snapshot manifests, key files and
 //! one config. See `docs/format.md` for every byte. This crate has no
-//! WebAssembly in it: the plugin runtime drives it through [`SnapshotWriter`]
-//! and the read API of [`Repository`].
+//! WebAssembly in it: the plugin runtime drives it through [`SnapshotWriter`],
+//! [`StreamWriter`] (plugin-owned streams) and the read API of [`Repository`].
 
 pub mod backend;
 pub mod blob;
@@ -32,13 +32,14 @@ pub use commands::snapshot::{
     EntryAdder, EntryDigest, EntryMeta, EntryWriter, SnapshotOptions, SnapshotWriter, SourceIssue,
 };
 pub use commands::stream::{ItemOutcome, ItemWriter, StreamItem, StreamItemListing, StreamItemReader, StreamWriter};
-pub use commands::wal::{WalCoverage, WalForgetReport, WalGap, WalListing, WalPushReport};
+pub use commands::wal::WalListing;
 pub use crypto::MasterSecret;
 pub use error::{Error, Result};
 pub use id::Id;
+pub use repofile::keycache::KeyCache;
 pub use repofile::keyfile::KdfParams;
 pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary};
 pub use repofile::stream::{StreamCheckpoint, StreamNeed, StreamOwner};
 pub use repofile::tree::{Entry, EntryKind};
-pub use repofile::wal::{Lsn, WalFile, WalObject};
+pub use repofile::wal::WalObject;
 pub use repository::{InitOptions, Repository, backend_for};

@@ -20,6 +20,7 @@ use crate::repofile::config::{
     RepoConfig,
 };
 use crate::repofile::index::IndexFile;
+use crate::repofile::keycache::KeyCache;
 use crate::repofile::keyfile::{KdfParams, KeyFile, KeyFileError};
 use crate::repofile::snapshot::SnapshotManifest;
 
@@ -176,9 +177,14 @@ impl Repository {
                 tracing::warn!(key = %listed.name, "skipping unreadable key file");
                 continue;
             };
+            // A key cache's key file opens with its cache file only.
+            if kf.is_file_key() {
+                continue;
+            }
             tried += 1;
             match kf.open(password, &config.id) {
                 Ok(secret) => {
+                    tracing::debug!(key = %listed.name, "key file opened with the password (Argon2id)");
                     let keys = Keys::derive(&secret);
                     if !config.verify(&keys) {
                         return Err(Error::DamagedConfig {
@@ -192,7 +198,7 @@ impl Repository {
                     repo.load_keyring().await?;
                     return Ok(repo);
                 }
-                Err(KeyFileError::WrongPassword) => {}
+                Err(KeyFileError::WrongPassword | KeyFileError::NotAPasswordKey) => {}
                 Err(KeyFileError::Malformed(m) | KeyFileError::Other(m)) => {
                     tracing::warn!(key = %listed.name, "skipping key file: {m}");
                     tried -= 1;
@@ -204,6 +210,60 @@ impl Repository {
             (0, Some((object, reason))) => Err(Error::Corrupt { object, reason, hint: String::new() }),
             _ => Err(Error::WrongPassword { location, tried }),
         }
+    }
+
+    /// Opens the repository with a key cache file (`coffer key cache`): one
+    /// read of the key file it names and one AEAD open, no Argon2id. A key
+    /// file removed from the repository revokes the cache
+    /// ([`Error::KeyCacheRevoked`]); a cache of another repository, or one
+    /// whose key does not open its key file, is refused
+    /// ([`Error::KeyCacheRefused`]).
+    pub async fn open_with_key_cache(backend: DynBackend, cache: &KeyCache) -> Result<Repository> {
+        let config = read_config(&backend).await?;
+        let location = backend.location();
+        let refused = |reason: String| Error::KeyCacheRefused { location: backend.location(), reason };
+        if cache.repository != config.id {
+            return Err(refused(format!(
+                "it is a key cache of repository {}, and this one is {}",
+                cache.repository.short(),
+                config.id.short()
+            )));
+        }
+        let name = cache.key.to_hex();
+        let raw = match backend.get(FileKind::Key, &name).await {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::KeyCacheRevoked { location, key: cache.key.short() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let kf: KeyFile = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt(FileKind::Key.path(&name), format!("unreadable key file ({e})")))?;
+        let secret = match kf.open_file_key(&cache.file_key, &config.id) {
+            Ok(s) => s,
+            Err(KeyFileError::WrongPassword) => {
+                return Err(refused(format!(
+                    "its key does not open key {} (the file is damaged, or was not written for that key)",
+                    cache.key.short()
+                )));
+            }
+            Err(KeyFileError::Malformed(m) | KeyFileError::Other(m)) => {
+                return Err(refused(format!("key {} is {m}", cache.key.short())));
+            }
+            Err(KeyFileError::NotAPasswordKey) => unreachable!("only a password open says so"),
+        };
+        tracing::debug!(key = %name, "key file opened with a key cache file (no Argon2id)");
+        let keys = Keys::derive(&secret);
+        if !config.verify(&keys) {
+            return Err(Error::DamagedConfig {
+                location,
+                reason: "its authentication code does not match the repository key (it was altered)".into(),
+            });
+        }
+        let config = upgrade_config(&backend, config, &keys).await;
+        let repo = Self::assemble(backend, config, secret, Some(cache.key));
+        repo.load_keyring().await?;
+        Ok(repo)
     }
 
     /// Opens the repository with its master secret (recovered from shares)
@@ -342,6 +402,7 @@ impl Repository {
         let mut idx = MasterIndex::build(&files, &marked);
         let ring = self.keyring();
         idx.exclude_epochs(|e| ring.is_retired(e));
+        tracing::debug!(index_files = files.len(), blobs = idx.len(), "index loaded");
         let idx = Arc::new(idx);
         *self.index.write().expect("index lock") = Arc::clone(&idx);
         Ok(idx)

@@ -80,11 +80,15 @@ impl ComponentCache {
         let path = self.dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
         if path.is_file() {
             match load_precompiled(engine, &path) {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    tracing::debug!("compiled component from the cache {}", path.display());
+                    return Ok(c);
+                }
                 Err(e) => tracing::warn!("cached component {} unusable ({e}); recompiling", path.display()),
             }
         }
         let bytes = engine.precompile_component(wasm)?;
+        tracing::debug!("component compiled; storing it in the cache {}", self.dir.display());
         // A name no other writer in this or another process uses.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -723,7 +723,13 @@ impl host::Host for PluginState {
         mtime: Timestamp,
     ) -> wasmtime::Result<Result<(), WitError>> {
         use std::os::unix::fs::PermissionsExt;
-        let cur = match self.resolve_in_target(&path, false) {
+        // `.` is the target directory itself (a database's data directory
+        // must be private, for instance).
+        let resolved = match (&self.job.restore, path.as_str()) {
+            (Some(r), ".") => Ok(r.root.clone()),
+            _ => self.resolve_in_target(&path, false),
+        };
+        let cur = match resolved {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };

@@ -503,6 +503,7 @@ impl LoadedPlugin {
             Ok(b) => b,
             Err(e) => return Err(classify(&self.label, &mut store, e)),
         };
+        tracing::debug!(plugin = %self.label, "plugin instantiated");
         Ok(Instance { store, bindings, plugin: self.label.clone() })
     }
 
@@ -524,6 +525,7 @@ impl LoadedPlugin {
         .await;
         store.data_mut().job.info_deadline = None;
         let info = finish_call(plugin, store, r)?;
+        tracing::debug!(plugin = %plugin, "plugin described itself (info)");
         if info.name.is_empty()
             || info.name.len() > 64
             || !info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -878,6 +880,7 @@ impl LoadedPlugin {
             builtin: self.builtin,
         };
         let writer = repo.stream_writer(owner, identity).await?;
+        tracing::debug!("stream writer ready (session marker written, keyring and index loaded)");
         let lease_expiry = match call {
             StreamCall::Follow(e) => Some(e),
             StreamCall::Push(_) => None,

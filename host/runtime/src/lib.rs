@@ -129,6 +129,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
 
         let cache = opts.cache_dir.as_deref().and_then(ComponentCache::open);
+        tracing::debug!("plugin engine ready");
         Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cache }) })
     }
 
@@ -166,6 +167,7 @@ impl Runtime {
             None => wasmtime::component::Component::new(&self.inner.engine, wasm),
         }
         .map_err(|e| err(format!("{e:#}")))?;
+        tracing::debug!(plugin = name, "plugin component loaded");
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             err(format!(
                 "it does not match the coffer:plugin contract (0.2.0 or 0.1.0) or imports something coffer does not provide ({e:#})"

@@ -1,7 +1,7 @@
 //! coffer's `postgres` plugin: physical base backups of a PostgreSQL 15+
-//! cluster over the replication protocol, restores into a directory (to the
-//! backup's end or to a point in time with coffer's WAL archive), and
-//! verification against the backup manifest.
+//! cluster over the replication protocol, its WAL archived in the plugin's
+//! stream, restores into a directory (to the backup's end or to a point in
+//! time), and verification against the backup manifest and the archive.
 //!
 //! - **Backup** (`--set url=postgres://backup@10.0.0.5:5432/`): one
 //!   replication connection runs `BASE_BACKUP` with a fast checkpoint, the
@@ -11,17 +11,26 @@
 //! - **Restore** (`--target DIR`): the files with their modes, into an
 //!   empty directory. With `to_time`, `to_lsn`, `to_xid` or `to_end` it
 //!   also writes `recovery.signal` and the recovery settings, so the stock
-//!   `postgres` fetches WAL with `coffer wal fetch` and stops at the target.
+//!   `postgres` fetches WAL with the host's fetch command and stops at the
+//!   target, after checking the target against the archive.
+//! - **Archive** (`coffer wal push %p`, that is `coffer stream push --plugin
+//!   postgres`): each WAL file PostgreSQL hands over is checked and appended
+//!   to the stream `pg-<system identifier>`; a base backup declares that it
+//!   needs the stream from its start segment on, so `coffer forget` keeps
+//!   what remaining backups need.
 //! - **Verify**: every stored file against the manifest's sizes and
 //!   checksums (missing, extra and damaged files by path), the WAL the
-//!   snapshot carries page by page, and with `data_dir` a restored
+//!   snapshot carries page by page, the archive's coverage from the
+//!   backup's start (gaps, timelines), and with `data_dir` a restored
 //!   directory the same way `pg_verifybackup` does.
 //!
 //! [`backup`] reads the `BASE_BACKUP` stream, [`conn`] is the
 //! replication-mode client and its authentication, [`tar`] the member
 //! headers, [`manifest`] the manifest and its checksums, [`recovery`] the
-//! settings a point-in-time restore writes, [`verify`] the checks.
+//! settings a point-in-time restore writes, [`verify`] the checks,
+//! [`archive`] the WAL stream.
 
+pub mod archive;
 pub mod backup;
 pub mod conn;
 pub mod manifest;
@@ -38,7 +47,7 @@ use std::time::Duration;
 
 use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
-    SnapshotReader, StreamSink, Timestamp, VerifyReport, host,
+    SnapshotReader, StreamSink, Timestamp, VerifyReport, host, shell_quote,
 };
 use conn::{Conn, Target};
 use serde::Deserialize;
@@ -97,9 +106,17 @@ pub struct PostgresConfig {
     /// Restore: whether the restored cluster archives WAL.
     #[serde(default)]
     archive_mode: recovery::ArchiveMode,
-    /// Restore: the command PostgreSQL runs to fetch archived WAL.
+    /// Restore: the command PostgreSQL runs to fetch archived WAL (default:
+    /// the host's fetch command).
     #[serde(default)]
     restore_command: Option<String>,
+    /// Backup and archive: the WAL stream (default `pg-<system identifier>`).
+    #[serde(default)]
+    stream: Option<String>,
+    /// Archive: the cluster's data directory, for the system identifier in
+    /// `global/pg_control` (history and backup history files carry none).
+    #[serde(default)]
+    pgdata_dir: Option<String>,
     /// Verify: a restored data directory to check against the manifest.
     #[serde(default)]
     data_dir: Option<String>,
@@ -113,9 +130,6 @@ pub struct PostgresConfig {
     /// (0: whole segments only).
     #[serde(default = "default_partial_interval")]
     partial_interval: u64,
-    /// Follow: the stream (default `pg-<system identifier>`).
-    #[serde(default)]
-    follow_stream: Option<String>,
 }
 
 fn default_partial_interval() -> u64 {
@@ -143,6 +157,21 @@ impl Config for PostgresConfig {
         {
             return Err(ConfigError::field("label", "must be one line of at most 1000 bytes"));
         }
+        if let Some(s) = &self.stream {
+            let ok = !s.is_empty()
+                && s.len() <= 200
+                && !s.starts_with(['.', '-'])
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(ConfigError::field(
+                    "stream",
+                    format!(
+                        "{s:?} is not a stream name: use 1 to 200 letters, digits, '.', '_' or '-' (such as \
+                         pg-7283947561234567890)"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -155,8 +184,17 @@ impl PostgresConfig {
         Target::parse(url, self.user.as_deref(), self.password.as_deref())
     }
 
+    fn text(v: &Option<String>) -> Option<String> {
+        v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+    }
+
+    /// True when the restore recovers past the backup's end.
+    fn targeted(&self) -> bool {
+        [&self.to_time, &self.to_lsn, &self.to_xid].iter().any(|v| Self::text(v).is_some()) || self.to_end
+    }
+
     fn plan(&self) -> Result<recovery::Plan, Error> {
-        let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        let text = Self::text;
         let (time, lsn, xid) = (text(&self.to_time), text(&self.to_lsn), text(&self.to_xid));
         recovery::Plan::new(
             time.as_deref(),
@@ -190,12 +228,13 @@ const SCHEMA: &str = r#"{
     "to_inclusive": {"type": "boolean", "description": "Restore: stop just after the target (default true) or just before it."},
     "target_action": {"type": "string", "enum": ["promote", "pause", "shutdown"], "description": "Restore: what the server does at the target (default promote)."},
     "archive_mode": {"type": "string", "enum": ["preserve", "off"], "description": "Restore: keep the cluster's archiving (default) or turn it off in the restored copy."},
-    "restore_command": {"type": "string", "description": "Restore: the command PostgreSQL runs to fetch WAL (coffer fills in `coffer wal fetch %f %p` for this repository)."},
+    "restore_command": {"type": "string", "description": "Restore: the command PostgreSQL runs to fetch WAL (default: coffer's own fetch command for this repository and stream)."},
+    "stream": {"type": "string", "description": "Backup, archive and follow: the WAL stream (default pg-<system identifier>)."},
+    "pgdata_dir": {"type": "string", "description": "Archive: the cluster's data directory, granted read-only, for the system identifier in global/pg_control (history files carry none; default: the directory above pg_wal/)."},
     "data_dir": {"type": "string", "description": "Verify: a restored data directory (before it is started), granted read-only, checked against the backup manifest."},
     "slot": {"type": "string", "description": "Follow: the physical replication slot to stream WAL from, so the server keeps WAL until coffer stored it."},
     "create_slot": {"type": "boolean", "description": "Follow: create the slot when it does not exist (default false)."},
-    "partial_interval": {"type": "integer", "minimum": 0, "description": "Follow: seconds between stored copies of the WAL segment in progress, which bound how far a restore may trail the server (default 10; 0: whole segments only)."},
-    "follow_stream": {"type": "string", "description": "Follow: the stream to store WAL in (default pg-<system identifier>)."}
+    "partial_interval": {"type": "integer", "minimum": 0, "description": "Follow: seconds between stored copies of the WAL segment in progress, which bound how far a restore may trail the server (default 10; 0: whole segments only)."}
   }
 }"#;
 
@@ -222,6 +261,8 @@ mod attr {
     pub const STOP_TIME: &str = "pg.stop-time";
     pub const LABEL: &str = "pg.label";
     pub const FILES: &str = "pg.files";
+    /// Set only when the config names the stream.
+    pub const WAL_STREAM: &str = "pg.wal-stream";
 }
 
 /// The first column of the first row of a query on `conn`.
@@ -378,27 +419,61 @@ impl Plugin for Postgres {
             (attr::STOP_TIME, rfc3339(stopped)),
             (attr::LABEL, label),
             (attr::FILES, manifest.files.len().to_string()),
+            (attr::WAL_STREAM, config.stream.clone().unwrap_or_default()),
         ];
         for (k, v) in attrs {
             if !v.is_empty() {
                 sink.set_attribute(k, &v)?;
             }
         }
+        // Recovery from this backup needs the archived WAL from its start
+        // segment on: retention keeps it while the snapshot exists.
+        let stream = config.stream.clone().unwrap_or_else(|| archive::stream_for_system(server.system_identifier));
+        sink.need_stream(&stream, finished.start_lsn.segno(seg) * seg)?;
         host::info(format!(
-            "base backup from {} ({start_wal}) to {} ({stop_wal}) on timeline {}: {} members, {} bytes",
+            "base backup from {} ({start_wal}) to {} ({stop_wal}) on timeline {}: {} members, {} bytes; it needs \
+             stream {stream} from {start_wal} on",
             finished.start_lsn, finished.stop_lsn, finished.stop_timeline, finished.members, finished.bytes
         ));
         Ok(())
     }
 
-    fn restore(config: PostgresConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
+    fn restore(mut config: PostgresConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
         let dir = options.directory()?.trim_end_matches('/').to_string();
+        // Recovery past the backup's end reads the archive: the host's
+        // fetch command becomes restore_command unless one was given.
+        let base = archive::BaseBackup::of(snapshot);
+        if config.targeted() && PostgresConfig::text(&config.restore_command).is_none() {
+            let b = base.as_ref().map_err(|why| {
+                Error::InvalidConfig(format!(
+                    "snapshot {} cannot be restored to a point in time: {why} (was it made by the postgres plugin?)",
+                    snapshot.id()
+                ))
+            })?;
+            if let Some(fetch) = &options.fetch {
+                config.restore_command = Some(fetch.shell_line(&format!("{} %f %p", shell_quote(&b.stream))));
+                if let Some(note) = &fetch.note {
+                    host::warn(format!("restore_command for the restored cluster: {note}"));
+                }
+            }
+        }
         let plan = config.plan()?;
         let partial = !options.include.is_empty();
         if partial && plan.needs_signal() {
             return Err(Error::InvalidConfig(
                 "--path: a point-in-time restore restores the whole cluster; drop --path or the recovery target".into(),
             ));
+        }
+        // A target is checked against the archive before anything is written.
+        let (to_lsn, to_time) = (PostgresConfig::text(&config.to_lsn), PostgresConfig::text(&config.to_time));
+        if to_lsn.is_some() || to_time.is_some() {
+            let b = base.as_ref().map_err(|why| {
+                Error::InvalidConfig(format!(
+                    "snapshot {} cannot be restored to a point in time: {why} (was it made by the postgres plugin?)",
+                    snapshot.id()
+                ))
+            })?;
+            archive::check_target(snapshot, b, to_lsn.as_deref(), to_time.as_deref())?;
         }
         prepare_target(&dir, options.force)?;
         let total: u64 = snapshot.entries().map(|e| e.size).sum();
@@ -451,6 +526,8 @@ impl Plugin for Postgres {
         for d in dirs.iter().rev() {
             host::set_metadata(&d.path, d.mode, d.mtime)?;
         }
+        // PostgreSQL refuses a data directory others can read.
+        host::set_metadata(".", 0o700, Timestamp::from(std::time::SystemTime::now()))?;
         Ok(())
     }
 
@@ -461,7 +538,7 @@ impl Plugin for Postgres {
         let opts = receive::ReceiveOptions {
             slot: config.slot.clone(),
             create_slot: config.create_slot,
-            stream: config.follow_stream.clone(),
+            stream: config.stream.clone(),
             partial_interval: (config.partial_interval > 0).then(|| Duration::from_secs(config.partial_interval)),
         };
         receive::follow(&target, &opts, sink)
@@ -473,6 +550,7 @@ impl Plugin for Postgres {
             Ok(m) => m,
             Err(why) => {
                 report.problem(MANIFEST_ENTRY, why);
+                archive::verify(snapshot, &mut report)?;
                 return Ok(report);
             }
         };
@@ -521,7 +599,14 @@ impl Plugin for Postgres {
                 Err(e) => report.problem(d, format!("cannot be read: {e}")),
             }
         }
+        // The archive: what restoring the backup needs, how far
+        // point-in-time recovery from it reaches.
+        archive::verify(snapshot, &mut report)?;
         Ok(report)
+    }
+
+    fn stream_push(config: PostgresConfig, file: &str, sink: &StreamSink) -> Result<(), Error> {
+        archive::push(config.stream.as_deref(), config.pgdata_dir.as_deref(), file, sink)
     }
 }
 

@@ -115,8 +115,9 @@ impl Plan {
         let restore_command = restore_command.map(str::trim).filter(|c| !c.is_empty()).map(str::to_string);
         if stop != Stop::BackupEnd && restore_command.is_none() {
             return Err(Error::InvalidConfig(
-                "restore_command: recovery past the backup's end reads the WAL archive; give the command PostgreSQL \
-                 runs to fetch a file, e.g. --set restore_command='coffer --repo R --password-file F wal fetch %f %p'"
+                "restore_command: recovery past the backup's end reads the WAL archive, and coffer offered no command \
+                 to fetch from it; give the command PostgreSQL runs to fetch a file, e.g. --set \
+                 restore_command='coffer --repo R --password-file F wal fetch %f %p'"
                     .into(),
             ));
         }

@@ -1,5 +1,4 @@
-//! WAL positions and file names (`coffer-pgwal`, shared with the host's
-//! WAL archive so both sides name segments alike), and the size settings
+//! WAL positions and file names (`coffer-pgwal`), and the size settings
 //! `SHOW` prints.
 
 pub use coffer_pgwal::{Lsn, segment_name};

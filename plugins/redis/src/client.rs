@@ -84,6 +84,9 @@ pub struct Conn {
     rpos: usize,
     wbuf: Vec<u8>,
     addr: String,
+    /// Reads wait at most this long before checking `host::cancelled`
+    /// (set with [`Conn::poll_every`]); `None` blocks.
+    poll: Option<std::time::Duration>,
 }
 
 /// Read piece.
@@ -94,9 +97,22 @@ impl Conn {
     /// unreachable server and an address that was not granted each get
     /// their own message.
     pub fn open(t: &Target) -> Result<Conn, Error> {
+        Self::open_with(t, None)
+    }
+
+    /// [`Conn::open`], with every read polling `host::cancelled` each
+    /// `every` (see [`Conn::poll_every`]).
+    pub fn open_polling(t: &Target, every: std::time::Duration) -> Result<Conn, Error> {
+        Self::open_with(t, Some(every))
+    }
+
+    fn open_with(t: &Target, poll: Option<std::time::Duration>) -> Result<Conn, Error> {
         let addr = t.addr();
         let stream = coffer_sdk::net::connect("Redis", &t.host, t.port)?;
-        let mut c = Conn { stream, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), addr };
+        let mut c = Conn { stream, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), addr, poll: None };
+        if let Some(every) = poll {
+            c.poll_every(every)?;
+        }
         if let Some(pw) = &t.password {
             let r = match &t.user {
                 Some(u) => c.call(&[b"AUTH", u.as_bytes(), pw.as_bytes()]),
@@ -148,6 +164,11 @@ impl Conn {
         }
     }
 
+    /// Appends bytes that already are RESP commands to the write buffer.
+    pub fn push_raw(&mut self, cmds: &[u8]) {
+        self.wbuf.extend_from_slice(cmds);
+    }
+
     /// Bytes waiting in the write buffer.
     pub fn pending(&self) -> usize {
         self.wbuf.len()
@@ -178,6 +199,12 @@ impl Conn {
             match self.stream.read(&mut self.rbuf[old..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) && self.poll.is_some() => {
+                    if coffer_sdk::host::cancelled() {
+                        self.rbuf.truncate(old);
+                        return Err(Error::Cancelled);
+                    }
+                }
                 Err(e) => {
                     self.rbuf.truncate(old);
                     return Err(self.lost(e));
@@ -252,7 +279,8 @@ impl Conn {
     }
 
     /// Raw bytes: what is buffered first, then the socket (`Ok(0)` when the
-    /// server closed the connection).
+    /// server closed the connection). While polling, a stop is an error
+    /// whose text is exactly `cancelled`.
     pub fn read_raw(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.rpos < self.rbuf.len() {
             let n = out.len().min(self.rbuf.len() - self.rpos);
@@ -260,8 +288,83 @@ impl Conn {
             self.rpos += n;
             return Ok(n);
         }
-        self.stream.read(out)
+        loop {
+            match self.stream.read(out) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) && self.poll.is_some() => {
+                    if coffer_sdk::host::cancelled() {
+                        return Err(std::io::Error::other("cancelled"));
+                    }
+                }
+                r => return r,
+            }
+        }
     }
+
+    /// Makes every read wait at most `every` before it checks
+    /// `host::cancelled` (and [`Conn::read_some`] return).
+    pub fn poll_every(&mut self, every: std::time::Duration) -> Result<(), Error> {
+        self.stream.set_read_timeout(Some(every)).map_err(|e| self.lost(e))?;
+        self.poll = Some(every);
+        Ok(())
+    }
+
+    /// Bytes buffered and not consumed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    /// Marks `n` buffered bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.rpos += n;
+    }
+
+    /// Reads what the socket has, waiting at most the poll interval:
+    /// `Ok(false)` when nothing came in that time.
+    pub fn read_some(&mut self) -> Result<bool, Error> {
+        let before = self.rbuf.len() - self.rpos;
+        match self.poll {
+            Some(_) => {
+                // read_more retries timeouts itself; one bounded read here.
+                if self.rpos > 0 && self.rpos == self.rbuf.len() {
+                    self.rbuf.clear();
+                    self.rpos = 0;
+                } else if self.rpos > READ_PIECE {
+                    self.rbuf.drain(..self.rpos);
+                    self.rpos = 0;
+                }
+                let old = self.rbuf.len();
+                self.rbuf.resize(old + READ_PIECE, 0);
+                let r = self.stream.read(&mut self.rbuf[old..]);
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted || is_timeout(&e) => {
+                        self.rbuf.truncate(old);
+                        return Ok(false);
+                    }
+                    Err(e) => {
+                        self.rbuf.truncate(old);
+                        return Err(self.lost(e));
+                    }
+                };
+                self.rbuf.truncate(old + n);
+                if n == 0 {
+                    return Err(Error::Unavailable(format!("Redis at {} closed the connection", self.addr)));
+                }
+                Ok(true)
+            }
+            None => {
+                self.read_more()?;
+                Ok(self.rbuf.len() - self.rpos > before)
+            }
+        }
+    }
+}
+
+/// A read that ran into its timeout (`WouldBlock` on Unix, `TimedOut`
+/// elsewhere).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 /// The RDB version the server at the other end loads, from `INFO server`.

@@ -17,8 +17,11 @@
 pub mod aof;
 pub mod client;
 pub mod compact;
+pub mod follow;
 pub mod lzf;
 pub mod rdb;
+pub mod repl;
+pub mod replay;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
@@ -27,7 +30,7 @@ use std::io::{Read, Write};
 use client::{Conn, Target};
 use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, EntryMeta, EntryWriter, Error, Plugin, PluginInfo, RestoreOptions,
-    Sink, SnapshotReader, Timestamp, VerifyReport, host,
+    Sink, SnapshotReader, StreamSink, Timestamp, VerifyReport, host,
 };
 use rdb::{Checksum, Depth, Item, Parser, RdbError};
 use serde::Deserialize;
@@ -85,7 +88,52 @@ pub struct RedisConfig {
     /// Live restore: empty the server (`FLUSHALL`, `FUNCTION FLUSH`) first.
     #[serde(default)]
     flush: bool,
+    /// Restore: replay the followed replication stream up to this
+    /// replication offset (a number, or `latest`) after the RDB.
+    #[serde(default)]
+    to_offset: Option<String>,
+    /// Follow: an item is finished once it holds this many bytes.
+    #[serde(default = "default_item_max_bytes")]
+    item_max_bytes: u64,
+    /// Follow: ... or once it is this many seconds old and holds a write.
+    #[serde(default = "default_item_max_seconds")]
+    item_max_seconds: u64,
+    /// Follow: ... or once it is this many seconds old (keepalives only).
+    #[serde(default = "default_idle_item_seconds")]
+    idle_item_seconds: u64,
+    /// Follow: stop retrying an unreachable server after this many seconds
+    /// (0: never).
+    #[serde(default = "default_give_up_after_seconds")]
+    give_up_after_seconds: u64,
 }
+
+/// What `to_offset` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToOffset {
+    /// Every command stored.
+    Latest,
+    /// The commands that end at or before this offset.
+    At(u64),
+}
+
+fn default_item_max_bytes() -> u64 {
+    8 << 20
+}
+
+fn default_item_max_seconds() -> u64 {
+    10
+}
+
+fn default_idle_item_seconds() -> u64 {
+    600
+}
+
+fn default_give_up_after_seconds() -> u64 {
+    600
+}
+
+/// Largest item a follower cuts (before the command that crosses it).
+const ITEM_MAX_BYTES_LIMIT: u64 = 256 << 20;
 
 fn default_appenddirname() -> String {
     "appendonlydir".into()
@@ -111,6 +159,18 @@ impl Config for RedisConfig {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(ConfigError::field("appenddirname", "must be a plain directory name"));
         }
+        if let Err(e) = self.to_offset() {
+            return Err(ConfigError::field("to_offset", e));
+        }
+        if self.item_max_bytes == 0 || self.item_max_bytes > ITEM_MAX_BYTES_LIMIT {
+            return Err(ConfigError::field("item_max_bytes", "must be 1 to 268435456 (256 MiB)"));
+        }
+        if self.item_max_seconds == 0 || self.idle_item_seconds == 0 {
+            return Err(ConfigError::field(
+                "item_max_seconds",
+                "item_max_seconds and idle_item_seconds must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -123,6 +183,28 @@ impl RedisConfig {
             )
         })?;
         Target::parse(url, self.user.as_deref(), self.password.as_deref())
+    }
+
+    /// `to_offset`, parsed.
+    fn to_offset(&self) -> Result<Option<ToOffset>, String> {
+        match self.to_offset.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some("latest") => Ok(Some(ToOffset::Latest)),
+            Some(n) => n
+                .parse::<u64>()
+                .map(|n| Some(ToOffset::At(n)))
+                .map_err(|_| format!("`{n}` is neither a replication offset nor `latest`")),
+        }
+    }
+
+    /// When a follower cuts items.
+    fn cutting(&self) -> Result<follow::Cutting, Error> {
+        Ok(follow::Cutting {
+            max_bytes: usize::try_from(self.item_max_bytes)
+                .map_err(|_| Error::InvalidConfig("item_max_bytes: too large".into()))?,
+            max_age: std::time::Duration::from_secs(self.item_max_seconds),
+            idle_age: std::time::Duration::from_secs(self.idle_item_seconds),
+        })
     }
 
     fn aof_dir(&self) -> Result<String, Error> {
@@ -147,7 +229,12 @@ const SCHEMA: &str = r#"{
     "data_dir": {"type": "string", "description": "The server's data directory, granted read-only (AOF mode)."},
     "appenddirname": {"type": "string", "description": "The AOF directory inside data_dir (default appendonlydir)."},
     "diskless": {"type": "boolean", "description": "Ask the server to stream the RDB without writing it to its disk (default true)."},
-    "flush": {"type": "boolean", "description": "Live restore: FLUSHALL and FUNCTION FLUSH the target first."}
+    "flush": {"type": "boolean", "description": "Live restore: FLUSHALL and FUNCTION FLUSH the target first."},
+    "to_offset": {"type": "string", "description": "Restore: after the snapshot's RDB, replay the followed replication stream up to this replication offset (the commands ending at or before it), or `latest`."},
+    "item_max_bytes": {"type": "integer", "description": "Follow: finish a stream item once it holds this many bytes (default 8 MiB)."},
+    "item_max_seconds": {"type": "integer", "description": "Follow: finish a stream item holding writes once it is this old (default 10)."},
+    "idle_item_seconds": {"type": "integer", "description": "Follow: finish a stream item of keepalives only once it is this old (default 600)."},
+    "give_up_after_seconds": {"type": "integer", "description": "Follow: stop retrying an unreachable server after this long (default 600; 0: never)."}
   }
 }"#;
 
@@ -281,7 +368,7 @@ fn rdb_failure(what: &str, e: RdbError) -> Error {
 }
 
 /// How the server frames the RDB of a `SYNC`.
-enum Framing {
+pub(crate) enum Framing {
     /// `$<len>`: exactly that many bytes follow.
     Length(u64),
     /// `$EOF:<mark>`: bytes until the 40-byte mark (diskless transfer).
@@ -289,7 +376,7 @@ enum Framing {
 }
 
 /// The RDB bytes of a `SYNC` transfer, copied into the entry as they are read.
-struct SyncStream<'a> {
+pub(crate) struct SyncStream<'a> {
     conn: &'a mut Conn,
     framing: Framing,
     remaining: u64,
@@ -298,12 +385,31 @@ struct SyncStream<'a> {
     hold: Vec<u8>,
     hold_at: usize,
     marked: bool,
-    entry: &'a mut EntryWriter,
+    entry: &'a mut dyn Write,
     received: u64,
     reported: u64,
 }
 
-impl SyncStream<'_> {
+impl<'a> SyncStream<'a> {
+    /// Reads the RDB `framing` announces from `conn`, copying it to `out`.
+    pub(crate) fn new(conn: &'a mut Conn, framing: Framing, out: &'a mut dyn Write) -> SyncStream<'a> {
+        let remaining = match framing {
+            Framing::Length(n) => n,
+            Framing::Mark(_) => 0,
+        };
+        SyncStream {
+            conn,
+            framing,
+            remaining,
+            hold: Vec::new(),
+            hold_at: 0,
+            marked: false,
+            entry: out,
+            received: 0,
+            reported: 0,
+        }
+    }
+
     fn closed(&self) -> std::io::Error {
         std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -377,10 +483,80 @@ fn now() -> Timestamp {
     Timestamp::from(std::time::SystemTime::now())
 }
 
+/// How a resync began.
+pub(crate) enum SyncStart {
+    /// An RDB follows (`+FULLRESYNC <replid> <offset>`; an old server
+    /// answering `SYNC` names neither).
+    Full { replid: Option<String>, offset: Option<u64>, framing: Framing },
+    /// `+CONTINUE [<replid>]`: the stream goes on where asked.
+    Continue(Option<String>),
+}
+
+/// Sends `PSYNC <replid> <offset>` (`PSYNC ? -1` for `None`) and reads the
+/// answer up to the RDB's framing. With `sync_fallback`, a server without
+/// `PSYNC` (before 2.8) is asked for `SYNC`.
+pub(crate) fn start_sync(conn: &mut Conn, from: Option<(&str, u64)>, sync_fallback: bool) -> Result<SyncStart, Error> {
+    let (id, off) = match from {
+        Some((id, off)) => (id.to_string(), off.to_string()),
+        None => ("?".to_string(), "-1".to_string()),
+    };
+    conn.push(&[b"PSYNC", id.as_bytes(), off.as_bytes()]);
+    conn.flush()?;
+    let mut asked = "PSYNC";
+    let (mut replid, mut offset) = (None, None);
+    loop {
+        let line = conn.line()?;
+        match line.first() {
+            // The server sends newlines while it forks and starts the dump.
+            None => continue,
+            Some(b'-') => {
+                let said = String::from_utf8_lossy(&line[1..]).into_owned();
+                if sync_fallback && asked == "PSYNC" && said.contains("unknown command") {
+                    asked = "SYNC";
+                    conn.push(&[b"SYNC"]);
+                    conn.flush()?;
+                    continue;
+                }
+                if ["LOADING", "MASTERDOWN", "NOMASTERLINK"].iter().any(|w| said.starts_with(w)) {
+                    return Err(Error::Unavailable(format!("Redis at {} cannot sync now ({said})", conn.addr())));
+                }
+                return Err(sync_refused(conn.addr(), asked, &said));
+            }
+            Some(b'+') if line.starts_with(b"+FULLRESYNC") => {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                let mut w = text.split_ascii_whitespace().skip(1);
+                replid = w.next().map(str::to_string);
+                offset = w.next().and_then(|o| o.parse::<u64>().ok());
+            }
+            Some(b'+') if line.starts_with(b"+CONTINUE") => {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                return Ok(SyncStart::Continue(text.split_ascii_whitespace().nth(1).map(str::to_string)));
+            }
+            Some(b'$') if line.starts_with(b"$EOF:") && line.len() == 45 => {
+                let framing = Framing::Mark(line[5..45].try_into().expect("40 bytes"));
+                return Ok(SyncStart::Full { replid, offset, framing });
+            }
+            Some(b'$') => {
+                let n = std::str::from_utf8(&line[1..]).ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
+                    Error::Corrupt(format!("Redis at {} began the RDB with an unreadable length", conn.addr()))
+                })?;
+                return Ok(SyncStart::Full { replid, offset, framing: Framing::Length(n) });
+            }
+            Some(_) => {
+                return Err(Error::Corrupt(format!(
+                    "Redis at {} answered {asked} with `{}`, not an RDB",
+                    conn.addr(),
+                    String::from_utf8_lossy(&line[..line.len().min(80)])
+                )));
+            }
+        }
+    }
+}
+
 /// Why a `SYNC` was refused, and the way out.
-fn sync_refused(addr: &str, said: &str) -> Error {
+fn sync_refused(addr: &str, asked: &str, said: &str) -> Error {
     Error::Unsupported(format!(
-        "Redis at {addr} refused SYNC ({said}). Managed services (ElastiCache, MemoryDB, Memorystore, Azure Cache) \
+        "Redis at {addr} refused {asked} ({said}). Managed services (ElastiCache, MemoryDB, Memorystore, Azure Cache) \
          and ACL users without the +sync permission do not allow replication; back up the AOF directory instead \
          with --set mode=aof --set data_dir=DIR on the server's host"
     ))
@@ -403,30 +579,10 @@ fn snapshot_rdb(config: &RedisConfig, sink: &Sink) -> Result<(), Error> {
     if config.diskless {
         let _ = conn.call(&[b"REPLCONF", b"capa", b"eof"]);
     }
-    conn.push(&[b"SYNC"]);
-    conn.flush()?;
-    let framing = loop {
-        let line = conn.line()?;
-        match line.first() {
-            // The server sends newlines while it forks and starts the dump.
-            None => continue,
-            Some(b'-') => return Err(sync_refused(conn.addr(), &String::from_utf8_lossy(&line[1..]))),
-            Some(b'$') if line.starts_with(b"$EOF:") && line.len() == 45 => {
-                break Framing::Mark(line[5..45].try_into().expect("40 bytes"));
-            }
-            Some(b'$') => {
-                let n = std::str::from_utf8(&line[1..]).ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
-                    Error::Corrupt(format!("Redis at {} began the RDB with an unreadable length", conn.addr()))
-                })?;
-                break Framing::Length(n);
-            }
-            Some(_) => {
-                return Err(Error::Corrupt(format!(
-                    "Redis at {} answered SYNC with `{}`, not an RDB",
-                    conn.addr(),
-                    String::from_utf8_lossy(&line[..line.len().min(80)])
-                )));
-            }
+    let (replid, offset, framing) = match start_sync(&mut conn, None, true)? {
+        SyncStart::Full { replid, offset, framing } => (replid, offset, framing),
+        SyncStart::Continue(_) => {
+            return Err(Error::Corrupt(format!("Redis at {} answered PSYNC ? -1 with CONTINUE", conn.addr())));
         }
     };
     let size_hint = match framing {
@@ -439,21 +595,21 @@ fn snapshot_rdb(config: &RedisConfig, sink: &Sink) -> Result<(), Error> {
     }
     let mut entry = sink.add_entry(meta)?;
     let addr = conn.addr().to_string();
-    let stream = SyncStream {
-        remaining: size_hint.unwrap_or(0),
-        conn: &mut conn,
-        framing,
-        hold: Vec::new(),
-        hold_at: 0,
-        marked: false,
-        entry: &mut entry,
-        received: 0,
-        reported: 0,
-    };
+    let stream = SyncStream::new(&mut conn, framing, &mut entry);
     let stats = parse_rdb(stream, Depth::Shallow).map_err(|e| rdb_failure(&format!("the RDB from {addr}"), e))?;
     let digest = entry.finish()?;
     sink.set_attribute("redis.mode", "rdb")?;
     sink.set_attribute("redis.version", &server_version)?;
+    if let (Some(replid), Some(offset)) = (&replid, offset)
+        && repl::is_replid(replid)
+    {
+        // The dataset at this replication offset: a follower's stream of
+        // this ID can carry a restore past it, and retention keeps the
+        // stream's items after it while this snapshot exists.
+        sink.set_attribute("redis.replid", replid)?;
+        sink.set_attribute("redis.repl-offset", &offset.to_string())?;
+        sink.need_stream(&repl::stream_name(replid), offset + 1)?;
+    }
     stats.set_attributes(sink, "redis.")?;
     host::info(format!(
         "{RDB_ENTRY} from Redis {server_version} at {addr}: {} bytes, {}",
@@ -567,6 +723,20 @@ fn copy_commands(fd: &mut fs::File, size: u64, entry: &mut EntryWriter, what: &s
         kept += done as u64;
     }
     Ok((walker.commands, kept, pending.len() as u64))
+}
+
+/// Copies what is read from `r` into `w`.
+pub(crate) struct Tee<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(out)?;
+        self.w.write_all(&out[..n])?;
+        Ok(n)
+    }
 }
 
 /// Reads exactly `size` bytes of a file and copies them into an entry.
@@ -836,13 +1006,26 @@ fn restore_live(config: &RedisConfig, snapshot: &SnapshotReader, options: &Resto
     let entry = snapshot
         .entry(RDB_ENTRY)
         .ok_or_else(|| Error::Corrupt(format!("snapshot {} has no {RDB_ENTRY} entry", snapshot.id())))?;
+    let what = format!("{RDB_ENTRY} of snapshot {}", snapshot.id());
+    restore_live_rdb(config, snapshot, options, snapshot.open(RDB_ENTRY)?, entry.size, &what)?;
+    Ok(())
+}
+
+/// Restores one RDB (`what`, `size` bytes) into the live server, key by
+/// key; returns the connection for what follows.
+fn restore_live_rdb(
+    config: &RedisConfig,
+    snapshot: &SnapshotReader,
+    options: &RestoreOptions,
+    rdb: impl Read,
+    size: u64,
+    what: &str,
+) -> Result<Conn, Error> {
     let target = config.target()?;
     let mut conn = Conn::open(&target)?;
     let info = conn.info("server")?;
     let server = info.get("redis_version").cloned().unwrap_or_else(|| "(unknown version)".into());
-    let parser = Parser::new(snapshot.open(RDB_ENTRY)?, Depth::Shallow)
-        .map_err(|e| rdb_failure(&format!("{RDB_ENTRY} of snapshot {}", snapshot.id()), e))?
-        .capture(true);
+    let parser = Parser::new(rdb, Depth::Shallow).map_err(|e| rdb_failure(what, e))?.capture(true);
     let version = parser.version();
     let loads = client::server_rdb_version(&info);
     if loads.is_none_or(|v| v < version) {
@@ -883,20 +1066,19 @@ fn restore_live(config: &RedisConfig, snapshot: &SnapshotReader, options: &Resto
     };
     let mut parser = parser;
     let mut n = 0u64;
-    let what = format!("{RDB_ENTRY} of snapshot {}", snapshot.id());
-    while let Some(item) = parser.next_item().map_err(|e| rdb_failure(&what, e))? {
+    while let Some(item) = parser.next_item().map_err(|e| rdb_failure(what, e))? {
         live.item(item)?;
         n += 1;
         if n.is_multiple_of(8192) {
             host::check_cancelled()?;
-            host::progress(parser.offset(), Some(entry.size));
+            host::progress(parser.offset(), Some(size));
         }
     }
     live.send()?;
     while !live.in_flight.is_empty() {
         live.receive_one()?;
     }
-    host::progress(entry.size, Some(entry.size));
+    host::progress(size, Some(size));
     host::info(format!(
         "restored {} keys and {} function libraries into Redis {server} at {addr}{}",
         live.restored,
@@ -907,7 +1089,61 @@ fn restore_live(config: &RedisConfig, snapshot: &SnapshotReader, options: &Resto
             String::new()
         }
     ));
-    Ok(())
+    Ok(live.conn)
+}
+
+/// `to_offset` into a live server: the base RDB key by key, then the
+/// commands, pipelined, every reply checked.
+fn restore_live_to(
+    config: &RedisConfig,
+    snapshot: &SnapshotReader,
+    options: &RestoreOptions,
+    plan: &replay::Plan,
+) -> Result<replay::Replayed, Error> {
+    let what = replay::base_name(snapshot, plan);
+    let size = match &plan.base {
+        replay::Base::Snapshot => snapshot.entry(RDB_ENTRY).map(|e| e.size),
+        replay::Base::Item(key) => snapshot.streams().stat(&plan.stream, key)?.map(|i| i.size),
+    }
+    .unwrap_or(0);
+    let mut conn = restore_live_rdb(config, snapshot, options, replay::open_base(snapshot, plan)?, size, &what)?;
+    let mut waiting = 0usize;
+    let mut sent = 0u64;
+    let drain = |conn: &mut Conn, waiting: &mut usize, sent: u64| -> Result<(), Error> {
+        conn.flush()?;
+        for _ in 0..*waiting {
+            if let client::Reply::Error(e) = conn.reply()? {
+                return Err(Error::Other(format!(
+                    "replaying {} into Redis at {}: a command failed: {e} ({sent} commands were sent)",
+                    plan.stream,
+                    conn.addr()
+                )));
+            }
+        }
+        *waiting = 0;
+        Ok(())
+    };
+    let reader = snapshot.streams();
+    let done = replay::replay(&reader, plan, |cmd| {
+        let n = repl::commands(cmd).map_err(Error::Corrupt)?.len();
+        conn.push_raw(cmd);
+        waiting += n;
+        sent += n as u64;
+        if waiting >= BATCH || conn.pending() >= BATCH_BYTES {
+            drain(&mut conn, &mut waiting, sent)?;
+        }
+        Ok(())
+    })?;
+    drain(&mut conn, &mut waiting, sent)?;
+    host::info(format!(
+        "replayed {} commands of {} after {what} (offset {}) up to offset {} into Redis at {}",
+        done.commands,
+        plan.stream,
+        plan.base_offset,
+        done.reached,
+        conn.addr()
+    ));
+    Ok(done)
 }
 
 // ---------------------------------------------------------------------------
@@ -1039,6 +1275,22 @@ impl Plugin for Redis {
     }
 
     fn restore(config: RedisConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
+        if let Some(to) = config.to_offset().map_err(|e| Error::InvalidConfig(format!("to_offset: {e}")))? {
+            let plan = replay::plan(snapshot, to)?;
+            let done = match options.directory.as_deref() {
+                Some(dir) => replay::restore_aof_dir(snapshot, &plan, dir, options.force)?,
+                None => restore_live_to(&config, snapshot, &options, &plan)?,
+            };
+            if let ToOffset::At(n) = to
+                && done.reached < n
+            {
+                host::info(format!(
+                    "offset {n} falls inside a command or a transaction of {}: replayed up to offset {}",
+                    plan.stream, done.reached
+                ));
+            }
+            return Ok(());
+        }
         match options.directory.clone() {
             Some(dir) => restore_files(snapshot, &dir, &options),
             None => restore_live(&config, snapshot, &options),
@@ -1049,9 +1301,16 @@ impl Plugin for Redis {
         let mut report = VerifyReport::default();
         match snapshot.attribute("redis.mode").as_deref() {
             Some("aof") => verify_aof(snapshot, &mut report)?,
-            _ => verify_rdb(snapshot, &mut report)?,
+            _ => {
+                verify_rdb(snapshot, &mut report)?;
+                replay::verify_stream(snapshot, &mut report)?;
+            }
         }
         Ok(report)
+    }
+
+    fn follow(config: RedisConfig, sink: &StreamSink) -> Result<(), Error> {
+        follow::follow(&config, sink)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `coffer key list|add|remove|passwd|split|combine|rotate`.
+//! `coffer key list|add|remove|passwd|cache|split|combine|rotate`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use coffer_repo::shares::{self, Share};
-use coffer_repo::{DynBackend, Id, KdfParams, PruneOptions, Repository};
+use coffer_repo::{DynBackend, Id, KdfParams, KeyCache, PruneOptions, Repository};
 use zeroize::Zeroizing;
 
 use super::UsageError;
@@ -64,6 +64,21 @@ pub enum KeyCmd {
     Passwd {
         #[command(flatten)]
         kdf: KdfArgs,
+    },
+    /// Write a key cache file: it opens the repository with `--key-file FILE`
+    /// (or COFFER_KEY_FILE) without a password and without Argon2id, for
+    /// commands run very often, such as PostgreSQL's archive_command. Whoever
+    /// can read the file has the repository's key, exactly as with a
+    /// password file beside it; `coffer key remove ID` revokes it. Run it as
+    /// the user who will use the file (e.g. `sudo -u postgres`).
+    Cache {
+        /// Where to write it (mode 0600; an existing file is never
+        /// overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A label to recognize the key by (default: `key cache HOST:FILE`).
+        #[arg(long)]
+        label: Option<String>,
     },
     /// Split the repository's master key into N Shamir shares, any K of which
     /// recover it (`key combine`, or `--shares-from` on any command).
@@ -154,6 +169,72 @@ pub async fn open_with_shares(backend: DynBackend, shares: &[(String, Share)]) -
     Ok(Repository::open_with_secret(backend, secret).await?)
 }
 
+/// Reads a key cache file (refusing one that other users can read or
+/// write) and opens the repository with it.
+pub async fn open_with_key_cache(backend: DynBackend, path: &Path) -> Result<Repository> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading the key cache file {shown}"))?;
+    let md = f.metadata().with_context(|| format!("reading the key cache file {shown}"))?;
+    if !md.is_file() {
+        bail!("the key cache file {shown} is not a regular file");
+    }
+    if md.mode() & 0o077 != 0 {
+        bail!(
+            "the key cache file {shown} can be read or written by other users (mode {:04o}); it holds the \
+             repository's key: `chmod 600 {shown}`",
+            md.mode() & 0o7777
+        );
+    }
+    if md.len() > coffer_repo::repofile::keycache::MAX_KEY_CACHE_LEN {
+        bail!("{shown} is not a key cache file (it is {} bytes)", md.len());
+    }
+    // Reserved up front so that growing never leaves copies behind.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(coffer_repo::repofile::keycache::MAX_KEY_CACHE_LEN as usize + 1));
+    (&mut f)
+        .take(coffer_repo::repofile::keycache::MAX_KEY_CACHE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the key cache file {shown}"))?;
+    let cache = KeyCache::parse(&bytes).map_err(|e| anyhow!("{shown}: {e}"))?;
+    Repository::open_with_key_cache(backend, &cache).await.with_context(|| format!("key cache file {shown}"))
+}
+
+/// `key cache`: the key file goes into the repository first, then the
+/// operator's file (create-only, 0600); if the file cannot be written the
+/// key file is removed again.
+async fn write_key_cache(g: &Global, repo: &Repository, out: &Path, label: Option<String>) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if out.symlink_metadata().is_ok() {
+        bail!("{} exists; a key cache file is never overwritten (remove it, or choose another name)", out.display());
+    }
+    let out = std::path::absolute(out).with_context(|| format!("{}", out.display()))?;
+    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    let label = label.unwrap_or_else(|| format!("key cache {host}:{}", out.display()));
+    let (id, cache) = repo.add_key_cache(&label).await?;
+    let written = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&out) {
+        Ok(mut f) => f.write_all(&cache.encode()).and_then(|_| f.sync_all()).inspect_err(|_| {
+            // Ours (created above): a partial key cache is no use to anyone.
+            let _ = std::fs::remove_file(&out);
+        }),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        repo.remove_key(&id).await.context("removing the key file of the key cache that could not be written")?;
+        return Err(anyhow!(e).context(format!("writing the key cache file {}", out.display())));
+    }
+    if g.json {
+        print_json(&serde_json::json!({"added": id.to_hex(), "file": out.display().to_string()}))?;
+    } else {
+        println!("wrote key cache {} for key {}", out.display(), id.short());
+        eprintln!(
+            "whoever can read {} can open the repository, as with a password file; `coffer key remove {}` revokes it",
+            out.display(),
+            id.short()
+        );
+    }
+    Ok(())
+}
+
 fn write_share_file(dir: &Path, name: &str, line: &str) -> Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
@@ -233,12 +314,13 @@ async fn list(g: &Global, repo: &Repository) -> Result<()> {
     if g.json {
         return print_json(&serde_json::json!({"keys": keys, "epochs": epochs}));
     }
-    println!("{:<2}{:<10} {:<20} {:<20} label", "", "key", "created", "user@host");
+    println!("{:<2}{:<10} {:<9} {:<20} {:<20} label", "", "key", "kind", "created", "user@host");
     for k in keys {
         println!(
-            "{:<2}{:<10} {:<20} {:<20} {}",
+            "{:<2}{:<10} {:<9} {:<20} {:<20} {}",
             if k.current { "*" } else { "" },
             k.id.short(),
+            k.kind,
             k.created.format("%Y-%m-%d %H:%M:%S"),
             format!("{}@{}", k.user, k.host),
             k.label
@@ -331,6 +413,7 @@ pub async fn run(g: &Global, cmd: KeyCmd) -> Result<u8> {
                 println!("password changed: key {} replaces {}", new.short(), old.short());
             }
         }
+        KeyCmd::Cache { out, label } => write_key_cache(g, &repo, &out, label).await?,
         KeyCmd::Split { shares, threshold, out_dir } => return split(g, &repo, shares, threshold, out_dir).await,
         KeyCmd::Rotate { reencrypt } => {
             let epoch = repo.rotate_key().await?;

@@ -1,4 +1,4 @@
-//! `coffer check`, `coffer forget` (with WAL retention), `coffer prune`,
+//! `coffer check`, `coffer forget` (with stream retention), `coffer prune`,
 //! `coffer repair index|snapshots`.
 
 use std::collections::HashSet;
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
-use coffer_repo::{KeepPolicy, PruneOptions, ReadData};
+use coffer_repo::{KeepPolicy, PruneOptions, ReadData, Repository, StreamRetention};
 
 use super::UsageError;
 use crate::output::{print_json, size};
@@ -142,9 +142,45 @@ pub async fn check(g: &Global, args: CheckArgs) -> Result<u8> {
     Ok(if report.is_ok() { 0 } else { EXIT_DAMAGE })
 }
 
+/// Prints what stream retention did: to stdout, or to stderr when stdout
+/// carries JSON.
+async fn print_retention(repo: &Repository, out: &[StreamRetention], dry_run: bool, json: bool) -> Result<()> {
+    for r in out {
+        let name = format!("stream {}/{}", r.owner, coffer_runtime::printable(&r.stream));
+        let line = if let Some(n) = &r.note {
+            format!("{name}: nothing removed: {n}")
+        } else {
+            // The first item kept: the lowest position a remaining snapshot needs.
+            let kept = repo.stream_list(&r.owner, &r.stream, Some(r.cut), None).await?;
+            let from = match kept.iter().find(|i| i.position.is_some()) {
+                Some(i) => coffer_runtime::printable(&i.key),
+                None => format!("position {}", r.cut),
+            };
+            match (r.removed.first(), r.removed.last()) {
+                (Some(a), Some(b)) => format!(
+                    "{name}: kept from {from}; {} {} older items ({}..{}), below position {}",
+                    if dry_run { "would remove" } else { "removed" },
+                    r.removed_count,
+                    coffer_runtime::printable(a),
+                    coffer_runtime::printable(b),
+                    r.cut
+                ),
+                _ => format!("{name}: kept from {from}; nothing older to remove"),
+            }
+        };
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
     let repo = super::open_repo(g).await?;
     let mut forgotten: HashSet<coffer_repo::Id> = HashSet::new();
+    let mut retention: Option<Vec<StreamRetention>> = None;
     if !args.snapshots.is_empty() {
         let mut ids = Vec::new();
         for s in &args.snapshots {
@@ -185,7 +221,9 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
                 "no keep rule given: forget would remove every snapshot (give at least one --keep-* option, or snapshot ids)".into()
             )));
         }
-        let plans = repo.forget(&policy, args.dry_run).await?;
+        let report = repo.forget_with_streams(&policy, args.dry_run).await?;
+        retention = Some(report.streams);
+        let plans = report.groups;
         forgotten.extend(plans.iter().flat_map(|p| p.snapshots.iter()).filter(|d| !d.keep).map(|d| d.id));
         if g.json {
             print_json(&plans)?;
@@ -210,9 +248,12 @@ pub async fn forget(g: &Global, args: ForgetArgs) -> Result<u8> {
             }
         }
     }
-    // WAL retention follows the base backups that remain.
-    let retention = super::wal::apply_retention(&repo, &forgotten, args.dry_run).await?;
-    super::wal::print_retention(&retention, args.dry_run, g.json);
+    // Stream retention follows the needs of the snapshots that remain.
+    let retention = match retention {
+        Some(r) => r,
+        None => repo.stream_retention(&forgotten, args.dry_run).await?,
+    };
+    print_retention(&repo, &retention, args.dry_run, g.json).await?;
     if args.prune && !args.dry_run {
         return prune(
             g,

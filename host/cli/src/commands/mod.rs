@@ -100,10 +100,15 @@ pub fn repo_options(g: &Global) -> Result<Vec<(String, String)>> {
 }
 
 /// Opens the repository with the password from the environment or a
-/// prompt, or with Shamir shares (`--shares-from`).
+/// prompt, with Shamir shares (`--shares-from`), or with a key cache file
+/// (`--key-file`).
 pub async fn open_repo(g: &Global) -> Result<Repository> {
     let url = repo_url(g)?;
     let opts = repo_options(g)?;
+    if let Some(file) = &g.key_file {
+        let backend = coffer_repo::backend_for(&url, &opts).with_context(|| format!("repository {url}"))?;
+        return key::open_with_key_cache(backend, file).await.with_context(|| format!("opening repository {url}"));
+    }
     if let Some(from) = &g.shares_from {
         let backend = coffer_repo::backend_for(&url, &opts).with_context(|| format!("repository {url}"))?;
         let shares = key::read_shares(std::slice::from_ref(from))?;

@@ -1,13 +1,15 @@
 //! `coffer restore` and `coffer verify`: both run the plugin that made the
 //! snapshot, with the config it stored (secrets redacted) under `--set`.
-//! For PostgreSQL base backups both also consult the WAL archive.
+//! A restore offers the plugin coffer's own command for fetching stream
+//! items later (PostgreSQL's `restore_command`): this binary, this
+//! repository and its password file, never a password.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use coffer_runtime::{GrantSet, JobOptions, Purpose, RestoreRequest};
+use coffer_runtime::{FetchCommand, GrantSet, JobOptions, Purpose, RestoreRequest};
 
 use super::UsageError;
 use crate::output::{Progress, duration, print_json, size};
@@ -107,27 +109,12 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
         &args.limits,
     )
     .await?;
-    // A point-in-time target is checked against the WAL archive before
-    // anything is written.
-    if manifest.plugin.name == super::wal::POSTGRES_PLUGIN {
-        super::wal::check_restore_target(&repo, &id, &manifest, &job.config).await?;
-        if let Some(obj) = job.config.as_object_mut()
-            && obj.get("restore_command").is_none_or(|v| v.as_str().is_none_or(|s| s.trim().is_empty()))
-        {
-            let (cmd, warning) = super::wal::default_restore_command(g, &manifest)?;
-            let targeted = ["to_time", "to_lsn", "to_xid"].iter().any(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
-                || obj.get("to_end").and_then(|v| v.as_bool()).unwrap_or(false);
-            if let Some(w) = warning
-                && targeted
-            {
-                eprintln!("warning: {w}");
-            }
-            obj.insert("restore_command".into(), serde_json::Value::String(cmd));
-        }
-        if let Some(t) = &args.target {
-            super::wal::private_target(t)?;
-        }
-    }
+    let spec = match &args.plugin {
+        Some(p) if crate::plugins::builtin(p).is_none() => std::path::absolute(p)?.to_string_lossy().into_owned(),
+        Some(p) => p.clone(),
+        None => manifest.plugin.name.clone(),
+    };
+    let fetch = fetch_command(g, &spec)?;
     let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
     let target = match &args.target {
         Some(t) => {
@@ -158,7 +145,7 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
                 target: target.clone(),
                 force: args.force,
                 paths: args.paths.clone(),
-                fetch: None,
+                fetch: Some(fetch),
             },
             &opts,
         )
@@ -204,7 +191,7 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
 pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     // First, so that Ctrl-C at any point takes the clean path.
     let cancel = super::cancel_on_signal();
-    let Stored { repo, id, manifest, plugin, mut job } = open_stored(
+    let Stored { repo, id, manifest: _, plugin, mut job } = open_stored(
         g,
         &args.snapshot,
         (args.plugin.as_deref(), args.plugin_digest.as_deref()),
@@ -231,17 +218,7 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     let started = Instant::now();
     let r = plugin.verify(&repo, &id, &job.config, &opts).await;
     progress.finish();
-    let mut report = r.with_context(|| format!("verify of snapshot {} failed", id.short()))?;
-    // A PostgreSQL base backup also needs its WAL: the archive must hold what
-    // the snapshot lacks from its start to its stop, and gaps after the stop
-    // limit point-in-time recovery.
-    if manifest.plugin.name == super::wal::POSTGRES_PLUGIN {
-        let (problems, notes) = super::wal::verify_archive(&repo, &id, &manifest)
-            .await
-            .with_context(|| format!("checking the WAL archive for snapshot {}", id.short()))?;
-        report.problems.extend(problems);
-        report.notes.extend(notes);
-    }
+    let report = r.with_context(|| format!("verify of snapshot {} failed", id.short()))?;
     let took = started.elapsed();
     if g.json {
         print_json(&serde_json::json!({
@@ -276,4 +253,117 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
         );
     }
     Ok(if report.problems.is_empty() { 0 } else { EXIT_DAMAGE })
+}
+
+/// A word quoted for `/bin/sh` (how a note shows a command).
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Repository option keys whose values are credentials, which must not be
+/// written into a restored system's configuration.
+fn secret_option(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "key", "token", "password", "credential", "sas"].iter().any(|w| k.contains(w))
+}
+
+/// coffer's own command for fetching one item of the streams of plugin
+/// `spec` (a built-in name or an absolute `.wasm` path): this binary, the
+/// repository (made absolute when it is a local path: the restored system
+/// runs the command elsewhere), the password file or shares file the
+/// operator used, the storage options that are not secrets, then `stream
+/// fetch --plugin SPEC`; the plugin appends the stream, the key and the
+/// destination. It never holds a password; `note` says what must come from
+/// the restored system's environment instead.
+pub fn fetch_command(g: &Global, spec: &str) -> Result<FetchCommand> {
+    let exe = std::env::current_exe().context("finding the coffer binary for the fetch command")?;
+    let mut argv = vec![exe.to_string_lossy().into_owned()];
+    let mut missing = Vec::new();
+    match &g.repo {
+        Some(r) => {
+            let r = if r.contains("://") {
+                r.clone()
+            } else {
+                std::path::absolute(r).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| r.clone())
+            };
+            argv.extend(["--repo".into(), r]);
+        }
+        None => missing.push("COFFER_REPO"),
+    }
+    match (&g.password_file, &g.shares_from) {
+        (_, Some(f)) if f.as_os_str() != "-" => {
+            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            argv.extend(["--shares-from".into(), f.to_string_lossy().into_owned()]);
+        }
+        (Some(f), _) => {
+            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            argv.extend(["--password-file".into(), f.to_string_lossy().into_owned()]);
+        }
+        _ => missing.push("COFFER_PASSWORD_FILE (or COFFER_PASSWORD)"),
+    }
+    let mut secret_opts = false;
+    for kv in &g.repo_options {
+        match kv.split_once('=') {
+            Some((k, _)) if secret_option(k) => secret_opts = true,
+            _ => argv.extend(["--repo-option".into(), kv.clone()]),
+        }
+    }
+    argv.extend(["--quiet".into(), "stream".into(), "fetch".into(), "--plugin".into(), spec.to_string()]);
+    let mut warn = Vec::new();
+    if !missing.is_empty() {
+        warn.push(format!("set {} in the restored system's environment", missing.join(" and ")));
+    }
+    if secret_opts {
+        warn.push(
+            "give the storage credentials to the restored system's environment (they are not written into its \
+             configuration)"
+                .to_string(),
+        );
+    }
+    let note = (!warn.is_empty()).then(|| {
+        format!(
+            "{} for `{} ...` to work, or give the plugin a command of your own",
+            warn.join("; "),
+            argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ")
+        )
+    });
+    Ok(FetchCommand { argv, note })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(repo: &str, password_file: Option<&str>, options: &[&str]) -> Global {
+        Global {
+            repo: Some(repo.into()),
+            password_file: password_file.map(std::path::PathBuf::from),
+            shares_from: None,
+            json: false,
+            quiet: false,
+            repo_options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_fetch_command_names_the_repository_and_password_file_never_a_secret() {
+        let g = global("repo", Some("pw"), &["region=eu", "secret_access_key=XYZ"]);
+        let f = fetch_command(&g, "postgres").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(f.argv[0].starts_with('/'));
+        assert_eq!(f.argv[1..3], ["--repo".to_string(), cwd.join("repo").display().to_string()]);
+        assert_eq!(f.argv[3..5], ["--password-file".to_string(), cwd.join("pw").display().to_string()]);
+        assert_eq!(f.argv[5..7], ["--repo-option".to_string(), "region=eu".to_string()]);
+        assert_eq!(f.argv[7..], ["--quiet", "stream", "fetch", "--plugin", "postgres"].map(String::from));
+        assert!(!f.argv.iter().any(|a| a.contains("XYZ")));
+        assert!(f.note.as_deref().unwrap().contains("storage credentials"), "{:?}", f.note);
+        let g = global("s3://bucket/r", None, &[]);
+        let f = fetch_command(&g, "/x/p.wasm").unwrap();
+        assert_eq!(f.argv[1..3], ["--repo".to_string(), "s3://bucket/r".to_string()]);
+        assert!(f.note.as_deref().unwrap().contains("COFFER_PASSWORD_FILE"), "{:?}", f.note);
+        assert_eq!(f.argv.last().map(String::as_str), Some("/x/p.wasm"));
+    }
 }

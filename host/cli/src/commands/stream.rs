@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use coffer_repo::{Repository, StreamOwner};
+use coffer_repo::{Repository, StreamItem, StreamOwner};
 use coffer_runtime::{GrantSet, JobOptions, Purpose, StreamReport, printable};
 use serde::Serialize;
 
@@ -132,7 +132,9 @@ struct PushOutput<'a> {
     report: &'a StreamReport,
 }
 
-pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
+/// Hands `args.file` to the plugin to archive; returns its absolute path
+/// and what the plugin stored.
+pub async fn push_file(g: &Global, args: &PushArgs) -> Result<(PathBuf, StreamReport)> {
     let cancel = super::cancel_on_signal();
     let file = std::path::absolute(&args.file).with_context(|| format!("{}", args.file.display()))?;
     let meta = std::fs::metadata(&file).with_context(|| format!("{}: cannot read it", file.display()))?;
@@ -148,6 +150,11 @@ pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
     grants.read_dir("FILE", &dir.to_string_lossy())?;
     let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };
     let report = plugin.stream_push(&repo, &file, &job.config, &opts).await?;
+    Ok((file, report))
+}
+
+pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
+    let (file, report) = push_file(g, &args).await?;
     if g.json {
         print_json(&PushOutput { file: file.display().to_string(), report: &report })?;
     } else if !g.quiet {
@@ -162,7 +169,16 @@ pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Checks a stream name and an item key typed on the command line.
+pub fn check_names(stream: Option<&str>, key: &str) -> Result<()> {
+    if let Some(s) = stream {
+        coffer_repo::repofile::stream::valid_stream(s).map_err(|e| anyhow!(super::UsageError(e)))?;
+    }
+    coffer_repo::repofile::stream::valid_key(key).map_err(|e| anyhow!(super::UsageError(e)))
+}
+
 pub async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
+    check_names(Some(&args.stream), &args.key)?;
     let owner = owner_of(&args.plugin.plugin)?;
     let repo: Repository = super::open_repo(g).await?;
     let mut key = args.key.clone();
@@ -181,11 +197,34 @@ pub async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
             key = latest.key;
         }
     }
-    fetch_item(g, &repo, &owner, &args.stream, &key, &args.dest, args.pad_to).await
+    match fetch_item(g, &repo, &owner, &args.stream, &key, &args.dest, args.pad_to).await? {
+        Some(_) => Ok(0),
+        None => {
+            // A restore command is asked for items that were never archived
+            // (the next segment, a history file): one line, exit 1.
+            if !g.quiet {
+                eprintln!("coffer: stream {owner}/{} holds no item {}", args.stream, args.key);
+            }
+            Ok(1)
+        }
+    }
+}
+
+/// The streams of `owner` that hold an item `key` (one prefix listing per
+/// stream of the owner).
+pub async fn streams_holding(repo: &Repository, owner: &StreamOwner, key: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (o, stream) in repo.streams().await? {
+        if o == *owner && repo.stream_item(owner, &stream, key).await?.is_some() {
+            out.push(stream);
+        }
+    }
+    Ok(out)
 }
 
 /// Writes one item to `dest` (through a temporary file beside it, renamed
-/// once size and BLAKE3 are checked); 1 with one line when there is no
+/// once size and BLAKE3 are checked), extended with zero bytes to `pad_to`
+/// bytes when it is shorter; `None`, writing nothing, when there is no
 /// such item.
 pub async fn fetch_item(
     g: &Global,
@@ -195,7 +234,7 @@ pub async fn fetch_item(
     key: &str,
     dest: &Path,
     pad_to: Option<u64>,
-) -> Result<u8> {
+) -> Result<Option<StreamItem>> {
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -229,18 +268,12 @@ pub async fn fetch_item(
                     "blake3": item.blake3, "dest": dest.display().to_string(),
                 }))?;
             }
-            Ok(0)
+            Ok(Some(item))
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             if let Some(coffer_repo::Error::StreamItemNotFound { .. }) = e.downcast_ref::<coffer_repo::Error>() {
-                // A restore command is asked for items that were never
-                // archived (the next segment, a history file): one line,
-                // exit 1.
-                if !g.quiet {
-                    eprintln!("coffer: {e}");
-                }
-                return Ok(1);
+                return Ok(None);
             }
             Err(e.context(format!("fetching {stream}/{key}")))
         }
@@ -256,6 +289,10 @@ struct StreamRow {
     pinned: usize,
     first_position: Option<u64>,
     last_position: Option<u64>,
+    /// The key of the first item (by position; items without one first).
+    first_key: Option<String>,
+    /// The key of the item with the highest position (or, with none, the
+    /// newest).
     newest_key: Option<String>,
     newest_pushed: Option<chrono::DateTime<chrono::Utc>>,
     checkpoint_time: Option<chrono::DateTime<chrono::Utc>>,
@@ -265,6 +302,9 @@ struct StreamRow {
 }
 
 pub async fn list(g: &Global, args: ListArgs) -> Result<u8> {
+    if let Some(s) = &args.stream {
+        coffer_repo::repofile::stream::valid_stream(s).map_err(|e| anyhow!(super::UsageError(e)))?;
+    }
     let only = args.plugin.as_deref().map(owner_of).transpose()?;
     let repo: Repository = super::open_repo(g).await?;
     if let Some(stream) = &args.stream {
@@ -299,6 +339,7 @@ pub async fn list(g: &Global, args: ListArgs) -> Result<u8> {
             pinned: items.iter().filter(|i| i.pinned).count(),
             first_position: items.iter().filter_map(|i| i.position).min(),
             last_position,
+            first_key: items.first().map(|i| i.key.clone()),
             newest_key: newest.map(|i| i.key.clone()),
             newest_pushed: newest.map(|i| i.modified),
             checkpoint_time: checkpoint.as_ref().map(|c| c.time),
@@ -332,6 +373,9 @@ pub async fn list(g: &Global, args: ListArgs) -> Result<u8> {
             r.first_position.map_or("-".into(), |p| p.to_string()),
             r.last_position.map_or("-".into(), |p| p.to_string()),
         );
+        if let (Some(first), Some(newest)) = (&r.first_key, &r.newest_key) {
+            println!("  first {}, newest {}", coffer_runtime::printable(first), coffer_runtime::printable(newest));
+        }
     }
     Ok(0)
 }

@@ -505,11 +505,11 @@ fn remove_staging_under(root: &std::path::Path, older_than: Duration) -> Backend
             }
             let name = e.file_name().to_string_lossy().into_owned();
             let staging = name.split_once('#').is_some_and(|(base, n)| {
-                // Content-addressed names, epoch files (8 digits), WAL
-                // archive objects and stream items and checkpoints.
+                // Content-addressed names, epoch files (8 digits), stream
+                // items and checkpoints (this build writes no WAL archive
+                // objects).
                 let named = base.len() == 64
                     || (base.len() == 8 && base.bytes().all(|b| b.is_ascii_digit()))
-                    || crate::repofile::wal::WalFile::parse(base).is_some()
                     || crate::repofile::stream::is_object_leaf(base);
                 named && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
             });

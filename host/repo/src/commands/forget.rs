@@ -168,8 +168,8 @@ pub struct ForgetReport {
     pub streams: Vec<StreamRetention>,
 }
 
-/// The owners whose streams a manifest that predates stream needs (version
-/// 1) may rely on: its plugin's, and, when the manifest does not say the
+/// The owners whose streams a manifest that predates stream needs (a
+/// version 1 manifest) may rely on: its plugin's, and, when the manifest does not say the
 /// plugin was built in (which a manifest written before `builtin` was
 /// recorded cannot), both the digest's and `builtin-<name>`.
 fn owners_of_old(plugin: &PluginIdentity) -> Vec<StreamOwner> {

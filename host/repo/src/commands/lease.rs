@@ -365,14 +365,9 @@ fn held_error(
     let (object, expires) = (FileKind::Lease.path(name), expires.format("%Y-%m-%d %H:%M:%S UTC").to_string());
     match scope {
         LeaseScope::Exclusive => Error::LeaseHeld { operation: operation.to_string(), object, holder, expires },
-        LeaseScope::Stream { owner, stream } => Error::StreamLeaseHeld {
-            operation: operation.to_string(),
-            owner: owner.to_string(),
-            stream: stream.clone(),
-            object,
-            holder,
-            expires,
-        },
+        LeaseScope::Stream { owner, stream } => {
+            Error::StreamLeaseHeld { stream: format!("{owner}/{stream}"), object, holder, expires }
+        }
     }
 }
 

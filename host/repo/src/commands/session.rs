@@ -138,6 +138,7 @@ impl Session {
     pub async fn end(self) {
         self.heartbeat.abort();
         let _ = self.repo.backend.delete(FileKind::Session, &self.name).await;
+        tracing::debug!("session marker removed");
     }
 }
 

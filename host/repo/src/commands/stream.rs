@@ -706,6 +706,7 @@ impl WriterSlot {
     /// order, as a backup does: see session.rs).
     async fn open(repo: &Repository, owner: &StreamOwner) -> Result<WriterSlot> {
         let session = Session::start_for(repo, PURPOSE_STREAM, owner.as_str()).await?;
+        tracing::debug!("stream session marker written");
         let loaded = async {
             let key = crate::commands::epoch::writable_key(&*repo.load_keyring().await?)?;
             let index = repo.load_index().await?;
@@ -1098,6 +1099,7 @@ impl ItemWriter {
             store.discard(repo, &[]).await;
             return Err(e);
         }
+        tracing::debug!(chunks = store.chunks.len(), "item content chunked");
         let packs = match store.saver.finish().await {
             Ok(p) => p,
             Err(e) => {
@@ -1105,6 +1107,7 @@ impl ItemWriter {
                 return Err(e);
             }
         };
+        tracing::debug!(packs = packs.len(), "item packs written");
         // Where the new chunks went.
         let mut new_places: HashMap<Id, ChunkPlace> = HashMap::new();
         for p in &packs {
@@ -1129,6 +1132,7 @@ impl ItemWriter {
                 store.discard(repo, &packs).await;
                 return Err(e);
             }
+            tracing::debug!("item index file written");
         }
         let obj = StreamItemObject {
             version: 1,
@@ -1150,6 +1154,7 @@ impl ItemWriter {
         repo.check_epoch_held(epoch).await?;
         let sealed = Bytes::from(repo.keys.seal(&body, aad::STREAM_ITEM));
         repo.backend.put(FileKind::Stream, &self.object_name(), sealed, PutMode::CreateNew).await?;
+        tracing::debug!(item = %self.object_name(), "item committed");
         store.slot.recent.lock().expect("recent lock").extend(new_places);
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod epoch;
 pub mod index;
+pub mod keycache;
 pub mod keyfile;
 pub mod pack;
 pub mod snapshot;

@@ -1,23 +1,17 @@
-//! `wal/<stream>/<name>`: the WAL archive's objects, one per archived
-//! PostgreSQL WAL file, and the grammar of the names involved.
+//! `wal/<stream>/<name>`: the legacy WAL archive's objects, one per
+//! PostgreSQL WAL file that coffer archived before streams (format 3). This
+//! build reads them (as the built-in postgres plugin's stream items) and
+//! never writes them.
 //!
-//! An object is JSON sealed with AAD "coffer wal v1" ([`WalObject`]). Unlike
-//! the content-addressed kinds it is named by what it holds, so that the
-//! archive is listed without reading it and a second, different file under
-//! the same name is refused by a create-only write. Names are checked
-//! strictly ([`valid_stream`], [`WalFile::parse`]) before they reach storage.
-//! The grammar of WAL positions and file names is `coffer-pgwal`'s,
-//! re-exported here.
+//! An object is JSON sealed with AAD "coffer wal v1" ([`WalObject`]), named
+//! by what it holds. Names are checked before they reach storage: the
+//! stream by [`valid_stream`], the file name as a stream item key (every
+//! WAL file name is one); what a WAL file name means is the plugin's.
 
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 pub use crate::repofile::index::ChunkPlace;
-
-pub use coffer_pgwal::{
-    DEFAULT_SEGMENT_SIZE, LongPageHeader, Lsn, TimelineSwitch, WalFile, XLP_LONG_HEADER, parse_history,
-    parse_long_header, parse_segment_name, parse_time, segment_name, segments_per_log, valid_segment_size,
-};
 
 /// Longest stream name, in bytes.
 pub const MAX_STREAM_LEN: usize = 100;
@@ -37,11 +31,6 @@ pub fn valid_stream(stream: &str) -> Result<(), String> {
              (such as pg-7283947561234567890)"
         ))
     }
-}
-
-/// The stream name coffer uses for a PostgreSQL cluster: `pg-<system identifier>`.
-pub fn stream_for_system(system_identifier: u64) -> String {
-    format!("pg-{system_identifier}")
 }
 
 /// The content of `wal/<stream>/<name>`.
@@ -77,7 +66,7 @@ pub fn object_name(stream: &str, name: &str) -> String {
 /// Splits and checks an object name found by listing.
 pub fn split_object_name(object: &str) -> Option<(&str, &str)> {
     let (stream, name) = object.split_once('/')?;
-    (valid_stream(stream).is_ok() && WalFile::parse(name).is_some()).then_some((stream, name))
+    (valid_stream(stream).is_ok() && crate::repofile::stream::valid_key(name).is_ok()).then_some((stream, name))
 }
 
 #[cfg(test)]
@@ -91,9 +80,9 @@ mod tests {
         for bad in ["", ".x", "-x", "a/b", "a b", "ä", &"x".repeat(101)] {
             assert!(valid_stream(bad).is_err(), "{bad}");
         }
-        assert_eq!(stream_for_system(42), "pg-42");
         assert_eq!(split_object_name("pg-1/00000002.history"), Some(("pg-1", "00000002.history")));
         assert_eq!(split_object_name("pg-1/00000002.history#3"), None);
+        assert_eq!(split_object_name("pg-1/a/b"), None);
         assert_eq!(split_object_name("pg-1"), None);
     }
 }

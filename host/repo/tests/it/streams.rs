@@ -151,12 +151,22 @@ async fn other_content_or_another_position_under_a_stored_key_is_refused() {
     assert!(msg.contains("unpinned") && msg.contains("pinned"), "{msg}");
     assert!(fetch(&t.repo, &owner, "oplog", "k1").await == data, "the stored item is untouched");
     assert_eq!(keys_of(&t.repo, &owner, "oplog").await, vec!["k1".to_string()]);
+    // An item dropped before finish() is abandoned: nothing becomes visible.
+    let mut abandoned = w.item("oplog", "gone", 99, false).await.unwrap();
+    abandoned.write(&random_bytes(3 << 20, 9)).await.unwrap();
+    drop(abandoned);
+    assert!(t.repo.stream_item(&owner, "oplog", "gone").await.unwrap().is_none());
     // Names that could escape the stream never reach storage.
     for (stream, key) in [("oplog", "../x"), ("oplog", "a@b"), ("oplog", ".checkpoint"), ("a/b", "k"), ("", "k")] {
         let e = w.item(stream, key, 1, false).await.err().unwrap();
         assert!(matches!(e, Error::Invalid(_)), "{stream} {key}: {e}");
     }
     w.finish().await.unwrap();
+    // Its packs are garbage for prune; what was finished stays.
+    t.repo.prune(&PruneOptions::default()).await.unwrap();
+    let r = t.repo.check(ReadData::All).await.unwrap();
+    assert!(r.is_ok() && r.warnings.is_empty(), "{:?} {:?}", r.errors, r.warnings);
+    assert!(fetch(&t.repo, &owner, "oplog", "k1").await == data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,10 +237,10 @@ async fn the_listing_gives_positions_pinned_flags_and_checkpoints() {
 async fn legacy_wal_is_read_as_items_of_builtin_postgres() {
     let t = TempRepo::new(test_init_options()).await;
     const STREAM: &str = "pg-7283947561234567890";
-    let seg = |n: u64| coffer_repo::repofile::wal::segment_name(1, n, 16 << 20);
+    let seg = |n: u64| format!("{:08X}{:08X}{:08X}", 1, 0, n);
     let first = random_bytes(1 << 20, 3);
-    t.repo.wal_push(STREAM, &seg(1), Bytes::from(first.clone())).await.unwrap();
-    t.repo.wal_push(STREAM, &seg(2), Bytes::from(random_bytes(1 << 20, 4))).await.unwrap();
+    t.repo.legacy_wal_push(STREAM, &seg(1), Bytes::from(first.clone())).await.unwrap();
+    t.repo.legacy_wal_push(STREAM, &seg(2), Bytes::from(random_bytes(1 << 20, 4))).await.unwrap();
     let pg = plugin("postgres", DIGEST_B, true);
     let owner = owner_of(&pg);
     assert_eq!(owner, StreamOwner::legacy_wal());
@@ -589,4 +599,35 @@ async fn streams_on_seaweedfs() {
     lease_is_exclusive_per_stream(&repo).await;
     let r = repo.check(ReadData::All).await.unwrap();
     assert!(r.is_ok() && r.stream_items == 3 && r.stream_checkpoints == 1, "{:?}", r.errors);
+}
+
+/// The runtime keeps writers and readers in plugin resources and awaits
+/// them from async host functions on a multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_readers_and_their_futures_can_move_between_threads() {
+    fn send<T: Send + 'static>(_: &T) {}
+    fn send_future<T: Send>(_: &T) {}
+    let t = TempRepo::new(test_init_options()).await;
+    let a = plugin_a();
+    let owner = owner_of(&a);
+    let w = writer_for(&t.repo, &a).await;
+    send(&w);
+    send_future(&w.item("s", "k", 1, false));
+    let mut item = w.item("s", "k", 1, false).await.unwrap();
+    send(&item);
+    send_future(&item.write(b"x"));
+    item.write(b"x").await.unwrap();
+    let finish = item.finish();
+    send_future(&finish);
+    finish.await.unwrap();
+    send_future(&w.checkpoint("s", "", None));
+    let found = t.repo.stream_item(&owner, "s", "k").await.unwrap().unwrap();
+    let mut reader = t.repo.stream_reader(&found);
+    send(&reader);
+    send_future(&reader.next_chunk());
+    let mut out = Vec::new();
+    send_future(&t.repo.stream_fetch_into(&owner, "s", "k", &mut out));
+    send_future(&t.repo.take_stream_lease(&owner, "s", DEFAULT_EXPIRY));
+    drop(reader);
+    w.finish().await.unwrap();
 }
