@@ -273,8 +273,8 @@ fn secret_option(key: &str) -> bool {
 /// coffer's own command for fetching one item of the streams of plugin
 /// `spec` (a built-in name or an absolute `.wasm` path): this binary, the
 /// repository (made absolute when it is a local path: the restored system
-/// runs the command elsewhere), the password file or shares file the
-/// operator used, the storage options that are not secrets, then `stream
+/// runs the command elsewhere), the key file, shares file or password file
+/// the operator used, the storage options that are not secrets, then `stream
 /// fetch --plugin SPEC`; the plugin appends the stream, the key and the
 /// destination. It never holds a password; `note` says what must come from
 /// the restored system's environment instead.
@@ -293,15 +293,14 @@ pub fn fetch_command(g: &Global, spec: &str) -> Result<FetchCommand> {
         }
         None => missing.push("COFFER_REPO"),
     }
-    match (&g.password_file, &g.shares_from) {
-        (_, Some(f)) if f.as_os_str() != "-" => {
-            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
-            argv.extend(["--shares-from".into(), f.to_string_lossy().into_owned()]);
-        }
-        (Some(f), _) => {
-            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
-            argv.extend(["--password-file".into(), f.to_string_lossy().into_owned()]);
-        }
+    // How the repository was opened: a key file, shares, or a password file
+    // (in the order `open_repo` looks at them).
+    let abs =
+        |f: &std::path::PathBuf| std::path::absolute(f).unwrap_or_else(|_| f.clone()).to_string_lossy().into_owned();
+    match (&g.key_file, &g.shares_from, &g.password_file) {
+        (Some(f), _, _) => argv.extend(["--key-file".into(), abs(f)]),
+        (None, Some(f), _) if f.as_os_str() != "-" => argv.extend(["--shares-from".into(), abs(f)]),
+        (None, None, Some(f)) => argv.extend(["--password-file".into(), abs(f)]),
         _ => missing.push("COFFER_PASSWORD_FILE (or COFFER_PASSWORD)"),
     }
     let mut secret_opts = false;
@@ -342,6 +341,7 @@ mod tests {
             repo: Some(repo.into()),
             password_file: password_file.map(std::path::PathBuf::from),
             shares_from: None,
+            key_file: None,
             json: false,
             quiet: false,
             repo_options: options.iter().map(|o| o.to_string()).collect(),
@@ -365,5 +365,11 @@ mod tests {
         assert_eq!(f.argv[1..3], ["--repo".to_string(), "s3://bucket/r".to_string()]);
         assert!(f.note.as_deref().unwrap().contains("COFFER_PASSWORD_FILE"), "{:?}", f.note);
         assert_eq!(f.argv.last().map(String::as_str), Some("/x/p.wasm"));
+        // A key file wins over the password file, as when opening.
+        let mut g = global("/r", Some("/pw"), &[]);
+        g.key_file = Some("/k".into());
+        let f = fetch_command(&g, "postgres").unwrap();
+        assert_eq!(f.argv[3..5], ["--key-file".to_string(), "/k".to_string()]);
+        assert!(f.note.is_none() && !f.argv.contains(&"--password-file".to_string()));
     }
 }
