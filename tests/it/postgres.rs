@@ -385,7 +385,7 @@ fn pgbench_backup_then_full_and_point_in_time_restores_match_the_tables() {
     let auto = std::fs::read_to_string(pitr.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("recovery_target_time"), "{auto}");
     // restore_command is coffer's fetch command for the snapshot's stream.
-    assert!(auto.contains(&format!("stream fetch --plugin postgres pg-{sysid} %f %p")), "{auto}");
+    assert!(auto.contains(&format!("stream fetch --plugin postgres pg-{sysid} %f %p --or-latest-prefix %f.partial. --pad-to")), "{auto}");
     assert!(!auto.contains(PASSWORD), "the repository password is not written into the data directory");
     let c = Cluster::over(root, &pitr);
     c.start();

@@ -509,6 +509,36 @@ pub fn verify(snapshot: &SnapshotReader, report: &mut VerifyReport) -> Result<()
     Ok(())
 }
 
+/// The longest stored copy of the segment after `reachable` (a follower
+/// stores the segment it is receiving as `<segment>.partial.<length>`
+/// items): the WAL position it ends at and when it was stored. A restore
+/// command falls back to it for that segment, so recovery reaches its end.
+pub fn partial_after(
+    reader: &StreamReader,
+    b: &BaseBackup,
+    cov: &Coverage,
+    reachable: u64,
+) -> Result<Option<(u64, chrono::DateTime<chrono::Utc>)>, Error> {
+    let next = reachable + 1;
+    let prefix = format!("{}.partial.", cov.segment_name(next));
+    let mut best: Option<(u64, String)> = None;
+    for item in reader.items(&b.stream, Some(next * b.segment_size)) {
+        let item = item?;
+        let Some(len) = item.key.strip_prefix(&prefix).and_then(|l| u64::from_str_radix(l, 16).ok()) else {
+            if item.position.is_some_and(|p| p > (next + 1) * b.segment_size) {
+                break;
+            }
+            continue;
+        };
+        if best.as_ref().is_none_or(|(l, _)| len > *l) {
+            best = Some((len, item.key));
+        }
+    }
+    let Some((len, key)) = best else { return Ok(None) };
+    let pushed = reader.stat(&b.stream, &key)?.map(|i| utc(i.pushed));
+    Ok(pushed.map(|p| (next * b.segment_size + len, p)))
+}
+
 /// Checks a point-in-time restore target (`to_lsn`, `to_time`; `to_xid`
 /// cannot be checked) against the archive before anything is written.
 pub fn check_target(
@@ -548,7 +578,11 @@ pub fn check_target(
             }
         }
         let seg = target.segno(b.segment_size);
-        if w.reachable.is_none_or(|r| seg > r) {
+        let in_partial = match w.reachable {
+            Some(r) if seg == r + 1 => partial_after(&reader, b, &cov, r)?.is_some_and(|(end, _)| target.0 <= end),
+            _ => false,
+        };
+        if !in_partial && w.reachable.is_none_or(|r| seg > r) {
             return Err(Error::InvalidConfig(format!(
                 "recovery target LSN {target} lies in segment {}, beyond the archived WAL: {reach_text}; nothing was \
                  restored",
@@ -574,7 +608,11 @@ pub fn check_target(
         // written up to then is in the archive. One held only by the
         // snapshot has no archive time.
         let reach_pushed = match w.reachable {
-            Some(r) => reader.stat(&b.stream, &cov.segment_name(r))?.map(|i| utc(i.pushed)),
+            Some(r) => {
+                let whole = reader.stat(&b.stream, &cov.segment_name(r))?.map(|i| utc(i.pushed));
+                let partial = partial_after(&reader, b, &cov, r)?.map(|(_, t)| t);
+                whole.max(partial)
+            }
             None => None,
         };
         match reach_pushed {

@@ -451,7 +451,13 @@ impl Plugin for Postgres {
                 ))
             })?;
             if let Some(fetch) = &options.fetch {
-                config.restore_command = Some(fetch.shell_line(&format!("{} %f %p", shell_quote(&b.stream))));
+                // A segment the follower was still receiving is served from
+                // its longest stored copy, zero-padded to a whole segment.
+                config.restore_command = Some(fetch.shell_line(&format!(
+                    "{} %f %p --or-latest-prefix %f.partial. --pad-to {}",
+                    shell_quote(&b.stream),
+                    b.segment_size
+                )));
                 if let Some(note) = &fetch.note {
                     host::warn(format!("restore_command for the restored cluster: {note}"));
                 }
