@@ -801,6 +801,7 @@ impl StreamWriter {
     /// same and refuses it otherwise.
     pub async fn item(&self, stream: &str, key: &str, position: u64, pinned: bool) -> Result<ItemWriter> {
         check_names(stream, key)?;
+        tracing::debug!(stream, key, "item started");
         let shared = &self.shared;
         let repo = &shared.repo;
         let owner = &shared.owner;
@@ -1043,6 +1044,7 @@ impl ItemWriter {
     /// success that wrote nothing (`stored: false`); different content is
     /// refused ([`Error::StreamItemConflict`]).
     pub async fn finish(mut self) -> Result<ItemOutcome> {
+        tracing::debug!(size = self.size, "item content received");
         let mode = self.mode.take();
         self.shared.open_items.fetch_sub(1, Ordering::SeqCst);
         let blake3 = self.hasher.finalize().to_hex().to_string();
