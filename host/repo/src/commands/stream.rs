@@ -50,6 +50,9 @@ use crate::repository::Repository;
 /// (plus 10 minutes) has ended.
 pub const SESSION_ROLL: Duration = Duration::from_secs(10 * 60);
 
+/// An item's content is hashed and chunked this much at a time.
+const WRITE_PIECE: usize = 1 << 20;
+
 /// One item as listed (from its object's name, without reading it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StreamItemListing {
@@ -1018,11 +1021,17 @@ impl ItemWriter {
 
     /// Appends content.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        if let Some(ItemMode::Store(store)) = &mut self.mode {
-            for chunk in store.chunker.push(data) {
-                store.store(&self.shared.repo, chunk).await?;
+        // A piece at a time, however much a plugin hands over at once (a
+        // whole 16 MiB WAL segment, say): each chunk goes to the pack
+        // saver's workers as soon as it is cut, so compression overlaps
+        // hashing and chunking, and the chunker's window stays small.
+        for piece in data.chunks(WRITE_PIECE) {
+            self.hasher.update(piece);
+            self.size += piece.len() as u64;
+            if let Some(ItemMode::Store(store)) = &mut self.mode {
+                for chunk in store.chunker.push(piece) {
+                    store.store(&self.shared.repo, chunk).await?;
+                }
             }
         }
         Ok(())
