@@ -264,3 +264,53 @@ fn kill_9_during_reencryption_leaves_a_repository_that_checks() {
     assert!(t.ok(&["check", "--read-data"]).contains("no errors"));
     restore_and_compare(&t, &mut t.cmd(), &snap, &src);
 }
+
+/// `coffer key cache` writes a 0600 file that `--key-file` opens without a
+/// password (a stream push, as an `archive_command` runs it); the file is
+/// never overwritten, a copy others can read is refused, a password file
+/// passed as a key cache is named as such, and `key remove` revokes it.
+#[test]
+fn a_key_cache_file_pushes_without_a_password_until_revoked() {
+    let t = TestRepo::new();
+    let key = t.dir.path().join("archive.key");
+    let key_s = key.to_str().unwrap();
+    t.ok(&["key", "cache", "--out", key_s]);
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = t.coffer(&["key", "cache", "--out", key_s]);
+    assert!(!again.status.success() && stderr(&again).contains("never overwritten"), "{}", stderr(&again));
+    let listed = t.json(&["key", "list"]);
+    let caches: Vec<&serde_json::Value> = listed["keys"].as_array().unwrap().iter().filter(|k| k["kind"] == "cache").collect();
+    assert_eq!(caches.len(), 1, "{listed}");
+    let id = caches[0]["id"].as_str().unwrap().to_string();
+
+    let seg = t.dir.path().join("wal").join("seg-0001");
+    std::fs::create_dir_all(seg.parent().unwrap()).unwrap();
+    std::fs::write(&seg, noise(300_000, 5)).unwrap();
+    let push = |extra: &[&str]| {
+        let mut c = no_password(&t);
+        c.args(extra)
+            .args(["stream", "push", "--plugin", crate::support::hostile_wasm(), "--set", "mode=push"])
+            .args(["--set", "position=1"])
+            .arg(&seg);
+        c.output().unwrap()
+    };
+    let out = push(&["--key-file", key_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("archived s/seg-0001"), "{}", stderr(&out));
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let open = push(&["--key-file", key_s]);
+    assert!(!open.status.success() && stderr(&open).contains("chmod 600"), "{}", stderr(&open));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let pw = t.dir.path().join("pw");
+    std::fs::write(&pw, "a password\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let wrong = push(&["--key-file", pw.to_str().unwrap()]);
+    assert!(!wrong.status.success() && stderr(&wrong).contains("not a key cache file"), "{}", stderr(&wrong));
+
+    t.ok(&["key", "remove", &id[..8]]);
+    let revoked = push(&["--key-file", key_s]);
+    assert!(!revoked.status.success(), "{}", stderr(&revoked));
+    assert!(stderr(&revoked).contains("revoked"), "{}", stderr(&revoked));
+}

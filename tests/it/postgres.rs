@@ -312,6 +312,16 @@ fn pgbench_backup_then_full_and_point_in_time_restores_match_the_tables() {
     let attrs = &m["attributes"];
     let sysid = pg.psql("select system_identifier from pg_control_system()");
     assert_eq!(attrs["pg.system-identifier"], sysid.as_str(), "{m}");
+    // It declares the WAL it needs: its stream from its start segment on.
+    let need = &m["streams"][0];
+    assert_eq!(
+        (need["owner"].as_str(), need["stream"].as_str()),
+        (Some("builtin-postgres"), Some(&*format!("pg-{sysid}")))
+    );
+    let (hi, lo) = attrs["pg.start-lsn"].as_str().unwrap().split_once('/').unwrap();
+    let start = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let seg: u64 = attrs["pg.wal-segment-size"].as_str().unwrap().parse().unwrap();
+    assert_eq!(need["from"], start / seg * seg, "{m}");
     assert_eq!(attrs["pg.timeline"], "1");
     assert_eq!(attrs["pg.server-version-num"].as_str().unwrap().len(), 6);
     assert!(attrs["pg.start-lsn"].as_str().unwrap().contains('/'));

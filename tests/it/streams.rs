@@ -227,3 +227,37 @@ fn follow_stops_cleanly_excludes_a_second_follower_and_resumes_without_a_gap() {
     let check = t.coffer(&["check", "--read-data"]);
     assert!(check.status.success(), "{}", stderr(&check));
 }
+
+/// An `archive_command` run by a service account whose home cannot be
+/// written still compiles its plugin once, not once per push: the
+/// component cache falls back to a private `<tmp>/coffer-<uid>-components`.
+#[test]
+fn a_push_without_a_writable_home_caches_its_plugin_under_tmp() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = TestRepo::new();
+    let tmp = t.dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let seg = t.dir.path().join("seg-0001");
+    std::fs::write(&seg, b"some WAL").unwrap();
+    let uid = std::fs::metadata(&seg).unwrap().uid();
+    // A home under a regular file: not even root can create it.
+    let home = seg.join("home");
+    let mut c = t.cmd();
+    c.env_remove("COFFER_CACHE_DIR")
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", &home)
+        .env("TMPDIR", &tmp)
+        .args(["stream", "push", "--plugin", hostile_wasm(), "--set", "mode=push", "--set", "position=1"])
+        .arg(&seg);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("compiled in memory"), "{}", stderr(&out));
+    let cache = tmp.join(format!("coffer-{uid}-components"));
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    let compiled: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
+}

@@ -7,7 +7,9 @@
 //! rotation with re-encryption of every pack), and prints a
 //! table. `redis`: the redis plugin against `redis-cli --rdb` and a
 //! restart on the RDB (see `bench_redis`). `postgres`: the postgres plugin
-//! against `pg_basebackup` and pgBackRest (see `bench_postgres`). `compare`:
+//! against `pg_basebackup` and pgBackRest (see `bench_postgres`). `archive`:
+//! one `archive_command` push of a WAL segment into a 10 GB repository,
+//! with a password and with a key cache (see `bench_archive`). `compare`:
 //! coffer against restic, borg and rustic (see `bench_compare`). `primitives`: the criterion
 //! micro-benchmarks.
 
@@ -25,13 +27,14 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("runtime") => runtime(),
         Some("redis") => crate::bench_redis::run(&args[1..]),
         Some("postgres") => crate::bench_postgres::run(&args[1..]),
+        Some("archive") => crate::bench_archive::run(&args[1..]),
         Some("compare") => crate::bench_compare::run(&args[1..]),
         Some("primitives") => {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
         _ => bail!(
             "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | postgres [--scale N] \
-             [--runs N] | compare [--quick] [--runs N] [--rustic] | primitives"
+             [--runs N] | archive [--runs N] [--repo-gb N] [--dir DIR] | compare [--quick] [--runs N] [--rustic] | primitives"
         ),
     }
 }

@@ -27,18 +27,18 @@ use anyhow::{Context, Result, bail};
 use crate::bench::{dir_size, median};
 use coffer_test_support::free_port;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+pub(crate) const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PASSWORD: &str = "coffer bench password";
 const PGBACKREST_CIPHER: &str = "pgbackrest bench cipher pass";
 
 /// `program` run as the `postgres` user.
-fn as_postgres(program: &str) -> Command {
+pub(crate) fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--", program]);
     c
 }
 
-fn output_ok(c: &mut Command, what: &str) -> Result<Output> {
+pub(crate) fn output_ok(c: &mut Command, what: &str) -> Result<Output> {
     let out = c.output().with_context(|| format!("starting {what}"))?;
     if !out.status.success() {
         bail!(
@@ -58,12 +58,12 @@ fn timed(c: &mut Command, what: &str) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn chown_postgres(p: &Path) -> Result<()> {
+pub(crate) fn chown_postgres(p: &Path) -> Result<()> {
     crate::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(p))
 }
 
 /// A directory the `postgres` user owns, emptied first.
-fn fresh_dir(p: &Path) -> Result<()> {
+pub(crate) fn fresh_dir(p: &Path) -> Result<()> {
     if p.exists() {
         std::fs::remove_dir_all(p).with_context(|| format!("clearing {}", p.display()))?;
     }
@@ -86,16 +86,16 @@ fn sync() -> Result<()> {
 }
 
 /// A cluster in `data`, listening on loopback and on a socket in `sock`.
-struct Cluster {
-    data: PathBuf,
-    sock: PathBuf,
-    port: u16,
+pub(crate) struct Cluster {
+    pub(crate) data: PathBuf,
+    pub(crate) sock: PathBuf,
+    pub(crate) port: u16,
     /// Settings given on the command line (`-c name=value`).
-    settings: &'static str,
+    pub(crate) settings: &'static str,
 }
 
 impl Cluster {
-    fn start(&self) -> Result<()> {
+    pub(crate) fn start(&self) -> Result<()> {
         let opts =
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 {}", self.port, self.sock.display(), self.settings);
         let log = self.data.with_extension("log");
@@ -111,12 +111,12 @@ impl Cluster {
         Ok(())
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ =
             as_postgres(&format!("{BIN}/pg_ctl")).arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).output();
     }
 
-    fn psql(&self, sql: &str) -> Result<String> {
+    pub(crate) fn psql(&self, sql: &str) -> Result<String> {
         let out = output_ok(
             as_postgres(&format!("{BIN}/psql"))
                 .arg("-h")
@@ -128,7 +128,7 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    fn pgbench(&self, args: &[&str]) -> Result<()> {
+    pub(crate) fn pgbench(&self, args: &[&str]) -> Result<()> {
         output_ok(
             as_postgres(&format!("{BIN}/pgbench"))
                 .arg("-h")

@@ -54,24 +54,77 @@ impl ComponentCache {
         Some(base.join("coffer").join("components"))
     }
 
+    /// Where the cache goes when [`Self::default_dir`] cannot be used (no
+    /// `HOME`, or a home this user cannot write, as for a service account):
+    /// `<temp dir>/coffer-<uid>-components`. In a sticky `/tmp` no other
+    /// user can move or replace it, and [`Self::open`] uses it only as a
+    /// private directory this user owns.
+    pub fn fallback_dir() -> Option<PathBuf> {
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        Some(std::env::temp_dir().join(format!("coffer-{uid}-components")))
+    }
+
+    /// The cache directory a runtime uses by default: [`Self::default_dir`]
+    /// when it can be used, else [`Self::fallback_dir`]; `None` (plugins
+    /// compiled in memory, which costs seconds per process) with a warning
+    /// when neither can. Built-in plugins are then compiled once per user,
+    /// not once per process, even for `archive_command` run by a service
+    /// account without a writable home.
+    pub fn usable_dir() -> Option<PathBuf> {
+        let preferred = Self::default_dir();
+        let why = match &preferred {
+            Some(d) => match Self::check(d) {
+                Ok(()) => return preferred,
+                Err(e) => e,
+            },
+            None => "no COFFER_CACHE_DIR, XDG_CACHE_HOME or HOME".to_string(),
+        };
+        let fallback = Self::fallback_dir();
+        match fallback.as_deref().map(Self::check) {
+            Some(Ok(())) => {
+                tracing::debug!(
+                    "component cache: {why}; using {}",
+                    fallback.as_deref().unwrap_or(Path::new("")).display()
+                );
+                fallback
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "no usable component cache ({why}; {e}): plugins are compiled in memory, every run (set \
+                     COFFER_CACHE_DIR to a private directory)"
+                );
+                None
+            }
+            None => {
+                tracing::warn!("no usable component cache ({why}): plugins are compiled in memory, every run");
+                None
+            }
+        }
+    }
+
+    /// Creates `dir` (owner-only) if needed and checks that it is a private
+    /// directory this user owns.
+    fn check(dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{} cannot be created ({e})", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let owner_ok = md.uid() == current_uid(dir).unwrap_or(u32::MAX);
+        if !md.is_dir() || md.mode() & 0o022 != 0 || !owner_ok {
+            return Err(format!("{} is not a private directory owned by this user", dir.display()));
+        }
+        Ok(())
+    }
+
     /// Opens (creating, owner-only) a cache directory. Returns `None`, with a
     /// warning, when the directory cannot be trusted or created.
     pub fn open(dir: &Path) -> Option<ComponentCache> {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            tracing::warn!("component cache {} unusable ({e}); compiling plugins in memory", dir.display());
-            return None;
+        match Self::check(dir) {
+            Ok(()) => Some(ComponentCache { dir: dir.to_path_buf() }),
+            Err(e) => {
+                tracing::warn!("component cache unusable: {e}; compiling plugins in memory");
+                None
+            }
         }
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        let md = std::fs::symlink_metadata(dir).ok()?;
-        let owner_ok = md.uid() == current_uid(dir).unwrap_or(u32::MAX);
-        if !md.is_dir() || md.mode() & 0o022 != 0 || !owner_ok {
-            tracing::warn!(
-                "component cache {} is not a private directory owned by this user; compiling plugins in memory",
-                dir.display()
-            );
-            return None;
-        }
-        Some(ComponentCache { dir: dir.to_path_buf() })
     }
 
     /// Loads `wasm` compiled for `engine`, from the cache or by compiling

@@ -125,7 +125,7 @@ pub(crate) enum ContentReader {
     /// An entry of a stored snapshot.
     Entry(EntryReader<'static>),
     /// A stream item (its size and BLAKE3 checked at the end).
-    Item(coffer_repo::StreamItemReader),
+    Item(Box<coffer_repo::StreamItemReader>),
 }
 
 impl ContentReader {

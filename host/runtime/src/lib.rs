@@ -64,13 +64,14 @@ pub enum RuntimeError {
 pub struct RuntimeOptions {
     /// Plugin instances that may exist at the same time (pool size).
     pub max_instances: u32,
-    /// Where compiled components are cached; `None` compiles in memory.
+    /// Where compiled components are cached; `None` compiles in memory. The
+    /// default is [`ComponentCache::usable_dir`].
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { max_instances: 100, cache_dir: ComponentCache::default_dir() }
+        RuntimeOptions { max_instances: 100, cache_dir: ComponentCache::usable_dir() }
     }
 }
 

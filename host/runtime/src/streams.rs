@@ -322,7 +322,7 @@ impl streams::HostStreamReader for PluginState {
         self.open_handle()?;
         let reader = repo.stream_reader(&item);
         self.job.open_readers += 1;
-        Ok(Ok(self.table.push(EntryReaderSlot { reader: ContentReader::Item(reader) })?))
+        Ok(Ok(self.table.push(EntryReaderSlot { reader: ContentReader::Item(Box::new(reader)) })?))
     }
 
     async fn last_checkpoint(

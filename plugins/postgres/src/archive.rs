@@ -156,6 +156,9 @@ pub fn push(stream: Option<&str>, pgdata: Option<&str>, file: &str, sink: &Strea
 // ---------------------------------------------------------------------------
 // A base backup's WAL
 
+/// A segment's name with its (timeline, segment number).
+pub type NamedSegment = (String, (u32, u64));
+
 /// The WAL facts of a base backup, from its attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseBackup {
@@ -168,7 +171,7 @@ pub struct BaseBackup {
     /// (timeline, segment number) of the start.
     pub start_at: (u32, u64),
     /// Stop segment name and (timeline, segment number), when known.
-    pub stop: Option<(String, (u32, u64))>,
+    pub stop: Option<NamedSegment>,
 }
 
 impl BaseBackup {
@@ -192,7 +195,7 @@ impl BaseBackup {
             ),
             (None, None) => return Err(format!("it has no {} attribute", attr::SYSTEM_IDENTIFIER)),
         };
-        let seg = |k: &str| -> Result<Option<(String, (u32, u64))>, String> {
+        let seg = |k: &str| -> Result<Option<NamedSegment>, String> {
             let Some(v) = get(k) else { return Ok(None) };
             let f = WalFile::parse(&v).filter(WalFile::is_segment);
             let at = f.and_then(|f| Some((f.timeline(), f.segno(segment_size)?)));

@@ -482,6 +482,9 @@ impl Plugin for Postgres {
             archive::check_target(snapshot, b, to_lsn.as_deref(), to_time.as_deref())?;
         }
         prepare_target(&dir, options.force)?;
+        // PostgreSQL refuses a data directory others can read; private
+        // before the first file lands in it.
+        host::set_metadata(".", 0o700, Timestamp::from(std::time::SystemTime::now()))?;
         let total: u64 = snapshot.entries().map(|e| e.size).sum();
         let mut buf = vec![0u8; BUF];
         let mut dirs = Vec::new();
@@ -532,8 +535,6 @@ impl Plugin for Postgres {
         for d in dirs.iter().rev() {
             host::set_metadata(&d.path, d.mode, d.mtime)?;
         }
-        // PostgreSQL refuses a data directory others can read.
-        host::set_metadata(".", 0o700, Timestamp::from(std::time::SystemTime::now()))?;
         Ok(())
     }
 

@@ -111,7 +111,7 @@ pub fn resume_offset(sink: &StreamSink, stream: &str) -> Result<Option<u64>, Err
 /// One connection: handshake, resync, then the stream until the link
 /// breaks (an error) or the replication ID changes (`Ok`).
 fn session(target: &Target, cutting: Cutting, sink: &StreamSink, progressed: &mut bool) -> Result<(), Error> {
-    let mut conn = Conn::open_polling(target, POLL)?;
+    let mut conn = Conn::open_polling(target, POLL).map_err(loading_is_unavailable)?;
     let info = conn.info("replication").map_err(loading_is_unavailable)?;
     let master_replid = info.get("master_replid").cloned().unwrap_or_default();
     let resume = if repl::is_replid(&master_replid) {
@@ -125,7 +125,9 @@ fn session(target: &Target, cutting: Cutting, sink: &StreamSink, progressed: &mu
     let start = crate::start_sync(&mut conn, resume.as_ref().map(|(id, next)| (id.as_str(), *next)), false)?;
     let (replid, stored) = match start {
         SyncStart::Continue(id) => {
-            let (old, next) = resume.expect("CONTINUE answers a PSYNC with an ID");
+            let Some((old, next)) = resume else {
+                return Err(Error::Corrupt(format!("Redis at {} answered PSYNC ? -1 with CONTINUE", conn.addr())));
+            };
             if let Some(id) = id
                 && id != old
             {
@@ -281,20 +283,21 @@ impl Follower<'_> {
             || age >= self.cutting.idle_age
     }
 
+    /// The next complete command buffered: its length and kind.
+    fn next_command(&self) -> Result<Option<(usize, Command)>, Error> {
+        repl::next_command(self.conn.buffered()).map_err(|e| {
+            Error::Corrupt(format!(
+                "Redis at {} sent a replication stream that is not RESP commands at offset {}: {e}",
+                self.conn.addr(),
+                self.received + 1
+            ))
+        })
+    }
+
     fn run(&mut self, progressed: &mut bool) -> Result<(), Error> {
         loop {
             let mut ack_now = false;
-            loop {
-                let Some((n, cmd)) = repl::next_command(self.conn.buffered()).map_err(|e| {
-                    Error::Corrupt(format!(
-                        "Redis at {} sent a replication stream that is not RESP commands at offset {}: {e}",
-                        self.conn.addr(),
-                        self.received + 1
-                    ))
-                })?
-                else {
-                    break;
-                };
+            while let Some((n, cmd)) = self.next_command()? {
                 if self.item.is_empty() {
                     self.item_started = Instant::now();
                 }

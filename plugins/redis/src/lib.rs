@@ -13,6 +13,9 @@
 //!   pipelined, with payloads cut from the RDB.
 //! - **Verify** parses the RDB completely (every type and encoding, the
 //!   CRC-64) and checks the AOF manifest and the RESP framing of every file.
+//! - **Follow** ([`follow`]): as a replica, stores the replication stream
+//!   as items of `redis-<replid>` ([`repl`]); a restore with `to_offset`
+//!   replays it after an RDB ([`replay`]).
 
 pub mod aof;
 pub mod client;
@@ -1244,7 +1247,7 @@ impl Plugin for Redis {
         PluginInfo::new(
             "redis",
             env!("CARGO_PKG_VERSION"),
-            "Redis: RDB snapshots over the replication protocol or the AOF directory; live or file restore",
+            "Redis: RDB snapshots over the replication protocol or the AOF directory; live or file restore; follows the replication stream for restores to an offset",
         )
         .schema(SCHEMA)
         .restore_modes(true, true)

@@ -60,8 +60,11 @@ pub fn snapshot_position(snapshot: &SnapshotReader) -> Option<(String, u64)> {
     Some((id, off))
 }
 
+/// A stream's RDB items (offset, key) and command items.
+type StreamItems = (Vec<(u64, String)>, Vec<CmdItem>);
+
 /// The RDB and command items of `stream`, each sorted by offset.
-fn stream_items(reader: &StreamReader, stream: &str) -> Result<(Vec<(u64, String)>, Vec<CmdItem>), Error> {
+fn stream_items(reader: &StreamReader, stream: &str) -> Result<StreamItems, Error> {
     let (mut rdbs, mut cmds) = (Vec::new(), Vec::new());
     for item in reader.items(stream, None) {
         let item = item?;

@@ -50,6 +50,9 @@ use crate::repository::Repository;
 /// (plus 10 minutes) has ended.
 pub const SESSION_ROLL: Duration = Duration::from_secs(10 * 60);
 
+/// An item's content is hashed and chunked this much at a time.
+const WRITE_PIECE: usize = 1 << 20;
+
 /// One item as listed (from its object's name, without reading it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StreamItemListing {
@@ -801,6 +804,7 @@ impl StreamWriter {
     /// same and refuses it otherwise.
     pub async fn item(&self, stream: &str, key: &str, position: u64, pinned: bool) -> Result<ItemWriter> {
         check_names(stream, key)?;
+        tracing::debug!(stream, key, "item started");
         let shared = &self.shared;
         let repo = &shared.repo;
         let owner = &shared.owner;
@@ -1017,11 +1021,17 @@ impl ItemWriter {
 
     /// Appends content.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        if let Some(ItemMode::Store(store)) = &mut self.mode {
-            for chunk in store.chunker.push(data) {
-                store.store(&self.shared.repo, chunk).await?;
+        // A piece at a time, however much a plugin hands over at once (a
+        // whole 16 MiB WAL segment, say): each chunk goes to the pack
+        // saver's workers as soon as it is cut, so compression overlaps
+        // hashing and chunking, and the chunker's window stays small.
+        for piece in data.chunks(WRITE_PIECE) {
+            self.hasher.update(piece);
+            self.size += piece.len() as u64;
+            if let Some(ItemMode::Store(store)) = &mut self.mode {
+                for chunk in store.chunker.push(piece) {
+                    store.store(&self.shared.repo, chunk).await?;
+                }
             }
         }
         Ok(())
@@ -1043,6 +1053,7 @@ impl ItemWriter {
     /// success that wrote nothing (`stored: false`); different content is
     /// refused ([`Error::StreamItemConflict`]).
     pub async fn finish(mut self) -> Result<ItemOutcome> {
+        tracing::debug!(size = self.size, "item content received");
         let mode = self.mode.take();
         self.shared.open_items.fetch_sub(1, Ordering::SeqCst);
         let blake3 = self.hasher.finalize().to_hex().to_string();

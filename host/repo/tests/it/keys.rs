@@ -285,3 +285,57 @@ async fn reencryption_after_an_interrupted_index_consolidation_copies_each_blob_
     repo.restore_dir(&snap, &out).await.unwrap();
     assert_same_tree(&src, &out);
 }
+
+/// A key cache opens the repository without a password (and is left out
+/// of password opens); a cache of another repository, a damaged one and a
+/// revoked one are refused with errors that say so; the last password key
+/// cannot be removed while only caches would remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_cache_opens_without_a_password_until_its_key_is_removed() {
+    use coffer_repo::{Error, KeyCache};
+    let t = TempRepo::new(test_init_options()).await;
+    let (id, cache) = t.repo.add_key_cache("archive").await.unwrap();
+    let keys = t.repo.keys_list().await.unwrap();
+    let kinds: Vec<(&str, bool)> = keys.iter().map(|k| (k.kind, k.id == id)).collect();
+    assert_eq!(kinds, vec![("password", false), ("cache", true)]);
+
+    // The file's bytes open the repository, as the key cache's key.
+    let parsed = KeyCache::parse(&cache.encode()).unwrap();
+    let opened = Repository::open_with_key_cache(Arc::clone(&t.backend), &parsed).await.unwrap();
+    assert_eq!(opened.key_id(), Some(id));
+    assert_eq!(opened.master_secret().expose(), t.repo.master_secret().expose());
+    let src = t.dir.path().join("src");
+    make_random_tree(&src, 2, 100_000, 7);
+    let snap = opened.backup_dir(&src, opts("src")).await.unwrap();
+    let out = t.dir.path().join("out");
+    t.repo.restore_dir(&snap, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+
+    // A password never opens the cache's key file, and it is not counted.
+    match Repository::open(Arc::clone(&t.backend), b"not the password").await {
+        Err(Error::WrongPassword { tried: 1, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+
+    // Another repository's cache, and a cache whose key was altered.
+    let other = TempRepo::new(test_init_options()).await;
+    let (_, foreign) = other.repo.add_key_cache("other").await.unwrap();
+    let e = Repository::open_with_key_cache(Arc::clone(&t.backend), &foreign).await.unwrap_err();
+    assert!(matches!(e, Error::KeyCacheRefused { .. }) && e.to_string().contains("a key cache of repository"), "{e}");
+    let text = String::from_utf8(cache.encode().to_vec()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let forged = text.replace(v["file_key"].as_str().unwrap(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let forged = KeyCache::parse(forged.as_bytes()).unwrap();
+    let e = Repository::open_with_key_cache(Arc::clone(&t.backend), &forged).await.unwrap_err();
+    assert!(matches!(e, Error::KeyCacheRefused { .. }) && e.to_string().contains("does not open key"), "{e}");
+
+    // The last password key stays while a cache exists.
+    let password_key = keys.iter().find(|k| k.kind == "password").unwrap().id;
+    let e = opened.remove_key(&password_key).await.unwrap_err();
+    assert!(e.to_string().contains("last password key"), "{e}");
+
+    // Removing the cache's key revokes the file.
+    t.repo.remove_key(&id).await.unwrap();
+    let e = Repository::open_with_key_cache(Arc::clone(&t.backend), &parsed).await.unwrap_err();
+    assert!(matches!(e, Error::KeyCacheRevoked { .. }) && e.to_string().contains("revoked"), "{e}");
+}
