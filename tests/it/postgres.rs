@@ -395,7 +395,12 @@ fn pgbench_backup_then_full_and_point_in_time_restores_match_the_tables() {
     let auto = std::fs::read_to_string(pitr.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("recovery_target_time"), "{auto}");
     // restore_command is coffer's fetch command for the snapshot's stream.
-    assert!(auto.contains(&format!("stream fetch --plugin postgres pg-{sysid} %f %p --or-latest-prefix %f.partial. --pad-to")), "{auto}");
+    assert!(
+        auto.contains(&format!(
+            "stream fetch --plugin postgres pg-{sysid} %f %p --or-latest-prefix %f.partial. --pad-to"
+        )),
+        "{auto}"
+    );
     assert!(!auto.contains(PASSWORD), "the repository password is not written into the data directory");
     let c = Cluster::over(root, &pitr);
     c.start();
@@ -534,4 +539,109 @@ fn bad_input_is_refused_with_a_clear_message_and_nothing_is_written() {
     fails(&["restore", &id, "--target", t, "--set", "to_time=tomorrow"], &["to_time"]);
     fails(&["restore", &id, "--target", t, "--set", "to_xid=1000", "--set", "to_end=true"], &["one recovery target"]);
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "nothing was restored");
+}
+
+/// `coffer stream follow` on a replication slot, started as the `postgres`
+/// user like the other commands.
+fn follow(repo: &Repo, pg: &Cluster, pw: &str) -> std::process::Child {
+    repo.cmd()
+        .args(["stream", "follow", "--plugin", "postgres", "--set", &pg.url("backup"), "--set", pw])
+        .args(["--set", "slot=coffer", "--set", "create_slot=true", "--set", "partial_interval=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("coffer runs")
+}
+
+/// Sends `sig` to the coffer a [`follow`] child runs (under `runuser`,
+/// which does not pass signals on).
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("pkill").args([sig, "-P", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "pkill {sig} -P {}", child.id());
+}
+
+/// The highest WAL position the stream holds (a whole segment's end, or a
+/// partial copy's), as the listing gives it.
+fn stored_end(repo: &Repo, stream: &str, segment_size: u64) -> u64 {
+    let items = repo.json(&["stream", "list", "--plugin", "postgres", stream]);
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| {
+            let key = i["key"].as_str()?;
+            let pos = i["position"].as_u64()?;
+            // A whole segment's position is its start; a partial copy's is
+            // where it ends.
+            if key.len() == 24 { Some(pos + segment_size) } else { key.contains(".partial.").then_some(pos) }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn lsn_of(text: &str) -> u64 {
+    let (hi, lo) = text.trim().split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[test]
+fn follow_streams_wal_under_load_survives_kill_9_and_recovers_to_the_last_commit() {
+    let tmp = postgres_tempdir();
+    let root = tmp.path();
+    let repo = Repo::new(root);
+    // No archive_command: the follower alone keeps the WAL.
+    let pg = Cluster::new(root, "primary", &[("max_replication_slots", "4".into())]);
+    pg.psql(&format!("create role backup with login replication password '{BACKUP_PW}'"));
+    let pw = backup_pw_file(root);
+    let sysid = pg.psql("select system_identifier from pg_control_system()");
+    let stream = format!("pg-{sysid}");
+    let seg: u64 = pg.psql("select setting from pg_settings where name = 'wal_segment_size'").parse().unwrap();
+
+    let mut f = follow(&repo, &pg, &pw);
+    pg.pgbench(&["-i", "-s", "2"]);
+    let base = repo.json(&["backup", "postgres", "--set", &pg.url("backup"), "--set", &pw]);
+    let id = base["id"].as_str().unwrap().to_string();
+    // The slot exists and is the follower's.
+    assert_eq!(pg.psql("select count(*) from pg_replication_slots where slot_name = 'coffer'"), "1");
+
+    // Load, a kill -9 of the follower in the middle, a new follower.
+    pg.pgbench(&["-T", "3", "-c", "2"]);
+    signal(&f, "-KILL");
+    let _ = f.wait();
+    pg.pgbench(&["-T", "2", "-c", "2"]);
+    f = follow(&repo, &pg, &pw);
+    pg.pgbench(&["-T", "3", "-c", "2"]);
+    // The last committed transaction, its position and the tables then.
+    pg.psql("create table last_commit as select 42 as answer");
+    let committed = lsn_of(&pg.psql("select pg_current_wal_flush_lsn()"));
+    let at_end = pg.tables();
+    let t0 = Instant::now();
+    while stored_end(&repo, &stream, seg) < committed {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the follower did not store WAL up to the last commit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rpo = t0.elapsed();
+    eprintln!("follow: WAL up to the last commit stored {} ms after it committed", rpo.as_millis());
+    // The primary is lost.
+    drop(pg);
+    signal(&f, "-INT");
+    let out = f.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The stream has no gap from the base backup on (verify reads it), and
+    // a restore to the end of the stream recovers the last commit.
+    let v = repo.coffer(&["verify", &id]);
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{text}\n{}", stderr(&v));
+    assert!(!text.contains("gap"), "{text}");
+    let dir = target(root, "recovered");
+    repo.ok(&["restore", &id, "--target", dir.to_str().unwrap(), "--set", "to_end=true", "--set", "archive_mode=off"]);
+    let c = Cluster::over(root, &dir);
+    c.start();
+    c.wait_promoted();
+    assert_eq!(c.psql("select answer from last_commit"), "42", "the last committed transaction is recovered");
+    assert_eq!(c.tables(), at_end);
+    c.stop();
+    let check = repo.coffer(&["check", "--read-data"]);
+    assert!(check.status.success(), "{}", stderr(&check));
 }

@@ -318,6 +318,11 @@ fn follow_once(target: &Target, opts: &ReceiveOptions, sink: &StreamSink) -> Res
         conn.send_query(&format!("START_REPLICATION {slot}PHYSICAL {} TIMELINE {timeline}", Lsn(from)))?;
         match conn.start_copy_both(host::cancelled)? {
             Some(Ok(())) => {}
+            // The slot is still held by a connection the server has not
+            // yet seen die (a follower killed a moment ago): retry.
+            Some(Err(e)) if e.code == "55006" => {
+                return Err(Error::Unavailable(format!("PostgreSQL at {addr}: {e}")));
+            }
             Some(Err(e)) => {
                 return Err(Error::Other(format!(
                     "PostgreSQL at {addr} refused to stream WAL from {} on timeline {timeline}: {e}",
@@ -364,72 +369,79 @@ fn stream_timeline(
     let mut last_partial = Instant::now();
     let mut partial_len = 0usize;
     loop {
-        let msg = match conn.next_message_polled(host::cancelled)? {
-            Some(m) => m,
-            None => return Ok(None),
+        // Returns after at most the read timeout, so the timers below run
+        // on a quiet link too.
+        let msg = match conn.next_message_polled(|| true)? {
+            Some(m) => Some(m),
+            None if host::cancelled() => return Ok(None),
+            None => None,
         };
         match msg {
-            Got::Msg(Message::CopyData(body)) => {
-                match frame(body.data()).map_err(|e| Error::Corrupt(format!("PostgreSQL at {addr} sent {e}")))? {
-                    Frame::Wal { start, end, data } => {
-                        server_end = server_end.max(end);
-                        let done =
-                            asm.push(start, data).map_err(|e| Error::Corrupt(format!("PostgreSQL at {addr}: {e}")))?;
-                        for seg in done {
-                            let name = segment_name(timeline, seg.segno, segment_size);
-                            let position = seg.segno * segment_size;
-                            store(sink, stream, &name, position, false, &seg.data)?;
-                            flushed = position + segment_size;
-                            sink.checkpoint(stream, &checkpoint_state(timeline, flushed), Some(server_end))?;
-                            partial_len = 0;
-                            conn.send_copy_data(&status_update(asm.next(), flushed))?;
-                            last_status = Instant::now();
+            None => {}
+            Some(msg) => match msg {
+                Got::Msg(Message::CopyData(body)) => {
+                    match frame(body.data()).map_err(|e| Error::Corrupt(format!("PostgreSQL at {addr} sent {e}")))? {
+                        Frame::Wal { start, end, data } => {
+                            server_end = server_end.max(end);
+                            let done = asm
+                                .push(start, data)
+                                .map_err(|e| Error::Corrupt(format!("PostgreSQL at {addr}: {e}")))?;
+                            for seg in done {
+                                let name = segment_name(timeline, seg.segno, segment_size);
+                                let position = seg.segno * segment_size;
+                                store(sink, stream, &name, position, false, &seg.data)?;
+                                flushed = position + segment_size;
+                                sink.checkpoint(stream, &checkpoint_state(timeline, flushed), Some(server_end))?;
+                                partial_len = 0;
+                                conn.send_copy_data(&status_update(asm.next(), flushed))?;
+                                last_status = Instant::now();
+                            }
                         }
-                    }
-                    Frame::Keepalive { end, reply } => {
-                        server_end = server_end.max(end);
-                        if reply {
-                            conn.send_copy_data(&status_update(asm.next(), flushed))?;
-                            last_status = Instant::now();
+                        Frame::Keepalive { end, reply } => {
+                            server_end = server_end.max(end);
+                            if reply {
+                                conn.send_copy_data(&status_update(asm.next(), flushed))?;
+                                last_status = Instant::now();
+                            }
                         }
                     }
                 }
-            }
-            // End of the timeline: the server switched to a new one.
-            Got::Msg(Message::CopyDone) => {
-                conn.send_copy_done()?;
-                let (start, pending) = asm.pending();
-                if !pending.is_empty() {
-                    // The old timeline's last, unfinished segment, kept as
-                    // PostgreSQL keeps it: `<segment>.partial`.
-                    let name = segment_name(timeline, start / segment_size, segment_size);
-                    store(sink, stream, &format!("{name}.partial"), start, false, pending)?;
-                }
-                let mut next = None;
-                loop {
-                    match conn.next_message_polled(|| false)? {
-                        Some(Got::Msg(Message::DataRow(r))) => {
-                            let row = crate::conn::row_text(&r)?;
-                            let tli: u32 = col(&row, 0, "next timeline", &addr)?
-                                .parse()
-                                .map_err(|_| Error::Corrupt(format!("{addr}: next timeline")))?;
-                            let pos =
-                                Lsn::parse(&col(&row, 1, "next timeline's start", &addr)?).map_err(Error::Corrupt)?;
-                            next = Some((tli, pos.0));
-                        }
-                        Some(Got::Msg(Message::ReadyForQuery(_))) => break,
-                        Some(Got::Msg(_)) => {}
-                        Some(Got::Failed(e)) => return Err(Error::Other(format!("PostgreSQL at {addr}: {e}"))),
-                        None => return Ok(None),
+                // End of the timeline: the server switched to a new one.
+                Got::Msg(Message::CopyDone) => {
+                    conn.send_copy_done()?;
+                    let (start, pending) = asm.pending();
+                    if !pending.is_empty() {
+                        // The old timeline's last, unfinished segment, kept as
+                        // PostgreSQL keeps it: `<segment>.partial`.
+                        let name = segment_name(timeline, start / segment_size, segment_size);
+                        store(sink, stream, &format!("{name}.partial"), start, false, pending)?;
                     }
+                    let mut next = None;
+                    loop {
+                        match conn.next_message_polled(|| false)? {
+                            Some(Got::Msg(Message::DataRow(r))) => {
+                                let row = crate::conn::row_text(&r)?;
+                                let tli: u32 = col(&row, 0, "next timeline", &addr)?
+                                    .parse()
+                                    .map_err(|_| Error::Corrupt(format!("{addr}: next timeline")))?;
+                                let pos = Lsn::parse(&col(&row, 1, "next timeline's start", &addr)?)
+                                    .map_err(Error::Corrupt)?;
+                                next = Some((tli, pos.0));
+                            }
+                            Some(Got::Msg(Message::ReadyForQuery(_))) => break,
+                            Some(Got::Msg(_)) => {}
+                            Some(Got::Failed(e)) => return Err(Error::Other(format!("PostgreSQL at {addr}: {e}"))),
+                            None => return Ok(None),
+                        }
+                    }
+                    return match next {
+                        Some(n) => Ok(Some(n)),
+                        None => Err(Error::Unavailable(format!("PostgreSQL at {addr} ended the WAL stream"))),
+                    };
                 }
-                return match next {
-                    Some(n) => Ok(Some(n)),
-                    None => Err(Error::Unavailable(format!("PostgreSQL at {addr} ended the WAL stream"))),
-                };
-            }
-            Got::Msg(_) => {}
-            Got::Failed(e) => return Err(Error::Unavailable(format!("PostgreSQL at {addr}: {e}"))),
+                Got::Msg(_) => {}
+                Got::Failed(e) => return Err(Error::Unavailable(format!("PostgreSQL at {addr}: {e}"))),
+            },
         }
         if let Some(every) = opts.partial_interval {
             let (start, pending) = asm.pending();
