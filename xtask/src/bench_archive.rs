@@ -12,6 +12,8 @@
 //!   `archive_command` copies its segments to a spool, loads pgbench data
 //!   until it has written enough segments, and stops it: real segments, of
 //!   a new system identifier, so every push stores new data.
+//! - `coffer repair index` first leaves one index file (earlier runs'
+//!   pushes each added one), so every run starts from the same index.
 //! - One push compiles the plugin into the component cache (reported
 //!   alone), then `--runs N` (default 21) pushes with the password file and
 //!   N with a key cache file (`coffer key cache`), each a new process as the
@@ -292,6 +294,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "coffer key cache",
         )?;
     }
+    // Each push adds an index file, and earlier runs' are still there: one
+    // consolidated index file (what a prune that rewrites the index leaves)
+    // gives every run the same start.
+    output_ok(coffer.cmd().arg("--key-file").arg(&key).args(["-q", "repair", "index"]), "coffer repair index")?;
     let segments = make_segments(&work, 2 * runs + 1)?;
     let with_password = [std::ffi::OsStr::new("--password-file"), pw.as_os_str()];
     let with_key = [std::ffi::OsStr::new("--key-file"), key.as_os_str()];
