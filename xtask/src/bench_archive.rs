@@ -1,6 +1,7 @@
 //! `cargo xtask bench archive`: what PostgreSQL's `archive_command` costs,
-//! one `coffer stream push --plugin postgres SEGMENT` process per 16 MiB WAL
-//! segment, into a repository that already holds about 10 GB.
+//! one `coffer --repo R --password-file F wal push %p` process (an alias of
+//! `coffer stream push --plugin postgres`) per 16 MiB WAL segment, into a
+//! repository that already holds about 10 GB.
 //!
 //! - The repository is built once in `target/bench-archive/repo` (random
 //!   data in a few 1 GiB files, backed up with the `files` plugin, 2 GiB at
@@ -11,10 +12,13 @@
 //!   `archive_command` copies its segments to a spool, loads pgbench data
 //!   until it has written enough segments, and stops it: real segments, of
 //!   a new system identifier, so every push stores new data.
+//! - `coffer repair index` first leaves one index file (earlier runs'
+//!   pushes each added one), so every run starts from the same index.
 //! - One push compiles the plugin into the component cache (reported
 //!   alone), then `--runs N` (default 21) pushes with the password file and
 //!   N with a key cache file (`coffer key cache`), each a new process as the
-//!   `postgres` user with its own `HOME` (as the server runs it), timed
+//!   `postgres` user with its own `HOME`, in the directory holding the
+//!   segments and with a relative `%p` (as the server runs it), timed
 //!   from spawn to exit. Every push runs with `COFFER_LOG=debug`, whose
 //!   timestamps give the median of each phase.
 //!
@@ -220,13 +224,14 @@ const PHASES: &[(&str, &str)] = &[
 /// start before logging plus exit after it).
 fn push(coffer: &Coffer, auth: &[&std::ffi::OsStr], segment: &Path) -> Result<(f64, Vec<f64>, usize)> {
     let mut c = coffer.cmd();
-    c.env("COFFER_LOG", "debug").args(auth).args(["stream", "push", "--plugin", "postgres"]).arg(segment);
+    let (dir, name) = (segment.parent().context("a segment's directory")?, segment.file_name().context("a name")?);
+    c.current_dir(dir).env("COFFER_LOG", "debug").args(auth).args(["--quiet", "wal", "push"]).arg(name);
     let t = Instant::now();
     let out = c.output().context("starting coffer")?;
     let wall = t.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("coffer stream push {} failed ({}):\n{log}", segment.display(), out.status);
+        bail!("coffer wal push {} failed ({}):\n{log}", segment.display(), out.status);
     }
     // Lines are `   0.123456789s DEBUG message...`: the last line with
     // each phase's event ends it.
@@ -289,6 +294,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "coffer key cache",
         )?;
     }
+    // Each push adds an index file, and earlier runs' are still there: one
+    // consolidated index file (what a prune that rewrites the index leaves)
+    // gives every run the same start.
+    output_ok(coffer.cmd().arg("--key-file").arg(&key).args(["-q", "repair", "index"]), "coffer repair index")?;
     let segments = make_segments(&work, 2 * runs + 1)?;
     let with_password = [std::ffi::OsStr::new("--password-file"), pw.as_os_str()];
     let with_key = [std::ffi::OsStr::new("--key-file"), key.as_os_str()];
@@ -318,8 +327,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let repo_bytes = dir_size(&coffer.repo);
     println!(
-        "archive bench: {runs} pushes of distinct 16 MiB PostgreSQL 15 segments per mode, `coffer stream push \
-         --plugin postgres` as the postgres user (HOME=/var/lib/postgresql), repository {:.1} GB on local disk\n",
+        "archive bench: {runs} pushes of distinct 16 MiB PostgreSQL 15 segments per mode, `coffer --repo R \
+         (--password-file F | --key-file K) --quiet wal push SEGMENT` as the postgres user \
+         (HOME=/var/lib/postgresql), repository {:.1} GB on local disk\n",
         repo_bytes as f64 / 1e9
     );
     println!("first push (component cache filled if empty): {:.0} ms\n", first * 1e3);

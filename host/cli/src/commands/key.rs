@@ -398,6 +398,13 @@ pub async fn run(g: &Global, cmd: KeyCmd) -> Result<u8> {
                         .into()
                 ));
             };
+            if g.key_file.is_some() {
+                bail!(UsageError(
+                    "the repository was opened with a key cache, which has no password to change: open it with \
+                     the password (`--password-file`), or use `coffer key add` and `coffer key remove`"
+                        .into()
+                ));
+            }
             let pw = crate::password::new_password(None, false)?;
             let new = repo.add_key(&pw, params, "").await?;
             let reopened = Repository::open(repo.backend().clone(), &pw)
