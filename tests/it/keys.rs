@@ -279,7 +279,8 @@ fn a_key_cache_file_pushes_without_a_password_until_revoked() {
     let again = t.coffer(&["key", "cache", "--out", key_s]);
     assert!(!again.status.success() && stderr(&again).contains("never overwritten"), "{}", stderr(&again));
     let listed = t.json(&["key", "list"]);
-    let caches: Vec<&serde_json::Value> = listed["keys"].as_array().unwrap().iter().filter(|k| k["kind"] == "cache").collect();
+    let caches: Vec<&serde_json::Value> =
+        listed["keys"].as_array().unwrap().iter().filter(|k| k["kind"] == "cache").collect();
     assert_eq!(caches.len(), 1, "{listed}");
     let id = caches[0]["id"].as_str().unwrap().to_string();
 

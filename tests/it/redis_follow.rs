@@ -167,19 +167,19 @@ fn load_step(cl: &mut Client, i: u64) {
         cmds.push(s(&["SET", &format!("k:{}", n % 997), &format!("v{n}")]));
         cmds.push(s(&["LPUSH", &format!("list:{}", n % 7), &n.to_string()]));
         cmds.push(s(&["HINCRBY", &format!("h:{}", n % 13), &format!("f{}", n % 5), "1"]));
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             cmds.push(s(&["SET", &format!("ttl:{}", n % 101), "x", "PXAT", "4000000000000"]));
         } else {
             cmds.push(s(&["DEL", &format!("k:{}", (n * 7) % 997)]));
         }
     }
     cl.pipe(&cmds);
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         cl.ok(&["SELECT", "1"]);
         cl.ok(&["SET", &format!("db1:{i}"), &i.to_string()]);
         cl.ok(&["SELECT", "0"]);
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         cl.ok(&["MULTI"]);
         cl.ok(&["INCRBY", "tx", "2"]);
         cl.ok(&["RPUSH", "txlist", &i.to_string()]);
@@ -240,7 +240,7 @@ fn a_followed_stream_restores_to_chosen_offsets_in_a_directory_and_live() {
     let mut i = 1;
     while load_start.elapsed() < Duration::from_secs(4) {
         load_step(&mut cl, i);
-        if i % 150 == 0 {
+        if i.is_multiple_of(150) {
             marks.push(mark(&mut cl));
         }
         i += 1;

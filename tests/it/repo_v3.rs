@@ -140,7 +140,12 @@ fn a_format_3_repository_checks_restores_and_recovers_to_its_targets() {
         let snap = p["from_snapshot"].as_str().unwrap();
         repo.ok(&["restore", snap, "--target", dir.to_str().unwrap(), "--set", set, "--set", "archive_mode=off"]);
         let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
-        assert!(auto.contains(&format!("stream fetch --plugin postgres {stream} %f %p --or-latest-prefix %f.partial. --pad-to")), "{auto}");
+        assert!(
+            auto.contains(&format!(
+                "stream fetch --plugin postgres {stream} %f %p --or-latest-prefix %f.partial. --pad-to"
+            )),
+            "{auto}"
+        );
         let c = Cluster::over(root, &dir);
         c.start();
         c.wait_promoted();

@@ -110,27 +110,6 @@ pub enum Error {
         /// The WAL file name.
         name: String,
     },
-    /// A push of a file whose name the archive already holds with other content.
-    #[error(
-        "WAL file {name}: the archive already holds a different file under that name in stream {stream} \
-         (archived: {archived_size} bytes, BLAKE3 {archived_blake3}; pushed: {size} bytes, BLAKE3 {blake3}); \
-         an archived WAL file is never overwritten. If two clusters share this stream, give each its own \
-         (--stream); if this cluster was restored and diverged, it must be on a new timeline"
-    )]
-    WalConflict {
-        /// The stream.
-        stream: String,
-        /// The WAL file name.
-        name: String,
-        /// Size of the archived file.
-        archived_size: u64,
-        /// BLAKE3 hex of the archived file.
-        archived_blake3: String,
-        /// Size of the pushed file.
-        size: u64,
-        /// BLAKE3 hex of the pushed file.
-        blake3: String,
-    },
     /// The stream holds no item under that key (a normal answer while a
     /// recovery asks for items beyond the end).
     #[error("stream {owner}/{stream} holds no item {key}")]

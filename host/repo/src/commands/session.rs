@@ -49,8 +49,6 @@ pub struct SessionInfo {
 pub const PURPOSE_BACKUP: &str = "backup";
 /// [`SessionInfo::purpose`] of a stream writer.
 pub const PURPOSE_STREAM: &str = "stream";
-/// [`SessionInfo::purpose`] of a WAL push.
-pub const PURPOSE_WAL_PUSH: &str = "wal push";
 
 /// A live session marker; refreshes itself until dropped or ended.
 pub struct Session {
