@@ -261,3 +261,51 @@ fn a_push_without_a_writable_home_caches_its_plugin_under_tmp() {
         .collect();
     assert_eq!(compiled.len(), 1, "{compiled:?}");
 }
+
+/// A hostile snapshot of its own, with `need-stream` from `position`.
+fn needing_snapshot(t: &TestRepo, position: u64, tag: &str) {
+    let out = t.coffer(&[
+        "backup",
+        hostile_wasm(),
+        "--set",
+        "mode=need-stream",
+        "--set",
+        &format!("position={position}"),
+        "--tag",
+        tag,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn retention_keeps_what_any_remaining_snapshot_needs_and_a_plugin_cannot_lower_it() {
+    let t = TestRepo::new();
+    let dir = t.dir.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    for p in 1..=6u64 {
+        let f = dir.join(format!("item-{p}"));
+        std::fs::write(&f, format!("item {p}")).unwrap();
+        let out = push(&t, &f, &["--set", &format!("position={p}")]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Item 1 pinned: retention never removes it.
+    let pinned = dir.join("history");
+    std::fs::write(&pinned, b"history").unwrap();
+    assert!(push(&t, &pinned, &["--set", "position=1", "--set", "pinned=true"]).status.success());
+    // One snapshot needs the stream from 3; a later one (the plugin says
+    // whatever it likes) from 1000.
+    needing_snapshot(&t, 3, "low");
+    needing_snapshot(&t, 1000, "high");
+    // Both remain: the lowest need counts, so only items below 3 go.
+    t.ok(&["forget", "--keep-last", "2"]);
+    let keys: Vec<String> = items(&t, "s").into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(keys, ["history", "item-3", "item-4", "item-5", "item-6"], "{keys:?}");
+    // Forgetting the low one lets the high need cut; pinned stays.
+    t.ok(&["forget", "--keep-last", "1"]);
+    let keys: Vec<String> = items(&t, "s").into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(keys, ["history"], "{keys:?}");
+    // The freed chunks go with a prune, and the repository stays whole.
+    t.ok(&["prune"]);
+    let check = t.coffer(&["check", "--read-data"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+}
