@@ -110,12 +110,13 @@ fn archive_and_restore_commands_work_as_postgres_runs_them() {
     let out = in_dir(&t, t.dir.path(), &["wal", "push", "00000003.history"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--stream") && stderr(&out).contains("--pgdata"), "{}", stderr(&out));
-    // The same name in two streams: fetch without --stream says which hold it.
+    // The same name in two streams: fetch without --stream says which hold
+    // it, and fails with 126, which stops a recovery (1 would end it).
     std::fs::write(pg.join("pg_wal").join(name(3)), &seg3).unwrap();
     let out = in_dir(&t, &pg, &["wal", "push", "--stream", "other", &p]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = in_dir(&t, t.dir.path(), &["wal", "fetch", &name(3), "z"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(126));
     let err = stderr(&out);
     assert!(err.contains("other") && err.contains(&format!("pg-{SYSID}")) && err.contains("--stream"), "{err}");
     assert!(!t.dir.path().join("z").exists());

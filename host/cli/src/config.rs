@@ -97,7 +97,13 @@ fn without_url_password(s: &str) -> String {
 /// set `KEY`, for keys that name a password (`password_file` sets
 /// `password`). The plugin sees the value; the stored config keeps only
 /// the file path or variable name.
-fn resolve_secrets(map: &mut Map<String, Value>) -> Result<()> {
+///
+/// A secret source that only the snapshot's stored config names (the
+/// operator did not type it for this command) may not exist here: a
+/// restore on another machine, a password file since removed. It is then
+/// left out with a warning, since most restores need no password; one the
+/// operator typed must work.
+fn resolve_secrets(map: &mut Map<String, Value>, inherited: &std::collections::HashSet<String>) -> Result<()> {
     let mut found = Vec::new();
     for (k, v) in map.iter() {
         let Some(name) = v.as_str() else { continue };
@@ -114,11 +120,24 @@ fn resolve_secrets(map: &mut Map<String, Value>) -> Result<()> {
         if map.get(&base).is_some_and(|v| !v.is_null()) {
             continue;
         }
-        let value = if from_file {
-            let text = std::fs::read_to_string(&name).with_context(|| format!("reading {key} {name}"))?;
-            text.lines().next().unwrap_or_default().to_string()
+        let read = if from_file {
+            std::fs::read_to_string(&name)
+                .map(|text| text.lines().next().unwrap_or_default().to_string())
+                .with_context(|| format!("reading {key} {name}"))
         } else {
-            std::env::var(&name).map_err(|_| anyhow!("{key}: the environment variable {name} is not set"))?
+            std::env::var(&name).map_err(|_| anyhow!("{key}: the environment variable {name} is not set"))
+        };
+        let value = match read {
+            Ok(v) => v,
+            Err(e) if inherited.contains(&key) => {
+                eprintln!(
+                    "warning: the snapshot's config names {key} = {name}, which cannot be used here ({e:#}); going \
+                     on without it (give --set {key}=... if this job needs it)"
+                );
+                map.remove(&key);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         if value.is_empty() {
             bail!("{key}: {name} is empty");
@@ -138,6 +157,7 @@ pub fn build(
     base: Option<Value>,
 ) -> Result<JobConfig> {
     let mut map = base.map(without_redacted).unwrap_or_default();
+    let mut inherited: std::collections::HashSet<String> = map.keys().cloned().collect();
     let mut limits = Limits::default();
     if let Some(file) = &args.config {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading config file {}", file.display()))?;
@@ -156,6 +176,7 @@ pub fn build(
                 }
                 continue;
             }
+            inherited.remove(&k);
             map.insert(k, toml_to_json(v));
         }
     }
@@ -165,9 +186,10 @@ pub fn build(
         if k.is_empty() {
             bail!("--set {kv}: the key is empty");
         }
+        inherited.remove(k);
         map.insert(k.to_string(), typed(k, v, schema)?);
     }
-    resolve_secrets(&mut map)?;
+    resolve_secrets(&mut map, &inherited)?;
     if let Some(s) = &limit_args.memory_limit {
         apply_limit(&mut limits, "memory", s).context("--memory-limit")?;
     }
@@ -228,6 +250,19 @@ mod tests {
         assert_eq!(c.config, serde_json::json!({"n": 5, "b": true, "l": ["a", "b"], "s": "5"}));
         let bad = ConfigArgs { set: vec!["n=five".into()], config: None };
         assert!(build(&bad, &LimitArgs::default(), Some(&schema), None).unwrap_err().to_string().contains("integer"));
+    }
+
+    #[test]
+    fn a_password_file_only_the_stored_config_names_may_be_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone").display().to_string();
+        let base = serde_json::json!({"url": "postgres://backup@db/", "password_file": gone});
+        let c = build(&ConfigArgs::default(), &LimitArgs::default(), None, Some(base.clone())).unwrap();
+        assert_eq!(c.config, serde_json::json!({"url": "postgres://backup@db/"}));
+        // Typed again for this command, it must work.
+        let args = ConfigArgs { set: vec![format!("password_file={gone}")], config: None };
+        let e = build(&args, &LimitArgs::default(), None, Some(base)).unwrap_err();
+        assert!(format!("{e:#}").contains("reading password_file"), "{e:#}");
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub(crate) struct JobState {
     pub(crate) owner: Option<coffer_repo::StreamOwner>,
     /// In a stream job (`stream-push`, `follow`): where items go.
     pub(crate) streams: Option<crate::streams::StreamJob>,
+    /// The streams the snapshot being written declared it needs.
+    pub(crate) needs: std::collections::HashSet<String>,
 }
 
 /// The data of one plugin instance's store.

@@ -478,6 +478,7 @@ impl LoadedPlugin {
             fault: None,
             owner: self.stream_owner(),
             streams: None,
+            needs: Default::default(),
         };
         let state = PluginState {
             wasi: b.build(),
@@ -902,12 +903,26 @@ impl LoadedPlugin {
                 StreamCall::Follow(_) => guarded(opts, src.call_follow(&mut store, &config_text, borrow)).await,
             };
             match finish_call(&plugin, &mut store, r) {
-                Ok(()) => Ok(()),
-                // A follow runs until it is stopped: stopping it is its
-                // normal end, whether the plugin noticed or the host did.
-                Err(e) if e.is_cancelled() && matches!(call, StreamCall::Follow(_)) => Ok(()),
-                Err(e) => Err(e),
+                Ok(()) => {}
+                // A follow runs until the operator stops it: that stop is
+                // its normal end, whether the plugin noticed it or the host
+                // did. A plugin that gives up on its own has failed.
+                Err(e) if e.is_cancelled() && opts.cancel.is_cancelled() && matches!(call, StreamCall::Follow(_)) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
+            // Items still open when the plugin returned are not stored:
+            // for an archive command that would be a file reported safe
+            // and then lost.
+            let open = store.data().job.open_writers;
+            if open > 0 {
+                return Err(JobError::Fault {
+                    plugin: plugin.clone(),
+                    fault: Fault::Contract(format!("returned with {open} stream items not finished")),
+                });
+            }
+            Ok(())
         }
         .await;
         let job = store.data_mut().job.streams.take().expect("stream job set above");

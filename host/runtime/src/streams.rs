@@ -21,8 +21,10 @@ use crate::host::{
 
 /// Most items one `items` call returns.
 const MAX_ITEM_PAGE: u32 = 10_000;
-/// Most streams one plugin may declare a snapshot needs.
+/// Most streams one snapshot may declare it needs.
 const MAX_NEEDS: usize = 64;
+/// Most stream items a job writes at once (each has its own packer).
+const MAX_OPEN_ITEMS: u32 = 16;
 
 /// Where a plugin appends to its own streams (the writer itself lives in
 /// the job state).
@@ -207,6 +209,12 @@ impl streams::Host for PluginState {
         let Some(owner) = self.job.owner.clone() else {
             return Ok(Err(WitError::Unsupported("this plugin cannot own streams".into())));
         };
+        if !self.job.needs.contains(&stream) {
+            if self.job.needs.len() >= MAX_NEEDS {
+                return Err(self.fault(Fault::Contract(format!("declared needs on more than {MAX_NEEDS} streams"))));
+            }
+            self.job.needs.insert(stream.clone());
+        }
         let r = self.writer()?.need_stream(owner, &stream, from);
         match r {
             Ok(()) => Ok(Ok(())),
@@ -359,6 +367,9 @@ impl streams::HostStreamSink for PluginState {
         pinned: bool,
     ) -> wasmtime::Result<Result<Resource<EntryWriterSlot>, WitError>> {
         checked_names(self, &stream, Some(&key))?;
+        if self.stream_job()?.pending.len() as u32 >= MAX_OPEN_ITEMS {
+            return Err(self.fault(Fault::Contract(format!("opened more than {MAX_OPEN_ITEMS} stream items at once"))));
+        }
         self.hold_stream(&stream).await?;
         self.open_handle()?;
         let r = self.stream_job()?.writer.item(&stream, &key, position, pinned).await;

@@ -341,7 +341,16 @@ impl Conn {
                     return Ok(Some(Ok(())));
                 }
             }
-            if self.rbuf.first().is_some_and(|b| *b != b'W') {
+            // A notice may come first; skip it here, where a `W` after it
+            // is understood.
+            if self.rbuf.first() == Some(&b'N') && self.rbuf.len() >= 5 {
+                let len = u32::from_be_bytes(self.rbuf[1..5].try_into().expect("4 bytes")) as usize;
+                if self.rbuf.len() > len {
+                    let _ = self.rbuf.split_to(1 + len);
+                    continue;
+                }
+            }
+            if self.rbuf.first().is_some_and(|b| *b != b'W' && *b != b'N') {
                 match self.next_message_polled(&stop)? {
                     Some(Got::Failed(e)) => return Ok(Some(Err(e))),
                     Some(Got::Msg(_)) => continue,

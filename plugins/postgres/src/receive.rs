@@ -411,10 +411,13 @@ fn stream_timeline(
                     conn.send_copy_done()?;
                     let (start, pending) = asm.pending();
                     if !pending.is_empty() {
-                        // The old timeline's last, unfinished segment, kept as
-                        // PostgreSQL keeps it: `<segment>.partial`.
+                        // The old timeline's last, unfinished segment, kept
+                        // as a partial copy (not as `<segment>.partial`: that
+                        // is the name PostgreSQL's own archiver gives its
+                        // full-size copy, which must be able to arrive too).
                         let name = segment_name(timeline, start / segment_size, segment_size);
-                        store(sink, stream, &format!("{name}.partial"), start, false, pending)?;
+                        let key = partial_key(&name, pending.len());
+                        store(sink, stream, &key, start + pending.len() as u64, false, pending)?;
                     }
                     let mut next = None;
                     loop {

@@ -109,12 +109,11 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
         &args.limits,
     )
     .await?;
-    let spec = match &args.plugin {
-        Some(p) if crate::plugins::builtin(p).is_none() => std::path::absolute(p)?.to_string_lossy().into_owned(),
-        Some(p) => p.clone(),
-        None => manifest.plugin.name.clone(),
+    // The streams are the snapshot writer's, whichever plugin restores it.
+    let fetch = match coffer_repo::StreamOwner::of(&manifest.plugin) {
+        Ok(owner) => Some(fetch_command(g, &owner)?),
+        Err(_) => None,
     };
-    let fetch = fetch_command(g, &spec)?;
     let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
     let target = match &args.target {
         Some(t) => {
@@ -145,7 +144,7 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
                 target: target.clone(),
                 force: args.force,
                 paths: args.paths.clone(),
-                fetch: Some(fetch),
+                fetch,
             },
             &opts,
         )
@@ -278,7 +277,7 @@ fn secret_option(key: &str) -> bool {
 /// fetch --plugin SPEC`; the plugin appends the stream, the key and the
 /// destination. It never holds a password; `note` says what must come from
 /// the restored system's environment instead.
-pub fn fetch_command(g: &Global, spec: &str) -> Result<FetchCommand> {
+pub fn fetch_command(g: &Global, owner: &coffer_repo::StreamOwner) -> Result<FetchCommand> {
     let exe = std::env::current_exe().context("finding the coffer binary for the fetch command")?;
     let mut argv = vec![exe.to_string_lossy().into_owned()];
     let mut missing = Vec::new();
@@ -310,7 +309,15 @@ pub fn fetch_command(g: &Global, spec: &str) -> Result<FetchCommand> {
             _ => argv.extend(["--repo-option".into(), kv.clone()]),
         }
     }
-    argv.extend(["--quiet".into(), "stream".into(), "fetch".into(), "--plugin".into(), spec.to_string()]);
+    // A built-in's streams by its name (as readable as the rest); any other
+    // by the owner itself, so the command keeps working when the plugin
+    // file is replaced or restored with another build.
+    let whose = match owner.as_str().strip_prefix("builtin-") {
+        Some(name) => ["--plugin".to_string(), name.to_string()],
+        None => ["--owner".to_string(), owner.to_string()],
+    };
+    argv.extend(["--quiet".into(), "stream".into(), "fetch".into()]);
+    argv.extend(whose);
     let mut warn = Vec::new();
     if !missing.is_empty() {
         warn.push(format!("set {} in the restored system's environment", missing.join(" and ")));
@@ -351,7 +358,8 @@ mod tests {
     #[test]
     fn the_fetch_command_names_the_repository_and_password_file_never_a_secret() {
         let g = global("repo", Some("pw"), &["region=eu", "secret_access_key=XYZ"]);
-        let f = fetch_command(&g, "postgres").unwrap();
+        let pg = coffer_repo::StreamOwner::builtin("postgres").unwrap();
+        let f = fetch_command(&g, &pg).unwrap();
         let cwd = std::env::current_dir().unwrap();
         assert!(f.argv[0].starts_with('/'));
         assert_eq!(f.argv[1..3], ["--repo".to_string(), cwd.join("repo").display().to_string()]);
@@ -361,14 +369,15 @@ mod tests {
         assert!(!f.argv.iter().any(|a| a.contains("XYZ")));
         assert!(f.note.as_deref().unwrap().contains("storage credentials"), "{:?}", f.note);
         let g = global("s3://bucket/r", None, &[]);
-        let f = fetch_command(&g, "/x/p.wasm").unwrap();
+        let digest = coffer_repo::StreamOwner::parse(&"ab".repeat(32)).unwrap();
+        let f = fetch_command(&g, &digest).unwrap();
         assert_eq!(f.argv[1..3], ["--repo".to_string(), "s3://bucket/r".to_string()]);
         assert!(f.note.as_deref().unwrap().contains("COFFER_PASSWORD_FILE"), "{:?}", f.note);
-        assert_eq!(f.argv.last().map(String::as_str), Some("/x/p.wasm"));
+        assert_eq!(f.argv[f.argv.len() - 2..], ["--owner".to_string(), "ab".repeat(32)]);
         // A key file wins over the password file, as when opening.
         let mut g = global("/r", Some("/pw"), &[]);
         g.key_file = Some("/k".into());
-        let f = fetch_command(&g, "postgres").unwrap();
+        let f = fetch_command(&g, &pg).unwrap();
         assert_eq!(f.argv[3..5], ["--key-file".to_string(), "/k".to_string()]);
         assert!(f.note.is_none() && !f.argv.contains(&"--password-file".to_string()));
     }

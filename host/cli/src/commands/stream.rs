@@ -58,9 +58,16 @@ pub struct PushArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("whose").required(true).args(["plugin", "owner"])))]
 pub struct FetchArgs {
-    #[command(flatten)]
-    pub plugin: PluginArg,
+    /// The plugin whose stream it is: a built-in name or a `.wasm` path.
+    #[arg(long, short = 'p', value_name = "PLUGIN")]
+    pub plugin: Option<String>,
+    /// The stream's owner as stored: `builtin-<name>` or a component's
+    /// BLAKE3 digest (what `coffer stream list` shows); what restore
+    /// commands name, so they keep working when the plugin file changes.
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Option<String>,
     /// The stream.
     pub stream: String,
     /// The item's key.
@@ -150,6 +157,11 @@ pub async fn push_file(g: &Global, args: &PushArgs) -> Result<(PathBuf, StreamRe
     grants.read_dir("FILE", &dir.to_string_lossy())?;
     let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };
     let report = plugin.stream_push(&repo, &file, &job.config, &opts).await?;
+    // An archive command that exits 0 tells the system the file is safe:
+    // a plugin that stored nothing must not let it think so.
+    if report.finished == 0 {
+        bail!("plugin {} stored nothing for {}; the file is not archived", args.plugin.plugin, file.display());
+    }
     Ok((file, report))
 }
 
@@ -161,9 +173,6 @@ pub async fn push(g: &Global, args: PushArgs) -> Result<u8> {
         for i in &report.items {
             let what = if i.stored { "archived" } else { "already archived, nothing written:" };
             eprintln!("{what} {}/{} ({})", printable(&i.stream), printable(&i.key), size(i.size));
-        }
-        if report.finished == 0 {
-            eprintln!("warning: the plugin stored nothing for {}", file.display());
         }
     }
     Ok(0)
@@ -177,9 +186,31 @@ pub fn check_names(stream: Option<&str>, key: &str) -> Result<()> {
     coffer_repo::repofile::stream::valid_key(key).map_err(|e| anyhow!(super::UsageError(e)))
 }
 
+/// Exit status of `stream fetch` for every failure but a missing item:
+/// above 125, which PostgreSQL's recovery (and shells) take for a failed
+/// command rather than for "not archived", so a storage error stops a
+/// recovery instead of ending it early at the last item fetched.
+pub const EXIT_FETCH_FAILED: u8 = 126;
+
 pub async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
+    match fetch_or_fail(g, &args).await {
+        Ok(code) => Ok(code),
+        // A mistake in the command itself stays a usage error (2).
+        Err(e) if e.downcast_ref::<super::UsageError>().is_some() => Err(e),
+        Err(e) => {
+            eprintln!("coffer: {e:#}");
+            Ok(EXIT_FETCH_FAILED)
+        }
+    }
+}
+
+async fn fetch_or_fail(g: &Global, args: &FetchArgs) -> Result<u8> {
     check_names(Some(&args.stream), &args.key)?;
-    let owner = owner_of(&args.plugin.plugin)?;
+    let owner = match (&args.owner, &args.plugin) {
+        (Some(o), _) => StreamOwner::parse(o).map_err(|e| anyhow!(super::UsageError(e)))?,
+        (None, Some(p)) => owner_of(p)?,
+        (None, None) => unreachable!("clap requires --plugin or --owner"),
+    };
     let repo: Repository = super::open_repo(g).await?;
     let mut key = args.key.clone();
     if let Some(prefix) = &args.or_latest_prefix
@@ -197,7 +228,10 @@ pub async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
             key = latest.key;
         }
     }
-    match fetch_item(g, &repo, &owner, &args.stream, &key, &args.dest, args.pad_to).await? {
+    // Only a fallback copy is padded: an item stored whole is written as
+    // it is.
+    let pad_to = if key != args.key { args.pad_to } else { None };
+    match fetch_item(g, &repo, &owner, &args.stream, &key, &args.dest, pad_to).await? {
         Some(_) => Ok(0),
         None => {
             // A restore command is asked for items that were never archived
@@ -396,9 +430,13 @@ pub async fn follow(g: &Global, args: FollowArgs) -> Result<u8> {
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::load(&rt, &args.plugin.plugin)?;
     let mut job = crate::config::for_plugin(&plugin, &cancel, &args.cfg, &args.limits, None).await?;
+    // A follow runs until it is stopped: no time limit, and no limit on
+    // what it stores over its life, unless the operator sets them.
     if args.limits.time_limit.is_none() {
-        // A follow runs until it is stopped.
         job.limits.wall_time = Duration::from_secs(100 * 365 * 24 * 3600);
+    }
+    if args.limits.output_limit.is_none() {
+        job.limits.output_bytes = u64::MAX;
     }
     let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
     let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };

@@ -120,7 +120,22 @@ async fn push(g: &Global, args: PushArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// As `coffer stream fetch`: exit 1 for a file the archive does not hold,
+/// [`stream::EXIT_FETCH_FAILED`] for any other failure, so that a storage
+/// error stops PostgreSQL's recovery instead of ending it early.
 async fn fetch(g: &Global, args: FetchArgs) -> Result<u8> {
+    match fetch_or_fail(g, args).await {
+        Ok(code) => Ok(code),
+        // A mistake in the command itself stays a usage error (2).
+        Err(e) if e.downcast_ref::<super::UsageError>().is_some() => Err(e),
+        Err(e) => {
+            eprintln!("coffer: {e:#}");
+            Ok(stream::EXIT_FETCH_FAILED)
+        }
+    }
+}
+
+async fn fetch_or_fail(g: &Global, args: FetchArgs) -> Result<u8> {
     stream::check_names(args.stream.as_deref(), &args.name)?;
     let owner = StreamOwner::builtin(PLUGIN).map_err(|e| anyhow!(e))?;
     let repo: Repository = super::open_repo(g).await?;
