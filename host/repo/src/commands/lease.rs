@@ -259,6 +259,13 @@ impl Lease {
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                // A holder that was paused (or cut off) for half the expiry
+                // may have been taken over meanwhile: it never refreshes
+                // again, so `check` reports the lease lost instead of a
+                // late refresh making it look held.
+                if lr.lock().expect("lease lock").elapsed() > expiry / 2 {
+                    break;
+                }
                 let wrote = Instant::now();
                 if r.backend.put(FileKind::Lease, &n, sealed.clone(), PutMode::Overwrite).await.is_ok() {
                     *lr.lock().expect("lease lock") = wrote;
