@@ -390,6 +390,29 @@ impl Repository {
         self.keys.open(&raw, aad).map_err(|_| Error::corrupt(path, "it fails authentication with the repository key"))
     }
 
+    /// Reads a sealed JSON object named by what it describes (not by its
+    /// hash: stream items, checkpoints, legacy WAL objects): `None` when it
+    /// does not exist, damage when it fails authentication or does not
+    /// parse. The caller checks its version and that it describes `name`.
+    pub(crate) async fn read_named_json<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: FileKind,
+        name: &str,
+        aad: &[u8],
+    ) -> Result<Option<T>> {
+        let raw = match self.backend.get(kind, name).await {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let path = kind.path(name);
+        let plain = self
+            .keys
+            .open(&raw, aad)
+            .map_err(|_| Error::corrupt(&path, "it fails authentication with the repository key"))?;
+        serde_json::from_slice(&plain).map(Some).map_err(|e| Error::corrupt(&path, format!("unreadable ({e})")))
+    }
+
     /// Reads every index file and rebuilds the in-memory index. Packs that
     /// prune has marked for deletion stay readable but are not used for
     /// deduplication.

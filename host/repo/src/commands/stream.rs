@@ -200,23 +200,14 @@ impl Repository {
         let Some(StreamObjectName::Item { owner, stream, key, position, pinned }) = parse_object_name(object) else {
             return Err(Error::Invalid(format!("{path} is not a stream item's name")));
         };
-        let raw = match self.backend.get(FileKind::Stream, object).await {
-            Ok(r) => r,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::StreamItemNotFound {
-                    owner: owner.to_string(),
-                    stream: stream.to_string(),
-                    key: key.to_string(),
-                });
-            }
-            Err(e) => return Err(e.into()),
+        let Some(obj) = self.read_named_json::<StreamItemObject>(FileKind::Stream, object, aad::STREAM_ITEM).await?
+        else {
+            return Err(Error::StreamItemNotFound {
+                owner: owner.to_string(),
+                stream: stream.to_string(),
+                key: key.to_string(),
+            });
         };
-        let plain = self
-            .keys
-            .open(&raw, aad::STREAM_ITEM)
-            .map_err(|_| Error::corrupt(&path, "it fails authentication with the repository key"))?;
-        let obj: StreamItemObject =
-            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&path, format!("unreadable ({e})")))?;
         if obj.version != 1 {
             return Err(Error::corrupt(&path, format!("unknown stream item version {}", obj.version)));
         }
@@ -245,32 +236,11 @@ impl Repository {
 
     /// Reads a legacy `wal/<stream>/<key>` object, if there is one.
     async fn read_legacy_item(&self, stream: &str, key: &str) -> Result<Option<StreamItem>> {
-        let name = format!("{stream}/{key}");
-        let path = FileKind::Wal.path(&name);
-        let raw = match self.backend.get(FileKind::Wal, &name).await {
-            Ok(r) => r,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let plain = self
-            .keys
-            .open(&raw, aad::WAL)
-            .map_err(|_| Error::corrupt(&path, "it fails authentication with the repository key"))?;
-        let obj: WalObject =
-            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&path, format!("unreadable ({e})")))?;
-        if obj.version != 1 {
-            return Err(Error::corrupt(&path, format!("unknown WAL object version {}", obj.version)));
+        match self.read_wal(stream, key).await {
+            Ok(obj) => Ok(Some(StreamItem::from_legacy(obj))),
+            Err(Error::WalNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
-        if obj.stream != stream || obj.name != key {
-            return Err(Error::corrupt(
-                &path,
-                format!("it describes {}/{} (the object was moved or replaced)", obj.stream, obj.name),
-            ));
-        }
-        if !obj.places.is_empty() && obj.places.len() != obj.chunks.len() {
-            return Err(Error::corrupt(&path, "its chunk places do not match its chunks"));
-        }
-        Ok(Some(StreamItem::from_legacy(obj)))
     }
 
     /// The objects stored under one key: (position, pinned, object name).
@@ -446,17 +416,11 @@ impl Repository {
         valid_stream(stream).map_err(Error::Invalid)?;
         let name = checkpoint_object_name(owner, stream);
         let path = FileKind::Stream.path(&name);
-        let raw = match self.backend.get(FileKind::Stream, &name).await {
-            Ok(r) => r,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(cp) =
+            self.read_named_json::<StreamCheckpoint>(FileKind::Stream, &name, aad::STREAM_CHECKPOINT).await?
+        else {
+            return Ok(None);
         };
-        let plain = self
-            .keys
-            .open(&raw, aad::STREAM_CHECKPOINT)
-            .map_err(|_| Error::corrupt(&path, "it fails authentication with the repository key"))?;
-        let cp: StreamCheckpoint =
-            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&path, format!("unreadable ({e})")))?;
         if cp.version != 1 {
             return Err(Error::corrupt(&path, format!("unknown checkpoint version {}", cp.version)));
         }

@@ -38,19 +38,9 @@ impl Repository {
         check_names(stream, name)?;
         let object = object_name(stream, name);
         let path = wal_path(stream, name);
-        let raw = match self.backend.get(FileKind::Wal, &object).await {
-            Ok(r) => r,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::WalNotFound { stream: stream.to_string(), name: name.to_string() });
-            }
-            Err(e) => return Err(e.into()),
+        let Some(obj) = self.read_named_json::<WalObject>(FileKind::Wal, &object, aad::WAL).await? else {
+            return Err(Error::WalNotFound { stream: stream.to_string(), name: name.to_string() });
         };
-        let plain = self
-            .keys
-            .open(&raw, aad::WAL)
-            .map_err(|_| Error::corrupt(&path, "it fails authentication with the repository key"))?;
-        let obj: WalObject =
-            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&path, format!("unreadable ({e})")))?;
         if obj.version != 1 {
             return Err(Error::corrupt(&path, format!("unknown WAL object version {}", obj.version)));
         }
