@@ -185,7 +185,9 @@ impl Conn {
         r.map_err(|e| self.lost(e))
     }
 
-    fn read_more(&mut self) -> Result<(), Error> {
+    /// Drops consumed bytes when that is worth it and appends room for one
+    /// read; returns where the room starts.
+    fn make_room(&mut self) -> usize {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
@@ -195,6 +197,11 @@ impl Conn {
         }
         let old = self.rbuf.len();
         self.rbuf.resize(old + READ_PIECE, 0);
+        old
+    }
+
+    fn read_more(&mut self) -> Result<(), Error> {
+        let old = self.make_room();
         let n = loop {
             match self.stream.read(&mut self.rbuf[old..]) {
                 Ok(n) => break n,
@@ -326,15 +333,7 @@ impl Conn {
         match self.poll {
             Some(_) => {
                 // read_more retries timeouts itself; one bounded read here.
-                if self.rpos > 0 && self.rpos == self.rbuf.len() {
-                    self.rbuf.clear();
-                    self.rpos = 0;
-                } else if self.rpos > READ_PIECE {
-                    self.rbuf.drain(..self.rpos);
-                    self.rpos = 0;
-                }
-                let old = self.rbuf.len();
-                self.rbuf.resize(old + READ_PIECE, 0);
+                let old = self.make_room();
                 let r = self.stream.read(&mut self.rbuf[old..]);
                 let n = match r {
                     Ok(n) => n,
