@@ -2,14 +2,22 @@
 //! read-write directories and TCP addresses. Deny by default: an empty set
 //! allows nothing, and every check goes through [`GrantSet::allows`].
 //!
-//! Grants come from the config the operator typed ([`GrantSet::from_config`]):
-//! a `path` becomes a read-only directory, a restore `target` a read-write
-//! one, a `url` an address. Directories are preopened at their own
-//! (canonical) host path, so a path in the config means the same inside and
-//! outside the sandbox.
+//! Grants come from the config the operator typed. Which fields grant what
+//! is declared by the plugin's config schema ([`GrantRules::from_schema`]:
+//! the `x-coffer-grant` annotation, contract 0.2.0); for a 0.1.0 component
+//! it is inferred from key names as it always was ([`GrantRules::Inferred`]:
+//! a `path` becomes a read-only directory, a `url` an address). Either way
+//! the host grants exactly what the operator typed, nothing the plugin
+//! chooses. Directories are preopened at their own (canonical) host path, so
+//! a path in the config means the same inside and outside the sandbox.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::tls::{TlsGrants, Verify};
 
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -24,6 +32,8 @@ pub enum Permission {
     /// Open TCP connections to an address (`host:port` as typed, and the
     /// socket addresses it resolved to when granted).
     Connect(String, Vec<SocketAddr>),
+    /// Send HTTP requests to an authority (`https://host:port`).
+    Http(String),
 }
 
 impl Permission {
@@ -33,6 +43,7 @@ impl Permission {
             Permission::ReadDir(p) => format!("read-only access to {}", p.display()),
             Permission::WriteDir(p) => format!("read-write access to {}", p.display()),
             Permission::Connect(a, _) => format!("TCP connections to {a}"),
+            Permission::Http(a) => format!("HTTP requests to {a}"),
         }
     }
 }
@@ -44,6 +55,17 @@ pub enum GrantError {
     /// A granted directory does not exist or is not a directory.
     #[error("cannot grant `{key}` = {path}: {reason}")]
     Directory {
+        /// Config key.
+        key: String,
+        /// The path as given.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A granted file (a CA, a client certificate or key, a secret) cannot
+    /// be used.
+    #[error("cannot grant `{key}` = {path}: {reason}")]
+    File {
         /// Config key.
         key: String,
         /// The path as given.
@@ -63,6 +85,129 @@ pub enum GrantError {
     },
 }
 
+/// What a config field grants, as a plugin's schema declares it with
+/// `"x-coffer-grant": "<kind>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// `read-dir`: a directory (or a list of them) read-only; not granted
+    /// to restores.
+    ReadDir,
+    /// `write-dir`: a directory read-write.
+    WriteDir,
+    /// `connect`: TCP to a URL's or `host:port`'s addresses (a URL may list
+    /// several hosts, `mongodb://a:27017,b:27017/`), lookups of its host
+    /// names, and TLS to them.
+    Connect,
+    /// `http`: HTTP requests to a URL's authority (scheme, host, port).
+    Http,
+    /// `secret-file`: a file only the host reads; its content is sent as
+    /// the bearer token of the job's HTTP requests.
+    SecretFile,
+    /// `tls-ca`: a PEM file of CA certificates trusted besides the system's.
+    TlsCa,
+    /// `tls-client-cert`: the PEM certificate chain presented to servers.
+    TlsClientCert,
+    /// `tls-client-key`: its PEM private key, read by the host only.
+    TlsClientKey,
+    /// `tls-verify`: how strictly servers are checked (see [`Verify::parse`]).
+    TlsVerify,
+}
+
+impl GrantKind {
+    /// Every kind, in the order documented.
+    pub const ALL: [GrantKind; 9] = [
+        GrantKind::ReadDir,
+        GrantKind::WriteDir,
+        GrantKind::Connect,
+        GrantKind::Http,
+        GrantKind::SecretFile,
+        GrantKind::TlsCa,
+        GrantKind::TlsClientCert,
+        GrantKind::TlsClientKey,
+        GrantKind::TlsVerify,
+    ];
+
+    /// The annotation's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::ReadDir => "read-dir",
+            GrantKind::WriteDir => "write-dir",
+            GrantKind::Connect => "connect",
+            GrantKind::Http => "http",
+            GrantKind::SecretFile => "secret-file",
+            GrantKind::TlsCa => "tls-ca",
+            GrantKind::TlsClientCert => "tls-client-cert",
+            GrantKind::TlsClientKey => "tls-client-key",
+            GrantKind::TlsVerify => "tls-verify",
+        }
+    }
+
+    /// What a value typed into such a field grants, for `plugin inspect`.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            GrantKind::ReadDir => "read-only access to the directory (backups and verify only)",
+            GrantKind::WriteDir => "read-write access to the directory",
+            GrantKind::Connect => "TCP and TLS to the address; lookups of its host name",
+            GrantKind::Http => "HTTP requests to the URL's scheme, host and port",
+            GrantKind::SecretFile => "a file only coffer reads, sent as the HTTP bearer token",
+            GrantKind::TlsCa => "CA certificates trusted besides the system's",
+            GrantKind::TlsClientCert => "the client certificate coffer presents",
+            GrantKind::TlsClientKey => "the client key; read by coffer only, never by the plugin",
+            GrantKind::TlsVerify => "how strictly coffer checks servers' certificates",
+        }
+    }
+
+    fn parse(s: &str) -> Option<GrantKind> {
+        GrantKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Which config fields grant what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantRules {
+    /// A 0.1.0 component: inferred from key names (`path`, `paths`, `*_dir`,
+    /// `*_path` read-only directories; `url`, `addr`, `address`, `*_url`,
+    /// `*_addr` addresses).
+    Inferred,
+    /// Declared by the plugin's schema: (field, kind), in schema order.
+    Declared(Vec<(String, GrantKind)>),
+}
+
+/// Most fields a schema may declare as grants.
+const MAX_GRANT_FIELDS: usize = 64;
+
+impl GrantRules {
+    /// Reads the `x-coffer-grant` annotations of a config schema's top-level
+    /// `properties`. A schema that is not JSON, or names a kind coffer does
+    /// not know, is refused: the message says what to fix.
+    pub fn from_schema(schema: &str) -> Result<GrantRules, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(schema).map_err(|e| format!("its config schema is not JSON ({e})"))?;
+        let mut out = Vec::new();
+        let Some(props) = v.get("properties").and_then(|p| p.as_object()) else {
+            return Ok(GrantRules::Declared(out));
+        };
+        for (field, def) in props {
+            let Some(kind) = def.get("x-coffer-grant") else { continue };
+            let name =
+                kind.as_str().ok_or_else(|| format!("config field `{field}`: `x-coffer-grant` must be a string"))?;
+            let kind = GrantKind::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = GrantKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "config field `{field}` declares the unknown grant `{}` (known: {})",
+                    crate::host::printable(name),
+                    known.join(", ")
+                )
+            })?;
+            out.push((field.clone(), kind));
+            if out.len() > MAX_GRANT_FIELDS {
+                return Err(format!("its schema declares more than {MAX_GRANT_FIELDS} grant fields"));
+            }
+        }
+        Ok(GrantRules::Declared(out))
+    }
+}
+
 /// Why a grant set is being built: which config keys grant what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -76,6 +221,9 @@ pub enum Purpose {
 #[derive(Debug, Clone, Default)]
 pub struct GrantSet {
     permissions: Vec<Permission>,
+    tls: TlsGrants,
+    /// The bearer token of HTTP requests (a `secret-file`'s content).
+    bearer: Option<Arc<Zeroizing<String>>>,
 }
 
 /// Config keys whose string values are directories to read.
@@ -140,6 +288,56 @@ fn canonical_dir(key: &str, raw: &str) -> Result<PathBuf, GrantError> {
     Ok(canon)
 }
 
+/// The `host:port`s a URL (one host, or a list as MongoDB's URLs allow)
+/// or a bare `host:port` names.
+fn host_ports(value: &str) -> Result<Vec<String>, String> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return Ok(vec![value.to_string()]);
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme.ends_with("+srv") {
+        return Err(format!("`{scheme}://` names need an SRV lookup, which coffer does not make yet; list the hosts"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    if hosts.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    let mut out = Vec::new();
+    for h in hosts.split(',') {
+        // Let the URL parser check each host (IPv6 brackets, ports).
+        let u = url::Url::parse(&format!("{scheme}://{h}/")).map_err(|e| format!("`{h}`: not a host ({e})"))?;
+        let host = u.host_str().ok_or_else(|| format!("`{h}`: no host"))?;
+        let port = u
+            .port()
+            .or_else(|| default_port(&scheme))
+            .ok_or_else(|| format!("the URL has no port and `{scheme}` has no default"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        out.push(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") });
+    }
+    Ok(out)
+}
+
+/// The host part of a `host:port` (without IPv6 brackets).
+fn host_of(host_port: &str) -> &str {
+    let h = match host_port.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host_port,
+    };
+    h.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// `scheme://host:port` of an HTTP(S) URL, the unit HTTP grants are made in.
+pub(crate) fn http_authority(u: &url::Url) -> Result<String, String> {
+    let scheme = u.scheme();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("`{scheme}` is not http or https"));
+    }
+    let host = u.host_str().ok_or("the URL has no host")?.to_ascii_lowercase();
+    let port = u.port_or_known_default().ok_or("the URL has no port")?;
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
 #[cfg(test)]
 thread_local! {
     /// Lookups [`resolve`] made on this thread (tests count them).
@@ -192,71 +390,255 @@ impl GrantSet {
         Ok(p)
     }
 
-    /// Grants TCP connections to `host:port` or to the host and port of a URL
-    /// (`postgres://user@db:5432/`). Names are resolved here, by the host.
+    /// Grants TCP connections to `host:port` or to the hosts and ports of a
+    /// URL (`postgres://user@db:5432/`, `mongodb://a:27017,b:27017/`). Names
+    /// are resolved here, by the host; the plugin may then look up exactly
+    /// those names and gets the addresses resolved here.
     pub fn connect(&mut self, key: &str, value: &str) -> Result<(), GrantError> {
         let shown = without_password(value);
         let err = |reason: String| GrantError::Address { key: key.into(), value: shown.clone(), reason };
-        let host_port = if value.contains("://") {
-            let u = url::Url::parse(value).map_err(|e| err(format!("not a URL ({e})")))?;
-            let host = u.host_str().ok_or_else(|| err("the URL has no host".into()))?.to_string();
-            let port = u
-                .port()
-                .or_else(|| default_port(u.scheme()))
-                .ok_or_else(|| err(format!("the URL has no port and `{}` has no default", u.scheme())))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
-        } else {
-            value.to_string()
-        };
-        let addrs = resolve(&host_port).map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?;
-        if addrs.is_empty() {
-            return Err(err(format!("{host_port} resolved to no address")));
+        for host_port in host_ports(value).map_err(err)? {
+            let addrs = resolve(&host_port).map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?;
+            if addrs.is_empty() {
+                return Err(err(format!("{host_port} resolved to no address")));
+            }
+            self.permissions.push(Permission::Connect(host_port, addrs));
         }
-        self.permissions.push(Permission::Connect(host_port, addrs));
         Ok(())
     }
 
-    /// Builds the grants a config implies, and rewrites directory values in
-    /// the config to their canonical absolute paths (what the plugin will see).
-    ///
-    /// For [`Purpose::Read`]: `path`, `paths` and keys ending in `_dir` or
-    /// `_path` grant read-only directories. For [`Purpose::Restore`]:
-    /// directories are not granted (the restore target is granted by the
-    /// caller with [`GrantSet::write_dir`]). For both: `url`, `addr`,
-    /// `address` and keys ending in `_url` or `_addr` grant TCP addresses.
-    /// Nothing else grants anything.
-    pub fn from_config(config: &mut serde_json::Value, purpose: Purpose) -> Result<GrantSet, GrantError> {
-        let mut g = GrantSet::none();
-        let Some(map) = config.as_object_mut() else { return Ok(g) };
-        for (key, value) in map.iter_mut() {
-            let k = key.to_ascii_lowercase().replace('-', "_");
-            if is_dir_key(&k) {
-                if purpose == Purpose::Restore {
-                    continue;
-                }
-                match value {
-                    serde_json::Value::String(s) => {
-                        let p = g.read_dir(key, s)?;
-                        *s = p.to_str().expect("checked UTF-8").to_string();
-                    }
-                    serde_json::Value::Array(items) => {
-                        for item in items {
-                            if let serde_json::Value::String(s) = item {
-                                let p = g.read_dir(key, s)?;
-                                *s = p.to_str().expect("checked UTF-8").to_string();
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            } else if is_addr_key(&k)
-                && let serde_json::Value::String(s) = value
+    /// Grants HTTP requests to a URL's authority (`https://api:6443/...`
+    /// grants `https://api:6443`).
+    pub fn http(&mut self, key: &str, value: &str) -> Result<(), GrantError> {
+        let err = |reason: String| GrantError::Address { key: key.into(), value: without_password(value), reason };
+        let u = url::Url::parse(value).map_err(|e| err(format!("not a URL ({e})")))?;
+        let authority = http_authority(&u).map_err(err)?;
+        if !self.permissions.iter().any(|p| matches!(p, Permission::Http(a) if *a == authority)) {
+            self.permissions.push(Permission::Http(authority));
+        }
+        Ok(())
+    }
+
+    /// The TLS settings granted.
+    pub fn tls(&self) -> &TlsGrants {
+        &self.tls
+    }
+
+    /// The bearer token HTTP requests carry, if one was granted.
+    pub(crate) fn bearer(&self) -> Option<Arc<Zeroizing<String>>> {
+        self.bearer.clone()
+    }
+
+    /// Lines describing the TLS and secret grants, for `plugin inspect`.
+    pub fn describe_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.tls.extra_roots.is_empty() {
+            out.push(format!("{} extra trusted CA certificate(s)", self.tls.extra_roots.len()));
+        }
+        if self.tls.client_chain.is_some() {
+            out.push("a client certificate (its key read by coffer only)".into());
+        }
+        if self.has_network() {
+            out.push(self.tls.verify.describe().into());
+        }
+        if self.bearer.is_some() {
+            out.push("a bearer token for HTTP requests (read by coffer only)".into());
+        }
+        out
+    }
+
+    /// The addresses a granted host name resolved to, for the plugin's own
+    /// lookups; `None` for a name that was not granted. An IP literal
+    /// "resolves" to itself (no query is made).
+    pub fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Some(vec![ip]);
+        }
+        let mut out: Vec<IpAddr> = Vec::new();
+        let mut found = false;
+        for g in &self.permissions {
+            if let Permission::Connect(hp, addrs) = g
+                && host_of(hp).eq_ignore_ascii_case(name)
             {
-                g.connect(key, s)?;
+                found = true;
+                for a in addrs {
+                    if !out.contains(&a.ip()) {
+                        out.push(a.ip());
+                    }
+                }
             }
         }
+        found.then_some(out)
+    }
+
+    /// True if a plugin may verify a server by this name: a host name or
+    /// address the operator granted.
+    pub fn allows_server_name(&self, name: &str) -> bool {
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self
+                .permissions
+                .iter()
+                .any(|g| matches!(g, Permission::Connect(_, a) if a.iter().any(|s| s.ip() == ip)));
+        }
+        self.permissions.iter().any(|g| match g {
+            Permission::Connect(hp, _) => host_of(hp).eq_ignore_ascii_case(name),
+            Permission::Http(a) => a.split_once("://").is_some_and(|(_, hp)| host_of(hp).eq_ignore_ascii_case(name)),
+            _ => false,
+        })
+    }
+
+    /// True if HTTP requests to `authority` (`https://host:port`) were granted.
+    pub fn allows_http(&self, authority: &str) -> bool {
+        self.permissions.iter().any(|g| matches!(g, Permission::Http(a) if a.eq_ignore_ascii_case(authority)))
+    }
+
+    /// Builds the grants a config implies, and rewrites directory values in
+    /// the config to their canonical absolute paths (what the plugin will
+    /// see), with a 0.1.0 component's key-name rules ([`GrantRules::Inferred`]).
+    pub fn from_config(config: &mut serde_json::Value, purpose: Purpose) -> Result<GrantSet, GrantError> {
+        GrantSet::for_job(config, &GrantRules::Inferred, purpose)
+    }
+
+    /// Builds the grants a config implies under `rules`, and rewrites
+    /// directory values in the config to their canonical absolute paths.
+    ///
+    /// For [`Purpose::Restore`] read-only directories are not granted (the
+    /// restore target is granted by the caller with [`GrantSet::write_dir`]).
+    /// Nothing but the fields the rules name grants anything.
+    pub fn for_job(
+        config: &mut serde_json::Value,
+        rules: &GrantRules,
+        purpose: Purpose,
+    ) -> Result<GrantSet, GrantError> {
+        let mut g = GrantSet::none();
+        let Some(map) = config.as_object_mut() else { return Ok(g) };
+        let declared = match rules {
+            GrantRules::Declared(d) => d,
+            GrantRules::Inferred => {
+                for (key, value) in map.iter_mut() {
+                    let k = key.to_ascii_lowercase().replace('-', "_");
+                    if is_dir_key(&k) {
+                        if purpose == Purpose::Read {
+                            g.grant_dirs(key, value, false)?;
+                        }
+                    } else if is_addr_key(&k)
+                        && let serde_json::Value::String(s) = value
+                    {
+                        g.connect(key, s)?;
+                    }
+                }
+                return Ok(g);
+            }
+        };
+        let mut verify: Option<Verify> = None;
+        for (key, kind) in declared {
+            let Some(value) = map.get_mut(key) else { continue };
+            if value.is_null() {
+                continue;
+            }
+            let text = |v: &serde_json::Value| -> Result<String, GrantError> {
+                v.as_str().map(str::to_string).ok_or_else(|| GrantError::Directory {
+                    key: key.clone(),
+                    path: v.to_string(),
+                    reason: "must be a string".into(),
+                })
+            };
+            let file_err =
+                |path: &str, reason: String| GrantError::File { key: key.clone(), path: path.into(), reason };
+            match kind {
+                GrantKind::ReadDir => {
+                    if purpose == Purpose::Read {
+                        g.grant_dirs(key, value, false)?;
+                    }
+                }
+                GrantKind::WriteDir => g.grant_dirs(key, value, true)?,
+                GrantKind::Connect | GrantKind::Http => {
+                    let items: Vec<String> = match value {
+                        serde_json::Value::Array(a) => a.iter().map(text).collect::<Result<_, _>>()?,
+                        v => vec![text(v)?],
+                    };
+                    for item in items {
+                        if *kind == GrantKind::Connect { g.connect(key, &item)? } else { g.http(key, &item)? }
+                    }
+                }
+                GrantKind::SecretFile => {
+                    let path = text(value)?;
+                    if g.bearer.is_some() {
+                        return Err(file_err(&path, "a second secret file; a job has one bearer token".into()));
+                    }
+                    let raw = Zeroizing::new(std::fs::read(&path).map_err(|e| file_err(&path, e.to_string()))?);
+                    let token = std::str::from_utf8(&raw)
+                        .map_err(|_| file_err(&path, "not UTF-8 text".into()))?
+                        .trim_end_matches(['\n', '\r']);
+                    if token.is_empty() || token.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                        return Err(file_err(&path, "must hold one line: the token".into()));
+                    }
+                    g.bearer = Some(Arc::new(Zeroizing::new(token.to_string())));
+                }
+                GrantKind::TlsCa => {
+                    let path = text(value)?;
+                    let certs = crate::tls::read_certificates(&path).map_err(|e| file_err(&path, e))?;
+                    g.tls.extra_roots.extend(certs);
+                    g.tls.ca_fields.push(key.clone());
+                }
+                GrantKind::TlsClientCert => {
+                    let path = text(value)?;
+                    g.tls.client_chain = Some(crate::tls::read_certificates(&path).map_err(|e| file_err(&path, e))?);
+                }
+                GrantKind::TlsClientKey => {
+                    let path = text(value)?;
+                    g.tls.client_key = Some(Arc::new(crate::tls::read_key(&path).map_err(|e| file_err(&path, e))?));
+                }
+                GrantKind::TlsVerify => {
+                    let v = Verify::parse(value).ok_or_else(|| GrantError::File {
+                        key: key.clone(),
+                        path: value.to_string(),
+                        reason: "not a verification mode: give full (verify-full), chain (verify-ca) or off \
+                                 (require)"
+                            .into(),
+                    })?;
+                    verify = Some(v);
+                }
+            }
+        }
+        if g.tls.client_chain.is_some() != g.tls.client_key.is_some() {
+            return Err(GrantError::File {
+                key: "tls".into(),
+                path: String::new(),
+                reason: "a client certificate needs its key and a key its certificate: give both".into(),
+            });
+        }
+        if let Some(v) = verify {
+            if v != Verify::Full && g.has_network() {
+                tracing::warn!("as the config says: {}", v.describe());
+            }
+            g.tls.verify = v;
+        }
         Ok(g)
+    }
+
+    /// Grants the directory (or list of directories) a config value names,
+    /// rewriting each to its canonical path.
+    fn grant_dirs(&mut self, key: &str, value: &mut serde_json::Value, write: bool) -> Result<(), GrantError> {
+        let mut one = |s: &mut String| -> Result<(), GrantError> {
+            let p = if write { self.write_dir(key, s)? } else { self.read_dir(key, s)? };
+            *s = p.to_str().expect("checked UTF-8").to_string();
+            Ok(())
+        };
+        match value {
+            serde_json::Value::String(s) => one(s)?,
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    if let serde_json::Value::String(s) = item {
+                        one(s)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// True if `perm` is covered: a directory inside a granted one (write
@@ -266,6 +648,7 @@ impl GrantSet {
             Permission::ReadDir(p) => self.dir_covering(p).is_some(),
             Permission::WriteDir(p) => matches!(self.dir_covering(p), Some((_, true))),
             Permission::Connect(_, addrs) => !addrs.is_empty() && addrs.iter().all(|a| self.allows_addr(*a)),
+            Permission::Http(a) => self.allows_http(a),
         }
     }
 
@@ -280,7 +663,7 @@ impl GrantSet {
             let (root, w) = match g {
                 Permission::ReadDir(r) => (r.as_path(), false),
                 Permission::WriteDir(r) => (r.as_path(), true),
-                Permission::Connect(..) => continue,
+                Permission::Connect(..) | Permission::Http(_) => continue,
             };
             if p.starts_with(root) && best.is_none_or(|(b, _)| root.as_os_str().len() > b.as_os_str().len()) {
                 best = Some((root, w));
@@ -305,8 +688,9 @@ impl GrantSet {
         self.permissions.iter().any(|g| matches!(g, Permission::Connect(_, addrs) if addrs.contains(&addr)))
     }
 
-    fn has_network(&self) -> bool {
-        self.permissions.iter().any(|g| matches!(g, Permission::Connect(..)))
+    /// True if any network use was granted.
+    pub(crate) fn has_network(&self) -> bool {
+        self.permissions.iter().any(|g| matches!(g, Permission::Connect(..) | Permission::Http(_)))
     }
 
     /// Applies the grants to a WASI context: preopens and the socket check.
@@ -315,7 +699,7 @@ impl GrantSet {
             let (root, perms) = match g {
                 Permission::ReadDir(r) => (r, FsPerms::ReadOnly),
                 Permission::WriteDir(r) => (r, FsPerms::ReadWrite),
-                Permission::Connect(..) => continue,
+                Permission::Connect(..) | Permission::Http(_) => continue,
             };
             let guest = root.to_str().expect("granted paths are UTF-8");
             b.preopened_dir(root, guest, perms).map_err(|e| GrantError::Directory {
@@ -324,7 +708,7 @@ impl GrantSet {
                 reason: e.to_string(),
             })?;
         }
-        if self.has_network() {
+        if self.permissions.iter().any(|g| matches!(g, Permission::Connect(..))) {
             let allowed: Vec<SocketAddr> = self
                 .permissions
                 .iter()
@@ -397,5 +781,85 @@ mod tests {
         let mut cfg = serde_json::json!({"path": "/nonexistent/coffer-grant"});
         let e = GrantSet::from_config(&mut cfg, Purpose::Read).unwrap_err().to_string();
         assert!(e.contains("`path`") && e.contains("/nonexistent/coffer-grant"), "{e}");
+    }
+
+    #[test]
+    fn a_schema_declares_which_fields_grant_what() {
+        let schema = r#"{"type":"object","properties":{
+            "data": {"type":"string","x-coffer-grant":"read-dir"},
+            "url": {"type":"string","x-coffer-grant":"connect"},
+            "api": {"type":"string","x-coffer-grant":"http"},
+            "path": {"type":"string"},
+            "ca_file": {"type":"string","x-coffer-grant":"tls-ca"}}}"#;
+        let rules = GrantRules::from_schema(schema).unwrap();
+        let GrantRules::Declared(d) = &rules else { panic!() };
+        assert_eq!(d.len(), 4);
+        let dir = tempfile::tempdir().unwrap();
+        // `path` grants nothing here: only declared fields do.
+        let mut cfg = serde_json::json!({
+            "data": dir.path().to_str().unwrap(),
+            "path": "/etc",
+            "url": "mongodb://u:pw@127.0.0.1:27017,127.0.0.2:27018/admin",
+            "api": "https://localhost:6443/api/v1",
+        });
+        let g = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap();
+        assert!(g.allows(&Permission::ReadDir(dir.path().canonicalize().unwrap())));
+        assert!(!g.allows(&Permission::ReadDir("/etc".into())));
+        assert!(g.allows_addr("127.0.0.1:27017".parse().unwrap()));
+        assert!(g.allows_addr("127.0.0.2:27018".parse().unwrap()));
+        assert!(g.allows_http("https://localhost:6443"));
+        assert!(!g.allows_http("http://localhost:6443"));
+        assert!(!g.allows_http("https://localhost:443"));
+        // Names: only the granted ones, answered from the grant.
+        assert_eq!(g.lookup("127.0.0.2"), Some(vec!["127.0.0.2".parse().unwrap()]));
+        assert!(g.lookup("leak.example.invalid").is_none());
+        assert!(g.allows_server_name("localhost"));
+        assert!(g.allows_server_name("127.0.0.1"));
+        assert!(!g.allows_server_name("127.0.0.9"));
+        assert!(!g.allows_server_name("example.org"));
+
+        let e = GrantRules::from_schema(r#"{"properties":{"x":{"x-coffer-grant":"root"}}}"#).unwrap_err();
+        assert!(e.contains("`x`") && e.contains("root") && e.contains("read-dir"), "{e}");
+        assert!(GrantRules::from_schema("not json").is_err());
+    }
+
+    #[test]
+    fn a_granted_name_resolves_once_and_looks_up_to_its_addresses() {
+        let mut g = GrantSet::none();
+        let before = lookups();
+        g.connect("url", "redis://localhost:6390/").unwrap();
+        assert_eq!(lookups(), before + 1);
+        let ips = g.lookup("LOCALHOST").unwrap();
+        assert!(!ips.is_empty() && ips.iter().all(|ip| ip.is_loopback()), "{ips:?}");
+        assert_eq!(lookups(), before + 1, "the plugin's lookup made no query");
+    }
+
+    #[test]
+    fn secret_and_tls_files_are_read_by_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "abc.def\n").unwrap();
+        let rules = GrantRules::Declared(vec![
+            ("token_file".into(), GrantKind::SecretFile),
+            ("ca_file".into(), GrantKind::TlsCa),
+            ("key_file".into(), GrantKind::TlsClientKey),
+            ("sslmode".into(), GrantKind::TlsVerify),
+        ]);
+        let mut cfg = serde_json::json!({"token_file": token.to_str().unwrap(), "sslmode": "verify-ca"});
+        let g = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap();
+        assert_eq!(g.bearer().unwrap().as_str(), "abc.def");
+        assert_eq!(g.tls().verify, Verify::Chain);
+        // The token file is not a directory grant: the plugin cannot open it.
+        assert!(!g.allows(&Permission::ReadDir(dir.path().to_path_buf())));
+
+        let mut cfg = serde_json::json!({"ca_file": token.to_str().unwrap()});
+        let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
+        assert!(e.contains("`ca_file`") && e.contains("no PEM certificate"), "{e}");
+        let mut cfg = serde_json::json!({"key_file": token.to_str().unwrap()});
+        let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
+        assert!(e.contains("`key_file`") && e.contains("private key") && !e.contains("abc.def"), "{e}");
+        let mut cfg = serde_json::json!({"sslmode": "sometimes"});
+        let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
+        assert!(e.contains("verify-full"), "{e}");
     }
 }

@@ -454,9 +454,10 @@ impl LoadedPlugin {
         let stderr = MemoryOutputPipe::new(STDERR_KEPT);
         b.stderr(stderr.clone());
         b.stdout(MemoryOutputPipe::new(STDERR_KEPT));
+        let grants = Arc::new(opts.grants.clone());
         let job = JobState {
             plugin: self.label.clone(),
-            grants: Arc::new(opts.grants.clone()),
+            grants: Arc::clone(&grants),
             limits: opts.limits,
             cancel: opts.cancel.clone(),
             deadline: Instant::now() + opts.limits.wall_time,
@@ -480,8 +481,15 @@ impl LoadedPlugin {
             streams: None,
             needs: Default::default(),
         };
+        let tls = wasmtime_wasi_tls::WasiTlsCtxBuilder::new()
+            .provider(Box::new(crate::tls::CofferTls::new(&self.label, Arc::clone(&grants))))
+            .build();
+        let http_hooks = crate::http::CofferHttp::new(&self.label, Arc::clone(&grants), job.deadline);
         let state = PluginState {
             wasi: b.build(),
+            tls,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks,
             table: ResourceTable::new(),
             limiter: MemoryLimiter { limit: opts.limits.memory, used: 0, denied: None },
             stderr,

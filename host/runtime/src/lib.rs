@@ -15,12 +15,15 @@ pub mod bindings;
 pub mod cache;
 pub mod grants;
 pub mod host;
+mod http;
 pub mod job;
 pub mod limits;
+mod lookup;
 mod pool;
 mod restore_files;
 mod settle;
 pub mod streams;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 pub use cache::ComponentCache;
-pub use grants::{GrantError, GrantSet, Permission, Purpose};
+pub use grants::{GrantError, GrantKind, GrantRules, GrantSet, Permission, Purpose};
 pub use host::{Fault, PluginState, printable};
 pub use job::{
     CancelToken, FetchCommand, JobError, JobObserver, JobOptions, PluginDescription, PluginError, RestoreRequest,
@@ -126,6 +129,13 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        // Name lookups answered from the grants only (replaces wasmtime-wasi's).
+        lookup::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let mut tls = wasmtime_wasi_tls::p2::LinkOptions::default();
+        tls.tls(true);
+        wasmtime_wasi_tls::p2::add_to_linker(&mut linker, &tls).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(e.to_string()))?;
         bindings::v2::Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(e.to_string()))?;
 
