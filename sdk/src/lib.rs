@@ -224,49 +224,8 @@ pub fn parse_config<C: Config>(json: &str) -> Result<C, Error> {
 // ---------------------------------------------------------------------------
 // Host services
 
-/// Connections to the servers an operator granted.
-pub mod net {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-
-    use super::Error;
-
-    /// `host:port` as grants and messages write it (an IPv6 address in brackets).
-    pub fn host_port(host: &str, port: u16) -> String {
-        if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
-    }
-
-    /// The socket address of `host` (an IP address, or `localhost`):
-    /// plugins cannot look names up.
-    pub fn socket_addr(host: &str, port: u16) -> Result<SocketAddr, Error> {
-        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            host.trim_matches(['[', ']']).parse().map_err(|_| {
-                Error::InvalidConfig(format!(
-                    "url: `{host}` is a host name; plugins cannot look names up, give its IP address"
-                ))
-            })?
-        };
-        Ok(SocketAddr::new(ip, port))
-    }
-
-    /// Opens a TCP connection to `service` (a name for messages, such as
-    /// `Redis`) at `host:port`, with Nagle's delay off. An address the host
-    /// did not grant is `access-denied`; one that does not answer is
-    /// `unavailable`.
-    pub fn connect(service: &str, host: &str, port: u16) -> Result<TcpStream, Error> {
-        let addr = host_port(host, port);
-        let stream = TcpStream::connect(socket_addr(host, port)?).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => Error::AccessDenied(format!(
-                "connecting to {service} at {addr}: the address was not granted to this plugin (give it as --set \
-                 url=...)"
-            )),
-            _ => Error::Unavailable(format!("cannot connect to {service} at {addr}: {e}")),
-        })?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-}
+pub mod http;
+pub mod net;
 
 /// Host services: logging, progress, cancellation, restore permissions.
 pub mod host {
