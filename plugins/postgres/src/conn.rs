@@ -1,14 +1,15 @@
-//! A blocking PostgreSQL client for the replication protocol over the TCP
-//! address the host granted: startup in physical-replication mode,
+//! A blocking PostgreSQL client for the replication protocol over the
+//! address the host granted, in plain TCP or TLS (`SSLRequest`, then the
+//! host's TLS): startup in physical-replication mode,
 //! authentication (trust, password, MD5, SCRAM-SHA-256 through
 //! `postgres-protocol`), simple queries, and the COPY stream of a
 //! `BASE_BACKUP`.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 
 use bytes::BytesMut;
 use coffer_sdk::Error;
+use coffer_sdk::net;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -26,11 +27,35 @@ pub struct Target {
     pub user: String,
     /// Password, never shown.
     pub password: Option<String>,
+    /// Whether the connection asks for TLS before it logs in.
+    pub tls: Tls,
+}
+
+/// Whether a connection asks the server for TLS (`SSLRequest`) before it
+/// logs in. The host always checks the server's certificate and that it
+/// names the host, and presents the client certificate the operator
+/// configured, if any: what libpq calls `verify-full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tls {
+    /// Plain TCP.
+    #[default]
+    Off,
+    /// TLS when the server offers it, plain TCP when it answers that it
+    /// has none (`ssl = off`). A certificate the host refuses is an error
+    /// either way.
+    Preferred,
+    /// TLS, or no connection.
+    Required,
 }
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", self.user, self.addr())
+        write!(f, "{}@{}", self.user, self.addr())?;
+        match self.tls {
+            Tls::Off => Ok(()),
+            Tls::Preferred => f.write_str(" (TLS if offered)"),
+            Tls::Required => f.write_str(" (TLS)"),
+        }
     }
 }
 
@@ -50,7 +75,7 @@ impl Target {
         let url_user = (!u.username().is_empty()).then(|| decode(u.username()));
         let user = user.map(str::to_string).or(url_user).ok_or_else(|| bad("no user"))?;
         let url_password = u.password().map(decode).filter(|p| p != "<redacted>");
-        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password) })
+        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password), tls: Tls::Off })
     }
 
     /// `host:port`, for messages and grants.
@@ -118,7 +143,7 @@ pub type Rows = Vec<Vec<Option<String>>>;
 
 /// One replication connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: net::Conn,
     rbuf: BytesMut,
     wbuf: BytesMut,
     addr: String,
@@ -130,10 +155,14 @@ pub struct Conn {
 const READ_CHUNK: usize = 256 << 10;
 
 impl Conn {
-    /// Connects and logs in in physical-replication mode.
+    /// Connects, asks for TLS as [`Target::tls`] says, and logs in in
+    /// physical-replication mode.
     pub fn open(t: &Target) -> Result<Conn, Error> {
         let addr = t.addr();
-        let stream = coffer_sdk::net::connect("PostgreSQL", &t.host, t.port)?;
+        let mut stream = net::connect("PostgreSQL", &t.host, t.port)?;
+        if t.tls != Tls::Off {
+            stream = request_tls(stream, t, &addr)?;
+        }
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK * 2),
@@ -197,7 +226,7 @@ impl Conn {
                     if !offered.iter().any(|m| m == SCRAM_SHA_256) {
                         return Err(Error::Unsupported(format!(
                             "PostgreSQL at {} offers SASL mechanisms {} and coffer speaks SCRAM-SHA-256 only \
-                             (SCRAM-SHA-256-PLUS needs TLS, which is not supported yet)",
+                             (SCRAM-SHA-256-PLUS binds to the server's certificate, which the host keeps to itself)",
                             self.addr,
                             offered.join(", ")
                         )));
@@ -381,7 +410,7 @@ impl Conn {
 
     /// How long a read waits before [`Conn::next_message_polled`] asks
     /// whether to stop (`None`: forever).
-    pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> Result<(), Error> {
+    pub fn set_read_timeout(&mut self, t: Option<std::time::Duration>) -> Result<(), Error> {
         self.stream
             .set_read_timeout(t)
             .map_err(|e| Error::Other(format!("PostgreSQL at {}: setting a read timeout: {e}", self.addr)))
@@ -434,6 +463,46 @@ impl Conn {
     }
 }
 
+/// Sends `SSLRequest` and, when the server agrees, makes the connection
+/// TLS; when it declines, goes on in plain TCP if `t.tls` allows.
+fn request_tls(mut stream: net::Conn, t: &Target, addr: &str) -> Result<net::Conn, Error> {
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    let lost = |e: std::io::Error| Error::Unavailable(format!("PostgreSQL at {addr}: asking for TLS failed: {e}"));
+    stream.write_all(&buf).and_then(|_| stream.flush()).map_err(lost)?;
+    // One byte, read alone: whatever follows an `S` belongs to TLS, and a
+    // server that sent more in plain text is not trusted with it.
+    let mut answer = [0u8; 1];
+    loop {
+        match stream.read(&mut answer) {
+            Ok(0) => {
+                return Err(Error::Unavailable(format!(
+                    "PostgreSQL at {addr} closed the connection when asked for TLS"
+                )));
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(lost(e)),
+        }
+    }
+    match (answer[0], t.tls) {
+        (b'S', _) => stream.start_tls(&t.host).map_err(|e| e.context("PostgreSQL")),
+        (b'N', Tls::Preferred) => {
+            coffer_sdk::host::debug(format!(
+                "PostgreSQL at {addr} offers no TLS (ssl = off); going on without it, as TLS is only preferred"
+            ));
+            Ok(stream)
+        }
+        (b'N', _) => Err(Error::Unsupported(format!(
+            "PostgreSQL at {addr} offers no TLS (ssl = off in postgresql.conf) and TLS is required: turn ssl on \
+             with a certificate, or stop requiring TLS"
+        ))),
+        (b, _) => Err(Error::Corrupt(format!(
+            "PostgreSQL at {addr} answered the TLS request with byte {b:#04x}, neither `S` nor `N`"
+        ))),
+    }
+}
+
 /// The columns of a data row as text.
 pub fn row_text(r: &postgres_protocol::message::backend::DataRowBody) -> Result<Vec<Option<String>>, Error> {
     let buf = r.buffer();
@@ -464,6 +533,7 @@ mod tests {
         let t = Target::parse("postgres://backup:s%40cret@127.0.0.1:5433/postgres", None, None).unwrap();
         assert_eq!((t.host.as_str(), t.port, t.user.as_str()), ("127.0.0.1", 5433, "backup"));
         assert_eq!(t.password.as_deref(), Some("s@cret"));
+        assert_eq!(t.tls, Tls::Off, "a URL alone asks for no TLS");
         assert!(!format!("{t:?}").contains("cret"));
         let t = Target::parse("postgresql://u:<redacted>@[::1]/", Some("v"), Some("pw")).unwrap();
         assert_eq!((t.addr().as_str(), t.user.as_str(), t.password.as_deref()), ("[::1]:5432", "v", Some("pw")));

@@ -1,12 +1,13 @@
-//! A small blocking Redis client over the TCP address the host granted:
-//! connect, authenticate, send pipelined commands, decode RESP2 replies
-//! (with `redis-protocol`), and read the raw bytes of a `SYNC` transfer.
+//! A small blocking Redis client over the address the host granted (TCP,
+//! or TLS from the first byte as `rediss://` means): connect, authenticate,
+//! send pipelined commands, decode RESP2 replies (with `redis-protocol`),
+//! and read the raw bytes of a `SYNC` transfer.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 
 use coffer_sdk::Error;
+use coffer_sdk::net;
 use redis_protocol::resp2::types::OwnedFrame;
 
 /// Where a Redis server is and how to log in.
@@ -20,11 +21,15 @@ pub struct Target {
     pub user: Option<String>,
     /// Password, never shown.
     pub password: Option<String>,
+    /// TLS right after TCP connects (`rediss://`): the host checks the
+    /// server's certificate against `host` and presents the client
+    /// certificate the operator configured, if any.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.addr())
+        write!(f, "{}{}", self.addr(), if self.tls { " (TLS)" } else { "" })
     }
 }
 
@@ -49,7 +54,7 @@ impl Target {
         let url_user = (!u.username().is_empty()).then(|| u.username().to_string());
         let url_password = u.password().map(percent_decode).filter(|p| p != "<redacted>");
         let user = user.map(str::to_string).or(url_user).filter(|u| u != "default" || password.is_some());
-        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password) })
+        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password), tls: false })
     }
 
     /// `host:port`, for messages and grants.
@@ -79,7 +84,7 @@ pub fn text(r: &Reply) -> String {
 
 /// One connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: net::Conn,
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
@@ -93,7 +98,8 @@ pub struct Conn {
 const READ_PIECE: usize = 1 << 20;
 
 impl Conn {
-    /// Connects and authenticates; a wrong password, a missing one, an
+    /// Connects (TLS first when [`Target::tls`] says so) and authenticates;
+    /// a failed TLS handshake, a wrong password, a missing one, an
     /// unreachable server and an address that was not granted each get
     /// their own message.
     pub fn open(t: &Target) -> Result<Conn, Error> {
@@ -108,7 +114,10 @@ impl Conn {
 
     fn open_with(t: &Target, poll: Option<std::time::Duration>) -> Result<Conn, Error> {
         let addr = t.addr();
-        let stream = coffer_sdk::net::connect("Redis", &t.host, t.port)?;
+        let mut stream = net::connect("Redis", &t.host, t.port)?;
+        if t.tls {
+            stream = stream.start_tls(&t.host).map_err(|e| e.context("Redis"))?;
+        }
         let mut c = Conn { stream, rbuf: Vec::new(), rpos: 0, wbuf: Vec::new(), addr, poll: None };
         if let Some(every) = poll {
             c.poll_every(every)?;
@@ -387,6 +396,7 @@ mod tests {
         assert!(matches!(Target::parse("rediss://x", None, None), Err(Error::Unsupported(_))));
         assert!(format!("{t:?}").find("pw").is_none(), "Debug never shows the password");
         let named = Target::parse("redis://cache.internal:6379", None, None).unwrap();
-        assert!(coffer_sdk::net::socket_addr(&named.host, named.port).unwrap_err().to_string().contains("IP address"));
+        assert_eq!((named.addr(), named.tls), ("cache.internal:6379".into(), false));
+        assert_eq!(coffer_sdk::net::ip_literal(&named.host), None, "a host name is looked up when connecting");
     }
 }
