@@ -41,7 +41,7 @@ const SCHEMA: &str = r#"{
   "required": ["path"],
   "additionalProperties": false,
   "properties": {
-    "path": {"type": "string", "description": "The directory of notes; granted read-only."},
+    "path": {"type": "string", "x-coffer-grant": "read-dir", "description": "The directory of notes; granted read-only."},
     "extension": {"type": "string", "default": "txt", "description": "Which files are notes."}
   }
 }"#;

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use coffer_runtime::limits::{parse_duration, parse_size};
-use coffer_runtime::{CancelToken, JobOptions, Limits, LoadedPlugin};
+use coffer_runtime::{CancelToken, GrantRules, JobOptions, Limits, LoadedPlugin};
 use serde_json::{Map, Value};
 
 use crate::{ConfigArgs, LimitArgs};
@@ -19,6 +19,8 @@ pub struct JobConfig {
     pub config: Value,
     /// Limits.
     pub limits: Limits,
+    /// Which config fields grant what (the plugin's declared grants).
+    pub rules: GrantRules,
 }
 
 /// Types a `--set` value by the schema's declared type for `key`.
@@ -202,7 +204,7 @@ pub fn build(
     if let Some(s) = &limit_args.output_limit {
         apply_limit(&mut limits, "output", s).context("--output-limit")?;
     }
-    Ok(JobConfig { config: Value::Object(map), limits })
+    Ok(JobConfig { config: Value::Object(map), limits, rules: GrantRules::Inferred })
 }
 
 /// [`build`] with `plugin`'s own schema typing the `--set` values. The
@@ -218,7 +220,8 @@ pub async fn for_plugin(
     let opts = JobOptions { cancel: cancel.clone(), limits, ..JobOptions::default() };
     let described = plugin.info(None, &opts).await?;
     let schema: Option<Value> = serde_json::from_str(&described.config_schema).ok();
-    build(args, limit_args, schema.as_ref(), base)
+    let rules = plugin.grant_rules(&described.config_schema)?;
+    Ok(JobConfig { rules, ..build(args, limit_args, schema.as_ref(), base)? })
 }
 
 fn apply_limit(limits: &mut Limits, key: &str, value: &str) -> Result<()> {

@@ -247,4 +247,15 @@ impl LoadedPlugin {
             Contract::V2(_) => "0.2.0",
         }
     }
+
+    /// Which config fields grant what: a 0.1.0 component's are inferred
+    /// from key names, a 0.2.0 component's are what its `config_schema`
+    /// (from `info`) declares with `x-coffer-grant`.
+    pub fn grant_rules(&self, config_schema: &str) -> Result<GrantRules, JobError> {
+        match self.pre {
+            Contract::V1(_) => Ok(GrantRules::Inferred),
+            Contract::V2(_) => GrantRules::from_schema(config_schema)
+                .map_err(|reason| JobError::Garbage { plugin: self.label.clone(), reason }),
+        }
+    }
 }

@@ -60,7 +60,7 @@ const SCHEMA: &str = r#"{
   "required": ["path"],
   "additionalProperties": false,
   "properties": {
-    "path": {"type": "string", "description": "Directory to back up; granted read-only."},
+    "path": {"type": "string", "x-coffer-grant": "read-dir", "description": "Directory to back up; granted read-only."},
     "exclude": {"type": "array", "items": {"type": "string"}, "description": "Names or relative paths to leave out."}
   }
 }"#;

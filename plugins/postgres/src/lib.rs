@@ -214,7 +214,7 @@ const SCHEMA: &str = r#"{
   "type": "object",
   "additionalProperties": false,
   "properties": {
-    "url": {"type": "string", "description": "postgres://user@host:port/ of the server; granted as an address. The role needs REPLICATION (or superuser) and a pg_hba.conf `replication` line."},
+    "url": {"type": "string", "x-coffer-grant": "connect", "description": "postgres://user@host:port/ of the server; granted as an address. The role needs REPLICATION (or superuser) and a pg_hba.conf `replication` line."},
     "user": {"type": "string", "description": "Role to log in as (default: the URL's)."},
     "password": {"type": "string", "description": "Password; prefer password_file or password_env. Never stored."},
     "password_file": {"type": "string", "description": "File holding the password, read by the host."},
@@ -230,8 +230,8 @@ const SCHEMA: &str = r#"{
     "archive_mode": {"type": "string", "enum": ["preserve", "off"], "description": "Restore: keep the cluster's archiving (default) or turn it off in the restored copy."},
     "restore_command": {"type": "string", "description": "Restore: the command PostgreSQL runs to fetch WAL (default: coffer's own fetch command for this repository and stream)."},
     "stream": {"type": "string", "description": "Backup, archive and follow: the WAL stream (default pg-<system identifier>)."},
-    "pgdata_dir": {"type": "string", "description": "Archive: the cluster's data directory, granted read-only, for the system identifier in global/pg_control (history files carry none; default: the directory above pg_wal/)."},
-    "data_dir": {"type": "string", "description": "Verify: a restored data directory (before it is started), granted read-only, checked against the backup manifest."},
+    "pgdata_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "Archive: the cluster's data directory, granted read-only, for the system identifier in global/pg_control (history files carry none; default: the directory above pg_wal/)."},
+    "data_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "Verify: a restored data directory (before it is started), granted read-only, checked against the backup manifest."},
     "slot": {"type": "string", "description": "Follow: the physical replication slot to stream WAL from, so the server keeps WAL until coffer stored it."},
     "create_slot": {"type": "boolean", "description": "Follow: create the slot when it does not exist (default false)."},
     "partial_interval": {"type": "integer", "minimum": 0, "description": "Follow: seconds between stored copies of the WAL segment in progress, which bound how far a restore may trail the server (default 10; 0: whole segments only)."}

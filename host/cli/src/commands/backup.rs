@@ -85,7 +85,7 @@ pub async fn run(g: &Global, args: BackupArgs) -> Result<u8> {
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::load(&rt, &args.plugin)?;
     let mut job = crate::config::for_plugin(&plugin, &cancel, &args.cfg, &args.limits, None).await?;
-    let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
+    let grants = GrantSet::for_job(&mut job.config, &job.rules, Purpose::Read)?;
     let opts =
         JobOptions { grants: grants.clone(), limits: job.limits, cancel: cancel.clone(), ..JobOptions::default() };
     let described = plugin.info(Some(&job.config), &opts).await?;

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use coffer_runtime::{JobOptions, printable};
+use coffer_runtime::{GrantRules, GrantSet, JobOptions, Purpose, printable};
 
 use crate::output::print_json;
 use crate::{ConfigArgs, Global, LimitArgs};
@@ -50,8 +50,34 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
             } else {
                 p.info(Some(&job.config), &opts).await?
             };
+            let fields: Vec<serde_json::Value> = match &job.rules {
+                GrantRules::Inferred => Vec::new(),
+                GrantRules::Declared(d) => d
+                    .iter()
+                    .map(|(f, k)| serde_json::json!({"field": f, "grant": k.as_str(), "meaning": k.meaning()}))
+                    .collect(),
+            };
+            // With a config: what it would be granted (for a backup).
+            let granted = if cfg.set.is_empty() && cfg.config.is_none() {
+                None
+            } else {
+                let mut probe = job.config.clone();
+                Some(GrantSet::for_job(&mut probe, &job.rules, Purpose::Read)?)
+            };
+            let granted_lines: Vec<String> = granted
+                .iter()
+                .flat_map(|g| {
+                    g.permissions().iter().map(|p| p.display_name()).chain(g.describe_secrets()).collect::<Vec<_>>()
+                })
+                .collect();
             if g.json {
-                print_json(&described)?;
+                let mut v = serde_json::to_value(&described)?;
+                v["grant_fields"] = serde_json::Value::Array(fields);
+                v["grants_inferred"] = serde_json::Value::Bool(job.rules == GrantRules::Inferred);
+                if granted.is_some() {
+                    v["granted"] = serde_json::json!(granted_lines);
+                }
+                print_json(&v)?;
             } else {
                 println!("name:        {}", printable(&described.name));
                 println!("version:     {}", printable(&described.version));
@@ -81,6 +107,29 @@ pub async fn run(g: &Global, cmd: PluginCmd) -> Result<u8> {
                     println!("needs:");
                     for c in &described.capabilities {
                         println!("  {}", printable(c));
+                    }
+                }
+                match &job.rules {
+                    GrantRules::Inferred => println!(
+                        "grants:      inferred from key names (a 0.1.0 component): path, paths, *_dir, *_path \
+                         read-only; url, addr, address, *_url, *_addr connect"
+                    ),
+                    GrantRules::Declared(d) if d.is_empty() => println!("grants:      none (no field is a grant)"),
+                    GrantRules::Declared(d) => {
+                        println!("grants (what a value typed into each field lets the plugin use):");
+                        let w = d.iter().map(|(f, _)| f.len()).max().unwrap_or(0);
+                        for (f, k) in d {
+                            println!("  {:<w$}  {:<15}  {}", printable(f), k.as_str(), k.meaning());
+                        }
+                    }
+                }
+                if let Some(_g) = &granted {
+                    println!("granted by this config:");
+                    if granted_lines.is_empty() {
+                        println!("  nothing");
+                    }
+                    for l in &granted_lines {
+                        println!("  {}", printable(l));
                     }
                 }
                 println!("config schema:");

@@ -114,7 +114,7 @@ pub async fn restore(g: &Global, args: RestoreArgs) -> Result<u8> {
         Ok(owner) => Some(fetch_command(g, &owner)?),
         Err(_) => None,
     };
-    let mut grants = GrantSet::from_config(&mut job.config, Purpose::Restore)?;
+    let mut grants = GrantSet::for_job(&mut job.config, &job.rules, Purpose::Restore)?;
     let target = match &args.target {
         Some(t) => {
             if !t.exists() {
@@ -202,14 +202,14 @@ pub async fn verify(g: &Global, args: VerifyArgs) -> Result<u8> {
     // The source is granted read-only when it still exists here, for the
     // drift report; a source that is gone is left out, not an error.
     let mut probe = job.config.clone();
-    let grants = match GrantSet::from_config(&mut probe, Purpose::Read) {
+    let grants = match GrantSet::for_job(&mut probe, &job.rules, Purpose::Read) {
         Ok(g) => {
             job.config = probe;
             g
         }
         Err(e) => {
             tracing::info!("no drift report: {e}");
-            GrantSet::from_config(&mut job.config, Purpose::Restore)?
+            GrantSet::for_job(&mut job.config, &job.rules, Purpose::Restore)?
         }
     };
     let progress = Arc::new(Progress::new(g.json, g.quiet, "verifying"));

@@ -153,7 +153,7 @@ pub async fn push_file(g: &Global, args: &PushArgs) -> Result<(PathBuf, StreamRe
     let rt = crate::plugins::runtime()?;
     let plugin = crate::plugins::load(&rt, &args.plugin.plugin)?;
     let mut job = crate::config::for_plugin(&plugin, &cancel, &args.cfg, &args.limits, None).await?;
-    let mut grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
+    let mut grants = GrantSet::for_job(&mut job.config, &job.rules, Purpose::Read)?;
     grants.read_dir("FILE", &dir.to_string_lossy())?;
     let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };
     let report = plugin.stream_push(&repo, &file, &job.config, &opts).await?;
@@ -438,7 +438,7 @@ pub async fn follow(g: &Global, args: FollowArgs) -> Result<u8> {
     if args.limits.output_limit.is_none() {
         job.limits.output_bytes = u64::MAX;
     }
-    let grants = GrantSet::from_config(&mut job.config, Purpose::Read)?;
+    let grants = GrantSet::for_job(&mut job.config, &job.rules, Purpose::Read)?;
     let opts = JobOptions { grants, limits: job.limits, cancel, ..JobOptions::default() };
     if !g.quiet && !g.json {
         eprintln!("following with plugin {}; stop with Ctrl-C (finished items are kept)", args.plugin.plugin);
