@@ -60,6 +60,14 @@ const TESTED: &[&str] = &[
     "pin-flood",
     "follow",
     "need-stream",
+    // The network modes, tested in `network.rs`.
+    "tls",
+    "tls-name",
+    "lookup",
+    "read-key",
+    "http",
+    "http-ungranted",
+    "http-redirect",
 ];
 
 fn runtime() -> &'static Runtime {

@@ -9,6 +9,8 @@ mod hostile;
 mod keys;
 mod live_trees;
 mod maintenance;
+mod network;
+mod pki;
 mod postgres;
 mod redis;
 mod redis_follow;

@@ -326,7 +326,7 @@ impl TlsProvider for CofferTls {
             let name = ServerName::try_from(server_name.clone())
                 .map_err(|_| fail(format!("`{shown}` is not a server name or IP address")))?;
             match tokio_rustls::TlsConnector::from(config).connect(name, transport).await {
-                Ok(s) => Ok(Box::new(Tls(s)) as Box<dyn TlsStream>),
+                Ok(s) => Ok(Box::new(Tls { inner: s, server: shown, ca_given }) as Box<dyn TlsStream>),
                 Err(e) => {
                     let m = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                         Some(r) => explain(&shown, r, ca_given),
@@ -339,28 +339,55 @@ impl TlsProvider for CofferTls {
     }
 }
 
-/// An established TLS connection.
-struct Tls(tokio_rustls::client::TlsStream<Box<dyn TlsTransport>>);
+/// An established TLS connection. A TLS error after the handshake (with
+/// TLS 1.3 a server refuses a client certificate only then) is explained
+/// as a handshake error is.
+struct Tls {
+    inner: tokio_rustls::client::TlsStream<Box<dyn TlsTransport>>,
+    server: String,
+    ca_given: bool,
+}
+
+impl Tls {
+    fn explained<T>(&self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(Err(e)) => {
+                let m = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .map(|r| explain(&self.server, r, self.ca_given));
+                Poll::Ready(Err(match m {
+                    Some(m) => std::io::Error::new(e.kind(), m),
+                    None => e,
+                }))
+            }
+            r => r,
+        }
+    }
+}
 
 impl TlsStream for Tls {}
 
 impl AsyncRead for Tls {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.explained(r)
     }
 }
 
 impl AsyncWrite for Tls {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.explained(r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.explained(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
