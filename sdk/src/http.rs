@@ -191,7 +191,7 @@ fn stream_text(e: StreamError) -> String {
         StreamError::Closed => "the server closed the connection".into(),
         StreamError::LastOperationFailed(e) => match wasip2::http::types::http_error_code(&e) {
             Some(code) => describe(&code),
-            None => e.to_debug_string(),
+            None => super::net::host_error_text(&e),
         },
     }
 }

@@ -187,13 +187,26 @@ fn describe_code(code: ErrorCode) -> String {
     }
 }
 
+/// The text of an error the host reports through `wasi:io` (a stream's or
+/// a TLS handshake's), on one line: the message and its causes, without a
+/// backtrace the host may have attached to it.
+pub(crate) fn host_error_text(e: &wasip2::io::error::Error) -> String {
+    one_line(&e.to_debug_string())
+}
+
+/// An error's debug text on one line, its backtrace left out.
+fn one_line(text: &str) -> String {
+    let text = text.split("Stack backtrace:").next().unwrap_or_default();
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by:").collect::<Vec<_>>().join(": ")
+}
+
 /// A stream error as an I/O error. The host's text is kept as it is; a
 /// failed stream means the connection is gone.
 fn stream_error(e: StreamError, peer: &str) -> io::Error {
     match e {
         StreamError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, format!("{peer} closed the connection")),
         StreamError::LastOperationFailed(e) => {
-            io::Error::new(io::ErrorKind::ConnectionAborted, format!("{peer}: {}", e.to_debug_string()))
+            io::Error::new(io::ErrorKind::ConnectionAborted, format!("{peer}: {}", host_error_text(&e)))
         }
     }
 }
@@ -290,7 +303,7 @@ impl Conn {
             |why: String| Error::Unavailable(format!("the TLS handshake with {} (as {name}) failed: {why}", self.peer));
         let (connection, input, output) = match outcome {
             Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => return Err(failed(e.to_debug_string())),
+            Ok(Err(e)) => return Err(failed(host_error_text(&e))),
             Err(()) => return Err(failed("the host gave the handshake's outcome once already".into())),
         };
         drop(future);
@@ -411,5 +424,13 @@ mod tests {
         assert_eq!(lookup("[fe80::1]").unwrap(), vec!["fe80::1".parse::<IpAddr>().unwrap()]);
         assert_eq!(host_port("::1", 5432), "[::1]:5432");
         assert_eq!(host_port("db.example", 5432), "db.example:5432");
+    }
+
+    #[test]
+    fn host_errors_on_one_line() {
+        let text = "vm's certificate was refused: UnknownIssuer\n\nCaused by:\n    invalid peer certificate\n\nStack \
+                    backtrace:\n   0: wasmtime::capture\n             at src/backtrace.rs:24:9\n";
+        assert_eq!(one_line(text), "vm's certificate was refused: UnknownIssuer: invalid peer certificate");
+        assert_eq!(one_line("connection reset"), "connection reset");
     }
 }
