@@ -80,6 +80,14 @@ impl Pki {
         p
     }
 
+    /// A client certificate for `cn` (PostgreSQL's `cert` authentication
+    /// maps the name to the role), as `<cn>.pem` and `<cn>.key`.
+    pub fn client(&self, cn: &str) {
+        let (c, k) = self.ca.leaf(cn, &[], false, false);
+        self.write(&format!("{cn}.pem"), &c);
+        self.write(&format!("{cn}.key"), &k);
+    }
+
     fn write(&self, name: &str, text: &str) {
         std::fs::write(self.dir.path().join(name), text).unwrap();
     }

@@ -645,3 +645,100 @@ fn follow_streams_wal_under_load_survives_kill_9_and_recovers_to_the_last_commit
     let check = repo.coffer(&["check", "--read-data"]);
     assert!(check.status.success(), "{}", stderr(&check));
 }
+
+#[test]
+fn base_backup_and_wal_follow_over_verify_full_tls_with_certificate_login() {
+    let tmp = postgres_tempdir();
+    let root = tmp.path();
+    let pki = crate::pki::Pki::new();
+    // The `backup` role logs in with a client certificate (CN=backup).
+    pki.client("backup");
+    chown_postgres(pki.dir.path());
+    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(pki.path("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let repo = Repo::new(root);
+    let pg = Cluster::new(
+        root,
+        "primary",
+        &[
+            ("max_replication_slots", "4".into()),
+            ("ssl", "on".into()),
+            ("ssl_cert_file", format!("'{}'", pki.path_str("server.pem"))),
+            ("ssl_key_file", format!("'{}'", pki.path_str("server.key"))),
+            ("ssl_ca_file", format!("'{}'", pki.path_str("ca.pem"))),
+        ],
+    );
+    pg.psql("create role backup with login replication");
+    // TCP without TLS is refused outright, and `backup` logs in only with
+    // its certificate.
+    let hba = pg.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "hostnossl all all 0.0.0.0/0 reject\nhostssl replication backup 127.0.0.1/32 cert\nhostssl all \
+             backup 127.0.0.1/32 cert\n{old}"
+        ),
+    )
+    .unwrap();
+    pg.psql("select pg_reload_conf()");
+
+    let url = format!("url=postgres://backup@localhost:{}/", pg.port);
+    let tls: Vec<String> = vec![
+        "--set".into(),
+        "sslmode=verify-full".into(),
+        "--set".into(),
+        format!("ca_file={}", pki.path_str("ca.pem")),
+        "--set".into(),
+        format!("cert_file={}", pki.path_str("backup.pem")),
+        "--set".into(),
+        format!("key_file={}", pki.path_str("backup.key")),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let sysid = pg.psql("select system_identifier from pg_control_system()");
+    let stream = format!("pg-{sysid}");
+    let seg: u64 = pg.psql("select setting from pg_settings where name = 'wal_segment_size'").parse().unwrap();
+
+    let f = repo
+        .cmd()
+        .args(["stream", "follow", "--plugin", "postgres", "--set", &url])
+        .args(&tls)
+        .args(["--set", "slot=coffer", "--set", "create_slot=true", "--set", "partial_interval=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("coffer runs");
+    pg.pgbench(&["-i", "-s", "1"]);
+    let mut args = vec!["backup", "postgres", "--set", &url];
+    args.extend_from_slice(&tls);
+    let base = repo.json(&args);
+    let id = base["id"].as_str().unwrap().to_string();
+    // Both the base backup's and the follower's connections were TLS.
+    pg.psql("create table after_backup as select 7 as answer");
+    let committed = lsn_of(&pg.psql("select pg_current_wal_flush_lsn()"));
+    let t0 = Instant::now();
+    while stored_end(&repo, &stream, seg) < committed {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the follower did not store WAL over TLS");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(pg.psql("select count(*) from pg_stat_ssl s join pg_stat_replication r using (pid) where s.ssl"), "1");
+    signal(&f, "-INT");
+    let out = f.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // verify-full checks the name: the certificate names localhost and
+    // 127.0.0.1, not 127.0.0.2; and without the CA the server is unknown.
+    let mut no_ca: Vec<&str> = vec!["backup", "postgres", "--set", &url, "--set", "sslmode=verify-full"];
+    no_ca.extend_from_slice(&tls[4..]);
+    let out = repo.coffer(&no_ca);
+    assert!(!out.status.success() && stderr(&out).contains("not signed by a trusted CA"), "{}", stderr(&out));
+
+    let dir = target(root, "recovered");
+    repo.ok(&["restore", &id, "--target", dir.to_str().unwrap(), "--set", "to_end=true", "--set", "archive_mode=off"]);
+    drop(pg);
+    let c = Cluster::over(root, &dir);
+    c.start();
+    c.wait_promoted();
+    assert_eq!(c.psql("select answer from after_backup"), "7", "WAL streamed over TLS is recovered");
+    c.stop();
+}

@@ -268,7 +268,10 @@ pub(crate) fn explain(server: &str, e: &rustls::Error, ca_given: bool) -> String
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 format!("{server}'s certificate is not a TLS server certificate")
             }
-            other => format!("{server}'s certificate was refused: {other:?}"),
+            CertificateError::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
+                format!("{server} presents a CA certificate as its own: give it a server certificate signed by that CA")
+            }
+            other => format!("{server}'s certificate was refused: {other}"),
         },
         rustls::Error::AlertReceived(
             a @ (A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::AccessDenied),

@@ -32,17 +32,18 @@ pub struct Target {
 }
 
 /// Whether a connection asks the server for TLS (`SSLRequest`) before it
-/// logs in. The host always checks the server's certificate and that it
-/// names the host, and presents the client certificate the operator
-/// configured, if any: what libpq calls `verify-full`.
+/// logs in (from `sslmode`). How strictly the server's certificate is
+/// checked is the host's business: it reads `sslmode` itself (a
+/// `tls-verify` grant), checks chain and name unless the operator typed a
+/// looser mode, and presents the client certificate the operator
+/// configured, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tls {
     /// Plain TCP.
     #[default]
     Off,
     /// TLS when the server offers it, plain TCP when it answers that it
-    /// has none (`ssl = off`). A certificate the host refuses is an error
-    /// either way.
+    /// has none (`ssl = off`) or the handshake fails (libpq's `prefer`).
     Preferred,
     /// TLS, or no connection.
     Required,
@@ -56,6 +57,23 @@ impl std::fmt::Debug for Target {
             Tls::Preferred => f.write_str(" (TLS if offered)"),
             Tls::Required => f.write_str(" (TLS)"),
         }
+    }
+}
+
+impl Tls {
+    /// From libpq's `sslmode` (`prefer` when none is given, as libpq).
+    /// `allow` is taken as `prefer`: TLS when offered.
+    pub fn from_sslmode(mode: Option<&str>) -> Result<Tls, Error> {
+        Ok(match mode.unwrap_or("prefer") {
+            "disable" => Tls::Off,
+            "allow" | "prefer" => Tls::Preferred,
+            "require" | "verify-ca" | "verify-full" => Tls::Required,
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "sslmode: `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                )));
+            }
+        })
     }
 }
 
@@ -161,7 +179,19 @@ impl Conn {
         let addr = t.addr();
         let mut stream = net::connect("PostgreSQL", &t.host, t.port)?;
         if t.tls != Tls::Off {
-            stream = request_tls(stream, t, &addr)?;
+            stream = match request_tls(stream, t, &addr)? {
+                Ok(s) => s,
+                // libpq's `prefer`: a TLS connection that fails is retried
+                // without TLS.
+                Err(e) if t.tls == Tls::Preferred => {
+                    coffer_sdk::host::warn(format!(
+                        "{e}; going on WITHOUT TLS, as sslmode=prefer (the default) allows: set sslmode=verify-full \
+                         with ca_file to require a checked server, or sslmode=require to encrypt without checking"
+                    ));
+                    net::connect("PostgreSQL", &t.host, t.port)?
+                }
+                Err(e) => return Err(e),
+            };
         }
         let mut c = Conn {
             stream,
@@ -464,8 +494,10 @@ impl Conn {
 }
 
 /// Sends `SSLRequest` and, when the server agrees, makes the connection
-/// TLS; when it declines, goes on in plain TCP if `t.tls` allows.
-fn request_tls(mut stream: net::Conn, t: &Target, addr: &str) -> Result<net::Conn, Error> {
+/// TLS; when it declines, goes on in plain TCP if `t.tls` allows. The inner
+/// error is a TLS handshake that failed (the server's certificate refused,
+/// say), which `prefer` answers by connecting again without TLS.
+fn request_tls(mut stream: net::Conn, t: &Target, addr: &str) -> Result<Result<net::Conn, Error>, Error> {
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
     let lost = |e: std::io::Error| Error::Unavailable(format!("PostgreSQL at {addr}: asking for TLS failed: {e}"));
@@ -486,12 +518,12 @@ fn request_tls(mut stream: net::Conn, t: &Target, addr: &str) -> Result<net::Con
         }
     }
     match (answer[0], t.tls) {
-        (b'S', _) => stream.start_tls(&t.host).map_err(|e| e.context("PostgreSQL")),
+        (b'S', _) => Ok(stream.start_tls(&t.host).map_err(|e| e.context("PostgreSQL"))),
         (b'N', Tls::Preferred) => {
             coffer_sdk::host::debug(format!(
                 "PostgreSQL at {addr} offers no TLS (ssl = off); going on without it, as TLS is only preferred"
             ));
-            Ok(stream)
+            Ok(Ok(stream))
         }
         (b'N', _) => Err(Error::Unsupported(format!(
             "PostgreSQL at {addr} offers no TLS (ssl = off in postgresql.conf) and TLS is required: turn ssl on \

@@ -49,7 +49,7 @@ use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
     SnapshotReader, StreamSink, Timestamp, VerifyReport, host, shell_quote,
 };
-use conn::{Conn, Target};
+use conn::{Conn, Target, Tls};
 use serde::Deserialize;
 use wal::{Lsn, segment_name};
 
@@ -130,6 +130,23 @@ pub struct PostgresConfig {
     /// (0: whole segments only).
     #[serde(default = "default_partial_interval")]
     partial_interval: u64,
+    /// libpq's `sslmode`: whether to ask for TLS; the host reads it too, for
+    /// how strictly it checks the server.
+    #[serde(default)]
+    sslmode: Option<String>,
+    /// A CA certificate file the host trusts besides the system's (read by
+    /// the host only).
+    #[serde(default)]
+    #[allow(dead_code)]
+    ca_file: Option<String>,
+    /// The client certificate the host presents (read by the host only).
+    #[serde(default)]
+    #[allow(dead_code)]
+    cert_file: Option<String>,
+    /// Its key (read by the host only; this plugin never sees it).
+    #[serde(default)]
+    #[allow(dead_code)]
+    key_file: Option<String>,
 }
 
 fn default_partial_interval() -> u64 {
@@ -146,6 +163,9 @@ impl Config for PostgresConfig {
             && let Err(e) = Target::parse(u, self.user.as_deref(), None)
         {
             return Err(ConfigError::field("url", e.to_string().trim_start_matches("invalid config: url: ")));
+        }
+        if let Err(e) = Tls::from_sslmode(self.sslmode.as_deref()) {
+            return Err(ConfigError::field("sslmode", e.to_string().trim_start_matches("invalid config: sslmode: ")));
         }
         if let Some(d) = &self.data_dir
             && !d.starts_with('/')
@@ -181,7 +201,9 @@ impl PostgresConfig {
         let url = self.url.as_deref().ok_or_else(|| {
             Error::InvalidConfig("url: is required (postgres://user@host:port/ of the server to back up)".into())
         })?;
-        Target::parse(url, self.user.as_deref(), self.password.as_deref())
+        let mut t = Target::parse(url, self.user.as_deref(), self.password.as_deref())?;
+        t.tls = Tls::from_sslmode(self.sslmode.as_deref())?;
+        Ok(t)
     }
 
     fn text(v: &Option<String>) -> Option<String> {
@@ -234,7 +256,11 @@ const SCHEMA: &str = r#"{
     "data_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "Verify: a restored data directory (before it is started), granted read-only, checked against the backup manifest."},
     "slot": {"type": "string", "description": "Follow: the physical replication slot to stream WAL from, so the server keeps WAL until coffer stored it."},
     "create_slot": {"type": "boolean", "description": "Follow: create the slot when it does not exist (default false)."},
-    "partial_interval": {"type": "integer", "minimum": 0, "description": "Follow: seconds between stored copies of the WAL segment in progress, which bound how far a restore may trail the server (default 10; 0: whole segments only)."}
+    "partial_interval": {"type": "integer", "minimum": 0, "description": "Follow: seconds between stored copies of the WAL segment in progress, which bound how far a restore may trail the server (default 10; 0: whole segments only)."},
+    "sslmode": {"type": "string", "enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"], "x-coffer-grant": "tls-verify", "description": "TLS as libpq means it: prefer (the default: TLS when offered, checked by chain and name, or plain TCP when the server has none or its certificate is refused), require (TLS, the certificate not checked), verify-ca (chain checked), verify-full (chain and host name checked), disable. allow is taken as prefer."},
+    "ca_file": {"type": "string", "x-coffer-grant": "tls-ca", "description": "PEM file of the CA that signed the server's certificate, trusted besides the system's; read by the host."},
+    "cert_file": {"type": "string", "x-coffer-grant": "tls-client-cert", "description": "PEM client certificate the host presents (for `cert` authentication)."},
+    "key_file": {"type": "string", "x-coffer-grant": "tls-client-key", "description": "Its PEM private key; read by the host only, never by the plugin."}
   }
 }"#;
 

@@ -40,21 +40,17 @@ impl Target {
     pub fn parse(url: &str, user: Option<&str>, password: Option<&str>) -> Result<Target, Error> {
         let bad = |why: &str| Error::InvalidConfig(format!("url: {why} (expected redis://[user@]host:port/)"));
         let u = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        if u.scheme() != "redis" {
-            return Err(if u.scheme() == "rediss" {
-                Error::Unsupported(
-                    "url: TLS (rediss://) is not supported yet; use redis:// over a trusted network".into(),
-                )
-            } else {
-                bad(&format!("the scheme is `{}`", u.scheme()))
-            });
-        }
+        let tls = match u.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => return Err(bad(&format!("the scheme is `{other}`"))),
+        };
         let host = u.host_str().ok_or_else(|| bad("no host"))?.trim_matches(['[', ']']).to_string();
         let port = u.port().unwrap_or(6379);
         let url_user = (!u.username().is_empty()).then(|| u.username().to_string());
         let url_password = u.password().map(percent_decode).filter(|p| p != "<redacted>");
         let user = user.map(str::to_string).or(url_user).filter(|u| u != "default" || password.is_some());
-        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password), tls: false })
+        Ok(Target { host, port, user, password: password.map(str::to_string).or(url_password), tls })
     }
 
     /// `host:port`, for messages and grants.
@@ -393,7 +389,8 @@ mod tests {
         let t = Target::parse("redis://:<redacted>@127.0.0.1", None, Some("pw")).unwrap();
         assert_eq!(t.password.as_deref(), Some("pw"));
         assert!(Target::parse("http://x", None, None).is_err());
-        assert!(matches!(Target::parse("rediss://x", None, None), Err(Error::Unsupported(_))));
+        let t = Target::parse("rediss://cache.internal:6380/", None, None).unwrap();
+        assert_eq!((t.addr(), t.tls), ("cache.internal:6380".into(), true));
         assert!(format!("{t:?}").find("pw").is_none(), "Debug never shows the password");
         let named = Target::parse("redis://cache.internal:6379", None, None).unwrap();
         assert_eq!((named.addr(), named.tls), ("cache.internal:6379".into(), false));

@@ -108,6 +108,23 @@ pub struct RedisConfig {
     /// (0: never).
     #[serde(default = "default_give_up_after_seconds")]
     give_up_after_seconds: u64,
+    /// TLS (`rediss://`): a CA certificate file trusted besides the
+    /// system's; read by the host only.
+    #[serde(default)]
+    #[allow(dead_code)]
+    ca_file: Option<String>,
+    /// The client certificate the host presents; read by the host only.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cert_file: Option<String>,
+    /// Its key; read by the host only, never by this plugin.
+    #[serde(default)]
+    #[allow(dead_code)]
+    key_file: Option<String>,
+    /// How strictly the host checks the server (read by the host).
+    #[serde(default)]
+    #[allow(dead_code)]
+    tls_verify: Option<serde_json::Value>,
 }
 
 /// What `to_offset` asks for.
@@ -223,7 +240,7 @@ const SCHEMA: &str = r#"{
   "type": "object",
   "additionalProperties": false,
   "properties": {
-    "url": {"type": "string", "x-coffer-grant": "connect", "description": "redis://[user@]host:port/ of the server (RDB backups, live restores); granted as an address."},
+    "url": {"type": "string", "x-coffer-grant": "connect", "description": "redis://[user@]host:port/ of the server (RDB backups, live restores), or rediss:// for TLS; granted as an address."},
     "user": {"type": "string", "description": "ACL user name (default: the URL's, or the default user)."},
     "password": {"type": "string", "description": "Password; prefer password_file or password_env. Never stored."},
     "password_file": {"type": "string", "description": "File holding the password, read by the host."},
@@ -237,7 +254,11 @@ const SCHEMA: &str = r#"{
     "item_max_bytes": {"type": "integer", "description": "Follow: finish a stream item once it holds this many bytes (default 8 MiB)."},
     "item_max_seconds": {"type": "integer", "description": "Follow: finish a stream item holding writes once it is this old (default 10)."},
     "idle_item_seconds": {"type": "integer", "description": "Follow: finish a stream item of keepalives only once it is this old (default 600)."},
-    "give_up_after_seconds": {"type": "integer", "description": "Follow: stop retrying an unreachable server after this long (default 600; 0: never)."}
+    "give_up_after_seconds": {"type": "integer", "description": "Follow: stop retrying an unreachable server after this long (default 600; 0: never)."},
+    "ca_file": {"type": "string", "x-coffer-grant": "tls-ca", "description": "rediss://: PEM file of the CA that signed the server's certificate (tls-ca-cert-file), trusted besides the system's; read by the host."},
+    "cert_file": {"type": "string", "x-coffer-grant": "tls-client-cert", "description": "rediss://: PEM client certificate the host presents (for tls-auth-clients)."},
+    "key_file": {"type": "string", "x-coffer-grant": "tls-client-key", "description": "rediss://: its PEM private key; read by the host only, never by the plugin."},
+    "tls_verify": {"type": ["string", "boolean"], "x-coffer-grant": "tls-verify", "description": "rediss://: full (the default: chain and host name checked), chain (name not checked) or off (not checked, as redis-cli --insecure)."}
   }
 }"#;
 
