@@ -4,6 +4,9 @@
 //!
 //! - backup: `coffer backup redis` (RDB over the replication protocol into
 //!   a fresh local repository) against `redis-cli --rdb FILE`;
+//! - the same backup over TLS (`rediss://`, a certificate made here with
+//!   `openssl`, checked by coffer's host against the CA given as
+//!   `ca_file`): what TLS costs;
 //! - an unchanged re-backup (what deduplication stores);
 //! - live restore: `coffer restore --set url=...` into the emptied server
 //!   (keys/s) against restarting redis-server on the RDB file.
@@ -38,11 +41,83 @@ impl Drop for Server {
     }
 }
 
-/// Starts redis-server on `dir` and waits until it has loaded its data.
-fn start(dir: &Path) -> Result<(Server, Duration)> {
+/// Makes a CA and a server certificate for `localhost` signed by it in
+/// `dir` (`ca.pem`, `server.pem`, `server.key`), with openssl.
+fn certificates(dir: &Path) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl").current_dir(dir).args(args).output().context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=coffer bench CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ])
+}
+
+/// Starts redis-server on `dir` and waits until it has loaded its data;
+/// with `tls` (a directory from [`certificates`]), also on a TLS port.
+fn start(dir: &Path, tls: Option<(&Path, u16)>) -> Result<(Server, Duration)> {
     let port = free_port()?;
     let t = Instant::now();
-    let child = Command::new("redis-server")
+    let mut cmd = Command::new("redis-server");
+    if let Some((certs, tls_port)) = tls {
+        cmd.args(["--tls-port", &tls_port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(certs.join("server.pem"))
+            .arg("--tls-key-file")
+            .arg(certs.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.join("ca.pem"));
+    }
+    let child = cmd
         .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
         .arg(dir)
         .args(["--save", "", "--appendonly", "no", "--logfile", "redis.log"])
@@ -162,9 +237,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let work = crate::target_dir()?.join("bench-redis");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("server"))?;
-    let (server, _) = start(&work.join("server"))?;
+    let certs = work.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    certificates(&certs)?;
+    let tls_port = free_port()?;
+    let (server, _) = start(&work.join("server"), Some((&certs, tls_port)))?;
     let port = server.port;
     let url = format!("url=redis://127.0.0.1:{port}/");
+    let tls_url = format!("url=rediss://localhost:{tls_port}/");
+    let ca = format!("ca_file={}", certs.join("ca.pem").display());
 
     eprintln!("loading {keys} keys ...");
     let data = dataset(keys);
@@ -203,6 +284,15 @@ pub fn run(args: &[String]) -> Result<()> {
         coffer_times.push(t.elapsed().as_secs_f64());
         repo_size = dir_size(&repo);
     }
+    // The same over TLS.
+    let mut tls_times = Vec::new();
+    for k in 0..3 {
+        let repo = work.join(format!("repo-tls{k}"));
+        coffer(&repo, &["init", "--kdf-memory-mib", "8"])?;
+        let t = Instant::now();
+        coffer(&repo, &["backup", "redis", "--set", &tls_url, "--set", &ca])?;
+        tls_times.push(t.elapsed().as_secs_f64());
+    }
     let repo = work.join("repo0");
     let again = coffer(&repo, &["--json", "backup", "redis", "--set", &url])?;
     let new_bytes = json_u64(&again, "new_bytes").context("no new_bytes in the backup's JSON")?;
@@ -227,7 +317,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let d = work.join(format!("load{k}"));
         std::fs::create_dir_all(&d)?;
         std::fs::copy(&rdb, d.join("dump.rdb"))?;
-        let (s, took) = start(&d)?;
+        let (s, took) = start(&d, None)?;
         if dbsize(s.port)? != loaded {
             bail!("redis-server loaded a different number of keys");
         }
@@ -235,12 +325,15 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     let (c, b, r, l) = (median(coffer_times), median(cli_times), median(restore_times), median(load_times));
+    let tl = median(tls_times);
     let mb = rdb_size as f64 / 1e6;
     println!("redis bench: {loaded} keys, RDB {mb:.1} MB (medians of 3)\n");
     println!("| measure | coffer | Redis tool | ratio |");
     println!("|---|---:|---:|---:|");
     println!("| backup (s) | {c:.2} | {b:.2} (`redis-cli --rdb`) | {:.2}x |", c / b);
     println!("| backup rate (MB/s of RDB) | {:.0} | {:.0} | |", mb / c, mb / b);
+    println!("| backup over TLS (s) | {tl:.2} (`rediss://`, verified) | | {:.2}x plain |", tl / c);
+    println!("| backup rate over TLS (MB/s of RDB) | {:.0} | | |", mb / tl);
     println!("| restore (s) | {r:.2} (live, RESTORE) | {l:.2} (restart on the RDB) | {:.2}x |", r / l);
     println!("| restore rate (keys/s) | {:.0} | {:.0} | |", loaded as f64 / r, loaded as f64 / l);
     println!("| repository after one backup (MB) | {:.1} | | |", repo_size as f64 / 1e6);
