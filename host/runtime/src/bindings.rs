@@ -4,7 +4,8 @@
 //! business and reaches it as the contract's `error` variant.
 //!
 //! Contract 0.2.0 imports the interfaces of 0.1.0 unchanged and adds
-//! `streams`; the host implements each imported interface once ([`v2`]).
+//! `streams` and `dns`; the host implements each imported interface once
+//! ([`v2`]).
 //! [`v1`] only adds the way to call a component that exports 0.1.0's
 //! `source`: its imports are mapped onto [`v2`]'s.
 
@@ -45,4 +46,4 @@ pub mod v1 {
 }
 
 pub use v2::coffer::plugin0_1_0::{host, reader, sink, types};
-pub use v2::coffer::plugin0_2_0::{stream_types, streams};
+pub use v2::coffer::plugin0_2_0::{dns, stream_types, streams};

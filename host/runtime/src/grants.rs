@@ -10,6 +10,11 @@
 //! the host grants exactly what the operator typed, nothing the plugin
 //! chooses. Directories are preopened at their own (canonical) host path, so
 //! a path in the config means the same inside and outside the sandbox.
+//!
+//! A `<scheme>+srv://host` URL (MongoDB's seed list) is granted through DNS:
+//! the host looks up its SRV and TXT records when it grants it
+//! ([`crate::dns`]), grants each SRV target as if it had been typed, and
+//! keeps both answers for the plugin's `coffer:plugin/dns` questions.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +22,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use crate::dns::{NameServers, SrvTarget};
 use crate::tls::{TlsGrants, Verify};
 
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -96,7 +102,9 @@ pub enum GrantKind {
     WriteDir,
     /// `connect`: TCP to a URL's or `host:port`'s addresses (a URL may list
     /// several hosts, `mongodb://a:27017,b:27017/`), lookups of its host
-    /// names, and TLS to them.
+    /// names, and TLS to them; for a `<scheme>+srv://host` URL, the same to
+    /// the servers its SRV record lists, and that record and the host's TXT
+    /// records ([`GrantSet::connect_with`]).
     Connect,
     /// `http`: HTTP requests to a URL's authority (scheme, host, port).
     Http,
@@ -147,7 +155,10 @@ impl GrantKind {
         match self {
             GrantKind::ReadDir => "read-only access to the directory (backups and verify only)",
             GrantKind::WriteDir => "read-write access to the directory",
-            GrantKind::Connect => "TCP and TLS to the address; lookups of its host name",
+            GrantKind::Connect => {
+                "TCP and TLS to the address; lookups of its host name (a `+srv` URL: the servers its SRV record \
+                 lists, and its SRV and TXT records)"
+            }
             GrantKind::Http => "HTTP requests to the URL's scheme, host and port",
             GrantKind::SecretFile => "a file only coffer reads, sent as the HTTP bearer token",
             GrantKind::TlsCa => "CA certificates trusted besides the system's",
@@ -217,10 +228,29 @@ pub enum Purpose {
     Restore,
 }
 
+/// The SRV and TXT records of a granted `+srv` URL, as the host found them
+/// when it granted the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvGrant {
+    /// The URL's host (`cluster0.example.net`), lowercase: the name whose
+    /// TXT records `txt` holds.
+    pub host: String,
+    /// The SRV record's name (`_mongodb._tcp.cluster0.example.net`).
+    pub name: String,
+    /// Its targets, in the record's order; each `target:port` is also a
+    /// [`Permission::Connect`].
+    pub targets: Vec<SrvTarget>,
+    /// The host's TXT records (connection options), each one's strings
+    /// joined.
+    pub txt: Vec<String>,
+}
+
 /// The grants of one plugin job.
 #[derive(Debug, Clone, Default)]
 pub struct GrantSet {
     permissions: Vec<Permission>,
+    /// The SRV and TXT answers of `+srv` grants.
+    srv: Vec<SrvGrant>,
     tls: TlsGrants,
     /// The bearer token of HTTP requests (a `secret-file`'s content).
     bearer: Option<Arc<Zeroizing<String>>>,
@@ -295,9 +325,6 @@ fn host_ports(value: &str) -> Result<Vec<String>, String> {
         return Ok(vec![value.to_string()]);
     };
     let scheme = scheme.to_ascii_lowercase();
-    if scheme.ends_with("+srv") {
-        return Err(format!("`{scheme}://` names need an SRV lookup, which coffer does not make yet; list the hosts"));
-    }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let hosts = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
     if hosts.is_empty() {
@@ -313,9 +340,55 @@ fn host_ports(value: &str) -> Result<Vec<String>, String> {
             .or_else(|| default_port(&scheme))
             .ok_or_else(|| format!("the URL has no port and `{scheme}` has no default"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        out.push(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") });
+        out.push(join_host_port(host, port));
     }
     Ok(out)
+}
+
+/// The service and host of a `<service>+srv://[user@]host[/...]` URL
+/// (`mongodb`, `cluster0.example.net`); `None` for any other value. One
+/// host name, no port: the SRV record gives the servers and their ports.
+fn srv_url(value: &str) -> Result<Option<(String, String)>, String> {
+    let Some((scheme, rest)) = value.split_once("://") else { return Ok(None) };
+    let scheme = scheme.to_ascii_lowercase();
+    let Some(service) = scheme.strip_suffix("+srv") else { return Ok(None) };
+    if service.is_empty() || !service.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("`{scheme}` is not a `<service>+srv` scheme"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    if host.contains(',') {
+        return Err(format!(
+            "a `{scheme}://` URL names one host, whose SRV record lists the servers; give one host, or list the              servers in a `{service}://` URL"
+        ));
+    }
+    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return Err(format!("a `{scheme}://` URL names a DNS name, not an IP address"));
+    }
+    if let Some((_, port)) = host.rsplit_once(':') {
+        return Err(format!(
+            "a `{scheme}://` URL has no port (`:{port}`): the SRV record gives the servers' ports; remove it"
+        ));
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!("`{host}` is not a DNS name (letters, digits and `-` between dots)"));
+    }
+    if !host.contains('.') {
+        return Err(format!("`{host}` has no domain; give the full DNS name the SRV record is under"));
+    }
+    Ok(Some((service.to_string(), host)))
+}
+
+/// `host:port` as grants write it (an IPv6 address in brackets).
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 /// The host part of a `host:port` (without IPv6 brackets).
@@ -393,10 +466,36 @@ impl GrantSet {
     /// Grants TCP connections to `host:port` or to the hosts and ports of a
     /// URL (`postgres://user@db:5432/`, `mongodb://a:27017,b:27017/`). Names
     /// are resolved here, by the host; the plugin may then look up exactly
-    /// those names and gets the addresses resolved here.
+    /// those names and gets the addresses resolved here. A `+srv` URL is
+    /// looked up with the name servers of [`NameServers::from_env`] (see
+    /// [`GrantSet::connect_with`]).
     pub fn connect(&mut self, key: &str, value: &str) -> Result<(), GrantError> {
+        self.connect_with(key, value, &NameServers::from_env())
+    }
+
+    /// [`GrantSet::connect`], asking `name_servers` for a `+srv` URL
+    /// (`mongodb+srv://user@cluster0.example.net/db`: one host, no port).
+    /// The host looks up the SRV record `_<scheme>._tcp.<host>` and the TXT
+    /// record of `<host>`, refuses the grant when the SRV record has no
+    /// target or names one outside the host's parent domain (the host minus
+    /// its first label), grants each `target:port` with the addresses it
+    /// resolved to as if it had been typed, and keeps both answers for the
+    /// plugin ([`GrantSet::srv_targets`], [`GrantSet::txt_records`]).
+    pub fn connect_with(&mut self, key: &str, value: &str, name_servers: &NameServers) -> Result<(), GrantError> {
         let shown = without_password(value);
         let err = |reason: String| GrantError::Address { key: key.into(), value: shown.clone(), reason };
+        if let Some((service, host)) = srv_url(value).map_err(err)? {
+            let found = crate::dns::lookup_service(name_servers, &service, &host).map_err(err)?;
+            let mut targets = Vec::with_capacity(found.targets.len());
+            for (t, addrs) in found.targets {
+                self.permissions.push(Permission::Connect(join_host_port(&t.target, t.port), addrs));
+                targets.push(t);
+            }
+            if !self.srv.iter().any(|g| g.name == found.srv_name) {
+                self.srv.push(SrvGrant { host, name: found.srv_name, targets, txt: found.txt });
+            }
+            return Ok(());
+        }
         for host_port in host_ports(value).map_err(err)? {
             let addrs = resolve(&host_port).map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?;
             if addrs.is_empty() {
@@ -444,7 +543,30 @@ impl GrantSet {
         if self.bearer.is_some() {
             out.push("a bearer token for HTTP requests (read by coffer only)".into());
         }
+        for g in &self.srv {
+            out.push(format!("the SRV record {} and the TXT records of {}, as coffer found them", g.name, g.host));
+        }
         out
+    }
+
+    /// The SRV and TXT answers of the `+srv` URLs granted.
+    pub fn srv_grants(&self) -> &[SrvGrant] {
+        &self.srv
+    }
+
+    /// The targets of the SRV record `name` of a granted `+srv` URL
+    /// (compared without case or a trailing dot), as found when it was
+    /// granted; `None` for any other name. No query is made.
+    pub fn srv_targets(&self, name: &str) -> Option<&[SrvTarget]> {
+        let name = name.trim_end_matches('.');
+        self.srv.iter().find(|g| g.name.eq_ignore_ascii_case(name)).map(|g| g.targets.as_slice())
+    }
+
+    /// The TXT records of the host of a granted `+srv` URL, as found when it
+    /// was granted; `None` for any other name. No query is made.
+    pub fn txt_records(&self, name: &str) -> Option<&[String]> {
+        let name = name.trim_end_matches('.');
+        self.srv.iter().find(|g| g.host.eq_ignore_ascii_case(name)).map(|g| g.txt.as_slice())
     }
 
     /// The addresses a granted host name resolved to, for the plugin's own
@@ -506,11 +628,22 @@ impl GrantSet {
     ///
     /// For [`Purpose::Restore`] read-only directories are not granted (the
     /// restore target is granted by the caller with [`GrantSet::write_dir`]).
-    /// Nothing but the fields the rules name grants anything.
+    /// Nothing but the fields the rules name grants anything. `+srv` URLs
+    /// are looked up with the name servers of [`NameServers::from_env`].
     pub fn for_job(
         config: &mut serde_json::Value,
         rules: &GrantRules,
         purpose: Purpose,
+    ) -> Result<GrantSet, GrantError> {
+        GrantSet::for_job_with(config, rules, purpose, &NameServers::from_env())
+    }
+
+    /// [`GrantSet::for_job`], asking `name_servers` for `+srv` URLs.
+    pub fn for_job_with(
+        config: &mut serde_json::Value,
+        rules: &GrantRules,
+        purpose: Purpose,
+        name_servers: &NameServers,
     ) -> Result<GrantSet, GrantError> {
         let mut g = GrantSet::none();
         let Some(map) = config.as_object_mut() else { return Ok(g) };
@@ -526,7 +659,7 @@ impl GrantSet {
                     } else if is_addr_key(&k)
                         && let serde_json::Value::String(s) = value
                     {
-                        g.connect(key, s)?;
+                        g.connect_with(key, s, name_servers)?;
                     }
                 }
                 return Ok(g);
@@ -560,7 +693,11 @@ impl GrantSet {
                         v => vec![text(v)?],
                     };
                     for item in items {
-                        if *kind == GrantKind::Connect { g.connect(key, &item)? } else { g.http(key, &item)? }
+                        if *kind == GrantKind::Connect {
+                            g.connect_with(key, &item, name_servers)?
+                        } else {
+                            g.http(key, &item)?
+                        }
                     }
                 }
                 GrantKind::SecretFile => {
@@ -774,6 +911,32 @@ mod tests {
         assert!(!g.allows_connect_spec("leak.example.invalid:1"));
         let e = GrantSet::none().connect("url", "postgres://u:hunter2@no-such-host.invalid:5432/").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_srv_url_names_one_host_without_a_port() {
+        assert_eq!(
+            srv_url("mongodb+srv://u:pw@Cluster0.Example.NET./db?tls=true").unwrap(),
+            Some(("mongodb".into(), "cluster0.example.net".into()))
+        );
+        assert_eq!(srv_url("mongodb://a:27017,b:27017/").unwrap(), None);
+        assert_eq!(srv_url("db:5432").unwrap(), None);
+        let port = srv_url("mongodb+srv://cluster0.example.net:27017/").unwrap_err();
+        assert!(port.contains("no port") && port.contains(":27017"), "{port}");
+        let many = srv_url("mongodb+srv://a.example.net,b.example.net/").unwrap_err();
+        assert!(many.contains("one host"), "{many}");
+        assert!(srv_url("mongodb+srv://127.0.0.1/").unwrap_err().contains("IP address"));
+        assert!(srv_url("mongodb+srv://[::1]/").unwrap_err().contains("IP address"));
+        assert!(srv_url("mongodb+srv://localhost/").unwrap_err().contains("no domain"));
+        assert!(srv_url("mongodb+srv://a..example.net/").unwrap_err().contains("not a DNS name"));
+        assert!(srv_url("+srv://a.example.net/").unwrap_err().contains("<service>+srv"));
+        // The refusal names the field and hides the password.
+        let e = GrantSet::none().connect("url", "mongodb+srv://u:hunter2@a.example.net:1/").unwrap_err().to_string();
+        assert!(e.contains("`url`") && e.contains("no port") && !e.contains("hunter2"), "{e}");
+        // Nothing granted, nothing answered.
+        let g = GrantSet::none();
+        assert!(g.srv_targets("_mongodb._tcp.a.example.net").is_none());
+        assert!(g.txt_records("a.example.net").is_none());
     }
 
     #[test]

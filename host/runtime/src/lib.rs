@@ -13,6 +13,7 @@
 mod add_files;
 pub mod bindings;
 pub mod cache;
+pub mod dns;
 pub mod grants;
 pub mod host;
 mod http;
@@ -32,7 +33,8 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 pub use cache::ComponentCache;
-pub use grants::{GrantError, GrantKind, GrantRules, GrantSet, Permission, Purpose};
+pub use dns::{NameServers, SrvTarget};
+pub use grants::{GrantError, GrantKind, GrantRules, GrantSet, Permission, Purpose, SrvGrant};
 pub use host::{Fault, PluginState, printable};
 pub use job::{
     CancelToken, FetchCommand, JobError, JobObserver, JobOptions, PluginDescription, PluginError, RestoreRequest,
