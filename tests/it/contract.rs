@@ -26,6 +26,7 @@ fn a_component_built_against_0_1_0_backs_up_restores_and_verifies() {
 
     let inspect = t.ok(&["plugin", "inspect", old]);
     assert!(inspect.contains("contract:    coffer:plugin@0.1.0 (no streams)"), "{inspect}");
+    assert!(inspect.contains("grants:      inferred from key names"), "{inspect}");
     let builtin = t.ok(&["plugin", "inspect", "files"]);
     assert!(builtin.contains("contract:    coffer:plugin@0.2.0"), "{builtin}");
 
@@ -48,4 +49,37 @@ fn a_component_built_against_0_1_0_backs_up_restores_and_verifies() {
     let out = t.coffer(&["restore", &id, "--target", dst2.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(dst2.join("sub/notes.txt")).unwrap(), b"written for 0.1.0\n");
+}
+
+#[test]
+fn plugin_inspect_lists_the_declared_grants_and_what_a_config_is_granted() {
+    let t = TestRepo::new();
+    let text = t.ok(&["plugin", "inspect", "postgres"]);
+    for line in [
+        "grants (what a value typed into each field lets the plugin use):",
+        "  url         connect          TCP and TLS to the address",
+        "  pgdata_dir  read-dir         read-only access to the directory",
+        "  sslmode     tls-verify       how strictly coffer checks servers' certificates",
+        "  key_file    tls-client-key   the client key; read by coffer only, never by the plugin",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+    let text = t.ok(&[
+        "plugin",
+        "inspect",
+        "postgres",
+        "--set",
+        "url=postgres://u@127.0.0.1:5999/",
+        "--set",
+        "sslmode=require",
+    ]);
+    assert!(text.contains("granted by this config:\n  TCP connections to 127.0.0.1:5999\n"), "{text}");
+    assert!(text.contains("NOT checked"), "{text}");
+    let v = t.json(&["plugin", "inspect", "redis", "--set", "url=rediss://127.0.0.1:6380/"]);
+    assert_eq!(v["grants_inferred"], false);
+    let fields: Vec<&str> =
+        v["grant_fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["ca_file", "cert_file", "data_dir", "key_file", "tls_verify", "url"]);
+    assert_eq!(v["granted"][0], "TCP connections to 127.0.0.1:6380");
+    assert!(v["granted"][1].as_str().unwrap().contains("chain and name"), "{v}");
 }

@@ -676,7 +676,7 @@ fn base_backup_and_wal_follow_over_verify_full_tls_with_certificate_login() {
     std::fs::write(
         &hba,
         format!(
-            "hostnossl all all 0.0.0.0/0 reject\nhostssl replication backup 127.0.0.1/32 cert\nhostssl all \
+            "hostnossl all all 0.0.0.0/0 reject\nhostnossl replication all 0.0.0.0/0 reject\nhostssl replication backup 127.0.0.1/32 cert\nhostssl all \
              backup 127.0.0.1/32 cert\n{old}"
         ),
     )
@@ -732,6 +732,11 @@ fn base_backup_and_wal_follow_over_verify_full_tls_with_certificate_login() {
     no_ca.extend_from_slice(&tls[4..]);
     let out = repo.coffer(&no_ca);
     assert!(!out.status.success() && stderr(&out).contains("not signed by a trusted CA"), "{}", stderr(&out));
+    // With no sslmode (libpq's `prefer`) a refused certificate means a
+    // second try without TLS, said in a warning; this server refuses that.
+    let out = repo.coffer(&["backup", "postgres", "--set", &url]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("WITHOUT TLS") && err.contains("pg_hba.conf"), "{err}");
 
     let dir = target(root, "recovered");
     repo.ok(&["restore", &id, "--target", dir.to_str().unwrap(), "--set", "to_end=true", "--set", "archive_mode=off"]);
