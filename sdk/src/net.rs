@@ -1,7 +1,9 @@
 //! Connections to the servers an operator granted: TCP through
 //! `wasi:sockets`, names looked up through the host (which answers only for
 //! the names it granted), and TLS through the host's `wasi:tls`, which
-//! checks the server's certificate and holds any client key itself.
+//! checks the server's certificate and holds any client key itself. The
+//! SRV and TXT records of a granted `+srv` URL come from the host too
+//! ([`resolve_srv`], [`resolve_txt`]): a plugin makes no DNS query.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -90,6 +92,54 @@ pub fn lookup(name: &str) -> Result<Vec<IpAddr>, Error> {
         return Err(Error::Unavailable(format!("cannot look up {name}: the host knows no address for it")));
     }
     Ok(found)
+}
+
+/// One server an SRV record lists ([`resolve_srv`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvTarget {
+    /// Lower is tried first.
+    pub priority: u16,
+    /// Among targets of the same priority, the share of connections.
+    pub weight: u16,
+    /// The port to connect to.
+    pub port: u16,
+    /// The server's host name (lowercase, without a trailing dot), granted
+    /// to the plugin: [`connect`] to it at `port`.
+    pub target: String,
+}
+
+/// What refusing a DNS question means to the operator.
+fn dns_error(e: Error, kind: &str, name: &str) -> Error {
+    match e {
+        Error::AccessDenied(_) => Error::AccessDenied(format!(
+            "the {kind} record of {name}: the name was not granted to this plugin (give a `+srv` URL in the config \
+             field that names the server, such as --set url=mongodb+srv://cluster0.example.net/)"
+        )),
+        e => e.context(format_args!("the {kind} record of {name}")),
+    }
+}
+
+/// The servers the SRV record `name` lists (`_mongodb._tcp.cluster0.example.net`
+/// for the URL `mongodb+srv://cluster0.example.net/`), in the record's
+/// order. The host looked the record up when the operator granted the
+/// `+srv` URL, and answers only for that record, without a new query;
+/// any other name is [`Error::AccessDenied`]. Each target is granted to the
+/// plugin as if the operator had typed it: [`connect`] to `target` at `port`.
+pub fn resolve_srv(name: &str) -> Result<Vec<SrvTarget>, Error> {
+    let found = super::wit2::dns::resolve_srv(name).map_err(|e| dns_error(Error::from_wit(e), "SRV", name))?;
+    Ok(found
+        .into_iter()
+        .map(|t| SrvTarget { priority: t.priority, weight: t.weight, port: t.port, target: t.target })
+        .collect())
+}
+
+/// The TXT records of `name`, the host of a granted `+srv` URL
+/// (`cluster0.example.net`): one string per record, such as MongoDB's
+/// connection options `replicaSet=rs0&authSource=admin`; empty when it has
+/// none. Answered from what the host found when it granted the URL; any
+/// other name is [`Error::AccessDenied`].
+pub fn resolve_txt(name: &str) -> Result<Vec<String>, Error> {
+    super::wit2::dns::resolve_txt(name).map_err(|e| dns_error(Error::from_wit(e), "TXT", name))
 }
 
 /// Opens a TCP connection to `service` (a name for messages, such as

@@ -68,6 +68,10 @@ const TESTED: &[&str] = &[
     "http",
     "http-ungranted",
     "http-redirect",
+    // The `+srv` modes, tested in `dns.rs`.
+    "srv",
+    "srv-ungranted",
+    "txt-ungranted",
 ];
 
 fn runtime() -> &'static Runtime {

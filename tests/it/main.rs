@@ -4,6 +4,7 @@
 
 mod cli;
 mod contract;
+mod dns;
 mod guide;
 mod hostile;
 mod keys;

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use coffer_repo::{FileKind, InitOptions, KdfParams, Repository};
 use coffer_runtime::{
-    GrantRules, GrantSet, JobError, JobOptions, LoadedPlugin, Purpose, Runtime, RuntimeOptions, SnapshotRequest,
+    GrantRules, GrantSet, JobError, JobOptions, LoadedPlugin, NameServers, Purpose, Runtime, RuntimeOptions,
+    SnapshotRequest,
 };
 use serde_json::json;
 
@@ -25,6 +26,16 @@ fn runtime() -> &'static Runtime {
     })
 }
 
+/// The grants the hostile plugin's schema declares for `config`, with `+srv`
+/// URLs looked up at `name_servers`.
+pub(crate) async fn grants_with(
+    config: &mut serde_json::Value,
+    name_servers: &NameServers,
+) -> Result<GrantSet, coffer_runtime::GrantError> {
+    let (_, rules) = hostile().await;
+    GrantSet::for_job_with(config, rules, Purpose::Read, name_servers)
+}
+
 async fn hostile() -> &'static (LoadedPlugin, GrantRules) {
     static P: tokio::sync::OnceCell<(LoadedPlugin, GrantRules)> = tokio::sync::OnceCell::const_new();
     P.get_or_init(|| async {
@@ -37,13 +48,15 @@ async fn hostile() -> &'static (LoadedPlugin, GrantRules) {
     .await
 }
 
-struct Scene {
+/// A fresh repository to back the hostile plugin up into (also used by
+/// `dns.rs`).
+pub(crate) struct Scene {
     _dir: tempfile::TempDir,
     repo: Repository,
 }
 
 impl Scene {
-    async fn new() -> Scene {
+    pub(crate) async fn new() -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let url = dir.path().join("repo").to_str().unwrap().to_string();
         let backend = coffer_repo::backend_for(&url, &[]).unwrap();
@@ -58,17 +71,33 @@ impl Scene {
     }
 
     /// Runs a backup with the grants the plugin's schema declares.
-    async fn run(&self, mut config: serde_json::Value) -> Result<(), JobError> {
-        let (plugin, rules) = hostile().await;
+    pub(crate) async fn run(&self, mut config: serde_json::Value) -> Result<(), JobError> {
+        let (_, rules) = hostile().await;
         let grants = GrantSet::for_job(&mut config, rules, Purpose::Read).expect("grants");
+        self.run_granted(config, grants).await
+    }
+
+    /// Runs a backup with grants already made (see [`grants_with`]).
+    pub(crate) async fn run_granted(&self, config: serde_json::Value, grants: GrantSet) -> Result<(), JobError> {
+        let (plugin, _) = hostile().await;
         let opts = JobOptions { grants, ..JobOptions::default() };
         plugin.snapshot(&self.repo, SnapshotRequest { config, ..Default::default() }, &opts).await.map(|_| ())
     }
 
     /// Runs a mode that must fail; returns the message, checked to name
     /// the plugin and leave the repository empty.
-    async fn refused(&self, config: serde_json::Value) -> String {
+    pub(crate) async fn refused(&self, config: serde_json::Value) -> String {
         let e = self.run(config).await.expect_err("the job must fail");
+        self.refusal(e).await
+    }
+
+    /// [`Scene::refused`] with grants already made.
+    pub(crate) async fn refused_granted(&self, config: serde_json::Value, grants: GrantSet) -> String {
+        let e = self.run_granted(config, grants).await.expect_err("the job must fail");
+        self.refusal(e).await
+    }
+
+    async fn refusal(&self, e: JobError) -> String {
         let m = format!("{e:#}");
         assert!(m.contains("hostile"), "the message names the plugin: {m}");
         assert!(self.repo.backend().list(FileKind::Snapshot).await.unwrap().is_empty(), "a snapshot was left");
@@ -76,7 +105,7 @@ impl Scene {
     }
 
     /// The content of entry `name` of the only snapshot.
-    async fn entry(&self, name: &str) -> String {
+    pub(crate) async fn entry(&self, name: &str) -> String {
         let snaps = self.repo.snapshots().await.unwrap();
         assert_eq!(snaps.len(), 1);
         let snap = self.repo.open_snapshot(&snaps[0].0).await.unwrap();
