@@ -216,12 +216,16 @@ async fn names_are_looked_up_only_when_granted_and_only_to_their_addresses() {
     assert!(m.contains("127.0.0.2"), "{m}");
 }
 
+/// What an [`Http`] server was asked: the path and the `Authorization`
+/// header.
+type Request = (String, Option<String>);
+
 /// An HTTP/1.1 server that records what it was asked (path and
 /// `Authorization`): `/ok` answers `granted data`, `/redirect` sends the
 /// client to `location`.
 struct Http {
     port: u16,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Request>>>,
 }
 
 impl Http {
@@ -249,7 +253,7 @@ impl Http {
     }
 }
 
-fn serve<S: Read + Write>(mut s: S, log: &Mutex<Vec<(String, Option<String>)>>, location: &str) {
+fn serve<S: Read + Write>(mut s: S, log: &Mutex<Vec<Request>>, location: &str) {
     let mut head = Vec::new();
     {
         let mut r = BufReader::new(&mut s);
