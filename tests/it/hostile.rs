@@ -68,6 +68,7 @@ const TESTED: &[&str] = &[
     "http",
     "http-ungranted",
     "http-redirect",
+    "http-trace",
     // The `+srv` modes, tested in `dns.rs`.
     "srv",
     "srv-ungranted",

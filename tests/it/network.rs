@@ -301,8 +301,11 @@ async fn http_goes_only_to_granted_authorities_even_through_a_redirect() {
     assert!(m.contains(&format!("127.0.0.1:{}", victim.port)), "{m}");
     let m = s.refused(json!({"mode": "http-redirect", "api": format!("http://127.0.0.1:{}/redirect", api.port)})).await;
     assert!(m.contains(&format!("127.0.0.1:{}", victim.port)), "{m}");
+    // TRACE would echo the request's headers (a bearer token) back.
+    let m = s.refused(json!({"mode": "http-trace", "api": format!("http://127.0.0.1:{}/ok", api.port)})).await;
+    assert!(m.contains("TRACE") || m.contains("method"), "{m}");
     assert!(victim.seen.lock().unwrap().is_empty(), "the ungranted server was reached");
-    assert_eq!(api.seen.lock().unwrap().len(), 2);
+    assert_eq!(api.seen.lock().unwrap().len(), 2, "the TRACE never reached the server");
 }
 
 #[tokio::test]

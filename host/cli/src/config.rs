@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use coffer_runtime::limits::{parse_duration, parse_size};
-use coffer_runtime::{CancelToken, GrantRules, JobOptions, Limits, LoadedPlugin};
+use coffer_runtime::{CancelToken, GrantKind, GrantRules, JobOptions, Limits, LoadedPlugin};
 use serde_json::{Map, Value};
 
 use crate::{ConfigArgs, LimitArgs};
@@ -21,6 +21,9 @@ pub struct JobConfig {
     pub limits: Limits,
     /// Which config fields grant what (the plugin's declared grants).
     pub rules: GrantRules,
+    /// Keys whose values came from a stored snapshot's config, not from
+    /// this command.
+    pub inherited: std::collections::HashSet<String>,
 }
 
 /// Types a `--set` value by the schema's declared type for `key`.
@@ -204,7 +207,7 @@ pub fn build(
     if let Some(s) = &limit_args.output_limit {
         apply_limit(&mut limits, "output", s).context("--output-limit")?;
     }
-    Ok(JobConfig { config: Value::Object(map), limits, rules: GrantRules::Inferred })
+    Ok(JobConfig { config: Value::Object(map), limits, rules: GrantRules::Inferred, inherited })
 }
 
 /// [`build`] with `plugin`'s own schema typing the `--set` values. The
@@ -221,7 +224,54 @@ pub async fn for_plugin(
     let described = plugin.info(None, &opts).await?;
     let schema: Option<Value> = serde_json::from_str(&described.config_schema).ok();
     let rules = plugin.grant_rules(&described.config_schema)?;
-    Ok(JobConfig { rules, ..build(args, limit_args, schema.as_ref(), base)? })
+    let mut job = build(args, limit_args, schema.as_ref(), base)?;
+    job.rules = rules;
+    settle_inherited_grants(&mut job);
+    Ok(job)
+}
+
+/// Grants that came from a stored snapshot's config rather than this
+/// command line: a directory a restore may write is never taken from
+/// there (the plugin restoring may not be the one that wrote it), and a
+/// CA, certificate, key or token file that is not on this machine is left
+/// out with a warning (a restore elsewhere needs none of them unless it
+/// talks to a server, and then they are typed again).
+fn settle_inherited_grants(job: &mut JobConfig) {
+    let GrantRules::Declared(declared) = &job.rules else { return };
+    let Value::Object(map) = &mut job.config else { return };
+    if declared.is_empty()
+        && let Some(k) = map.keys().find(|k| {
+            let k = k.to_ascii_lowercase().replace('-', "_");
+            k == "path" || k == "url" || k.ends_with("_dir") || k.ends_with("_url")
+        })
+    {
+        eprintln!(
+            "warning: this plugin's schema declares no grant field (`x-coffer-grant`), so `{k}` grants nothing; a \
+             component built against contract 0.1.0 would have been granted it by name: rebuild the plugin with \
+             its grants declared"
+        );
+    }
+    for (key, kind) in declared {
+        if !job.inherited.contains(key) {
+            continue;
+        }
+        let file = matches!(
+            kind,
+            GrantKind::TlsCa | GrantKind::TlsClientCert | GrantKind::TlsClientKey | GrantKind::SecretFile
+        );
+        if *kind == GrantKind::WriteDir {
+            map.remove(key);
+        } else if file
+            && let Some(Value::String(path)) = map.get(key)
+            && !std::path::Path::new(path).is_file()
+        {
+            eprintln!(
+                "warning: the snapshot's config names {key} = {path}, which is not here; going on without it (give \
+                 --set {key}=... if this job needs it)"
+            );
+            map.remove(key);
+        }
+    }
 }
 
 fn apply_limit(limits: &mut Limits, key: &str, value: &str) -> Result<()> {

@@ -38,7 +38,7 @@ pub use error::{Error, Result};
 pub use id::Id;
 pub use repofile::keycache::KeyCache;
 pub use repofile::keyfile::KdfParams;
-pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary};
+pub use repofile::snapshot::{BackupKind, PluginIdentity, SnapshotManifest, SnapshotSummary, holds_secret};
 pub use repofile::stream::{StreamCheckpoint, StreamNeed, StreamOwner};
 pub use repofile::tree::{Entry, EntryKind};
 pub use repofile::wal::WalObject;

@@ -264,10 +264,11 @@ impl PluginState {
         if name.chars().count() > SHOWN_NAME {
             shown.push('…');
         }
-        tracing::warn!(
-            "plugin {} asked for the {kind} record of `{shown}`, a name that was not granted; refused, and no query \
-             was made",
-            printable(&self.job.plugin)
+        self.job.refusals.warn(
+            &self.job.plugin,
+            &format!(
+                "asked for the {kind} record of `{shown}`, a name that was not granted; refused, and no query was made"
+            ),
         );
         WitError::AccessDenied(format!(
             "the {kind} record of `{shown}`: not a name the operator granted (coffer answers only for the host of a \

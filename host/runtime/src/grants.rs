@@ -38,8 +38,9 @@ pub enum Permission {
     /// Open TCP connections to an address (`host:port` as typed, and the
     /// socket addresses it resolved to when granted).
     Connect(String, Vec<SocketAddr>),
-    /// Send HTTP requests to an authority (`https://host:port`).
-    Http(String),
+    /// Send HTTP requests to an authority (`https://host:port`), at the
+    /// addresses its host resolved to when granted.
+    Http(String, Vec<SocketAddr>),
 }
 
 impl Permission {
@@ -49,7 +50,7 @@ impl Permission {
             Permission::ReadDir(p) => format!("read-only access to {}", p.display()),
             Permission::WriteDir(p) => format!("read-write access to {}", p.display()),
             Permission::Connect(a, _) => format!("TCP connections to {a}"),
-            Permission::Http(a) => format!("HTTP requests to {a}"),
+            Permission::Http(a, _) => format!("HTTP requests to {a}"),
         }
     }
 }
@@ -200,6 +201,14 @@ impl GrantRules {
         };
         for (field, def) in props {
             let Some(kind) = def.get("x-coffer-grant") else { continue };
+            // The host fills some of these with secrets (`password` from
+            // `password_file`); a grant's value is shown in messages.
+            if coffer_repo::holds_secret(field) {
+                return Err(format!(
+                    "config field `{}` holds a secret by its name and cannot be a grant",
+                    crate::host::printable(field)
+                ));
+            }
             let name =
                 kind.as_str().ok_or_else(|| format!("config field `{field}`: `x-coffer-grant` must be a string"))?;
             let kind = GrantKind::parse(name).ok_or_else(|| {
@@ -512,9 +521,17 @@ impl GrantSet {
         let err = |reason: String| GrantError::Address { key: key.into(), value: without_password(value), reason };
         let u = url::Url::parse(value).map_err(|e| err(format!("not a URL ({e})")))?;
         let authority = http_authority(&u).map_err(err)?;
-        if !self.permissions.iter().any(|p| matches!(p, Permission::Http(a) if *a == authority)) {
-            self.permissions.push(Permission::Http(authority));
+        if self.permissions.iter().any(|p| matches!(p, Permission::Http(a, _) if *a == authority)) {
+            return Ok(());
         }
+        // Resolved now, by the host, like a `connect` grant: requests go to
+        // these addresses, whatever the name resolves to later.
+        let host_port = authority.split_once("://").map(|(_, hp)| hp.to_string()).unwrap_or_default();
+        let addrs = resolve(&host_port).map_err(|e| err(format!("cannot resolve {host_port} ({e})")))?;
+        if addrs.is_empty() {
+            return Err(err(format!("{host_port} resolved to no address")));
+        }
+        self.permissions.push(Permission::Http(authority, addrs));
         Ok(())
     }
 
@@ -606,14 +623,22 @@ impl GrantSet {
         }
         self.permissions.iter().any(|g| match g {
             Permission::Connect(hp, _) => host_of(hp).eq_ignore_ascii_case(name),
-            Permission::Http(a) => a.split_once("://").is_some_and(|(_, hp)| host_of(hp).eq_ignore_ascii_case(name)),
+            Permission::Http(a, _) => a.split_once("://").is_some_and(|(_, hp)| host_of(hp).eq_ignore_ascii_case(name)),
             _ => false,
         })
     }
 
     /// True if HTTP requests to `authority` (`https://host:port`) were granted.
     pub fn allows_http(&self, authority: &str) -> bool {
-        self.permissions.iter().any(|g| matches!(g, Permission::Http(a) if a.eq_ignore_ascii_case(authority)))
+        self.http_addrs(authority).is_some()
+    }
+
+    /// The addresses a granted HTTP authority resolved to when granted.
+    pub(crate) fn http_addrs(&self, authority: &str) -> Option<&[SocketAddr]> {
+        self.permissions.iter().find_map(|g| match g {
+            Permission::Http(a, addrs) if a.eq_ignore_ascii_case(authority) => Some(addrs.as_slice()),
+            _ => None,
+        })
     }
 
     /// Builds the grants a config implies, and rewrites directory values in
@@ -665,7 +690,9 @@ impl GrantSet {
                 return Ok(g);
             }
         };
-        let mut verify: Option<Verify> = None;
+        let mut verify: Option<(Verify, String)> = None;
+        let mut bearer_field = String::new();
+        let mut client_fields = (String::from("cert_file"), String::from("key_file"));
         for (key, kind) in declared {
             let Some(value) = map.get_mut(key) else { continue };
             if value.is_null() {
@@ -686,7 +713,13 @@ impl GrantSet {
                         g.grant_dirs(key, value, false)?;
                     }
                 }
-                GrantKind::WriteDir => g.grant_dirs(key, value, true)?,
+                // Only a restore writes; a backup or verify that could
+                // write would change what it reads.
+                GrantKind::WriteDir => {
+                    if purpose == Purpose::Restore {
+                        g.grant_dirs(key, value, true)?;
+                    }
+                }
                 GrantKind::Connect | GrantKind::Http => {
                     let items: Vec<String> = match value {
                         serde_json::Value::Array(a) => a.iter().map(text).collect::<Result<_, _>>()?,
@@ -709,10 +742,14 @@ impl GrantSet {
                     let token = std::str::from_utf8(&raw)
                         .map_err(|_| file_err(&path, "not UTF-8 text".into()))?
                         .trim_end_matches(['\n', '\r']);
-                    if token.is_empty() || token.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                        return Err(file_err(&path, "must hold one line: the token".into()));
+                    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(file_err(
+                            &path,
+                            "must hold one line: the token, in printable ASCII without spaces".into(),
+                        ));
                     }
                     g.bearer = Some(Arc::new(Zeroizing::new(token.to_string())));
+                    bearer_field = key.clone();
                 }
                 GrantKind::TlsCa => {
                     let path = text(value)?;
@@ -723,10 +760,12 @@ impl GrantSet {
                 GrantKind::TlsClientCert => {
                     let path = text(value)?;
                     g.tls.client_chain = Some(crate::tls::read_certificates(&path).map_err(|e| file_err(&path, e))?);
+                    client_fields.0 = key.clone();
                 }
                 GrantKind::TlsClientKey => {
                     let path = text(value)?;
                     g.tls.client_key = Some(Arc::new(crate::tls::read_key(&path).map_err(|e| file_err(&path, e))?));
+                    client_fields.1 = key.clone();
                 }
                 GrantKind::TlsVerify => {
                     let v = Verify::parse(value).ok_or_else(|| GrantError::File {
@@ -736,22 +775,57 @@ impl GrantSet {
                                  (require)"
                             .into(),
                     })?;
-                    verify = Some(v);
+                    let raw = value.as_str().unwrap_or_default().to_ascii_lowercase();
+                    verify = Some((v, raw));
                 }
             }
         }
         if g.tls.client_chain.is_some() != g.tls.client_key.is_some() {
+            let (cert, key) = &client_fields;
+            let (given, missing) = if g.tls.client_chain.is_some() { (cert, key) } else { (key, cert) };
             return Err(GrantError::File {
-                key: "tls".into(),
+                key: given.clone(),
                 path: String::new(),
-                reason: "a client certificate needs its key and a key its certificate: give both".into(),
+                reason: format!("a client certificate needs both its certificate and its key: give `{missing}` too"),
             });
         }
-        if let Some(v) = verify {
-            if v != Verify::Full && g.has_network() {
+        if let Some((mut v, raw)) = verify {
+            // libpq: `require` with a CA to check against checks the chain.
+            if raw == "require" && !g.tls.extra_roots.is_empty() {
+                v = Verify::Chain;
+            }
+            // `disable` asks for no TLS at all: nothing to warn about.
+            if v != Verify::Full && raw != "disable" && g.has_network() {
                 tracing::warn!("as the config says: {}", v.describe());
             }
             g.tls.verify = v;
+        }
+        if g.bearer.is_some() {
+            // The token goes to one server, over TLS whose certificate is
+            // checked: never in clear text, never to a second authority a
+            // plugin's schema could name.
+            let http: Vec<&str> = g
+                .permissions
+                .iter()
+                .filter_map(|p| match p {
+                    Permission::Http(a, _) => Some(a.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let why = match http.as_slice() {
+                [] => Some("no `http` field was given, so the token has nowhere to go".to_string()),
+                [one] if !one.starts_with("https://") => {
+                    Some(format!("{one} is not HTTPS; a bearer token is never sent in clear text"))
+                }
+                [_] if g.tls.verify != Verify::Full => Some(
+                    "servers' certificates are not fully checked; a bearer token goes only to a checked server".into(),
+                ),
+                [_] => None,
+                _ => Some(format!("{} HTTP authorities were granted; a bearer token goes to one", http.len())),
+            };
+            if let Some(reason) = why {
+                return Err(GrantError::File { key: bearer_field, path: String::new(), reason });
+            }
         }
         Ok(g)
     }
@@ -785,7 +859,7 @@ impl GrantSet {
             Permission::ReadDir(p) => self.dir_covering(p).is_some(),
             Permission::WriteDir(p) => matches!(self.dir_covering(p), Some((_, true))),
             Permission::Connect(_, addrs) => !addrs.is_empty() && addrs.iter().all(|a| self.allows_addr(*a)),
-            Permission::Http(a) => self.allows_http(a),
+            Permission::Http(a, _) => self.allows_http(a),
         }
     }
 
@@ -800,7 +874,7 @@ impl GrantSet {
             let (root, w) = match g {
                 Permission::ReadDir(r) => (r.as_path(), false),
                 Permission::WriteDir(r) => (r.as_path(), true),
-                Permission::Connect(..) | Permission::Http(_) => continue,
+                Permission::Connect(..) | Permission::Http(..) => continue,
             };
             if p.starts_with(root) && best.is_none_or(|(b, _)| root.as_os_str().len() > b.as_os_str().len()) {
                 best = Some((root, w));
@@ -827,7 +901,7 @@ impl GrantSet {
 
     /// True if any network use was granted.
     pub(crate) fn has_network(&self) -> bool {
-        self.permissions.iter().any(|g| matches!(g, Permission::Connect(..) | Permission::Http(_)))
+        self.permissions.iter().any(|g| matches!(g, Permission::Connect(..) | Permission::Http(..)))
     }
 
     /// Applies the grants to a WASI context: preopens and the socket check.
@@ -836,7 +910,7 @@ impl GrantSet {
             let (root, perms) = match g {
                 Permission::ReadDir(r) => (r, FsPerms::ReadOnly),
                 Permission::WriteDir(r) => (r, FsPerms::ReadWrite),
-                Permission::Connect(..) | Permission::Http(_) => continue,
+                Permission::Connect(..) | Permission::Http(..) => continue,
             };
             let guest = root.to_str().expect("granted paths are UTF-8");
             b.preopened_dir(root, guest, perms).map_err(|e| GrantError::Directory {
@@ -1003,26 +1077,72 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "abc.def\n").unwrap();
         let rules = GrantRules::Declared(vec![
+            ("api".into(), GrantKind::Http),
             ("token_file".into(), GrantKind::SecretFile),
             ("ca_file".into(), GrantKind::TlsCa),
             ("key_file".into(), GrantKind::TlsClientKey),
             ("sslmode".into(), GrantKind::TlsVerify),
         ]);
-        let mut cfg = serde_json::json!({"token_file": token.to_str().unwrap(), "sslmode": "verify-ca"});
+        let token_path = token.to_str().unwrap();
+        let mut cfg = serde_json::json!({"api": "https://localhost:6443/", "token_file": token_path});
         let g = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap();
         assert_eq!(g.bearer().unwrap().as_str(), "abc.def");
-        assert_eq!(g.tls().verify, Verify::Chain);
         // The token file is not a directory grant: the plugin cannot open it.
         assert!(!g.allows(&Permission::ReadDir(dir.path().to_path_buf())));
+        // A token goes only to one HTTPS server whose certificate is checked.
+        for (cfg, why) in [
+            (serde_json::json!({"token_file": token_path}), "nowhere to go"),
+            (serde_json::json!({"api": "http://localhost:8080/", "token_file": token_path}), "clear text"),
+            (
+                serde_json::json!({"api": "https://localhost:6443/", "token_file": token_path, "sslmode": "require"}),
+                "not fully checked",
+            ),
+            (
+                serde_json::json!({"api": ["https://localhost:1/", "https://localhost:2/"], "token_file": token_path}),
+                "goes to one",
+            ),
+        ] {
+            let e = GrantSet::for_job(&mut cfg.clone(), &rules, Purpose::Read).unwrap_err().to_string();
+            assert!(e.contains("`token_file`") && e.contains(why) && !e.contains("abc.def"), "{e}");
+        }
 
-        let mut cfg = serde_json::json!({"ca_file": token.to_str().unwrap()});
+        let mut cfg = serde_json::json!({"ca_file": token_path});
         let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
         assert!(e.contains("`ca_file`") && e.contains("no PEM certificate"), "{e}");
-        let mut cfg = serde_json::json!({"key_file": token.to_str().unwrap()});
+        let mut cfg = serde_json::json!({"key_file": token_path});
         let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
         assert!(e.contains("`key_file`") && e.contains("private key") && !e.contains("abc.def"), "{e}");
         let mut cfg = serde_json::json!({"sslmode": "sometimes"});
         let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
         assert!(e.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn verification_follows_libpq_where_it_can() {
+        let rules = GrantRules::Declared(vec![("sslmode".into(), GrantKind::TlsVerify)]);
+        for (mode, want) in [
+            ("prefer", Verify::Full),
+            ("allow", Verify::Full),
+            ("require", Verify::Off),
+            ("verify-ca", Verify::Chain),
+            ("verify-full", Verify::Full),
+        ] {
+            let g = GrantSet::for_job(&mut serde_json::json!({"sslmode": mode}), &rules, Purpose::Read).unwrap();
+            assert_eq!(g.tls().verify, want, "{mode}");
+        }
+    }
+
+    #[test]
+    fn secret_fields_cannot_be_grants_and_write_dirs_are_for_restores() {
+        let e = GrantRules::from_schema(r#"{"properties":{"password":{"x-coffer-grant":"tls-ca"}}}"#).unwrap_err();
+        assert!(e.contains("`password`") && e.contains("secret"), "{e}");
+        assert!(GrantRules::from_schema(r#"{"properties":{"token_file":{"x-coffer-grant":"secret-file"}}}"#).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let rules = GrantRules::Declared(vec![("spool".into(), GrantKind::WriteDir)]);
+        let mut cfg = serde_json::json!({"spool": dir.path().to_str().unwrap()});
+        let g = GrantSet::for_job(&mut cfg.clone(), &rules, Purpose::Read).unwrap();
+        assert!(g.permissions().is_empty(), "a backup writes nowhere");
+        let g = GrantSet::for_job(&mut cfg, &rules, Purpose::Restore).unwrap();
+        assert!(g.allows(&Permission::WriteDir(dir.path().canonicalize().unwrap())));
     }
 }

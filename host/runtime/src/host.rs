@@ -205,6 +205,31 @@ pub(crate) struct JobState {
     pub(crate) streams: Option<crate::streams::StreamJob>,
     /// The streams the snapshot being written declared it needs.
     pub(crate) needs: std::collections::HashSet<String>,
+    /// Network refusals, counted for the log.
+    pub(crate) refusals: Arc<Refusals>,
+}
+
+/// Refusals a job's plugin provoked (a name, an address, a certificate,
+/// an authority it was not granted). Each is logged for the operator, up
+/// to [`LOGGED_REFUSALS`] per job: a plugin that loops on refusals must not
+/// flood the host's log.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals(std::sync::atomic::AtomicU64);
+
+/// Refusals logged per job; the rest are counted.
+pub(crate) const LOGGED_REFUSALS: u64 = 20;
+
+impl Refusals {
+    /// Logs `message` about `plugin` at warn, unless this job already
+    /// logged [`LOGGED_REFUSALS`].
+    pub(crate) fn warn(&self, plugin: &str, message: &str) {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < LOGGED_REFUSALS {
+            tracing::warn!("plugin {}: {message}", printable(plugin));
+        } else if n == LOGGED_REFUSALS {
+            tracing::warn!("plugin {}: more refusals; this job logs no further ones", printable(plugin));
+        }
+    }
 }
 
 /// The data of one plugin instance's store.

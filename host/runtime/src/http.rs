@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use zeroize::Zeroizing;
 
 use crate::grants::GrantSet;
-use crate::host::printable;
+use crate::host::{Refusals, printable};
 
 /// Largest request body a plugin may send.
 pub const MAX_REQUEST_BODY: u64 = 64 << 20;
@@ -30,6 +31,9 @@ pub const MAX_RESPONSE_BODY: u64 = 1 << 30;
 /// Longest a connection or a response's first byte may take, unless the
 /// plugin asks for less (and never past the job's deadline).
 const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+/// Most HTTP connections one job holds open at once (each is a socket of
+/// the host's).
+pub const MAX_CONNECTIONS: usize = 32;
 
 /// coffer's `wasi:http` hooks for one job.
 pub(crate) struct CofferHttp {
@@ -39,10 +43,13 @@ pub(crate) struct CofferHttp {
     bearer: Option<Arc<Zeroizing<String>>>,
     deadline: Instant,
     plugin: String,
+    refusals: Arc<Refusals>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
 }
 
 impl CofferHttp {
-    pub(crate) fn new(plugin: &str, grants: Arc<GrantSet>, deadline: Instant) -> Self {
+    pub(crate) fn new(plugin: &str, grants: Arc<GrantSet>, deadline: Instant, refusals: Arc<Refusals>) -> Self {
         let tls = if grants.has_network() { grants.tls().client_config() } else { Err("no network".into()) };
         CofferHttp {
             ca_given: !grants.tls().extra_roots.is_empty(),
@@ -51,7 +58,18 @@ impl CofferHttp {
             grants,
             deadline,
             plugin: plugin.to_string(),
+            refusals,
+            open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+}
+
+/// One open connection of a job, counted until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -69,25 +87,37 @@ impl WasiHttpHooks for CofferHttp {
     ) -> SendFuture {
         drop(fut);
         let plugin = self.plugin.clone();
-        let refuse = |m: String| {
-            tracing::warn!("plugin {}: {m}", printable(&plugin));
-        };
+        let refusals = Arc::clone(&self.refusals);
         let checked = (|| {
+            // TRACE echoes the request, headers included, back to the plugin.
+            if request.method() == http::Method::TRACE || request.method() == http::Method::CONNECT {
+                refusals.warn(&plugin, &format!("HTTP {} refused: coffer sends no such request", request.method()));
+                return Err(Error::HttpRequestMethodInvalid);
+            }
             let uri = request.uri();
             let url = url::Url::parse(&uri.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
             let authority = crate::grants::http_authority(&url).map_err(|_| Error::HttpRequestUriInvalid)?;
-            if !self.grants.allows_http(&authority) {
-                refuse(format!("HTTP request to {} refused: that authority was not granted", printable(&authority)));
+            let Some(addrs) = self.grants.http_addrs(&authority) else {
+                refusals.warn(
+                    &plugin,
+                    &format!("HTTP request to {} refused: that authority was not granted", printable(&authority)),
+                );
                 return Err(Error::HttpRequestDenied);
+            };
+            let was = self.open.fetch_add(1, Ordering::Relaxed);
+            let open = Open(Arc::clone(&self.open));
+            if was >= MAX_CONNECTIONS {
+                refusals.warn(&plugin, &format!("more than {MAX_CONNECTIONS} HTTP connections open at once; refused"));
+                return Err(Error::ConnectionLimitReached);
             }
-            Ok((url, authority))
+            Ok((url, authority, addrs.to_vec(), open))
         })();
         let tls = self.tls.clone();
         let ca_given = self.ca_given;
         let bearer = self.bearer.clone();
         let deadline = self.deadline;
         Box::new(async move {
-            let (url, authority) = checked?;
+            let (url, authority, addrs, open) = checked?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let wait = |asked: Option<Duration>| asked.unwrap_or(DEFAULT_WAIT).min(remaining);
             let connect_wait = wait(options.and_then(|o| o.connect_timeout));
@@ -102,7 +132,10 @@ impl WasiHttpHooks for CofferHttp {
                 .trim_end_matches(']')
                 .to_string();
             let port = url.port_or_known_default().ok_or(Error::HttpRequestUriInvalid)?;
-            let tcp = tokio::time::timeout(connect_wait, tokio::net::TcpStream::connect((host.as_str(), port)))
+            debug_assert!(addrs.iter().all(|a| a.port() == port));
+            // The addresses resolved when the authority was granted, not a
+            // new lookup that could answer otherwise.
+            let tcp = tokio::time::timeout(connect_wait, tokio::net::TcpStream::connect(&addrs[..]))
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(|e| match e.kind() {
@@ -118,7 +151,8 @@ impl WasiHttpHooks for CofferHttp {
                 .build()
                 .map_err(|_| Error::HttpRequestUriInvalid)?;
             if let Some(token) = &bearer {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
+                let line = Zeroizing::new(format!("Bearer {}", token.as_str()));
+                let mut v = HeaderValue::from_str(&line)
                     .map_err(|_| Error::InternalError(Some("the bearer token is not a valid header value".into())))?;
                 v.set_sensitive(true);
                 parts.headers.insert(AUTHORIZATION, v);
@@ -142,7 +176,7 @@ impl WasiHttpHooks for CofferHttp {
                             Some(r) => crate::tls::explain(&printable(&host), r, ca_given),
                             None => format!("TLS with {} failed: {e}", printable(&host)),
                         };
-                        tracing::warn!("plugin {}: {m}", printable(&plugin));
+                        refusals.warn(&plugin, &m);
                         Error::InternalError(Some(m))
                     })?;
                 Box::new(s)
@@ -163,7 +197,10 @@ impl WasiHttpHooks for CofferHttp {
             let response = response.map(|incoming| {
                 Capped { inner: incoming, read: 0, between: between_bytes, timer: None, deadline }.boxed_unsync()
             });
+            // The connection counts as open until hyper is done with it or
+            // the response is dropped.
             let done: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async move {
+                let _open = open;
                 match driver.await {
                     Ok(r) => r.map_err(Error::from),
                     Err(_) => Ok(()),

@@ -440,6 +440,9 @@ impl Bound {
     }
 }
 
+/// Most resources (handles) one plugin instance may hold at once.
+const MAX_RESOURCES: usize = 65_536;
+
 impl LoadedPlugin {
     fn new_store(&self, opts: &JobOptions) -> Result<Store<PluginState>, JobError> {
         let mut b = WasiCtxBuilder::new();
@@ -455,6 +458,7 @@ impl LoadedPlugin {
         b.stderr(stderr.clone());
         b.stdout(MemoryOutputPipe::new(STDERR_KEPT));
         let grants = Arc::new(opts.grants.clone());
+        let refusals = Arc::new(crate::host::Refusals::default());
         let job = JobState {
             plugin: self.label.clone(),
             grants: Arc::clone(&grants),
@@ -480,17 +484,25 @@ impl LoadedPlugin {
             owner: self.stream_owner(),
             streams: None,
             needs: Default::default(),
+            refusals: Arc::clone(&refusals),
         };
         let tls = wasmtime_wasi_tls::WasiTlsCtxBuilder::new()
-            .provider(Box::new(crate::tls::CofferTls::new(&self.label, Arc::clone(&grants))))
+            .provider(Box::new(crate::tls::CofferTls::new(&self.label, Arc::clone(&grants), Arc::clone(&refusals))))
             .build();
-        let http_hooks = crate::http::CofferHttp::new(&self.label, Arc::clone(&grants), job.deadline);
+        let http_hooks = crate::http::CofferHttp::new(&self.label, Arc::clone(&grants), job.deadline, refusals);
         let state = PluginState {
             wasi: b.build(),
             tls,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks,
-            table: ResourceTable::new(),
+            table: {
+                // Every handle a plugin holds (files, sockets, streams,
+                // pollables, lookups) is host memory the memory cap does
+                // not count; wasmtime's default allows a million.
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(MAX_RESOURCES);
+                t
+            },
             limiter: MemoryLimiter { limit: opts.limits.memory, used: 0, denied: None },
             stderr,
             job,
@@ -588,9 +600,12 @@ impl LoadedPlugin {
         }
         for c in &info.capabilities {
             let (perm, hint) = match c {
-                t::Capability::ReadDir(d) => {
-                    (Permission::ReadDir(d.into()), "name the directory in the config (`--set path=DIR`)".to_string())
-                }
+                t::Capability::ReadDir(d) => (
+                    Permission::ReadDir(d.into()),
+                    "name the directory in the config field the plugin declares for it (`coffer plugin inspect` \
+                     lists them; `--set path=DIR` for most)"
+                        .to_string(),
+                ),
                 t::Capability::WriteDir(d) => {
                     (Permission::WriteDir(d.into()), "restore with `--target DIR`".to_string())
                 }
@@ -602,7 +617,8 @@ impl LoadedPlugin {
                         return Err(JobError::NotGranted {
                             plugin: plugin.into(),
                             needed: shown(Permission::Connect(a.clone(), Vec::new()).display_name()),
-                            hint: "give that address in the config (`--set url=...`), spelled as the plugin \
+                            hint: "give that address in the config field the plugin declares for it (`coffer \
+                                   plugin inspect` lists them; `--set url=...` for most), spelled as the plugin \
                                    declares it; coffer never looks up a name a plugin chose"
                                 .into(),
                         });

@@ -65,9 +65,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
                 if name.chars().count() > SHOWN_NAME {
                     shown.push('…');
                 }
-                tracing::warn!(
-                    "plugin {} looked up `{shown}`, a name that was not granted; refused, and no query was made",
-                    printable(&state.job.plugin)
+                state.job.refusals.warn(
+                    &state.job.plugin,
+                    &format!("looked up `{shown}`, a name that was not granted; refused, and no query was made"),
                 );
                 return Ok((Err(ErrorCode::AccessDenied),));
             };

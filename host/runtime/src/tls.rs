@@ -41,19 +41,21 @@ pub enum Verify {
 
 impl Verify {
     /// Parses a `tls-verify` value: `true`/`false`, `full`, `chain`, `off`,
-    /// or libpq's `sslmode` words (`disable`, `allow`, `prefer` and
-    /// `require` do not verify; `verify-ca` checks the chain; `verify-full`
-    /// everything).
+    /// or libpq's `sslmode` words (`require` does not verify, `verify-ca`
+    /// checks the chain, `verify-full`, `prefer` and `allow` everything;
+    /// `disable` means no TLS). `require` with a granted CA checks the
+    /// chain, as libpq does (decided where the CA is known).
     pub fn parse(value: &serde_json::Value) -> Option<Verify> {
         match value {
             serde_json::Value::Bool(true) => Some(Verify::Full),
             serde_json::Value::Bool(false) => Some(Verify::Off),
             serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
-                "full" | "verify-full" | "true" | "yes" | "on" => Some(Verify::Full),
+                // libpq's `prefer` and `allow` promise nothing; coffer
+                // checks what it gets and the plugin falls back to plain
+                // TCP when the check fails, as it does when none is typed.
+                "full" | "verify-full" | "true" | "yes" | "on" | "prefer" | "allow" => Some(Verify::Full),
                 "chain" | "ca" | "verify-ca" => Some(Verify::Chain),
-                "off" | "none" | "false" | "no" | "insecure" | "disable" | "allow" | "prefer" | "require" => {
-                    Some(Verify::Off)
-                }
+                "off" | "none" | "false" | "no" | "insecure" | "disable" | "require" => Some(Verify::Off),
                 _ => None,
             },
             _ => None,
@@ -295,13 +297,14 @@ pub(crate) struct CofferTls {
     grants: Arc<GrantSet>,
     ca_given: bool,
     plugin: String,
+    refusals: Arc<crate::host::Refusals>,
 }
 
 impl CofferTls {
-    pub(crate) fn new(plugin: &str, grants: Arc<GrantSet>) -> Self {
+    pub(crate) fn new(plugin: &str, grants: Arc<GrantSet>, refusals: Arc<crate::host::Refusals>) -> Self {
         let tls = grants.tls();
         let config = if grants.has_network() { tls.client_config() } else { Err("no network was granted".into()) };
-        CofferTls { config, ca_given: !tls.extra_roots.is_empty(), grants, plugin: plugin.to_string() }
+        CofferTls { config, ca_given: !tls.extra_roots.is_empty(), grants, plugin: plugin.to_string(), refusals }
     }
 }
 
@@ -313,9 +316,10 @@ impl TlsProvider for CofferTls {
         let allowed = self.grants.allows_server_name(&server_name);
         let ca_given = self.ca_given;
         let plugin = self.plugin.clone();
+        let refusals = Arc::clone(&self.refusals);
         Box::pin(async move {
             let fail = |m: String| {
-                tracing::warn!("plugin {plugin}: {m}");
+                refusals.warn(&plugin, &m);
                 wasmtime_wasi_tls::Error::msg(m)
             };
             let shown = crate::host::printable(&server_name);
@@ -403,6 +407,7 @@ mod tests {
         assert_eq!(Verify::parse(&serde_json::json!("verify-full")), Some(Verify::Full));
         assert_eq!(Verify::parse(&serde_json::json!("verify-ca")), Some(Verify::Chain));
         assert_eq!(Verify::parse(&serde_json::json!("require")), Some(Verify::Off));
+        assert_eq!(Verify::parse(&serde_json::json!("prefer")), Some(Verify::Full));
         assert_eq!(Verify::parse(&serde_json::json!(false)), Some(Verify::Off));
         assert_eq!(Verify::parse(&serde_json::json!("maybe")), None);
         assert_eq!(Verify::default(), Verify::Full);

@@ -138,16 +138,15 @@ const SECRET_WORDS: [&str; 8] = ["password", "passwd", "secret", "token", "crede
 
 /// Redacts secrets in a plugin config: values under keys that look secret,
 /// and passwords embedded in URLs (`scheme://user:pass@host`).
+///
+/// A key holds a secret when its name says so ([`holds_secret`]).
 pub fn redact_config(value: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let lk = k.to_ascii_lowercase().replace('-', "_");
-                    let secret = SECRET_WORDS.iter().any(|w| lk.contains(w)) || lk == "key" || lk.ends_with("_key");
-                    // `_file` and `_env` keys name where a secret is, not the secret.
-                    let v = if secret && !v.is_null() && !lk.ends_with("_file") && !lk.ends_with("_env") {
+                    let v = if holds_secret(k) && !v.is_null() {
                         Value::String("<redacted>".into())
                     } else {
                         redact_config(v)
@@ -160,6 +159,15 @@ pub fn redact_config(value: &serde_json::Value) -> serde_json::Value {
         Value::String(s) => Value::String(redact_url(s)),
         other => other.clone(),
     }
+}
+
+/// True when a config key's value is a secret by its name (`password`,
+/// `api_token`, `key`, `tls_key`, ...); keys ending in `_file` or `_env`
+/// name where a secret is, not the secret.
+pub fn holds_secret(key: &str) -> bool {
+    let lk = key.to_ascii_lowercase().replace('-', "_");
+    let secret = SECRET_WORDS.iter().any(|w| lk.contains(w)) || lk == "key" || lk.ends_with("_key");
+    secret && !lk.ends_with("_file") && !lk.ends_with("_env")
 }
 
 fn redact_url(s: &str) -> String {
