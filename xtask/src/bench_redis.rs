@@ -51,37 +51,12 @@ fn certificates(dir: &Path) -> Result<()> {
         }
         Ok(())
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=coffer bench CA",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ])?;
+    // A P-256 key, unencrypted, for each certificate.
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout"];
+    let ca = ["ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=coffer bench CA"];
+    run(&[&["req", "-x509"][..], &key, &ca].concat())?;
+    let server = ["server.key", "-out", "server.csr", "-subj", "/CN=localhost"];
+    run(&[&["req"][..], &key, &server].concat())?;
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")?;
     run(&[
         "x509",
