@@ -1,0 +1,666 @@
+//! coffer's `mongodb` plugin.
+//!
+//! - **Backup of a mongodump directory** (`--set dump_dir=DIR`): every
+//!   `<db>/<coll>.bson` and `<db>/<coll>.metadata.json`, the collection
+//!   files at the top, `oplog.bson` and `prelude.json`, stored under the
+//!   same paths byte for byte. Each `.bson` is read one document at a time
+//!   while it is copied and every document is checked element by element
+//!   ([`bsonfile`]); damage is stored as the dump holds it, with a warning
+//!   naming the document and its byte offset.
+//! - **Verify** walks every `.bson` entry again (document counts against
+//!   the backup's, oplog `ts` order) and checks every `.metadata.json`
+//!   against what mongorestore and the server accept ([`dump`]).
+//! - **Restore** into a directory (`--target DIR`) writes the mongodump
+//!   layout back, byte for byte, for `mongorestore DIR`.
+//!
+//! Backing up a live server over the wire protocol (`url`) is not built
+//! yet; its config fields are declared so that grants and TLS settings are
+//! already the ones it will use.
+
+pub mod bsonfile;
+pub mod dump;
+
+use std::fs;
+use std::io::{Read, Write};
+
+use coffer_sdk::{
+    Capability, Config, ConfigError, EntryKind, EntryMeta, Error, Plugin, PluginInfo, RestoreOptions, Sink,
+    SnapshotReader, Timestamp, VerifyReport, host,
+};
+use dump::{DumpFile, Filter};
+use serde::Deserialize;
+
+/// The plugin.
+pub struct MongoDb;
+
+/// `coffer backup mongodb --set dump_dir=DIR [--set databases=a,b]
+/// [--set collections=db.coll,...] [--set exclude=db,db.coll,...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// A directory `mongodump` wrote (granted read-only).
+    #[serde(default)]
+    dump_dir: Option<String>,
+    /// `mongodb://` or `mongodb+srv://` URL of a server: not built yet.
+    #[serde(default)]
+    url: Option<String>,
+    /// User for the server; the URL's when absent.
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+    /// Password. The host fills it from `password_file` or `password_env`
+    /// and never stores it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    password: Option<String>,
+    /// Read by the host into `password`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    password_file: Option<String>,
+    /// Read by the host into `password`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    password_env: Option<String>,
+    /// Only these databases (none: all).
+    #[serde(default)]
+    databases: Vec<String>,
+    /// Only these `db.coll` namespaces (none: all), besides `databases`.
+    #[serde(default)]
+    collections: Vec<String>,
+    /// Never these databases (`db`) or namespaces (`db.coll`).
+    #[serde(default)]
+    exclude: Vec<String>,
+    /// TLS: a CA certificate file trusted besides the system's; read by the
+    /// host only.
+    #[serde(default)]
+    #[allow(dead_code)]
+    ca_file: Option<String>,
+    /// The client certificate the host presents; read by the host only.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cert_file: Option<String>,
+    /// Its key; read by the host only, never by this plugin.
+    #[serde(default)]
+    #[allow(dead_code)]
+    key_file: Option<String>,
+    /// How strictly the host checks the server (read by the host).
+    #[serde(default)]
+    #[allow(dead_code)]
+    tls_verify: Option<serde_json::Value>,
+}
+
+impl Config for MongoConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.url
+            && !(u.starts_with("mongodb://") || u.starts_with("mongodb+srv://"))
+        {
+            return Err(ConfigError::field("url", "must start with mongodb:// or mongodb+srv://"));
+        }
+        if self.url.is_some() && self.dump_dir.is_some() {
+            return Err(ConfigError::field(
+                "dump_dir",
+                "give either url (a server) or dump_dir (a mongodump directory), not both",
+            ));
+        }
+        if let Some(d) = &self.dump_dir
+            && !d.starts_with('/')
+        {
+            return Err(ConfigError::field("dump_dir", "must be an absolute path"));
+        }
+        for db in self.databases.iter().chain(self.exclude.iter().filter(|x| !x.contains('.'))) {
+            if db.is_empty() || db.contains(['/', '\\', ' ', '"', '$', '\0']) {
+                return Err(ConfigError::field("databases", format!("`{db}` is not a database name")));
+            }
+        }
+        for ns in &self.collections {
+            if !ns.split_once('.').is_some_and(|(d, c)| !d.is_empty() && !c.is_empty()) {
+                return Err(ConfigError::field("collections", format!("`{ns}` is not a namespace `db.collection`")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MongoConfig {
+    fn filter(&self) -> Filter {
+        Filter {
+            databases: self.databases.clone(),
+            collections: self.collections.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+
+    fn dump_dir(&self) -> Result<&str, Error> {
+        if self.url.is_some() {
+            return Err(Error::Unsupported(WIRE_NOT_BUILT.into()));
+        }
+        self.dump_dir
+            .as_deref()
+            .map(|d| if d.len() > 1 { d.trim_end_matches('/') } else { d })
+            .ok_or_else(|| Error::InvalidConfig("dump_dir: is required (a directory mongodump wrote)".into()))
+    }
+}
+
+/// What a config with `url` gets until the wire protocol is built.
+const WIRE_NOT_BUILT: &str =
+    "backing up a live server over the wire protocol is not built yet; back up a mongodump directory with dump_dir";
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "properties": {
+    "dump_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "A directory mongodump wrote (<db>/<coll>.bson and .metadata.json, oplog.bson); granted read-only."},
+    "url": {"type": "string", "x-coffer-grant": "connect", "description": "mongodb:// or mongodb+srv:// URL of a server; granted as an address. Backups over the wire protocol are not built yet."},
+    "user": {"type": "string", "description": "User to authenticate as (default: the URL's)."},
+    "password": {"type": "string", "description": "Password; prefer password_file or password_env. Never stored."},
+    "password_file": {"type": "string", "description": "File holding the password, read by the host."},
+    "password_env": {"type": "string", "description": "Environment variable holding the password, read by the host."},
+    "databases": {"type": "array", "items": {"type": "string"}, "description": "Only these databases (comma-separated with --set)."},
+    "collections": {"type": "array", "items": {"type": "string"}, "description": "Only these namespaces db.collection (comma-separated), besides `databases`."},
+    "exclude": {"type": "array", "items": {"type": "string"}, "description": "Leave out these databases (db) and namespaces (db.collection)."},
+    "ca_file": {"type": "string", "x-coffer-grant": "tls-ca", "description": "TLS: PEM file of the CA that signed the server's certificate (tlsCAFile), trusted besides the system's; read by the host."},
+    "cert_file": {"type": "string", "x-coffer-grant": "tls-client-cert", "description": "TLS: PEM client certificate the host presents (tlsCertificateKeyFile's certificate)."},
+    "key_file": {"type": "string", "x-coffer-grant": "tls-client-key", "description": "TLS: its PEM private key; read by the host only, never by the plugin."},
+    "tls_verify": {"type": ["string", "boolean"], "x-coffer-grant": "tls-verify", "description": "TLS: full (the default: chain and host name checked), chain (tlsAllowInvalidHostnames) or off (tlsInsecure)."}
+  }
+}"#;
+
+/// Copy buffer.
+const BUF: usize = 1 << 20;
+/// Per-collection count attributes at most (the host takes 1024 attribute
+/// writes a snapshot; the others need a few).
+const MAX_COUNT_ATTRS: usize = 960;
+/// Longest attribute key the host takes.
+const MAX_ATTR_KEY: usize = 256;
+/// Paths per `restore_files` call.
+const RESTORE_BATCH: usize = 10_000;
+
+/// The attribute holding the document count of the collection file `path`.
+fn count_attr(path: &str) -> String {
+    format!("mongodb.docs.{}", path.strip_suffix(".bson").unwrap_or(path))
+}
+
+/// One file of the dump to take.
+struct Planned {
+    /// Path in the dump and in the snapshot.
+    rel: String,
+    kind: DumpFile,
+    mode: u32,
+    mtime: Timestamp,
+    size: u64,
+}
+
+/// A directory of the dump (one database), with the files taken from it.
+struct PlannedDir {
+    name: String,
+    mode: u32,
+    mtime: Timestamp,
+}
+
+/// Lists what to take from `dir`, warning about what is not a dump file.
+fn plan(dir: &str, filter: &Filter) -> Result<(Vec<PlannedDir>, Vec<Planned>), Error> {
+    let top = host::list_dir(dir)
+        .map_err(|e| e.context(format!("listing the dump directory {dir} (is it a directory mongodump wrote?)")))?;
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    for name in top.special.iter().chain(top.not_utf8.iter()) {
+        skipped.push(name.clone());
+    }
+    for item in top.items {
+        match item.kind {
+            EntryKind::File => match dump::classify(&item.name) {
+                Some(kind) => {
+                    let take = match &kind {
+                        DumpFile::Collection { coll, .. } | DumpFile::Metadata { coll, .. } => filter.takes(None, coll),
+                        DumpFile::Gzip { coll: Some(coll), .. } => filter.takes(None, coll),
+                        _ => true,
+                    };
+                    if take {
+                        files.push(Planned {
+                            rel: item.name,
+                            kind,
+                            mode: item.mode,
+                            mtime: item.mtime,
+                            size: item.size,
+                        });
+                    }
+                }
+                None => skipped.push(item.name),
+            },
+            EntryKind::Dir => {
+                if !filter.may_take_db(&item.name) {
+                    host::debug(format!("database {} is not taken (filters)", item.name));
+                    continue;
+                }
+                let path = format!("{}/{}", dir.trim_end_matches('/'), item.name);
+                let inner = host::list_dir(&path).map_err(|e| e.context(format!("listing {path}")))?;
+                for name in inner.special.iter().chain(inner.not_utf8.iter()) {
+                    skipped.push(format!("{}/{name}", item.name));
+                }
+                let before = files.len();
+                for sub in inner.items {
+                    let rel = format!("{}/{}", item.name, sub.name);
+                    let kind = match (sub.kind, dump::classify(&rel)) {
+                        (EntryKind::File, Some(kind)) => kind,
+                        _ => {
+                            skipped.push(rel);
+                            continue;
+                        }
+                    };
+                    let take = match &kind {
+                        DumpFile::Collection { coll, .. } | DumpFile::Metadata { coll, .. } => {
+                            filter.takes(Some(&item.name), coll)
+                        }
+                        DumpFile::Gzip { coll: Some(coll), .. } => filter.takes(Some(&item.name), coll),
+                        _ => true,
+                    };
+                    if take {
+                        files.push(Planned { rel, kind, mode: sub.mode, mtime: sub.mtime, size: sub.size });
+                    }
+                }
+                if files.len() > before {
+                    dirs.push(PlannedDir { name: item.name, mode: item.mode, mtime: item.mtime });
+                }
+            }
+            EntryKind::Symlink => skipped.push(item.name),
+        }
+    }
+    if !skipped.is_empty() {
+        let shown: Vec<&str> = skipped.iter().take(20).map(String::as_str).collect();
+        host::warn(format!(
+            "skipped {} item{} of {dir} that mongodump does not write (not <db>/<coll>.bson, .metadata.json, \
+             oplog.bson or prelude.json; symlinks are not followed): {}{}",
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if skipped.len() > shown.len() { ", ..." } else { "" }
+        ));
+    }
+    Ok((dirs, files))
+}
+
+/// Copies what is read from `r` into `w`.
+struct Tee<'a, R> {
+    r: R,
+    w: &'a mut coffer_sdk::EntryWriter,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(out)?;
+        self.w.write_all(&out[..n])?;
+        Ok(n)
+    }
+}
+
+/// What a backup found, for attributes and the closing line.
+#[derive(Default)]
+struct Totals {
+    collections: u64,
+    documents: u64,
+    bson_bytes: u64,
+    metadata: u64,
+    damaged: u64,
+    counts: Vec<(String, u64)>,
+    oplog: Option<bsonfile::FileCheck>,
+    gzip: u64,
+}
+
+/// Copies one `.bson` file into `entry`, checking its documents.
+fn copy_bson(
+    src: &str,
+    rel: &str,
+    oplog: bool,
+    entry: &mut coffer_sdk::EntryWriter,
+) -> Result<bsonfile::FileCheck, Error> {
+    let fd = fs::File::open(src).map_err(|e| Error::from(e).context(src))?;
+    let tee = Tee { r: fd, w: entry };
+    let (check, rest) = bsonfile::check_file(tee, oplog, host::cancelled).map_err(|e| {
+        if e.reason == "cancelled" { Error::Cancelled } else { Error::Unavailable(format!("reading {src}: {e}")) }
+    })?;
+    if let Some(d) = &check.damage {
+        host::warn(format!(
+            "{rel}: {d}; stored as the dump holds it ({} valid documents before it), and verify will report it",
+            check.documents
+        ));
+        // The rest of the file, byte for byte.
+        let mut rest = rest;
+        std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| Error::from(e).context(src))?;
+    }
+    for p in &check.order_problems {
+        host::warn(format!("{rel}: {p}"));
+    }
+    Ok(check)
+}
+
+fn snapshot_dump(config: &MongoConfig, sink: &Sink) -> Result<(), Error> {
+    let dir = config.dump_dir()?;
+    let (dirs, files) = plan(dir, &config.filter())?;
+    if files.is_empty() {
+        return Err(Error::Other(format!(
+            "{dir} holds no mongodump files (<db>/<coll>.bson, .metadata.json, oplog.bson){}",
+            if config.databases.is_empty() && config.collections.is_empty() && config.exclude.is_empty() {
+                ""
+            } else {
+                " that the filters take"
+            }
+        )));
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    for d in &dirs {
+        sink.add_entry(EntryMeta::dir(d.name.as_str(), d.mode & 0o7777).mtime(d.mtime))?.finish()?;
+    }
+    let mut t = Totals::default();
+    let mut done = 0u64;
+    let mut buf = vec![0u8; BUF];
+    for f in &files {
+        host::check_cancelled()?;
+        let src = format!("{}/{}", dir.trim_end_matches('/'), f.rel);
+        let mut entry =
+            sink.add_entry(EntryMeta::file(f.rel.as_str(), f.mode & 0o7777).mtime(f.mtime).size_hint(f.size))?;
+        match &f.kind {
+            DumpFile::Collection { .. } | DumpFile::Oplog => {
+                let oplog = f.kind == DumpFile::Oplog;
+                let check = copy_bson(&src, &f.rel, oplog, &mut entry)?;
+                if check.damage.is_some() {
+                    t.damaged += 1;
+                }
+                t.bson_bytes += check.bytes;
+                if oplog {
+                    t.oplog = Some(check);
+                } else {
+                    t.collections += 1;
+                    t.documents += check.documents;
+                    t.counts.push((f.rel.clone(), check.documents));
+                }
+            }
+            DumpFile::Metadata { .. } | DumpFile::Prelude | DumpFile::Gzip { .. } => {
+                let mut fd = fs::File::open(&src).map_err(|e| Error::from(e).context(&src))?;
+                let mut held = Vec::new();
+                loop {
+                    let n = fd.read(&mut buf).map_err(|e| Error::from(e).context(&src))?;
+                    if n == 0 {
+                        break;
+                    }
+                    entry.write_all(&buf[..n])?;
+                    // Metadata files are small; the first 16 MiB are checked.
+                    if held.len() < 16 << 20 && !matches!(f.kind, DumpFile::Gzip { .. }) {
+                        held.extend_from_slice(&buf[..n]);
+                    }
+                }
+                match f.kind {
+                    DumpFile::Metadata { .. } => {
+                        t.metadata += 1;
+                        let c = dump::check_metadata(&held);
+                        for p in c.problems {
+                            host::warn(format!("{}: {p}", f.rel));
+                        }
+                    }
+                    DumpFile::Prelude => {
+                        if serde_json::from_slice::<serde_json::Value>(&held).is_err() {
+                            host::warn(format!("{}: not JSON", f.rel));
+                        }
+                    }
+                    _ => t.gzip += 1,
+                }
+            }
+        }
+        let digest = entry.finish()?;
+        done += digest.size;
+        host::progress(done, Some(total));
+    }
+    sink.set_attribute("mongodb.mode", "dump")?;
+    sink.set_attribute("mongodb.collections", &t.collections.to_string())?;
+    sink.set_attribute("mongodb.documents", &t.documents.to_string())?;
+    sink.set_attribute("mongodb.metadata-files", &t.metadata.to_string())?;
+    sink.set_attribute("mongodb.damaged-files", &t.damaged.to_string())?;
+    let mut unrecorded = 0u64;
+    let mut written = 0usize;
+    for (rel, n) in &t.counts {
+        let key = count_attr(rel);
+        if key.len() > MAX_ATTR_KEY || written >= MAX_COUNT_ATTRS {
+            unrecorded += 1;
+            continue;
+        }
+        sink.set_attribute(&key, &n.to_string())?;
+        written += 1;
+    }
+    if unrecorded > 0 {
+        sink.set_attribute("mongodb.docs-unrecorded", &unrecorded.to_string())?;
+    }
+    if let Some(o) = &t.oplog {
+        sink.set_attribute("mongodb.oplog-entries", &o.documents.to_string())?;
+        if let (Some(first), Some(last)) = (o.first_ts, o.last_ts) {
+            sink.set_attribute("mongodb.oplog-first", &first.to_string())?;
+            sink.set_attribute("mongodb.oplog-last", &last.to_string())?;
+        }
+    }
+    if t.gzip > 0 {
+        sink.set_attribute("mongodb.gzip-files", &t.gzip.to_string())?;
+        host::warn(format!(
+            "{} files are gzip-compressed (mongodump --gzip): stored as they are, their documents not checked or counted",
+            t.gzip
+        ));
+    }
+    host::info(format!(
+        "mongodump directory {dir}: {} collections, {} documents ({} bytes of BSON), {} metadata files{}{}",
+        t.collections,
+        t.documents,
+        t.bson_bytes,
+        t.metadata,
+        match &t.oplog {
+            Some(o) => format!(", oplog of {} entries", o.documents),
+            None => String::new(),
+        },
+        if t.damaged > 0 { format!("; {} damaged .bson files stored as they are", t.damaged) } else { String::new() }
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Restore
+
+fn restore_dir(snapshot: &SnapshotReader, dir: &str, options: &RestoreOptions) -> Result<(), Error> {
+    let empty = fs::read_dir(dir).map_err(|e| Error::from(e).context(dir))?.next().is_none();
+    if !empty && !options.force {
+        return Err(Error::Other(format!(
+            "{dir} is not empty; restore into an empty directory, or pass --force to overwrite the dump's files"
+        )));
+    }
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for e in snapshot.entries() {
+        if !options.includes(&e.path) {
+            continue;
+        }
+        match e.kind {
+            EntryKind::Dir => {
+                let dest = format!("{}/{}", dir.trim_end_matches('/'), e.path);
+                fs::create_dir_all(&dest).map_err(|err| Error::from(err).context(&dest))?;
+                dirs.push(e);
+            }
+            EntryKind::File => {
+                if let Some((parent, _)) = e.path.rsplit_once('/') {
+                    let dest = format!("{}/{parent}", dir.trim_end_matches('/'));
+                    fs::create_dir_all(&dest).map_err(|err| Error::from(err).context(&dest))?;
+                }
+                files.push(e.path);
+            }
+            EntryKind::Symlink => {}
+        }
+    }
+    if files.is_empty() && !options.include.is_empty() {
+        return Err(Error::Other(format!("the snapshot holds no file named {}", options.include.join(", "))));
+    }
+    let mut bytes = 0u64;
+    for batch in files.chunks(RESTORE_BATCH) {
+        host::check_cancelled()?;
+        bytes += snapshot.restore_files(batch)?;
+    }
+    // Directory times last: writing files into them changed them.
+    for d in dirs.iter().rev() {
+        host::set_metadata(&d.path, d.mode, d.mtime)?;
+    }
+    host::info(format!(
+        "wrote {} files ({bytes} bytes) of the mongodump layout into {dir}; load them with `mongorestore {dir}`",
+        files.len()
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Verify
+
+fn verify_dump(snapshot: &SnapshotReader, report: &mut VerifyReport) -> Result<(), Error> {
+    let attrs: std::collections::BTreeMap<String, String> = snapshot.attributes().into_iter().collect();
+    let mut documents = 0u64;
+    let mut seen_counts = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; BUF];
+    for e in snapshot.entries() {
+        if e.kind != EntryKind::File {
+            continue;
+        }
+        host::check_cancelled()?;
+        let Some(kind) = dump::classify(&e.path) else {
+            report.problem(&e.path, "not a file mongodump writes");
+            continue;
+        };
+        match kind {
+            DumpFile::Collection { .. } | DumpFile::Oplog => {
+                let oplog = kind == DumpFile::Oplog;
+                let r = snapshot.open(&e.path)?;
+                let (check, mut rest) = bsonfile::check_file(r, oplog, host::cancelled).map_err(|err| {
+                    if err.reason == "cancelled" {
+                        Error::Cancelled
+                    } else {
+                        Error::Unavailable(format!("reading {}: {err}", e.path))
+                    }
+                })?;
+                report.checked(check.documents + 1, check.bytes);
+                if let Some(d) = &check.damage {
+                    report.problem(&e.path, d.to_string());
+                    // Read the rest, so that the whole entry is read back.
+                    let n = std::io::copy(&mut rest, &mut std::io::sink())
+                        .map_err(|err| Error::from(err).context(&e.path))?;
+                    report.checked(0, n);
+                } else if check.bytes != e.size {
+                    report.problem(&e.path, format!("parsed {} bytes of {}", check.bytes, e.size));
+                }
+                for p in &check.order_problems {
+                    report.problem(&e.path, p.clone());
+                }
+                let (recorded, what) = if oplog {
+                    (attrs.get("mongodb.oplog-entries"), "entries")
+                } else {
+                    documents += check.documents;
+                    let key = count_attr(&e.path);
+                    seen_counts.insert(key.clone());
+                    (attrs.get(&key), "documents")
+                };
+                if let Some(r) = recorded
+                    && *r != check.documents.to_string()
+                {
+                    report.problem(&e.path, format!("holds {} {what}, the backup recorded {r}", check.documents));
+                }
+                if oplog && let (Some(first), Some(last)) = (check.first_ts, check.last_ts) {
+                    report.note(format!("{}: {} entries from ts {first} to {last}", e.path, check.documents));
+                }
+            }
+            DumpFile::Metadata { .. } | DumpFile::Prelude => {
+                let mut r = snapshot.open(&e.path)?;
+                let mut held = Vec::new();
+                loop {
+                    let n = r.read(&mut buf).map_err(|err| Error::from(err).context(&e.path))?;
+                    if n == 0 {
+                        break;
+                    }
+                    if held.len() < 16 << 20 {
+                        held.extend_from_slice(&buf[..n]);
+                    }
+                    report.checked(0, n as u64);
+                }
+                report.checked(1, 0);
+                if kind == DumpFile::Prelude {
+                    if let Err(err) = serde_json::from_slice::<serde_json::Value>(&held) {
+                        report.problem(&e.path, format!("not JSON: {err}"));
+                    }
+                    continue;
+                }
+                let c = dump::check_metadata(&held);
+                for p in c.problems {
+                    report.problem(&e.path, p);
+                }
+                for n in c.notes {
+                    report.note(format!("{}: {n}", e.path));
+                }
+            }
+            DumpFile::Gzip { .. } => {
+                report.note(format!("{}: gzip-compressed (mongodump --gzip), not checked", e.path));
+            }
+        }
+    }
+    for key in attrs.keys().filter(|k| k.starts_with("mongodb.docs.")) {
+        if !seen_counts.contains(key) {
+            let path = format!("{}.bson", &key["mongodb.docs.".len()..]);
+            report.problem(&path, "the backup recorded this collection file; the snapshot does not hold it");
+        }
+    }
+    if let Some(r) = attrs.get("mongodb.documents")
+        && *r != documents.to_string()
+    {
+        report.problem("(dump)", format!("its collections hold {documents} documents, the backup recorded {r}"));
+    }
+    report.note(format!("{documents} documents in the collection files"));
+    Ok(())
+}
+
+impl Plugin for MongoDb {
+    type Config = MongoConfig;
+
+    fn info() -> PluginInfo {
+        PluginInfo::new(
+            "mongodb",
+            env!("CARGO_PKG_VERSION"),
+            "MongoDB: mongodump directories (every BSON document checked), verify, restore into a directory for mongorestore",
+        )
+        .schema(SCHEMA)
+        .restore_modes(true, false)
+    }
+
+    fn source(config: &MongoConfig) -> String {
+        match (&config.dump_dir, &config.url) {
+            (Some(d), _) => format!("mongodb:dump:{}", config.dump_dir().unwrap_or(d)),
+            _ => String::new(),
+        }
+    }
+
+    fn capabilities(config: &MongoConfig) -> Vec<Capability> {
+        config.dump_dir.iter().map(|d| Capability::ReadDir(d.clone())).collect()
+    }
+
+    fn snapshot(config: MongoConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
+        snapshot_dump(&config, sink)
+    }
+
+    fn restore(config: MongoConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
+        if config.url.is_some() {
+            return Err(Error::Unsupported(
+                "restoring into a live server over the wire protocol is not built yet; restore into a directory \
+                 with --target DIR and load it with mongorestore"
+                    .into(),
+            ));
+        }
+        let dir = options.directory()?.to_string();
+        restore_dir(snapshot, &dir, &options)
+    }
+
+    fn verify(_config: MongoConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
+        let mut report = VerifyReport::default();
+        verify_dump(snapshot, &mut report)?;
+        Ok(report)
+    }
+}
+
+coffer_sdk::export!(MongoDb);
