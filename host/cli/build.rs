@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Built-in plugins: (name, package).
-const BUILTIN: &[(&str, &str)] =
-    &[("files", "coffer-plugin-files"), ("postgres", "coffer-plugin-postgres"), ("redis", "coffer-plugin-redis")];
+const BUILTIN: &[(&str, &str)] = &[
+    ("files", "coffer-plugin-files"),
+    ("postgres", "coffer-plugin-postgres"),
+    ("redis", "coffer-plugin-redis"),
+    ("mongodb", "coffer-plugin-mongodb"),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));

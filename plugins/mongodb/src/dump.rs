@@ -298,7 +298,7 @@ fn check_index(i: usize, index: &Value, c: &mut MetadataCheck) {
     let legacy = match version {
         None => false,
         Some(Some(v)) if v == 0.0 || v == 1.0 => true,
-        Some(Some(v)) if v == 2.0 => false,
+        Some(Some(2.0)) => false,
         Some(v) => {
             c.problems.push(format!(
                 "{name} has version {}, not 0, 1 or 2",
