@@ -338,14 +338,13 @@ fn copy_bson(
 fn snapshot_dump(config: &MongoConfig, sink: &Sink) -> Result<(), Error> {
     let dir = config.dump_dir()?;
     let (dirs, files) = plan(dir, &config.filter())?;
-    if files.is_empty() {
+    let filtered = !(config.databases.is_empty() && config.collections.is_empty() && config.exclude.is_empty());
+    // With filters, the oplog and prelude alone are not what was asked for.
+    let collections = files.iter().filter(|f| !matches!(f.kind, DumpFile::Oplog | DumpFile::Prelude)).count();
+    if files.is_empty() || (filtered && collections == 0) {
         return Err(Error::Other(format!(
             "{dir} holds no mongodump files (<db>/<coll>.bson, .metadata.json, oplog.bson){}",
-            if config.databases.is_empty() && config.collections.is_empty() && config.exclude.is_empty() {
-                ""
-            } else {
-                " that the filters take"
-            }
+            if filtered { " that the filters take: check databases, collections and exclude" } else { "" }
         )));
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
