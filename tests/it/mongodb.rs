@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::support::{TestRepo, stderr};
 
-/// `../shared/data/mongodb` beside the repository.
+/// `tests/fixtures/mongodb`, a copy of `../shared/data/mongodb`.
 fn data() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mongodb");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mongodb");
     assert!(p.is_dir(), "{} is missing: the MongoDB test data lives beside the repository", p.display());
     p
 }

@@ -318,7 +318,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn data(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mongodb").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mongodb").join(name)
     }
 
     fn read(name: &str) -> Vec<u8> {

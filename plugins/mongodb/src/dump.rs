@@ -396,7 +396,7 @@ mod tests {
 
     fn data(rel: &str) -> Vec<u8> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/mongodb/mongorestore-testdata")
+            .join("../../tests/fixtures/mongodb/mongorestore-testdata")
             .join(rel);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
