@@ -172,10 +172,7 @@ impl WasiHttpHooks for CofferHttp {
                     .await
                     .map_err(|_| Error::ConnectionTimeout)?
                     .map_err(|e| {
-                        let m = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                            Some(r) => crate::tls::explain(&printable(&host), r, ca_given),
-                            None => format!("TLS with {} failed: {e}", printable(&host)),
-                        };
+                        let m = crate::tls::explain_io(&printable(&host), &e, ca_given);
                         refusals.warn(&plugin, &m);
                         Error::InternalError(Some(m))
                     })?;

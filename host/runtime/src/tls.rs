@@ -291,6 +291,15 @@ pub(crate) fn explain(server: &str, e: &rustls::Error, ca_given: bool) -> String
     }
 }
 
+/// [`explain`] for the I/O error a TLS stream returns (rustls's error
+/// inside), or the error as it is.
+pub(crate) fn explain_io(server: &str, e: &std::io::Error, ca_given: bool) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => explain(server, r, ca_given),
+        None => format!("TLS with {server} failed: {e}"),
+    }
+}
+
 /// coffer's [`TlsProvider`] for one job.
 pub(crate) struct CofferTls {
     config: Result<Arc<ClientConfig>, String>,
@@ -334,13 +343,7 @@ impl TlsProvider for CofferTls {
                 .map_err(|_| fail(format!("`{shown}` is not a server name or IP address")))?;
             match tokio_rustls::TlsConnector::from(config).connect(name, transport).await {
                 Ok(s) => Ok(Box::new(Tls { inner: s, server: shown, ca_given }) as Box<dyn TlsStream>),
-                Err(e) => {
-                    let m = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                        Some(r) => explain(&shown, r, ca_given),
-                        None => format!("TLS with {shown} failed: {e}"),
-                    };
-                    Err(fail(m))
-                }
+                Err(e) => Err(fail(explain_io(&shown, &e, ca_given))),
             }
         })
     }
