@@ -216,6 +216,10 @@ impl TestServer {
                 .arg(format!("-volume.port.grpc={}", volume + 10000))
                 .arg("-volume.max=0")
                 .arg("-volume.preStopSeconds=0")
+                // By default the volume server goes read-only below 1% free
+                // disk, which on a big, nearly full build disk is still
+                // gigabytes; the tests write a few megabytes.
+                .arg("-volume.minFreeSpace=256MiB")
                 .arg("-filer")
                 .arg(format!("-filer.port={filer}"))
                 .arg(format!("-filer.port.grpc={}", filer + 10000))
