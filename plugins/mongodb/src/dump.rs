@@ -96,6 +96,22 @@ pub fn unescape(name: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| name.to_string())
 }
 
+/// A database or collection name as mongodump writes it in a file name:
+/// bytes outside an URL path segment's safe set (`/`, `%`, spaces,
+/// control characters, non-ASCII) as `%XX`, which [`unescape`] undoes.
+pub fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        let safe = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+        if safe {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }

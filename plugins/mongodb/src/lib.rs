@@ -17,8 +17,14 @@
 //! yet; its config fields are declared so that grants and TLS settings are
 //! already the ones it will use.
 
+pub mod archive;
 pub mod bsonfile;
+pub mod client;
 pub mod dump;
+pub mod live;
+pub mod scram;
+pub mod uri;
+pub mod wire;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -87,6 +93,10 @@ pub struct MongoConfig {
     #[serde(default)]
     #[allow(dead_code)]
     tls_verify: Option<serde_json::Value>,
+    /// Capture the oplog written during a live backup (`oplog.bson`), for
+    /// one point in time: on by default on a replica set.
+    #[serde(default)]
+    oplog: Option<bool>,
 }
 
 impl Config for MongoConfig {
@@ -131,9 +141,6 @@ impl MongoConfig {
     }
 
     fn dump_dir(&self) -> Result<&str, Error> {
-        if self.url.is_some() {
-            return Err(Error::Unsupported(WIRE_NOT_BUILT.into()));
-        }
         self.dump_dir
             .as_deref()
             .map(|d| if d.len() > 1 { d.trim_end_matches('/') } else { d })
@@ -141,17 +148,14 @@ impl MongoConfig {
     }
 }
 
-/// What a config with `url` gets until the wire protocol is built.
-const WIRE_NOT_BUILT: &str =
-    "backing up a live server over the wire protocol is not built yet; back up a mongodump directory with dump_dir";
-
 const SCHEMA: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
   "type": "object",
   "additionalProperties": false,
   "properties": {
     "dump_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "A directory mongodump wrote (<db>/<coll>.bson and .metadata.json, oplog.bson); granted read-only."},
-    "url": {"type": "string", "x-coffer-grant": "connect", "description": "mongodb:// or mongodb+srv:// URL of a server; granted as an address. Backups over the wire protocol are not built yet."},
+    "url": {"type": "string", "x-coffer-grant": "connect", "description": "mongodb:// or mongodb+srv:// URL of a server; granted as an address (every host of a seed list; the SRV targets of a +srv name)."},
+    "oplog": {"type": "boolean", "description": "Live backups of a replica set: capture the oplog written during the dump as oplog.bson, so a restore replays to one instant (default: true on a replica set)."},
     "user": {"type": "string", "description": "User to authenticate as (default: the URL's)."},
     "password": {"type": "string", "description": "Password; prefer password_file or password_env. Never stored."},
     "password_file": {"type": "string", "description": "File holding the password, read by the host."},
@@ -415,20 +419,7 @@ fn snapshot_dump(config: &MongoConfig, sink: &Sink) -> Result<(), Error> {
     sink.set_attribute("mongodb.documents", &t.documents.to_string())?;
     sink.set_attribute("mongodb.metadata-files", &t.metadata.to_string())?;
     sink.set_attribute("mongodb.damaged-files", &t.damaged.to_string())?;
-    let mut unrecorded = 0u64;
-    let mut written = 0usize;
-    for (rel, n) in &t.counts {
-        let key = count_attr(rel);
-        if key.len() > MAX_ATTR_KEY || written >= MAX_COUNT_ATTRS {
-            unrecorded += 1;
-            continue;
-        }
-        sink.set_attribute(&key, &n.to_string())?;
-        written += 1;
-    }
-    if unrecorded > 0 {
-        sink.set_attribute("mongodb.docs-unrecorded", &unrecorded.to_string())?;
-    }
+    set_count_attributes(sink, &t.counts)?;
     if let Some(o) = &t.oplog {
         sink.set_attribute("mongodb.oplog-entries", &o.documents.to_string())?;
         if let (Some(first), Some(last)) = (o.first_ts, o.last_ts) {
@@ -455,6 +446,75 @@ fn snapshot_dump(config: &MongoConfig, sink: &Sink) -> Result<(), Error> {
         },
         if t.damaged > 0 { format!("; {} damaged .bson files stored as they are", t.damaged) } else { String::new() }
     ));
+    Ok(())
+}
+
+/// `mongodb:[set/]host:port,...` for a URL, without user or password (the
+/// `+srv` name as it is, not its targets).
+fn url_source(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("mongodb://").or_else(|| url.strip_prefix("mongodb+srv://"))?;
+    let rest = rest.split(['?']).next().unwrap_or(rest);
+    let after_user = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let hosts = after_user.split('/').next().unwrap_or(after_user);
+    let set = url.split_once('?').and_then(|(_, q)| {
+        q.split('&')
+            .find_map(|kv| kv.split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case("replicaSet")).map(|(_, v)| v))
+    });
+    Some(match set {
+        Some(s) => format!("mongodb:{s}/{hosts}"),
+        None => format!("mongodb:{hosts}"),
+    })
+}
+
+fn snapshot_live(config: &MongoConfig, url: &str, sink: &Sink) -> Result<(), Error> {
+    let uri = uri::Uri::parse(url, config.user.as_deref(), config.password.as_deref())?;
+    let t = live::snapshot(&uri, &config.filter(), config.oplog, sink)?;
+    sink.set_attribute("mongodb.collections", &t.collections.to_string())?;
+    sink.set_attribute("mongodb.views", &t.views.to_string())?;
+    sink.set_attribute("mongodb.documents", &t.documents.to_string())?;
+    sink.set_attribute("mongodb.damaged-files", "0")?;
+    set_count_attributes(sink, &t.counts)?;
+    if let Some((n, first, last)) = &t.oplog {
+        sink.set_attribute("mongodb.oplog-entries", &n.to_string())?;
+        if let (Some(first), Some(last)) = (first, last) {
+            sink.set_attribute("mongodb.oplog-first", &first.to_string())?;
+            sink.set_attribute("mongodb.oplog-last", &last.to_string())?;
+        }
+    }
+    if !t.dropped.is_empty() {
+        sink.set_attribute("mongodb.dropped-during-backup", &t.dropped.join(","))?;
+    }
+    host::info(format!(
+        "{}: {} collections, {} views, {} documents ({} bytes of BSON){}",
+        uri.display,
+        t.collections,
+        t.views,
+        t.documents,
+        t.bson_bytes,
+        match &t.oplog {
+            Some((n, _, _)) => format!(", {n} oplog entries written during the backup"),
+            None => String::new(),
+        }
+    ));
+    Ok(())
+}
+
+/// The per-collection document counts, as many as the host takes.
+fn set_count_attributes(sink: &Sink, counts: &[(String, u64)]) -> Result<(), Error> {
+    let mut unrecorded = 0u64;
+    let mut written = 0usize;
+    for (rel, n) in counts {
+        let key = count_attr(rel);
+        if key.len() > MAX_ATTR_KEY || written >= MAX_COUNT_ATTRS {
+            unrecorded += 1;
+            continue;
+        }
+        sink.set_attribute(&key, &n.to_string())?;
+        written += 1;
+    }
+    if unrecorded > 0 {
+        sink.set_attribute("mongodb.docs-unrecorded", &unrecorded.to_string())?;
+    }
     Ok(())
 }
 
@@ -631,6 +691,12 @@ impl Plugin for MongoDb {
     fn source(config: &MongoConfig) -> String {
         match (&config.dump_dir, &config.url) {
             (Some(d), _) => format!("mongodb:dump:{}", config.dump_dir().unwrap_or(d)),
+            // The seed list without the user or password: the same server
+            // is the same source whoever backs it up.
+            (None, Some(u)) => match url_source(u) {
+                Some(s) => s,
+                None => String::new(),
+            },
             _ => String::new(),
         }
     }
@@ -640,7 +706,10 @@ impl Plugin for MongoDb {
     }
 
     fn snapshot(config: MongoConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
-        snapshot_dump(&config, sink)
+        match &config.url {
+            Some(url) => snapshot_live(&config, url, sink),
+            None => snapshot_dump(&config, sink),
+        }
     }
 
     fn restore(config: MongoConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
