@@ -21,7 +21,9 @@ pub mod archive;
 pub mod bsonfile;
 pub mod client;
 pub mod dump;
+pub mod follow;
 pub mod live;
+pub mod restore;
 pub mod scram;
 pub mod uri;
 pub mod wire;
@@ -97,6 +99,53 @@ pub struct MongoConfig {
     /// one point in time: on by default on a replica set.
     #[serde(default)]
     oplog: Option<bool>,
+    /// Restore: drop each collection before restoring it.
+    #[serde(default)]
+    drop: bool,
+    /// Restore: namespaces to rename (`db.coll` or `db.*`), paired with
+    /// `ns_to`.
+    #[serde(default)]
+    ns_from: Vec<String>,
+    /// Restore: the new names.
+    #[serde(default)]
+    ns_to: Vec<String>,
+    /// Restore: `admin.system.users` and `admin.system.roles` too.
+    #[serde(default)]
+    restore_users: bool,
+    /// Restore: replay the backup's `oplog.bson` (default true).
+    #[serde(default)]
+    oplog_replay: Option<bool>,
+    /// Restore to this point: RFC 3339 or Unix seconds.
+    #[serde(default)]
+    to_time: Option<String>,
+    /// Restore to this oplog entry: `seconds:increment`.
+    #[serde(default)]
+    to_ts: Option<String>,
+    /// Follow: cut an item at this many bytes.
+    #[serde(default = "default_item_max_bytes")]
+    item_max_bytes: usize,
+    /// Follow: cut an item this many seconds after its first entry.
+    #[serde(default = "default_item_max_seconds")]
+    item_max_seconds: u64,
+    /// Follow: where a first follow starts, `oldest` (the default: all the
+    /// oplog holds) or `newest`.
+    #[serde(default)]
+    start: Option<String>,
+    /// Follow: give up after failing this long (0: never).
+    #[serde(default = "default_give_up")]
+    give_up_after_seconds: u64,
+}
+
+fn default_item_max_bytes() -> usize {
+    16 << 20
+}
+
+fn default_item_max_seconds() -> u64 {
+    10
+}
+
+fn default_give_up() -> u64 {
+    600
 }
 
 impl Config for MongoConfig {
@@ -122,6 +171,21 @@ impl Config for MongoConfig {
                 return Err(ConfigError::field("databases", format!("`{db}` is not a database name")));
             }
         }
+        if self.item_max_bytes < 4096 || self.item_max_bytes > 1 << 30 {
+            return Err(ConfigError::field("item_max_bytes", "must be between 4096 and 1073741824"));
+        }
+        if self.item_max_seconds == 0 {
+            return Err(ConfigError::field("item_max_seconds", "must be at least 1"));
+        }
+        if let Some(s) = &self.start
+            && s != "oldest"
+            && s != "newest"
+        {
+            return Err(ConfigError::field("start", "is oldest or newest"));
+        }
+        if self.to_time.is_some() && self.to_ts.is_some() {
+            return Err(ConfigError::field("to_ts", "give to_time or to_ts, not both"));
+        }
         for ns in &self.collections {
             if !ns.split_once('.').is_some_and(|(d, c)| !d.is_empty() && !c.is_empty()) {
                 return Err(ConfigError::field("collections", format!("`{ns}` is not a namespace `db.collection`")));
@@ -132,6 +196,10 @@ impl Config for MongoConfig {
 }
 
 impl MongoConfig {
+    fn uri(&self, url: &str) -> Result<uri::Uri, Error> {
+        uri::Uri::parse(url, self.user.as_deref(), self.password.as_deref())
+    }
+
     fn filter(&self) -> Filter {
         Filter {
             databases: self.databases.clone(),
@@ -155,6 +223,17 @@ const SCHEMA: &str = r#"{
   "properties": {
     "dump_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "A directory mongodump wrote (<db>/<coll>.bson and .metadata.json, oplog.bson); granted read-only."},
     "url": {"type": "string", "x-coffer-grant": "connect", "description": "mongodb:// or mongodb+srv:// URL of a server; granted as an address (every host of a seed list; the SRV targets of a +srv name)."},
+    "drop": {"type": "boolean", "description": "Restore into a server: drop each collection before restoring it."},
+    "ns_from": {"type": "array", "items": {"type": "string"}, "description": "Restore: namespaces to rename, db.coll or db.* (comma-separated), paired with ns_to."},
+    "ns_to": {"type": "array", "items": {"type": "string"}, "description": "Restore: the new names, in the order of ns_from."},
+    "restore_users": {"type": "boolean", "description": "Restore: admin.system.users and admin.system.roles too (needs the restore role)."},
+    "oplog_replay": {"type": "boolean", "description": "Restore: replay the backup's oplog.bson to its consistent point (default true)."},
+    "to_time": {"type": "string", "description": "Restore to this point in time (RFC 3339 or Unix seconds): the backup, then the oplog stream up to it."},
+    "to_ts": {"type": "string", "description": "Restore to this oplog entry (seconds:increment), inclusive."},
+    "item_max_bytes": {"type": "integer", "description": "stream follow: cut an item at this many bytes (default 16 MiB)."},
+    "item_max_seconds": {"type": "integer", "description": "stream follow: cut an item this many seconds after its first entry (default 10)."},
+    "start": {"type": "string", "enum": ["oldest", "newest"], "description": "stream follow: where a first follow starts: oldest (all the oplog holds, the default) or newest."},
+    "give_up_after_seconds": {"type": "integer", "description": "stream follow: stop after failing to reach the server this long (default 600; 0: never)."},
     "oplog": {"type": "boolean", "description": "Live backups of a replica set: capture the oplog written during the dump as oplog.bson, so a restore replays to one instant (default: true on a replica set)."},
     "user": {"type": "string", "description": "User to authenticate as (default: the URL's)."},
     "password": {"type": "string", "description": "Password; prefer password_file or password_env. Never stored."},
@@ -467,8 +546,16 @@ fn url_source(url: &str) -> Option<String> {
 }
 
 fn snapshot_live(config: &MongoConfig, url: &str, sink: &Sink) -> Result<(), Error> {
-    let uri = uri::Uri::parse(url, config.user.as_deref(), config.password.as_deref())?;
+    let uri = config.uri(url)?;
     let t = live::snapshot(&uri, &config.filter(), config.oplog, sink)?;
+    if let Some(set) = &t.set {
+        // A later point in time needs the oplog stream from the backup's
+        // consistent point on.
+        let from = t.oplog.as_ref().and_then(|o| o.2).or(t.start);
+        if let Some(from) = from {
+            sink.need_stream(&follow::stream_name(set), follow::position(from))?;
+        }
+    }
     sink.set_attribute("mongodb.collections", &t.collections.to_string())?;
     sink.set_attribute("mongodb.views", &t.views.to_string())?;
     sink.set_attribute("mongodb.documents", &t.documents.to_string())?;
@@ -520,6 +607,119 @@ fn set_count_attributes(sink: &Sink, counts: &[(String, u64)]) -> Result<(), Err
 
 // ---------------------------------------------------------------------------
 // Restore
+
+/// Restores into the server `url` names: the backup, its oplog to its
+/// consistent point, and for `to_time`/`to_ts` the oplog stream's items up
+/// to that point.
+fn restore_live(config: &MongoConfig, url: &str, snapshot: &SnapshotReader) -> Result<(), Error> {
+    let mut uri = config.uri(url)?;
+    uri.read_preference = uri::ReadPreference::Primary;
+    let until = restore::parse_until(config.to_ts.as_deref(), config.to_time.as_deref())?;
+    let attrs: std::collections::BTreeMap<String, String> = snapshot.attributes().into_iter().collect();
+    let parse_ts = |k: &str| {
+        attrs
+            .get(k)
+            .and_then(|v| v.split_once(':'))
+            .and_then(|(a, b)| Some(bsonfile::Ts { time: a.parse().ok()?, increment: b.parse().ok()? }))
+    };
+    let base_end = parse_ts("mongodb.oplog-last");
+    let replay = config.oplog_replay.unwrap_or(true);
+    if let (Some(u), Some(end)) = (until, base_end)
+        && u < end
+    {
+        return Err(Error::Other(format!(
+            "the point asked for ({u}) is before this backup's consistent point ({end}): the data would not be one              point in time; restore an older snapshot and roll it forward"
+        )));
+    }
+    if until.is_some() && !replay {
+        return Err(Error::InvalidConfig(
+            "oplog_replay=false cannot restore to a point in time (to_time/to_ts)".into(),
+        ));
+    }
+    let renames = restore::Renames::new(&config.ns_from, &config.ns_to)?;
+    let filter = config.filter();
+    let plan = restore::Plan {
+        filter: &filter,
+        renames: &renames,
+        drop: config.drop,
+        users: config.restore_users,
+        oplog_replay: replay,
+        until,
+    };
+    let mut conn = client::connect(&uri)?;
+    let mut t = restore::restore(&mut conn, snapshot, &plan)?;
+    let mut reached = t.last_applied.or(base_end);
+    if let Some(u) = until {
+        let stream = snapshot.needed_streams().into_iter().find(|(s, _)| s.starts_with("oplog-"));
+        let base = base_end.ok_or_else(|| {
+            Error::Other(
+                "this snapshot has no oplog (a standalone server, or oplog=false), so it cannot be rolled forward to                  a point in time"
+                    .into(),
+            )
+        })?;
+        let Some((name, from)) = stream else {
+            return Err(Error::Other(format!(
+                "this snapshot names no oplog stream; it restores to its own point ({base}) only"
+            )));
+        };
+        let reader = snapshot.streams();
+        let mut replay = restore::Replay::new(&plan);
+        replay.after = Some(base);
+        let mut anchored = false;
+        for item in reader.items(&name, Some(from)) {
+            let item = item?;
+            host::check_cancelled()?;
+            let Some((first, last)) = follow::parse_key(&item.key) else {
+                host::warn(format!(
+                    "stream {name}: item {} is not named as this plugin names items; skipped",
+                    item.key
+                ));
+                continue;
+            };
+            if last < base {
+                continue;
+            }
+            if !anchored && first > base {
+                return Err(Error::Other(format!(
+                    "stream {name} has no entries between the backup's consistent point ({base}) and {first}: the                      follower was not running then; the latest point reachable from this backup is {base}"
+                )));
+            }
+            anchored = true;
+            let r = reader.open(&name, &item.key)?;
+            replay.apply_stream(&mut conn, r, &format!("{name}/{}", item.key))?;
+            if replay.done {
+                break;
+            }
+        }
+        replay.flush(&mut conn)?;
+        t.applied += replay.applied;
+        if replay.last.is_some() {
+            reached = replay.last;
+        }
+        if !replay.done {
+            return Err(Error::Other(format!(
+                "the oplog stream {name} ends at {}, before the point asked for ({u}): the server holds the data as                  of {} (the stream's newest entry); keep `coffer stream follow mongodb` running to reach later points",
+                reached.map(|r| r.to_string()).unwrap_or_default(),
+                reached.map(|r| r.to_string()).unwrap_or_default()
+            )));
+        }
+    }
+    host::info(format!(
+        "restored {} collections ({} documents{}), {} views, {} indexes into {}; {} oplog entries applied{}",
+        t.collections,
+        t.documents,
+        if t.duplicates > 0 { format!(", {} duplicates left out", t.duplicates) } else { String::new() },
+        t.views,
+        t.indexes,
+        conn.addr(),
+        t.applied,
+        match reached {
+            Some(r) => format!(", to {r}"),
+            None => String::new(),
+        }
+    ));
+    Ok(())
+}
 
 fn restore_dir(snapshot: &SnapshotReader, dir: &str, options: &RestoreOptions) -> Result<(), Error> {
     let empty = fs::read_dir(dir).map_err(|e| Error::from(e).context(dir))?.next().is_none();
@@ -685,7 +885,7 @@ impl Plugin for MongoDb {
             "MongoDB: mongodump directories (every BSON document checked), verify, restore into a directory for mongorestore",
         )
         .schema(SCHEMA)
-        .restore_modes(true, false)
+        .restore_modes(true, true)
     }
 
     fn source(config: &MongoConfig) -> String {
@@ -713,15 +913,30 @@ impl Plugin for MongoDb {
     }
 
     fn restore(config: MongoConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
-        if config.url.is_some() {
-            return Err(Error::Unsupported(
-                "restoring into a live server over the wire protocol is not built yet; restore into a directory \
-                 with --target DIR and load it with mongorestore"
-                    .into(),
-            ));
+        match (&options.directory, &config.url) {
+            (Some(dir), _) => restore_dir(snapshot, &dir.clone(), &options),
+            (None, Some(url)) => restore_live(&config, url, snapshot),
+            (None, None) => Err(Error::InvalidConfig(
+                "restore into a directory with --target DIR, or into a server with --set url=mongodb://...".into(),
+            )),
         }
-        let dir = options.directory()?.to_string();
-        restore_dir(snapshot, &dir, &options)
+    }
+
+    fn follow(config: MongoConfig, sink: &coffer_sdk::StreamSink) -> Result<(), Error> {
+        let url = config.url.as_deref().ok_or_else(|| {
+            Error::InvalidConfig("url: is required to follow a replica set's oplog (mongodb://...)".into())
+        })?;
+        let uri = config.uri(url)?;
+        follow::follow(
+            &uri,
+            follow::Settings {
+                max_bytes: config.item_max_bytes,
+                max_age: std::time::Duration::from_secs(config.item_max_seconds),
+                from_oldest: config.start.as_deref() != Some("newest"),
+                give_up: std::time::Duration::from_secs(config.give_up_after_seconds),
+            },
+            sink,
+        )
     }
 
     fn verify(_config: MongoConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {

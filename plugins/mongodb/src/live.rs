@@ -42,6 +42,10 @@ pub struct LiveTotals {
     pub oplog: Option<(u64, Option<Ts>, Option<Ts>)>,
     /// Collections dropped while they were read.
     pub dropped: Vec<String>,
+    /// The replica set's name.
+    pub set: Option<String>,
+    /// The oplog position recorded before the dump.
+    pub start: Option<Ts>,
 }
 
 /// A collection to dump.
@@ -374,7 +378,11 @@ pub fn snapshot(uri: &Uri, filter: &Filter, oplog: Option<bool>, sink: &Sink) ->
             host::warn(format!("database {want} (databases=) is not on the server"));
         }
     }
-    let mut t = LiveTotals::default();
+    let mut t = LiveTotals {
+        set: conn.hello.set_name.clone(),
+        start: start.map(|s| Ts { time: s.time, increment: s.increment }),
+        ..LiveTotals::default()
+    };
     let mut progress = 0u64;
     for db in &names {
         host::check_cancelled()?;
