@@ -32,6 +32,30 @@
 //! documents. The oplog is the namespace `""`.`"oplog"`; a time-series
 //! collection `X` is listed in the prelude as `X` with type `timeseries`
 //! and its buckets come as `system.buckets.X` (servers before 8.3).
+//!
+//! Turning an archive into the mongodump directory layout, one output at
+//! a time:
+//!
+//! ```no_run
+//! use coffer_plugin_mongodb::archive::{copy_collection, plan_archive};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let plan = plan_archive("/backups/all.archive")?;
+//! for p in plan.problems.iter().chain(&plan.damage) {
+//!     eprintln!("warning: {p}");
+//! }
+//! let mut file = std::fs::File::open("/backups/all.archive")?;
+//! for n in &plan.namespaces {
+//!     // `oplog.bson` for the oplog, else `<db>/<collection>.bson`, with
+//!     // `plan.metadata(n)` as `<db>/<prelude collection>.metadata.json`.
+//!     let mut out = Vec::new();
+//!     let stats = copy_collection(&mut file, &plan, &n.namespace(), &mut out)?;
+//!     for d in &stats.damage {
+//!         eprintln!("warning: {d}");
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -611,14 +635,8 @@ impl<R: Read> ArchiveReader<R> {
                 }
                 Frame::Document => {
                     let c = self.parse_collection(at)?;
-                    if self.prelude.collections.iter().any(|x| x.db == c.db && x.collection == c.collection) {
-                        return Err(self.error(
-                            ArchiveErrorKind::Format,
-                            Some(c.namespace()),
-                            at,
-                            "the prelude lists this collection twice",
-                        ));
-                    }
+                    // mongo-tools does not refuse a collection listed twice
+                    // either; lookups take the first.
                     self.prelude.collections.push(c);
                     self.prelude.offsets.push(at);
                 }
@@ -1881,8 +1899,7 @@ mod tests {
 
         // The prelude lists a collection the blocks never mention.
         let c = CollectionMetadata::new("db", "missing", "{}");
-        let mut w = ArchiveWriter::new(Vec::new(), "w", &ArchiveHeader::new("7.0.0", "t"), &[c]).unwrap();
-        let _ = &mut w;
+        let w = ArchiveWriter::new(Vec::new(), "w", &ArchiveHeader::new("7.0.0", "t"), &[c]).unwrap();
         let only_prelude = w.out.clone();
         let d = plan_reader(&only_prelude[..], "x").unwrap().damage.unwrap();
         assert_eq!((d.kind, d.namespace.as_deref()), (ArchiveErrorKind::Unfinished, Some("db.missing")));
