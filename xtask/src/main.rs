@@ -211,9 +211,9 @@ fn demo(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     deps::ensure_wasm_target()?;
     build_plugins()?;
-    // The end-to-end tests run the `coffer` binary itself; `cargo test`
-    // builds only its unit-test harness.
-    run(cargo_cmd().args(["build", "-p", "coffer"]))?;
+    // The end-to-end tests run the `coffer` binary itself (and the MongoDB
+    // stand-in's); `cargo test` builds only their unit-test harnesses.
+    run(cargo_cmd().args(["build", "-p", "coffer", "-p", "coffer-mongo-standin"]))?;
     let mut cmd = cargo_cmd();
     // Default members, plus the unit tests of plugins whose format code is
     // plain Rust (the redis plugin's RDB, listpack and AOF parsers). The

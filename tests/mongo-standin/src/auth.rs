@@ -22,12 +22,6 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Sha1 => "SCRAM-SHA-1",
-            Mechanism::Sha256 => "SCRAM-SHA-256",
-        }
-    }
     pub fn parse(s: &str) -> Option<Mechanism> {
         match s {
             "SCRAM-SHA-1" => Some(Mechanism::Sha1),

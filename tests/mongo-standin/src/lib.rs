@@ -28,7 +28,9 @@ pub use wire::{MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 pub struct User {
     /// The authentication database (`admin` for most).
     pub db: String,
+    /// The user name.
     pub name: String,
+    /// The password (SCRAM credentials are derived from it at start).
     pub password: String,
     /// Built-in roles as `(role, db)`: `read`, `readWrite`,
     /// `readAnyDatabase`, `readWriteAnyDatabase`, `backup`, `restore`,
@@ -293,7 +295,7 @@ fn serve(shared: &server::Shared, conn_id: i64, mut stream: impl Read + Write) {
                 let reply = server::error_doc(code, code_name, &message);
                 wire::write_msg(&mut stream, response_id, req.request_id, 0, &reply, req.compressor)
             }
-            wire::RequestBody::Unsupported(_) => return,
+            wire::RequestBody::Unsupported => return,
         };
         if result.is_err() {
             return;

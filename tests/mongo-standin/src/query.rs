@@ -235,8 +235,8 @@ pub fn sort_docs(docs: &mut [Document], sort: &Document) -> Result<(), QueryErro
     let mut keys = Vec::new();
     for (k, v) in sort {
         let dir = match as_f64(v) {
-            Some(d) if d == 1.0 => 1,
-            Some(d) if d == -1.0 => -1,
+            Some(1.0) => 1,
+            Some(-1.0) => -1,
             _ => return Err(QueryError::bad_value(format!("bad sort specification: {k}"))),
         };
         keys.push((k.clone(), dir));

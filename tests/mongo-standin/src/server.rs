@@ -36,7 +36,7 @@ pub(crate) struct CmdError {
     name: &'static str,
     msg: String,
     /// A duplicate key's `_id` (for keyPattern/keyValue).
-    dup_id: Option<Bson>,
+    dup_id: Option<Box<Bson>>,
 }
 
 fn err(code: i32, msg: impl Into<String>) -> CmdError {
@@ -181,6 +181,11 @@ impl Collection {
             }
         }
         Ok(rec)
+    }
+
+    /// Rebuilds the `_id` lookup (after the `_id` index is replaced).
+    fn rebuild_id_map(&mut self) {
+        self.by_id = self.docs.iter().filter_map(|(r, d)| d.get("_id").map(|id| (id_key(id), *r))).collect();
     }
 
     fn remove(&mut self, rec: u64) -> Option<Document> {
@@ -408,6 +413,62 @@ impl Shared {
         Ok(shared)
     }
 
+    /// Creates a collection from a dump's metadata (options, type, uuid,
+    /// indexes) and inserts its documents.
+    pub(crate) fn load_collection(
+        &self,
+        st: &mut State,
+        db: &str,
+        coll: &str,
+        meta: &Document,
+        docs: Vec<Document>,
+    ) -> Result<(), String> {
+        let options = meta.get_document("options").cloned().unwrap_or_default();
+        let kind = match meta.get_str("type") {
+            Ok("view") => "view",
+            Ok("timeseries") => "timeseries",
+            _ if options.contains_key("viewOn") => "view",
+            _ if options.contains_key("timeseries") => "timeseries",
+            _ => "collection",
+        };
+        let uuid = meta.get_str("uuid").ok().and_then(|h| {
+            let h = h.replace('-', "");
+            let bytes: Option<Vec<u8>> =
+                (0..h.len() / 2).map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+            bytes.and_then(|b| <[u8; 16]>::try_from(b).ok())
+        });
+        self.create_collection_with_uuid(st, db, coll, kind, options, uuid).map_err(|e| e.msg)?;
+        if let Ok(indexes) = meta.get_array("indexes") {
+            let c = Self::get_coll_mut(st, db, coll).expect("created");
+            let uuid = c.uuid;
+            let mut logged = Vec::new();
+            for spec in indexes.iter().filter_map(Bson::as_document) {
+                let mut spec = spec.clone();
+                spec.remove("ns");
+                if spec.get_str("name").ok() == Some("_id_") {
+                    c.indexes.retain(|i| i.get_str("name").ok() != Some("_id_"));
+                    c.indexes.insert(0, spec);
+                    c.rebuild_id_map();
+                } else if !c.indexes.iter().any(|i| i.get("name") == spec.get("name")) {
+                    c.indexes.push(spec.clone());
+                    logged.push(spec);
+                }
+            }
+            for spec in logged {
+                let mut o = doc! { "createIndexes": coll };
+                for (k, v) in spec {
+                    o.insert(k, v);
+                }
+                self.log_op(st, "c", &format!("{db}.$cmd"), Some(uuid), o, None);
+            }
+        }
+        let (_, errors) = self.insert_docs(st, db, coll, docs, true).map_err(|e| e.msg)?;
+        match errors.into_iter().next() {
+            Some((i, e)) => Err(format!("document {i}: {}", e.msg)),
+            None => Ok(()),
+        }
+    }
+
     pub fn documents(&self, db: &str, coll: &str) -> Vec<Document> {
         let st = lock(&self.state);
         st.dbs.get(db).and_then(|d| d.colls.get(coll)).map(|c| c.docs.values().cloned().collect()).unwrap_or_default()
@@ -485,6 +546,19 @@ impl Shared {
         kind: &'static str,
         options: Document,
     ) -> CmdResult {
+        self.create_collection_with_uuid(st, db, coll, kind, options, None)
+    }
+
+    /// [`Self::create_collection`] with a given collection UUID (a dump's).
+    fn create_collection_with_uuid(
+        &self,
+        st: &mut State,
+        db: &str,
+        coll: &str,
+        kind: &'static str,
+        options: Document,
+        uuid: Option<[u8; 16]>,
+    ) -> CmdResult {
         check_names(db, coll)?;
         if let Some(existing) = Self::get_coll(st, db, coll) {
             if existing.options == options && existing.kind == kind {
@@ -492,7 +566,10 @@ impl Shared {
             }
             return Err(err(48, format!("Collection {db}.{coll} already exists.")));
         }
-        let c = Collection::new(kind, options.clone());
+        let mut c = Collection::new(kind, options.clone());
+        if let Some(u) = uuid {
+            c.uuid = u;
+        }
         let uuid = c.uuid;
         let mut o = doc! { "create": coll };
         for (k, v) in &options {
@@ -908,7 +985,7 @@ impl Shared {
         d.insert("minWireVersion", 0);
         d.insert("maxWireVersion", MAX_WIRE_VERSION);
         d.insert("readOnly", false);
-        if let Ok(Bson::Array(offered)) = cmd.get("compression").map(Clone::clone).ok_or(()) {
+        if let Ok(Bson::Array(offered)) = cmd.get("compression").cloned().ok_or(()) {
             let agreed: Vec<Bson> = offered
                 .iter()
                 .filter_map(|c| c.as_str())
@@ -1207,7 +1284,7 @@ impl Shared {
         self.cursor_reply_all(
             conn,
             db,
-            &format!("{coll}"),
+            &coll,
             idx,
             cmd.get_document("cursor").ok().and_then(|c| c.get("batchSize")).and_then(as_i64),
         )
@@ -1340,16 +1417,13 @@ impl Shared {
                     ),
                 ));
             }
-            if let Some(existing) = c.indexes.iter().find(|i| i.get_document("key").ok() == Some(key)) {
-                if existing.get_str("name").ok() != Some(name.as_str()) {
-                    return Err(err(
-                        85,
-                        format!(
-                            "Index already exists with a different name: {}",
-                            existing.get_str("name").unwrap_or("")
-                        ),
-                    ));
-                }
+            if let Some(existing) = c.indexes.iter().find(|i| i.get_document("key").ok() == Some(key))
+                && existing.get_str("name").ok() != Some(name.as_str())
+            {
+                return Err(err(
+                    85,
+                    format!("Index already exists with a different name: {}", existing.get_str("name").unwrap_or("")),
+                ));
             }
             new_specs.push(full);
         }
@@ -1558,14 +1632,15 @@ impl Shared {
         if let Some(c) = Self::get_coll(&st, db, &coll) {
             match cmd.get("hint") {
                 None => {}
-                Some(Bson::String(name)) => {
-                    if !c.indexes.iter().any(|i| i.get_str("name").ok() == Some(name.as_str())) {
-                        return Err(err(
-                            2,
-                            "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
-                        ));
-                    }
+                Some(Bson::String(name))
+                    if !c.indexes.iter().any(|i| i.get_str("name").ok() == Some(name.as_str())) =>
+                {
+                    return Err(err(
+                        2,
+                        "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
+                    ));
                 }
+                Some(Bson::String(_)) => {}
                 Some(Bson::Document(key)) => {
                     let natural = key.keys().next().is_some_and(|k| k == "$natural");
                     if !natural && !c.indexes.iter().any(|i| i.get_document("key").ok() == Some(key)) {
@@ -1674,8 +1749,9 @@ impl Shared {
         let deadline = Instant::now() + max_time.unwrap_or(DEFAULT_AWAIT);
         loop {
             let mut cur = st.cursors.remove(&id).expect("checked above");
-            if cur.pending.is_empty() && cur.tail.is_some() {
-                let tail = cur.tail.as_mut().expect("checked");
+            if cur.pending.is_empty()
+                && let Some(tail) = cur.tail.as_mut()
+            {
                 let Some(c) = Self::get_coll(&st, db, &coll) else {
                     return Err(err(175, "collection dropped"));
                 };
@@ -1796,7 +1872,7 @@ impl Shared {
                     let mut d = doc! { "index": i as i32, "code": e.code };
                     if let Some(id) = e.dup_id {
                         d.insert("keyPattern", doc! { "_id": 1 });
-                        d.insert("keyValue", doc! { "_id": id });
+                        d.insert("keyValue", doc! { "_id": *id });
                     }
                     d.insert("errmsg", e.msg);
                     Bson::Document(d)
@@ -2265,7 +2341,7 @@ impl CmdError {
         self
     }
     fn with_dup(mut self, id: &Bson) -> CmdError {
-        self.dup_id = Some(id.clone());
+        self.dup_id = Some(Box::new(id.clone()));
         self
     }
 }

@@ -105,6 +105,21 @@ pub fn python_candidates() -> Vec<PathBuf> {
     candidates
 }
 
+/// The first Python 3 (of [`python_candidates`]) that can import `module`
+/// (pymongo for the MongoDB stand-in's checks).
+pub fn python_with_module(module: &str) -> Option<PathBuf> {
+    python_candidates().into_iter().find(|python| {
+        Command::new(python)
+            .arg("-c")
+            .arg(format!("import {module}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// Runs `script` with each Python 3 in turn and returns the first
 /// `path(line)` of its output that is an executable file. Each Python is
 /// asked, since the one on `PATH` need not be the one a package was
