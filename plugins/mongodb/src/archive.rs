@@ -48,7 +48,7 @@
 //!     // `oplog.bson` for the oplog, else `<db>/<collection>.bson`, with
 //!     // `plan.metadata(n)` as `<db>/<prelude collection>.metadata.json`.
 //!     let mut out = Vec::new();
-//!     let stats = copy_collection(&mut file, &plan, &n.namespace(), &mut out)?;
+//!     let stats = copy_collection(&mut file, &plan, n, &mut out)?;
 //!     for d in &stats.damage {
 //!         eprintln!("warning: {d}");
 //!     }
@@ -974,7 +974,8 @@ pub struct ArchivePlan {
 }
 
 impl ArchivePlan {
-    /// The namespace `ns` (`db.collection`).
+    /// The namespace `ns` (`db.collection`; the first, should an archive
+    /// name two alike, as `a.b`+`c` and `a`+`b.c`).
     pub fn namespace(&self, ns: &str) -> Option<&NamespacePlan> {
         self.namespaces.iter().find(|n| n.namespace() == ns)
     }
@@ -1144,30 +1145,28 @@ pub struct CopyStats {
     pub damage: Vec<ArchiveError>,
 }
 
-/// Writes the documents of namespace `ns` (`db.collection`, see
-/// [`NamespacePlan::namespace`]) from `file`, the archive `plan` was made
-/// of, to `out`: the `.bson` file mongodump would have written for it.
-/// Every document is checked; damaged ones are written as they are and
-/// listed in [`CopyStats::damage`], with a CRC that differs from the end
-/// header's or a namespace the archive does not finish. `Err` when `ns`
-/// is not in the plan, reading or writing fails, or the file no longer
+/// Writes the documents of namespace `ns` (one of `plan.namespaces`) from
+/// `file`, the archive `plan` was made of, to `out`: the `.bson` file
+/// mongodump would have written for it. Every document is checked; damaged
+/// ones are written as they are and listed in [`CopyStats::damage`], with a
+/// CRC that differs from the end header's or a namespace the archive does
+/// not finish. `Err` when reading or writing fails, or the file no longer
 /// matches the plan.
 pub fn copy_collection<F: Read + Seek, W: Write>(
     file: &mut F,
     plan: &ArchivePlan,
-    ns: &str,
+    ns: &NamespacePlan,
     out: &mut W,
 ) -> Result<CopyStats, ArchiveError> {
+    let name = ns.namespace();
     let err = |kind, offset, reason: String| ArchiveError {
         archive: plan.archive.clone(),
-        namespace: Some(ns.to_string()),
+        namespace: Some(name.clone()),
         offset,
         kind,
         reason,
     };
-    let Some(n) = plan.namespace(ns) else {
-        return Err(err(ArchiveErrorKind::Input, 0, "the archive has no such namespace".into()));
-    };
+    let n = ns;
     let mut stats = CopyStats::default();
     let mut crc = Crc64::new();
     let mut doc = Vec::new();
@@ -1323,7 +1322,12 @@ fn namespace_header(db: &str, collection: &str, eof: bool, crc: u64) -> Vec<u8> 
 /// What [`ArchiveWriter::write_collection`] wrote for one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceWritten {
-    /// `db.collection` as the blocks name it.
+    /// The database.
+    pub db: String,
+    /// The collection as the blocks name it (a time-series collection's
+    /// buckets for servers before 8.3).
+    pub collection: String,
+    /// `db.collection`.
     pub namespace: String,
     /// Documents written.
     pub documents: u64,
@@ -1472,7 +1476,12 @@ impl<W: Write> ArchiveWriter<W> {
         documents: impl Read,
     ) -> Result<NamespaceWritten, ArchiveError> {
         let ns = namespace(db, collection);
-        let mut w = NamespaceWritten { namespace: ns.clone(), ..NamespaceWritten::default() };
+        let mut w = NamespaceWritten {
+            db: db.to_string(),
+            collection: collection.to_string(),
+            namespace: ns.clone(),
+            ..NamespaceWritten::default()
+        };
         self.put(&ns, &namespace_header(db, collection, false, 0))?;
         let mut r = BufReader::with_capacity(READ_BUFFER, documents);
         let mut crc = Crc64::new();
@@ -1759,14 +1768,14 @@ mod tests {
         // document what the directory dump of the same data holds.
         let mut f = File::open(data("timeseries_tests/dump.archive")).unwrap();
         let mut out = Vec::new();
-        let stats = copy_collection(&mut f, &plan, "timeseries_test.system.buckets.foo_ts", &mut out).unwrap();
+        let stats = copy_collection(&mut f, &plan, &plan.namespaces[2], &mut out).unwrap();
         assert_eq!((stats.documents, stats.bytes, stats.damage.len()), (10, 38020, 0));
         let (check, _) = crate::bsonfile::check_file(&out[..], false, || false).unwrap();
         assert_eq!((check.documents, check.damage), (10, None));
         let mut version = Vec::new();
-        copy_collection(&mut f, &plan, "admin.system.version", &mut version).unwrap();
+        copy_collection(&mut f, &plan, plan.namespace("admin.system.version").unwrap(), &mut version).unwrap();
         assert_eq!(version, read("timeseries_tests/ts_dump/admin/system.version.bson"));
-        assert!(copy_collection(&mut f, &plan, "no.such", &mut Vec::new()).is_err());
+        assert!(plan.namespace("no.such").is_none());
     }
 
     #[test]
@@ -1812,7 +1821,8 @@ mod tests {
         assert_eq!((crc[0].namespace.as_deref(), crc[0].offset), (Some("test.bar"), 0x343));
         assert!(crc[0].to_string().contains("its end header says 0x"), "{}", crc[0]);
         let mut out = Vec::new();
-        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, "test.bar", &mut out).unwrap();
+        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, plan.namespace("test.bar").unwrap(), &mut out)
+            .unwrap();
         assert_eq!(stats.documents, 1);
         assert_eq!(stats.damage.len(), 1);
         assert_eq!(stats.damage[0].kind, ArchiveErrorKind::Crc);
@@ -1833,7 +1843,8 @@ mod tests {
         assert_eq!(plan.problems[0].offset, 0x31c);
         assert_eq!(plan.namespace("test.bar").unwrap().damaged_documents, 1);
         let mut out = Vec::new();
-        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, "test.bar", &mut out).unwrap();
+        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, plan.namespace("test.bar").unwrap(), &mut out)
+            .unwrap();
         // Written as it is, and named.
         assert_eq!(out, bytes[0x31c..0x31c + 0x23]);
         assert_eq!(stats.damage[0].kind, ArchiveErrorKind::Document);
@@ -1867,7 +1878,7 @@ mod tests {
                 b[at] = v;
                 if let Ok(plan) = plan_reader(&b[..], "flipped") {
                     for n in &plan.namespaces {
-                        let _ = copy_collection(&mut io::Cursor::new(&b), &plan, &n.namespace(), &mut io::sink());
+                        let _ = copy_collection(&mut io::Cursor::new(&b), &plan, n, &mut io::sink());
                     }
                 }
             }
@@ -1941,7 +1952,7 @@ mod tests {
         let y = plan.namespace("a.y.z").unwrap();
         assert_eq!((y.documents, y.ranges.len(), y.crc_ok), (3, 3, Some(true)));
         let mut out = Vec::new();
-        let stats = copy_collection(&mut io::Cursor::new(&b), &plan, "a.y.z", &mut out).unwrap();
+        let stats = copy_collection(&mut io::Cursor::new(&b), &plan, y, &mut out).unwrap();
         assert_eq!(out, [docs[1].clone(), docs[3].clone(), docs[5].clone()].concat());
         assert!(stats.damage.is_empty());
     }
@@ -1997,13 +2008,13 @@ mod tests {
             let n = plan.namespace(&data_ns).unwrap_or_else(|| panic!("{data_ns}"));
             assert_eq!(n.prelude, Some(i));
             let mut out = Vec::new();
-            copy_collection(&mut io::Cursor::new(&bytes), &plan, &data_ns, &mut out).unwrap();
+            copy_collection(&mut io::Cursor::new(&bytes), &plan, n, &mut out).unwrap();
             assert_eq!(out, docs.clone().unwrap_or_default(), "{data_ns}");
         }
         let n = plan.namespace(".oplog").unwrap();
         assert!(n.is_oplog() && plan.metadata(n).is_none());
         let mut out = Vec::new();
-        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, ".oplog", &mut out).unwrap();
+        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, n, &mut out).unwrap();
         assert!(out == oplog && stats.damage.is_empty());
     }
 
