@@ -1,6 +1,7 @@
 //! coffer's fuzz targets: one entry function per parser of bytes that come
-//! from outside the process (repository files, and what the Redis and
-//! PostgreSQL plugins read from servers and data directories).
+//! from outside the process (repository files, and what the Redis,
+//! PostgreSQL and MongoDB plugins read from servers, data directories and
+//! dump files).
 //!
 //! `fuzz/fuzz_targets/*.rs` hand libFuzzer's inputs to [`run`]; this
 //! crate's test hands it every file under `fuzz/regressions/<target>/`, the
@@ -10,6 +11,7 @@
 //! an inverse or a second implementation, it also checks that they agree.
 
 mod alloc;
+mod mongodb;
 mod postgres;
 mod redis;
 mod repo;
@@ -68,6 +70,11 @@ pub const TARGETS: &[Target] = &[
         name: "pg_manifest",
         covers: "PostgreSQL backup manifests and backup_label files",
         entry: postgres::manifest,
+    },
+    Target {
+        name: "mongo_archive",
+        covers: "mongodump archives: streamed in pieces, planned, copied per collection, written again",
+        entry: mongodb::archive,
     },
 ];
 

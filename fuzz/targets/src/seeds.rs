@@ -3,7 +3,7 @@
 //! instead of at its magic number. `cargo xtask fuzz` writes them into
 //! `fuzz/corpus/<target>/` (`fuzz-seeds DIR`).
 
-use coffer_fuzz_formats::rdb;
+use coffer_fuzz_formats::{archive, rdb};
 use coffer_repo::Id;
 use coffer_repo::blob::{BlobKind, Compression};
 use coffer_repo::chunker::ChunkerParams;
@@ -211,6 +211,34 @@ pub fn all() -> Vec<(&'static str, Vec<u8>)> {
     // pg_manifest: a manifest body (the target adds the checksum line) and a label.
     add("pg_manifest", MANIFEST.as_bytes().to_vec());
     add("pg_manifest", LABEL.as_bytes().to_vec());
+
+    // mongo_archive: one written by the plugin's writer (a collection, an
+    // empty one, a time-series collection's buckets, the oplog), read in
+    // 8-byte and whole pieces, and one mongodump 3.4 wrote.
+    let doc = |v: &str| {
+        let mut d = vec![0u8; 4];
+        d.extend_from_slice(&[0x02, b'v', 0]);
+        d.extend_from_slice(&(v.len() as i32 + 1).to_le_bytes());
+        d.extend_from_slice(v.as_bytes());
+        d.extend_from_slice(&[0, 0]);
+        let len = d.len() as i32;
+        d[..4].copy_from_slice(&len.to_le_bytes());
+        d
+    };
+    let header = archive::ArchiveHeader::new("7.0.4", "coffer");
+    let collections = [
+        (archive::CollectionMetadata::new("app", "users", r#"{"indexes":[],"type":"collection"}"#), Some(doc("a"))),
+        (archive::CollectionMetadata::new("app", "empty", "{}"), None),
+        (archive::CollectionMetadata::new("app", "ts", r#"{"options":{},"type":"timeseries"}"#), Some(doc("b"))),
+    ];
+    let readers = collections.iter().map(|(c, d)| (c.clone(), d.as_deref()));
+    let oplog = doc("op");
+    let (written, _) =
+        archive::write_archive(Vec::new(), "seed", &header, readers, Some(&oplog[..])).expect("in memory");
+    add("mongo_archive", [&[0x07][..], &written].concat());
+    add("mongo_archive", [&[0x3f][..], &written].concat());
+    let real = include_bytes!("../../../tests/fixtures/mongodb/mongorestore-testdata/test.bar.archive");
+    add("mongo_archive", [&[0x00][..], &real[..]].concat());
     out
 }
 
