@@ -92,6 +92,10 @@ const MIN_DOCUMENT: usize = 5;
 /// Bytes read from the archive at a time.
 const READ_BUFFER: usize = 1 << 20;
 
+/// Damaged documents listed per namespace (by a plan, and by a copy); the
+/// rest are counted.
+pub const MAX_LISTED_DAMAGE: u64 = 20;
+
 /// The oplog's namespace in an archive: database `""`, collection `oplog`.
 pub const OPLOG_COLLECTION: &str = "oplog";
 
@@ -1035,8 +1039,8 @@ pub fn plan_reader<R: Read>(r: R, name: impl Into<String>) -> Result<ArchivePlan
     // Whether the next document of `current` starts a new range.
     let mut new_segment = false;
     let mut damage = None;
+    let name = reader.name.clone();
     loop {
-        let name = reader.name.clone();
         let event = match reader.next_event() {
             Ok(Some(e)) => e,
             Ok(None) => break,
@@ -1081,8 +1085,11 @@ pub fn plan_reader<R: Read>(r: R, name: impl Into<String>) -> Result<ArchivePlan
                 n.bytes += bytes.len() as u64;
                 if let Some(d) = doc_damage {
                     n.damaged_documents += 1;
+                    if n.damaged_documents > MAX_LISTED_DAMAGE {
+                        continue;
+                    }
                     problems.push(ArchiveError {
-                        archive: name,
+                        archive: name.clone(),
                         namespace: Some(n.namespace()),
                         offset,
                         kind: ArchiveErrorKind::Document,
@@ -1116,7 +1123,7 @@ pub fn plan_reader<R: Read>(r: R, name: impl Into<String>) -> Result<ArchivePlan
                 n.crc_ok = Some(crc_ok);
                 if !crc_ok {
                     problems.push(ArchiveError {
-                        archive: name,
+                        archive: name.clone(),
                         namespace: Some(n.namespace()),
                         offset,
                         kind: ArchiveErrorKind::Crc,
@@ -1128,7 +1135,21 @@ pub fn plan_reader<R: Read>(r: R, name: impl Into<String>) -> Result<ArchivePlan
             }
         }
     }
-    Ok(ArchivePlan { archive: reader.name.clone(), prelude, namespaces, damage, problems, length: reader.offset() })
+    for n in &namespaces {
+        if n.damaged_documents > MAX_LISTED_DAMAGE {
+            problems.push(ArchiveError {
+                archive: name.clone(),
+                namespace: Some(n.namespace()),
+                offset: n.ranges.last().map_or(0, |r| r.end),
+                kind: ArchiveErrorKind::Document,
+                reason: format!(
+                    "{} damaged documents in all; the first {MAX_LISTED_DAMAGE} are listed",
+                    n.damaged_documents
+                ),
+            });
+        }
+    }
+    Ok(ArchivePlan { archive: name, prelude, namespaces, damage, problems, length: reader.offset() })
 }
 
 /// What [`copy_collection`] wrote and found.
@@ -1140,7 +1161,8 @@ pub struct CopyStats {
     pub bytes: u64,
     /// The CRC-64 of those bytes.
     pub crc: u64,
-    /// Damaged documents (written as they are), a CRC mismatch, a missing
+    /// Damaged documents (written as they are; the first
+    /// [`MAX_LISTED_DAMAGE`], then their count), a CRC mismatch, a missing
     /// end header.
     pub damage: Vec<ArchiveError>,
 }
@@ -1169,6 +1191,7 @@ pub fn copy_collection<F: Read + Seek, W: Write>(
     let n = ns;
     let mut stats = CopyStats::default();
     let mut crc = Crc64::new();
+    let mut damaged = 0u64;
     let mut doc = Vec::new();
     for range in &n.ranges {
         file.seek(SeekFrom::Start(range.start))
@@ -1205,11 +1228,14 @@ pub fn copy_collection<F: Read + Seek, W: Write>(
                 ));
             }
             if let Err(d) = check_document(&doc) {
-                stats.damage.push(err(
-                    ArchiveErrorKind::Document,
-                    at,
-                    format!("document {} of the namespace is not valid BSON: {d}", stats.documents + 1),
-                ));
+                damaged += 1;
+                if damaged <= MAX_LISTED_DAMAGE {
+                    stats.damage.push(err(
+                        ArchiveErrorKind::Document,
+                        at,
+                        format!("document {} of the namespace is not valid BSON: {d}", stats.documents + 1),
+                    ));
+                }
             }
             crc.update(&doc);
             out.write_all(&doc)
@@ -1221,6 +1247,13 @@ pub fn copy_collection<F: Read + Seek, W: Write>(
     }
     stats.crc = crc.value();
     let end = n.ranges.last().map_or(0, |r| r.end);
+    if damaged > MAX_LISTED_DAMAGE {
+        stats.damage.push(err(
+            ArchiveErrorKind::Document,
+            end,
+            format!("{damaged} damaged documents in all; the first {MAX_LISTED_DAMAGE} are listed"),
+        ));
+    }
     match n.crc {
         Some(expected) if expected != stats.crc => stats.damage.push(err(
             ArchiveErrorKind::Crc,
@@ -1336,8 +1369,9 @@ pub struct NamespaceWritten {
     /// Their CRC-64, in the end header.
     pub crc: u64,
     /// What was wrong with the input: documents that are not valid BSON
-    /// (written as they are), documents too large for mongorestore and
-    /// damaged framing (left out: mongorestore could not read past them).
+    /// (written as they are; the first [`MAX_LISTED_DAMAGE`], then their
+    /// count), documents too large for mongorestore and damaged framing
+    /// (left out: mongorestore could not read past them).
     pub problems: Vec<String>,
 }
 
@@ -1488,6 +1522,7 @@ impl<W: Write> ArchiveWriter<W> {
         let mut doc = Vec::new();
         // Offset in the input, for messages.
         let mut at = 0u64;
+        let mut damaged = 0u64;
         loop {
             let mut len = [0u8; 4];
             let got = read_full(&mut r, &mut len).map_err(|e| ArchiveError {
@@ -1541,11 +1576,14 @@ impl<W: Write> ArchiveWriter<W> {
                 continue;
             }
             if let Err(d) = check_document(&doc) {
-                w.problems.push(format!(
-                    "input byte {}: document {} is not valid BSON ({d}); written as it is",
-                    at - size as u64,
-                    w.documents + 1
-                ));
+                damaged += 1;
+                if damaged <= MAX_LISTED_DAMAGE {
+                    w.problems.push(format!(
+                        "input byte {}: document {} is not valid BSON ({d}); written as it is",
+                        at - size as u64,
+                        w.documents + 1
+                    ));
+                }
             }
             crc.update(&doc);
             let bytes = std::mem::take(&mut doc);
@@ -1553,6 +1591,11 @@ impl<W: Write> ArchiveWriter<W> {
             doc = bytes;
             w.documents += 1;
             w.bytes += size as u64;
+        }
+        if damaged > MAX_LISTED_DAMAGE {
+            w.problems.push(format!(
+                "{damaged} documents are not valid BSON in all (written as they are); the first {MAX_LISTED_DAMAGE} are listed"
+            ));
         }
         w.crc = crc.value();
         self.put(&ns, &TERMINATOR)?;
@@ -2062,6 +2105,26 @@ mod tests {
         assert!(got.problems[0].contains("is cut after"), "{:?}", got.problems);
         let (bytes, _) = w.finish().unwrap();
         assert!(plan_reader(&bytes[..], "w").unwrap().is_clean());
+    }
+
+    #[test]
+    fn many_damaged_documents_are_counted_past_the_first_listed() {
+        // 25 documents whose one element has type 0xaa.
+        let bad = [10u8, 0, 0, 0, 0xaa, b'a', 0, 0, 0, 0];
+        let input = bad.repeat(25);
+        let c = CollectionMetadata::new("db", "c", "{}");
+        let (bytes, written) =
+            write_archive(Vec::new(), "w", &ArchiveHeader::new("7.0.2", "t"), [(c, Some(&input[..]))], None::<&[u8]>)
+                .unwrap();
+        assert_eq!((written[0].documents, written[0].problems.len()), (25, 21));
+        assert!(written[0].problems[20].starts_with("25 documents are not valid BSON"), "{:?}", written[0].problems);
+        let plan = plan_reader(&bytes[..], "w").unwrap();
+        assert_eq!(plan.namespaces[0].damaged_documents, 25);
+        assert_eq!(plan.problems.len(), 21, "{:?}", plan.problems);
+        assert!(plan.problems[20].reason.starts_with("25 damaged documents in all"), "{}", plan.problems[20]);
+        let mut out = Vec::new();
+        let stats = copy_collection(&mut io::Cursor::new(&bytes), &plan, &plan.namespaces[0], &mut out).unwrap();
+        assert_eq!((out, stats.damage.len()), (input, 21));
     }
 
     #[test]
