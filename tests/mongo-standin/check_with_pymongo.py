@@ -150,6 +150,14 @@ def collections(srv):
     assert infos["v"]["type"] == "view" and infos["v"]["options"]["viewOn"] == "plain"
     assert infos["v"]["info"] == {"readOnly": True}
     assert infos["ts"]["type"] == "timeseries"
+    assert infos["ts"]["options"] == {"timeseries": {"timeField": "t", "granularity": "seconds", "bucketMaxSpanSeconds": 3600}}
+    assert infos["ts"]["info"] == {"readOnly": False}, infos["ts"]
+    buckets = infos["system.buckets.ts"]
+    assert buckets["options"]["clusteredIndex"] is True and "idIndex" not in buckets, buckets
+    e = expect_failure(40415, db.command, "create", "odd", bogus=1)
+    assert e.details["errmsg"] == "BSON field 'create.bogus' is an unknown field.", e.details
+    db.command("collMod", "validated", validator={"b": {"$exists": True}})
+    assert db.list_collections(filter={"name": "validated"}).next()["options"]["validator"] == {"b": {"$exists": True}}
     assert list(db.v.find()) == [{"_id": 1, "a": 1}]
     names = db.list_collection_names(filter={"type": "view"})
     assert names == ["v"], names
@@ -529,11 +537,19 @@ def apply_ops(srv):
         # Replaying an insert that is already there upserts it.
         {"op": "i", "ns": "ap.c", "o": {"_id": 3}},
         {"op": "i", "ns": "ap.c", "o": {"_id": 3, "again": True}},
+        {"op": "c", "ns": "ap.$cmd", "o": {"collMod": "c", "validator": {"a": {"$exists": True}}}},
+        # A transaction's commit: its operations inside one entry.
+        {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [
+            {"op": "i", "ns": "ap.t", "o": {"_id": "x"}},
+            {"op": "u", "ns": "ap.c", "o2": {"_id": 3}, "o": {"$v": 2, "diff": {"d": {"again": False}}}},
+        ]}},
     ]
     r = c.admin.command("applyOps", ops)
     assert r["applied"] == len(ops) and r["results"] == [True] * len(ops), r
-    assert list(c.ap.c.find()) == [{"_id": 1, "a": 5, "b": {"x": 1, "y": 2}, "n": 1}, {"_id": 3, "again": True}]
+    assert list(c.ap.c.find()) == [{"_id": 1, "a": 5, "b": {"x": 1, "y": 2}, "n": 1}, {"_id": 3}]
     assert "a_1" in c.ap.c.index_information()
+    assert list(c.ap.t.find()) == [{"_id": "x"}]
+    assert c.ap.list_collections(filter={"name": "c"}).next()["options"] == {"validator": {"a": {"$exists": True}}}
 
 
 @check("capped oplog: the oldest entries fall off, a resume point before them is detectable")

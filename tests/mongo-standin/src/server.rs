@@ -566,6 +566,17 @@ impl Shared {
             }
             return Err(err(48, format!("Collection {db}.{coll} already exists.")));
         }
+        if kind == "timeseries" {
+            // A time-series collection is a view on `system.buckets.<name>`.
+            let mut bucket_options = doc! { "clusteredIndex": true };
+            if let Some(ts) = options.get("timeseries") {
+                bucket_options.insert("timeseries", ts.clone());
+            }
+            let buckets = format!("system.buckets.{coll}");
+            if Self::get_coll(st, db, &buckets).is_none() {
+                self.create_collection_with_uuid(st, db, &buckets, "collection", bucket_options, uuid)?;
+            }
+        }
         let mut c = Collection::new(kind, options.clone());
         if let Some(u) = uuid {
             c.uuid = u;
@@ -575,11 +586,11 @@ impl Shared {
         for (k, v) in &options {
             o.insert(k.clone(), v.clone());
         }
-        if kind == "collection" && !is_no_id_index(&options) {
+        if kind == "collection" && !is_no_id_index(&options) && !options.contains_key("clusteredIndex") {
             o.insert("idIndex", id_index());
         }
         st.dbs.entry(db.to_string()).or_default().colls.insert(coll.to_string(), c);
-        let ui = (kind != "view").then_some(uuid);
+        let ui = (kind == "collection").then_some(uuid);
         self.log_op(st, "c", &format!("{db}.$cmd"), ui, o, None);
         if kind == "view" {
             // A view is a document in system.views.
@@ -606,10 +617,13 @@ impl Shared {
     }
 
     fn drop_collection(&self, st: &mut State, db: &str, coll: &str) -> Option<usize> {
+        if Self::get_coll(st, db, coll).is_some_and(|c| c.kind == "timeseries") {
+            self.drop_collection(st, db, &format!("system.buckets.{coll}"));
+        }
         let c = st.dbs.get_mut(db)?.colls.remove(coll)?;
         let n = c.indexes.len();
         st.cursors.retain(|_, cur| !(cur.db == db && cur.coll == coll));
-        let ui = (c.kind != "view").then_some(c.uuid);
+        let ui = (c.kind == "collection").then_some(c.uuid);
         self.log_op(
             st,
             "c",
@@ -938,6 +952,12 @@ impl Shared {
                 Ok(doc! { "roles": [] })
             }
             "dbStats" => self.db_stats(conn, db, cmd),
+            "collMod" => {
+                let coll = coll_name(cmd, "collMod")?;
+                self.require(conn, Action::Write, db, Some(&coll), cmd)?;
+                let mut st = lock(&self.state);
+                self.coll_mod(&mut st, db, &coll, cmd)
+            }
             _ => Err(err(59, format!("no such command: '{name}'"))),
         }
     }
@@ -1243,11 +1263,11 @@ impl Shared {
         if let Some(d) = st.dbs.get(db) {
             for (name, c) in &d.colls {
                 let mut info = doc! { "readOnly": c.kind == "view" };
-                if c.kind != "view" {
+                if c.kind == "collection" {
                     info.insert("uuid", c.uuid_bson());
                 }
                 let mut entry = doc! { "name": name, "type": c.kind, "options": c.options.clone(), "info": info };
-                if c.kind == "collection" && c.has_id_index() {
+                if c.kind == "collection" && c.has_id_index() && !c.options.contains_key("clusteredIndex") {
                     entry.insert("idIndex", id_index());
                 }
                 if !query::matches(&entry, &filter)? {
@@ -1337,7 +1357,13 @@ impl Shared {
                 | "autoIndexId" => {
                     options.insert(k.clone(), v.clone());
                 }
-                _ => {}
+                // Accepted and not stored (as 7.0 does with these).
+                "flags" | "idIndex" | "temp" | "recordPreImages" => {}
+                k if k.starts_with('$') || GENERIC_FIELDS.contains(&k) => {}
+                other => {
+                    return Err(err(40415, format!("BSON field 'create.{other}' is an unknown field."))
+                        .with_name("Location40415"));
+                }
             }
         }
         if options.contains_key("viewOn") {
@@ -1348,8 +1374,10 @@ impl Shared {
         } else if options.contains_key("pipeline") {
             return Err(err(9, "'pipeline' requires 'viewOn' to also be specified"));
         }
-        if options.contains_key("timeseries") {
+        if let Ok(ts) = options.get_document("timeseries") {
             kind = "timeseries";
+            let ts = timeseries_options(ts)?;
+            options.insert("timeseries", ts);
         }
         if options.get_bool("capped").unwrap_or(false) && !options.contains_key("size") {
             return Err(err(72, "the 'size' field is required when 'capped' is true"));
@@ -1534,6 +1562,71 @@ impl Shared {
             );
         }
         Ok(doc! { "nIndexesWas": before as i32 })
+    }
+
+    /// collMod: validator and validation settings, a view's pipeline, a
+    /// time-series collection's expireAfterSeconds, and an index's
+    /// expireAfterSeconds or hidden.
+    fn coll_mod(&self, st: &mut State, db: &str, coll: &str, cmd: &Document) -> CmdResult {
+        let Some(c) = Self::get_coll_mut(st, db, coll) else {
+            return Err(err(26, format!("ns does not exist: {db}.{coll}")));
+        };
+        let old_options = c.options.clone();
+        let uuid = c.uuid;
+        let kind = c.kind;
+        let mut reply = Document::new();
+        for (k, v) in cmd.iter().skip(1) {
+            match k.as_str() {
+                "validator"
+                | "validationLevel"
+                | "validationAction"
+                | "changeStreamPreAndPostImages"
+                | "expireAfterSeconds" => {
+                    c.options.insert(k.clone(), v.clone());
+                }
+                "viewOn" | "pipeline" if kind == "view" => {
+                    c.options.insert(k.clone(), v.clone());
+                }
+                "index" => {
+                    let Bson::Document(spec) = v else { return Err(err(14, "index must be an object")) };
+                    let pos = if let Ok(name) = spec.get_str("name") {
+                        c.indexes.iter().position(|i| i.get_str("name").ok() == Some(name))
+                    } else if let Ok(key) = spec.get_document("keyPattern") {
+                        c.indexes.iter().position(|i| i.get_document("key").ok() == Some(key))
+                    } else {
+                        return Err(err(2, "no keyPattern or name specified"));
+                    };
+                    let Some(pos) = pos else {
+                        return Err(err(27, format!("cannot find index {} for ns {db}.{coll}", shell_string(v))));
+                    };
+                    for field in ["expireAfterSeconds", "hidden"] {
+                        if let Some(new) = spec.get(field) {
+                            let old = c.indexes[pos].get(field).cloned();
+                            c.indexes[pos].insert(field, new.clone());
+                            if let Some(old) = old {
+                                reply.insert(format!("{field}_old"), old);
+                            }
+                            reply.insert(format!("{field}_new"), new.clone());
+                        }
+                    }
+                }
+                k if k.starts_with('$') || GENERIC_FIELDS.contains(&k) => {}
+                other => {
+                    return Err(err(40415, format!("BSON field 'collMod.{other}' is an unknown field."))
+                        .with_name("Location40415"));
+                }
+            }
+        }
+        let mut o = Document::new();
+        for (k, v) in cmd {
+            if !k.starts_with('$') && !GENERIC_FIELDS.contains(&k.as_str()) {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        let ui = (kind == "collection").then_some(uuid);
+        self.log_op(st, "c", &format!("{db}.$cmd"), ui, o, Some(doc! { "collectionOptions_old": old_options }));
+        self.changed.notify_all();
+        Ok(reply)
     }
 
     fn db_stats(&self, conn: &Connection, db: &str, cmd: &Document) -> CmdResult {
@@ -2318,6 +2411,17 @@ impl Shared {
                         }
                         Ok(())
                     }
+                    "collMod" => self.coll_mod(st, db, &target, o).map(|_| ()),
+                    // A transaction's operations, as one entry holds them.
+                    "applyOps" => {
+                        for inner in o.get_array("applyOps").cloned().unwrap_or_default() {
+                            let Bson::Document(inner) = inner else {
+                                return Err(err(2, "applyOps entries must be documents"));
+                            };
+                            self.apply_one(st, &inner, always_upsert)?;
+                        }
+                        Ok(())
+                    }
                     other => Err(err(2, format!("this MongoDB stand-in does not apply the oplog command {other}"))),
                 }
             }
@@ -2344,6 +2448,60 @@ impl CmdError {
         self.dup_id = Some(Box::new(id.clone()));
         self
     }
+}
+
+/// Fields any command may carry (sessions, API version, concerns...).
+const GENERIC_FIELDS: &[&str] = &[
+    "lsid",
+    "txnNumber",
+    "autocommit",
+    "startTransaction",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "maxTimeMS",
+    "readConcern",
+    "writeConcern",
+    "comment",
+    "mayBypassWriteBlocking",
+];
+
+/// A time-series collection's options as 7.0 stores them: `granularity`
+/// defaults to seconds, and `bucketMaxSpanSeconds` follows it.
+fn timeseries_options(ts: &Document) -> Result<Document, CmdError> {
+    let Ok(time_field) = ts.get_str("timeField") else {
+        return Err(
+            err(40414, "BSON field 'timeseries.timeField' is missing but a required field").with_name("Location40414")
+        );
+    };
+    let mut out = doc! { "timeField": time_field };
+    if let Ok(meta) = ts.get_str("metaField") {
+        out.insert("metaField", meta);
+    }
+    let custom = ts.contains_key("bucketRoundingSeconds");
+    if custom {
+        for k in ["bucketMaxSpanSeconds", "bucketRoundingSeconds"] {
+            if let Some(v) = ts.get(k) {
+                out.insert(k, v.clone());
+            }
+        }
+        return Ok(out);
+    }
+    let granularity = ts.get_str("granularity").unwrap_or("seconds");
+    let span = match granularity {
+        "seconds" => 3600,
+        "minutes" => 86400,
+        "hours" => 2_592_000,
+        other => {
+            return Err(err(
+                2,
+                format!("Enumeration value '{other}' for field 'timeseries.granularity' is not a valid value."),
+            ));
+        }
+    };
+    out.insert("granularity", granularity);
+    out.insert("bucketMaxSpanSeconds", span);
+    Ok(out)
 }
 
 fn build_info() -> Document {
