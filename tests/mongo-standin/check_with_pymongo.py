@@ -255,10 +255,19 @@ def indexes(srv):
     info = coll.index_information()
     assert info["_id_"] == {"v": 2, "key": [("_id", 1)]}, info
     assert info["a_1_b_-1"] == {"v": 2, "key": [("a", 1), ("b", -1)], "unique": True}, info
+    e = expect_failure(11000, coll.insert_one, {"a": 1, "b": 2})
+    assert e.details["errmsg"] == "E11000 duplicate key error collection: idx.c index: a_1_b_-1 dup key: { a: 1, b: 2 }", e.details
+    assert e.details["keyPattern"] == {"a": 1, "b": -1} and e.details["keyValue"] == {"a": 1, "b": 2}, e.details
+    coll.insert_many([{"z": 1, "a": 5}, {"z": 1, "a": 6}])  # missing fields index as null
+    e = expect_failure(11000, coll.create_index, "z", unique=True)
+    assert e.details["errmsg"].startswith("Index build failed: "), e.details
+    assert e.details["errmsg"].endswith("E11000 duplicate key error collection: idx.c index: z_1 dup key: { z: 1 }"), e.details
+    assert "z_1" not in coll.index_information()
+    coll.create_index("s", unique=True, sparse=True)  # documents without s are left out
     again = c.idx.command("createIndexes", "c", indexes=[{"key": {"b": 1}, "name": "by_b"}])
     assert again["note"] == "all indexes already exist", again
     coll.drop_index("by_b")
-    assert sorted(coll.index_information()) == ["_id_", "a_1_b_-1"]
+    assert sorted(coll.index_information()) == ["_id_", "a_1_b_-1", "s_1"]
     assert list(c.idx.nothing.list_indexes()) == []  # pymongo hides NamespaceNotFound
     e = expect_failure(26, c.idx.command, "listIndexes", "nothing")
     assert e.details["errmsg"] == "ns does not exist: idx.nothing"

@@ -35,17 +35,17 @@ pub(crate) struct CmdError {
     code: i32,
     name: &'static str,
     msg: String,
-    /// A duplicate key's `_id` (for keyPattern/keyValue).
-    dup_id: Option<Box<Bson>>,
+    /// A duplicate key's pattern and value (for keyPattern/keyValue).
+    dup: Option<Box<(Document, Document)>>,
 }
 
 fn err(code: i32, msg: impl Into<String>) -> CmdError {
-    CmdError { code, name: code_name(code), msg: msg.into(), dup_id: None }
+    CmdError { code, name: code_name(code), msg: msg.into(), dup: None }
 }
 
 impl From<QueryError> for CmdError {
     fn from(e: QueryError) -> Self {
-        CmdError { code: e.code, name: e.code_name, msg: e.message, dup_id: None }
+        CmdError { code: e.code, name: e.code_name, msg: e.message, dup: None }
     }
 }
 
@@ -119,6 +119,8 @@ pub(crate) struct Collection {
     /// `_id` (as BSON bytes) to record id.
     by_id: HashMap<Vec<u8>, u64>,
     next_record: u64,
+    /// Unique secondary indexes: name to (key bytes to record id).
+    unique: HashMap<String, HashMap<Vec<u8>, u64>>,
     /// A capped collection's `max` (the oplog's entry cap).
     max_docs: Option<usize>,
     /// Records dropped off a capped collection so far (the last one's id).
@@ -140,6 +142,7 @@ impl Collection {
             indexes,
             docs: BTreeMap::new(),
             by_id: HashMap::new(),
+            unique: HashMap::new(),
             next_record: 1,
             max_docs,
             last_dropped: 0,
@@ -154,15 +157,21 @@ impl Collection {
         self.indexes.iter().any(|i| i.get_str("name").ok() == Some("_id_"))
     }
 
-    /// Adds a document; `Err` with the clashing `_id` on a duplicate.
-    fn push(&mut self, doc: Document) -> Result<u64, Bson> {
+    /// Adds a document; `Err` with the clashing key on a duplicate.
+    fn push(&mut self, doc: Document) -> Result<u64, Box<DupKey>> {
         let key = doc.get("_id").map(id_key);
         if let Some(k) = &key
             && self.has_id_index()
             && self.by_id.contains_key(k)
         {
-            return Err(doc.get("_id").cloned().unwrap_or(Bson::Null));
+            let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+            return Err(Box::new(DupKey {
+                index: "_id_".into(),
+                pattern: doc! { "_id": 1 },
+                value: doc! { "_id": id },
+            }));
         }
+        self.check_unique(&doc, None)?;
         let rec = self.next_record;
         self.next_record += 1;
         if let Some(k) = key
@@ -170,6 +179,7 @@ impl Collection {
         {
             self.by_id.insert(k, rec);
         }
+        self.add_unique(rec, &doc);
         self.docs.insert(rec, doc);
         if let Some(max) = self.max_docs {
             while self.docs.len() > max {
@@ -177,6 +187,7 @@ impl Collection {
                 if let Some(id) = d.get("_id") {
                     self.by_id.remove(&id_key(id));
                 }
+                self.remove_unique(&d);
                 self.last_dropped = old;
             }
         }
@@ -193,7 +204,94 @@ impl Collection {
         if let Some(id) = d.get("_id") {
             self.by_id.remove(&id_key(id));
         }
+        self.remove_unique(&d);
         Some(d)
+    }
+
+    /// The unique indexes other than `_id_`.
+    fn unique_specs(&self) -> impl Iterator<Item = &Document> {
+        self.indexes.iter().filter(|i| i.get("unique").is_some_and(truthy) && i.get_str("name").ok() != Some("_id_"))
+    }
+
+    /// A unique index's key for `doc`: its bytes and `{field: value}`, or
+    /// `None` when a sparse or partial index leaves the document out.
+    fn index_key(spec: &Document, doc: &Document) -> Option<(Vec<u8>, Document)> {
+        let pattern = spec.get_document("key").ok()?;
+        let mut value = Document::new();
+        let mut normalized = Document::new();
+        let mut any = false;
+        for field in pattern.keys() {
+            let v = query::get_path(doc, field).cloned();
+            any |= v.is_some();
+            let v = v.unwrap_or(Bson::Null);
+            normalized.insert(field.clone(), normalize_number(&v));
+            value.insert(field.clone(), v);
+        }
+        if !any && spec.get("sparse").is_some_and(truthy) {
+            return None;
+        }
+        if let Ok(partial) = spec.get_document("partialFilterExpression")
+            && !query::matches(doc, partial).unwrap_or(false)
+        {
+            return None;
+        }
+        Some((normalized.to_vec().unwrap_or_default(), value))
+    }
+
+    fn check_unique(&self, doc: &Document, except: Option<u64>) -> Result<(), Box<DupKey>> {
+        for spec in self.unique_specs() {
+            let name = spec.get_str("name").unwrap_or("").to_string();
+            if let Some((bytes, value)) = Self::index_key(spec, doc)
+                && let Some(rec) = self.unique.get(&name).and_then(|m| m.get(&bytes))
+                && Some(*rec) != except
+            {
+                let pattern = spec.get_document("key").cloned().unwrap_or_default();
+                return Err(Box::new(DupKey { index: name, pattern, value }));
+            }
+        }
+        Ok(())
+    }
+
+    fn add_unique(&mut self, rec: u64, doc: &Document) {
+        let keys: Vec<(String, Vec<u8>)> = self
+            .unique_specs()
+            .filter_map(|spec| Some((spec.get_str("name").ok()?.to_string(), Self::index_key(spec, doc)?.0)))
+            .collect();
+        for (name, bytes) in keys {
+            self.unique.entry(name).or_default().insert(bytes, rec);
+        }
+    }
+
+    fn remove_unique(&mut self, doc: &Document) {
+        let keys: Vec<(String, Vec<u8>)> = self
+            .unique_specs()
+            .filter_map(|spec| Some((spec.get_str("name").ok()?.to_string(), Self::index_key(spec, doc)?.0)))
+            .collect();
+        for (name, bytes) in keys {
+            if let Some(m) = self.unique.get_mut(&name) {
+                m.remove(&bytes);
+            }
+        }
+    }
+
+    /// Rebuilds the unique indexes' maps (after an index is added or
+    /// dropped); `Err` names the first duplicate found.
+    fn rebuild_unique(&mut self) -> Result<(), Box<DupKey>> {
+        let mut maps: HashMap<String, HashMap<Vec<u8>, u64>> = HashMap::new();
+        for spec in self.unique_specs() {
+            let name = spec.get_str("name").unwrap_or("").to_string();
+            let map = maps.entry(name.clone()).or_default();
+            for (rec, d) in &self.docs {
+                if let Some((bytes, value)) = Self::index_key(spec, d)
+                    && map.insert(bytes, *rec).is_some()
+                {
+                    let pattern = spec.get_document("key").cloned().unwrap_or_default();
+                    return Err(Box::new(DupKey { index: name, pattern, value }));
+                }
+            }
+        }
+        self.unique = maps;
+        Ok(())
     }
 
     fn find_id(&self, id: &Bson) -> Option<u64> {
@@ -204,13 +302,28 @@ impl Collection {
         }
     }
 
-    fn replace(&mut self, rec: u64, doc: Document) {
+    /// Replaces a document (same `_id`); `Err` when it would clash with
+    /// another under a unique index.
+    fn replace(&mut self, rec: u64, doc: Document) -> Result<(), Box<DupKey>> {
+        self.check_unique(&doc, Some(rec))?;
+        if let Some(old) = self.docs.remove(&rec) {
+            self.remove_unique(&old);
+        }
+        self.add_unique(rec, &doc);
         self.docs.insert(rec, doc);
+        Ok(())
     }
 
     fn uuid_bson(&self) -> Bson {
         Bson::Binary(Binary { subtype: BinarySubtype::Uuid, bytes: self.uuid.to_vec() })
     }
+}
+
+/// A duplicate key under a unique index.
+pub(crate) struct DupKey {
+    index: String,
+    pattern: Document,
+    value: Document,
 }
 
 fn is_no_id_index(options: &Document) -> bool {
@@ -616,6 +729,23 @@ impl Shared {
         Ok(Document::new())
     }
 
+    /// Adds an index; a unique one over duplicate values fails as
+    /// MongoDB's index build does, and is not added.
+    fn add_index(st: &mut State, db: &str, coll: &str, spec: Document) -> Result<(), CmdError> {
+        let c = Self::get_coll_mut(st, db, coll).expect("the caller made the collection");
+        c.indexes.push(spec);
+        if let Err(dup) = c.rebuild_unique() {
+            c.indexes.pop();
+            let _ = c.rebuild_unique();
+            let h = query::hex(&c.uuid);
+            let uuid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+            let mut e = dup_key_error(db, coll, *dup);
+            e.msg = format!("Index build failed: {uuid}: Collection {db}.{coll} ( {uuid} ) :: caused by :: {}", e.msg);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn drop_collection(&self, st: &mut State, db: &str, coll: &str) -> Option<usize> {
         if Self::get_coll(st, db, coll).is_some_and(|c| c.kind == "timeseries") {
             self.drop_collection(st, db, &format!("system.buckets.{coll}"));
@@ -691,7 +821,7 @@ impl Shared {
                     self.log_op(st, "i", &ns, Some(uuid), doc, Some(doc! { "_id": id }));
                 }
                 Err(dup) => {
-                    errors.push((i, dup_key_error(db, coll, &dup)));
+                    errors.push((i, dup_key_error(db, coll, *dup)));
                     if ordered {
                         break;
                     }
@@ -1456,7 +1586,7 @@ impl Shared {
             new_specs.push(full);
         }
         for spec in &new_specs {
-            Self::get_coll_mut(&mut st, db, &coll).expect("exists").indexes.push(spec.clone());
+            Self::add_index(&mut st, db, &coll, spec.clone())?;
             let mut o = doc! { "createIndexes": &coll };
             for (k, v) in spec {
                 o.insert(k.clone(), v.clone());
@@ -1550,6 +1680,7 @@ impl Shared {
                     .with_name("Location40414"));
             }
         };
+        let _ = c.rebuild_unique();
         for spec in dropped {
             let name = spec.get_str("name").unwrap_or("").to_string();
             self.log_op(
@@ -1963,9 +2094,10 @@ impl Shared {
                 .into_iter()
                 .map(|(i, e)| {
                     let mut d = doc! { "index": i as i32, "code": e.code };
-                    if let Some(id) = e.dup_id {
-                        d.insert("keyPattern", doc! { "_id": 1 });
-                        d.insert("keyValue", doc! { "_id": *id });
+                    if let Some(dup) = e.dup {
+                        let (pattern, value) = *dup;
+                        d.insert("keyPattern", pattern);
+                        d.insert("keyValue", value);
                     }
                     d.insert("errmsg", e.msg);
                     Bson::Document(d)
@@ -2154,7 +2286,7 @@ impl Shared {
             if size > MAX_BSON_SIZE {
                 return Err(err(10334, format!("Resulting document after update is larger than {MAX_BSON_SIZE}")));
             }
-            c.replace(*rec, new);
+            c.replace(*rec, new).map_err(|d| dup_key_error(db, coll, *d))?;
             modified += 1;
             self.log_op(st, "u", &ns, Some(uuid), entry, Some(doc! { "_id": id }));
         }
@@ -2265,7 +2397,7 @@ impl Shared {
                 {
                     let c = Self::get_coll_mut(st, db, coll).expect("found");
                     let uuid = c.uuid;
-                    c.replace(rec, o.clone());
+                    c.replace(rec, o.clone()).map_err(|d| dup_key_error(db, coll, *d))?;
                     self.log_op(st, "u", ns, Some(uuid), o.clone(), Some(doc! { "_id": id.clone() }));
                     return Ok(());
                 }
@@ -2303,7 +2435,7 @@ impl Shared {
                                 doc = with_id_first(doc);
                             }
                         }
-                        c.replace(rec, doc);
+                        c.replace(rec, doc).map_err(|d| dup_key_error(db, coll, *d))?;
                         self.log_op(st, "u", ns, uuid, o.clone(), Some(o2.clone()));
                         Ok(())
                     }
@@ -2389,7 +2521,7 @@ impl Shared {
                         let c = Self::get_coll_mut(st, db, &target).expect("created");
                         let uuid = c.uuid;
                         if !c.indexes.iter().any(|i| i.get("name") == spec.get("name")) {
-                            c.indexes.push(spec.clone());
+                            Self::add_index(st, db, &target, spec.clone())?;
                             let mut o = doc! { "createIndexes": &target };
                             for (k, v) in spec {
                                 o.insert(k, v);
@@ -2406,6 +2538,7 @@ impl Shared {
                                 c.indexes.iter().position(|i| i.get_str("name").ok() == Some(index.as_str()))
                             {
                                 let spec = c.indexes.remove(pos);
+                                let _ = c.rebuild_unique();
                                 self.log_op(st, "c", &format!("{db}.$cmd"), Some(uuid), o.clone(), Some(spec));
                             }
                         }
@@ -2442,10 +2575,6 @@ impl CmdError {
     }
     fn with_code(mut self, code: i32) -> CmdError {
         self.code = code;
-        self
-    }
-    fn with_dup(mut self, id: &Bson) -> CmdError {
-        self.dup_id = Some(Box::new(id.clone()));
         self
     }
 }
@@ -2597,15 +2726,18 @@ fn with_id_first(doc: Document) -> Document {
     out
 }
 
-fn dup_key_error(db: &str, coll: &str, id: &Bson) -> CmdError {
-    err(
+fn dup_key_error(db: &str, coll: &str, dup: DupKey) -> CmdError {
+    let mut e = err(
         11000,
         format!(
-            "E11000 duplicate key error collection: {db}.{coll} index: _id_ dup key: {{ _id: {} }}",
-            shell_string(id)
+            "E11000 duplicate key error collection: {db}.{coll} index: {} dup key: {}",
+            dup.index,
+            shell_string(&Bson::Document(dup.value.clone()))
         ),
-    )
-    .with_dup(id)
+    );
+    let DupKey { pattern, value, .. } = dup;
+    e.dup = Some(Box::new((pattern, value)));
+    e
 }
 
 /// Takes up to `batch` documents (and 16 MiB) off the cursor.
