@@ -605,8 +605,14 @@ impl<R: Read> ArchiveReader<R> {
         self.pos = got as u64;
         let found = u32::from_le_bytes(magic);
         if got < 4 || found != MAGIC {
-            let what =
-                if got < 4 { format!("it has only {got} bytes") } else { format!("it starts with 0x{found:08x}") };
+            let what = if got < 4 {
+                format!("it has only {got} bytes")
+            } else if magic[..2] == [0x1f, 0x8b] {
+                // `mongodump --archive --gzip` compresses the whole stream.
+                "it is gzip-compressed (mongodump --archive --gzip): decompress it first".to_string()
+            } else {
+                format!("it starts with 0x{found:08x}")
+            };
             return Err(self.error(
                 ArchiveErrorKind::NotAnArchive,
                 None,
@@ -1933,6 +1939,8 @@ mod tests {
         let e = plan_reader(&read("testdirs/db1/c1.bson")[..], "c1.bson").unwrap_err();
         assert_eq!(e.kind, ArchiveErrorKind::NotAnArchive);
         assert!(e.to_string().contains("not a mongodump archive"), "{e}");
+        let e = plan_reader(&read("prelude_test/prelude_gzip/prelude.json.gz")[..], "gz").unwrap_err();
+        assert!(e.reason.contains("gzip-compressed"), "{e}");
 
         let good = read("test.bar.archive");
         // A document after an end header (test.bar's end header is at
