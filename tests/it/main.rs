@@ -12,6 +12,7 @@ mod live_trees;
 mod maintenance;
 mod mongo_standin;
 mod mongodb;
+mod mongodb_live;
 mod network;
 mod pki;
 mod postgres;

@@ -696,11 +696,11 @@ fn restore_live(config: &MongoConfig, url: &str, snapshot: &SnapshotReader) -> R
         if replay.last.is_some() {
             reached = replay.last;
         }
-        if !replay.done {
+        if !replay.done && !replay.last.is_some_and(|l| l >= u) {
+            let end = reached.map(|r| r.to_string()).unwrap_or_else(|| "(no entries)".into());
             return Err(Error::Other(format!(
-                "the oplog stream {name} ends at {}, before the point asked for ({u}): the server holds the data as                  of {} (the stream's newest entry); keep `coffer stream follow mongodb` running to reach later points",
-                reached.map(|r| r.to_string()).unwrap_or_default(),
-                reached.map(|r| r.to_string()).unwrap_or_default()
+                "the oplog stream {name} ends at {end}, before the point asked for ({u}): the server now holds the \
+                 data as of {end}; keep `coffer stream follow mongodb` running to reach later points"
             )));
         }
     }
@@ -875,6 +875,56 @@ fn verify_dump(snapshot: &SnapshotReader, report: &mut VerifyReport) -> Result<(
     Ok(())
 }
 
+/// With `url` granted: the backup's document counts beside the server's
+/// now, as notes (the server has moved on since the backup; a collection
+/// the server no longer has is named).
+fn compare_with_server(
+    config: &MongoConfig,
+    url: &str,
+    snapshot: &SnapshotReader,
+    report: &mut VerifyReport,
+) -> Result<(), Error> {
+    let uri = config.uri(url)?;
+    let mut conn = match client::connect(&uri) {
+        Ok(c) => c,
+        Err(e) => {
+            report.note(format!("not compared with the server: {e}"));
+            return Ok(());
+        }
+    };
+    let mut compared = 0u64;
+    let mut differ = 0u64;
+    for (key, value) in snapshot.attributes() {
+        let Some(path) = key.strip_prefix("mongodb.docs.") else { continue };
+        let Some((db, stem)) = path.split_once('/') else { continue };
+        let (db, coll) = (dump::unescape(db), dump::unescape(stem));
+        host::check_cancelled()?;
+        let r = conn.run(&db, bson::doc! { "count": coll.as_str() });
+        let now = match r {
+            Ok(d) => match d.get("n") {
+                Some(bson::Bson::Int32(n)) => *n as i64,
+                Some(bson::Bson::Int64(n)) => *n,
+                Some(bson::Bson::Double(n)) => *n as i64,
+                _ => continue,
+            },
+            Err(e) => {
+                report.note(format!("{db}.{coll}: not counted on the server: {}", e.into_error("count")));
+                continue;
+            }
+        };
+        compared += 1;
+        if now.to_string() != value {
+            differ += 1;
+            report.note(format!("{db}.{coll}: {value} documents in the backup, {now} on the server now"));
+        }
+    }
+    report.note(format!(
+        "compared {compared} collections' document counts with {}: {differ} differ (the server changed since the backup)",
+        conn.addr()
+    ));
+    Ok(())
+}
+
 impl Plugin for MongoDb {
     type Config = MongoConfig;
 
@@ -939,9 +989,12 @@ impl Plugin for MongoDb {
         )
     }
 
-    fn verify(_config: MongoConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
+    fn verify(config: MongoConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         verify_dump(snapshot, &mut report)?;
+        if let Some(url) = &config.url {
+            compare_with_server(&config, url, snapshot, &mut report)?;
+        }
         Ok(report)
     }
 }

@@ -375,7 +375,7 @@ pub fn snapshot(uri: &Uri, filter: &Filter, oplog: Option<bool>, sink: &Sink) ->
     names.retain(|db| !skipped_db(db, filter) && filter.may_take_db(db));
     for want in &filter.databases {
         if !names.contains(want) {
-            host::warn(format!("database {want} (databases=) is not on the server"));
+            host::warn(format!("database {want} (databases=) is not on the server, or this user may not see it"));
         }
     }
     let mut t = LiveTotals {
