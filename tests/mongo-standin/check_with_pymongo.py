@@ -464,6 +464,34 @@ def replset(srv):
     assert "$clusterTime" in hello and "operationTime" in hello
 
 
+class Heartbeats(monitoring.ServerHeartbeatListener):
+    def __init__(self):
+        self.started_count = 0
+        self.awaited = 0
+
+    def started(self, event):
+        self.started_count += 1
+        self.awaited += bool(event.awaited)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+@check("monitoring: awaitable hello with exhaustAllowed streams heartbeats at maxAwaitTimeMS")
+def heartbeats(srv):
+    hb = Heartbeats()
+    c = srv.client(replicaSet="rs0", heartbeatFrequencyMS=500, event_listeners=[hb])
+    c.admin.command("ping")
+    time.sleep(2.2)
+    c.close()
+    # A server that answered at once would see thousands.
+    assert 3 <= hb.started_count <= 12, hb.started_count
+    assert hb.awaited >= 2, (hb.started_count, hb.awaited)
+
+
 @check("oplog entries are shaped like MongoDB 7.0's")
 def oplog_shape(srv):
     c = srv.client(replicaSet="rs0")
@@ -632,7 +660,7 @@ def main():
         srv.stop()
     srv = Server("--replset", "rs0")
     try:
-        for fn in (replset, oplog_shape, tail_oplog, apply_ops):
+        for fn in (replset, heartbeats, oplog_shape, tail_oplog, apply_ops):
             fn(srv)
     finally:
         srv.stop()

@@ -272,6 +272,31 @@ fn serve(shared: &server::Shared, conn_id: i64, mut stream: impl Read + Write) {
         let result = match req.body {
             wire::RequestBody::Msg { flags, body, sequences } => {
                 let more_to_come = flags & wire::MORE_TO_COME != 0;
+                // An awaitable hello (a driver's monitor) waits maxAwaitTimeMS
+                // for a topology change, which never comes here; with
+                // exhaustAllowed the server then streams one reply per wait.
+                if let Some(wait) = shared.awaitable_hello(&body) {
+                    if !sleep_unless_stopping(shared, wait) {
+                        return;
+                    }
+                    if flags & wire::EXHAUST_ALLOWED != 0 {
+                        let mut response_to = req.request_id;
+                        let mut id = response_id;
+                        loop {
+                            let server::Outcome::Reply(reply) = shared.handle_msg(&mut conn, body.clone(), Vec::new())
+                            else {
+                                return;
+                            };
+                            if wire::write_msg(&mut stream, id, response_to, wire::MORE_TO_COME, &reply, None).is_err()
+                                || !sleep_unless_stopping(shared, wait)
+                            {
+                                return;
+                            }
+                            response_to = id;
+                            id = next_response_id.fetch_add(1, Ordering::SeqCst) as i32;
+                        }
+                    }
+                }
                 match shared.handle_msg(&mut conn, body, sequences) {
                     server::Outcome::Close => return,
                     server::Outcome::Reply(reply) => {
@@ -300,6 +325,21 @@ fn serve(shared: &server::Shared, conn_id: i64, mut stream: impl Read + Write) {
         if result.is_err() {
             return;
         }
+    }
+}
+
+/// Sleeps `wait` in short steps; `false` when the server is stopping.
+fn sleep_unless_stopping(shared: &server::Shared, wait: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(std::time::Duration::from_millis(50)));
     }
 }
 

@@ -998,6 +998,21 @@ impl Shared {
         Outcome::Reply(reply)
     }
 
+    /// How long an awaitable hello waits: its `maxAwaitTimeMS` when its
+    /// `topologyVersion` is this server's current one.
+    pub fn awaitable_hello(&self, body: &Document) -> Option<Duration> {
+        let name = body.keys().next()?;
+        if !matches!(name.as_str(), "hello" | "isMaster" | "ismaster") {
+            return None;
+        }
+        let tv = body.get_document("topologyVersion").ok()?;
+        if tv.get_object_id("processId").ok()? != self.process_id || tv.get("counter").and_then(as_i64) != Some(0) {
+            return None;
+        }
+        let ms = body.get("maxAwaitTimeMS").and_then(as_i64)?;
+        Some(Duration::from_millis(ms.clamp(0, 60_000) as u64))
+    }
+
     fn fault(&self, name: &str) -> Option<Fault> {
         let mut f = lock(&self.faults);
         if name == "getMore"
