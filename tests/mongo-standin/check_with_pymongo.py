@@ -9,11 +9,13 @@ if any check fails. tests/it/mongo_standin.rs runs it.
 """
 
 import datetime
+import os
 import re
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -650,6 +652,20 @@ def authorization(srv):
     expect_failure(13, lambda: list(reader.admin["system.users"].find()))
 
 
+@check("TLS: pymongo with tls=True and the server's CA; without TLS nothing answers")
+def tls(srv, ca):
+    c = srv.client(tls=True, tlsCAFile=ca)
+    assert c.admin.command("ping")["ok"] == 1.0
+    c.tls.c.insert_one({"_id": 1})
+    assert c.tls.c.find_one() == {"_id": 1}
+    plain = srv.client(serverSelectionTimeoutMS=1000)
+    try:
+        plain.admin.command("ping")
+        raise AssertionError("plain TCP got an answer from the TLS port")
+    except pymongo.errors.ServerSelectionTimeoutError:
+        pass
+
+
 def main():
     srv = Server("--compressors", "snappy")
     try:
@@ -676,6 +692,19 @@ def main():
         authorization(srv)
     finally:
         srv.stop()
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
+        srv = Server("--tls-cert", cert, "--tls-key", key)
+        try:
+            tls(srv, cert)
+        finally:
+            srv.stop()
     failed = [n for n, e in RESULTS if e]
     print(f"{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed (pymongo {pymongo.version})")
     sys.exit(1 if failed else 0)

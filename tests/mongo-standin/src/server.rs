@@ -1168,6 +1168,16 @@ impl Shared {
             d.insert("saslSupportedMechs", vec![Bson::from("SCRAM-SHA-1"), Bson::from("SCRAM-SHA-256")]);
         }
         let _ = db;
+        // The first SCRAM step, carried by the handshake (a failure is left
+        // for the full conversation to report).
+        if let Ok(spec) = cmd.get_document("speculativeAuthenticate")
+            && spec.contains_key("saslStart")
+        {
+            let auth_db = spec.get_str("db").unwrap_or("admin").to_string();
+            if let Ok(reply) = self.sasl_start(conn, &auth_db, spec) {
+                d.insert("speculativeAuthenticate", reply);
+            }
+        }
         d
     }
 
