@@ -588,6 +588,12 @@ def apply_ops(srv):
     assert list(c.ap.c.find()) == [{"_id": 1, "a": 5, "b": {"x": 1, "y": 2}, "n": 1}, {"_id": 3}]
     assert "a_1" in c.ap.c.index_information()
     assert list(c.ap.t.find()) == [{"_id": "x"}]
+    # A failing operation: the error, with what was applied before it.
+    bad = [{"op": "i", "ns": "ap.c", "o": {"_id": 10}},
+           {"op": "u", "ns": "ap.nothing", "o2": {"_id": 1}, "o": {"$set": {"a": 1}}}]
+    e = expect_failure(26, c.admin.command, "applyOps", bad, alwaysUpsert=False)
+    assert e.details["applied"] == 1 and e.details["results"] == [True, False], e.details
+    assert c.ap.c.find_one({"_id": 10}) == {"_id": 10}
     assert c.ap.list_collections(filter={"name": "c"}).next()["options"] == {"validator": {"a": {"$exists": True}}}
 
 

@@ -37,15 +37,18 @@ pub(crate) struct CmdError {
     msg: String,
     /// A duplicate key's pattern and value (for keyPattern/keyValue).
     dup: Option<Box<(Document, Document)>>,
+    /// Fields the error reply carries before `ok` (applyOps' `applied` and
+    /// `results`).
+    extra: Option<Box<Document>>,
 }
 
 fn err(code: i32, msg: impl Into<String>) -> CmdError {
-    CmdError { code, name: code_name(code), msg: msg.into(), dup: None }
+    CmdError { code, name: code_name(code), msg: msg.into(), dup: None, extra: None }
 }
 
 impl From<QueryError> for CmdError {
     fn from(e: QueryError) -> Self {
-        CmdError { code: e.code, name: e.code_name, msg: e.message, dup: None }
+        CmdError { code: e.code, name: e.code_name, msg: e.message, dup: None, extra: None }
     }
 }
 
@@ -977,7 +980,17 @@ impl Shared {
                 d
             }
             Err(e) => {
-                let mut d = error_doc(e.code, e.name, &e.msg);
+                let mut d = match e.extra {
+                    Some(extra) => {
+                        let mut d = *extra;
+                        d.insert("ok", 0.0);
+                        d.insert("errmsg", e.msg.as_str());
+                        d.insert("code", e.code);
+                        d.insert("codeName", e.name);
+                        d
+                    }
+                    None => error_doc(e.code, e.name, &e.msg),
+                };
                 if e.code == 40571 {
                     d.insert("codeName", "Location40571");
                 }
@@ -2393,11 +2406,9 @@ impl Shared {
         }
         drop(st);
         self.changed.notify_all();
-        if let Some(e) = failure {
-            let mut d = error_doc(e.code, e.name, &e.msg);
-            d.remove("ok");
-            // Surface as the command's error, with the partial results.
-            let _ = d;
+        if let Some(mut e) = failure {
+            // The failed operation's error, with what was applied before it.
+            e.extra = Some(Box::new(doc! { "applied": applied, "results": results }));
             return Err(e);
         }
         Ok(doc! { "applied": applied, "results": results })
