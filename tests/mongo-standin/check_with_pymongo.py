@@ -9,6 +9,7 @@ if any check fails. tests/it/mongo_standin.rs runs it.
 """
 
 import datetime
+import hashlib
 import os
 import re
 import socket
@@ -511,7 +512,13 @@ def oplog_shape(srv):
     assert ops == [("c", "op.$cmd"), ("i", "op.c"), ("u", "op.c"), ("u", "op.c"), ("d", "op.c"),
                    ("c", "op.$cmd"), ("c", "op.$cmd")], ops
     create, ins, upd, rep, dele, cidx, drop = entries
-    assert list(ins) == ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"], list(ins)
+    # pymongo's writes are retryable: the entries carry the session.
+    assert list(ins) == ["lsid", "txnNumber", "op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall", "stmtId",
+                         "prevOpTime"], list(ins)
+    assert ins["lsid"]["uid"] == hashlib.sha256(b"").digest(), ins["lsid"]
+    assert isinstance(ins["lsid"]["id"], uuid.UUID) and ins["stmtId"] == 0
+    assert ins["prevOpTime"] == {"ts": Timestamp(0, 0), "t": -1}, ins["prevOpTime"]
+    assert "lsid" not in create and "lsid" not in cidx
     assert ins["o"] == {"_id": 1, "a": 1} and ins["o2"] == {"_id": 1}
     assert isinstance(ins["ui"], uuid.UUID) and ins["t"] == 1 and isinstance(ins["t"], int)
     assert ins["v"] == 2 and isinstance(ins["wall"], datetime.datetime)
@@ -522,6 +529,16 @@ def oplog_shape(srv):
     assert create["o"]["create"] == "c" and create["o"]["idIndex"]["name"] == "_id_"
     assert cidx["o"] == {"createIndexes": "c", "v": 2, "key": {"r": 1}, "name": "r_1"}, cidx["o"]
     assert drop["o"] == {"drop": "c"} and drop["ui"] == ins["ui"]
+    many = c.op.m
+    many.insert_many([{"_id": i} for i in range(3)])
+    batch = list(oplog.find({"ns": "op.m", "op": "i"}))
+    assert [e["stmtId"] for e in batch] == [0, 1, 2], batch
+    assert batch[1]["prevOpTime"]["ts"] == batch[0]["ts"] and batch[2]["prevOpTime"]["ts"] == batch[1]["ts"]
+    assert len({e["txnNumber"] for e in batch}) == 1
+    plain = srv.client(replicaSet="rs0", retryWrites=False)
+    plain.op.m.insert_one({"_id": 9})
+    last = oplog.find().sort("$natural", -1).limit(1).next()
+    assert list(last) == ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"], list(last)
     tss = [e["ts"] for e in entries]
     assert all(a < b for a, b in zip(tss, tss[1:])), tss
     # The collection's uuid is the one listCollections reported.

@@ -398,6 +398,18 @@ pub(crate) struct State {
     pub dbs: Databases,
     cursors: HashMap<i64, Cursor>,
     last_ts: Timestamp,
+    /// The retryable write being applied: its oplog entries carry the
+    /// session, the transaction number, statement ids and the chain of
+    /// previous optimes.
+    session: Option<WriteSession>,
+}
+
+struct WriteSession {
+    /// `{id: UUID, uid: SHA-256 of the user}`.
+    lsid: Document,
+    txn_number: i64,
+    stmt_id: i32,
+    prev: Option<Timestamp>,
 }
 
 /// What every connection thread shares.
@@ -468,6 +480,7 @@ impl Shared {
                 dbs: BTreeMap::new(),
                 cursors: HashMap::new(),
                 last_ts: Timestamp { time: 0, increment: 0 },
+                session: None,
             }),
             changed: Condvar::new(),
             faults: Arc::new(Mutex::new(FaultState::default())),
@@ -624,7 +637,14 @@ impl Shared {
         if !self.is_replset() {
             return ts;
         }
-        let mut entry = doc! { "op": op, "ns": ns };
+        let session = st.session.as_mut().filter(|_| matches!(op, "i" | "u" | "d"));
+        let mut entry = Document::new();
+        if let Some(s) = &session {
+            entry.insert("lsid", s.lsid.clone());
+            entry.insert("txnNumber", s.txn_number);
+        }
+        entry.insert("op", op);
+        entry.insert("ns", ns);
         if let Some(ui) = ui {
             entry.insert("ui", Bson::Binary(Binary { subtype: BinarySubtype::Uuid, bytes: ui.to_vec() }));
         }
@@ -636,6 +656,16 @@ impl Shared {
         entry.insert("t", TERM);
         entry.insert("v", 2i64);
         entry.insert("wall", DateTime::now());
+        if let Some(s) = session {
+            entry.insert("stmtId", s.stmt_id);
+            let prev = match s.prev {
+                Some(p) => doc! { "ts": p, "t": TERM },
+                None => doc! { "ts": Timestamp { time: 0, increment: 0 }, "t": -1i64 },
+            };
+            entry.insert("prevOpTime", prev);
+            s.stmt_id += 1;
+            s.prev = Some(ts);
+        }
         if let Some(oplog) = st.dbs.get_mut("local").and_then(|d| d.colls.get_mut("oplog.rs")) {
             let _ = oplog.push(entry);
         }
@@ -1026,6 +1056,20 @@ impl Shared {
         Some(Duration::from_millis(ms.clamp(0, 60_000) as u64))
     }
 
+    /// The session of a retryable write (`lsid` and `txnNumber` on a
+    /// replica set), as its oplog entries record it.
+    fn write_session(&self, conn: &Connection, cmd: &Document) -> Option<WriteSession> {
+        use sha2::Digest as _;
+        if !self.is_replset() {
+            return None;
+        }
+        let id = cmd.get_document("lsid").ok()?.get("id")?.clone();
+        let txn_number = cmd.get("txnNumber").and_then(as_i64)?;
+        let user = conn.users.first().map(|(db, name)| format!("{name}@{db}")).unwrap_or_default();
+        let uid = sha2::Sha256::digest(user.as_bytes()).to_vec();
+        Some(WriteSession { lsid: doc! { "id": id, "uid": auth::binary(uid) }, txn_number, stmt_id: 0, prev: None })
+    }
+
     fn fault(&self, name: &str) -> Option<Fault> {
         let mut f = lock(&self.faults);
         if name == "getMore"
@@ -1063,6 +1107,13 @@ impl Shared {
             "logout",
             "getnonce",
         ];
+        if cmd.get("startTransaction").is_some_and(truthy) || cmd.get("autocommit").is_some() {
+            return Err(err(
+                263,
+                "this MongoDB stand-in does not run multi-document transactions (startTransaction/autocommit)",
+            )
+            .with_name("OperationNotSupportedInTransaction"));
+        }
         if self.auth_required() && conn.users.is_empty() && !OPEN.contains(&name) {
             return Err(err(13, format!("Command {name} requires authentication")));
         }
@@ -2168,7 +2219,10 @@ impl Shared {
         let ordered = cmd.get("ordered").is_none_or(truthy);
         let docs: Vec<Document> = docs.iter().filter_map(|d| d.as_document().cloned()).collect();
         let mut st = lock(&self.state);
-        let (n, errors) = self.insert_docs(&mut st, db, &coll, docs, ordered)?;
+        st.session = self.write_session(conn, cmd);
+        let r = self.insert_docs(&mut st, db, &coll, docs, ordered);
+        st.session = None;
+        let (n, errors) = r?;
         drop(st);
         self.changed.notify_all();
         Ok(self.write_reply(n, errors, Document::new()))
@@ -2185,6 +2239,7 @@ impl Shared {
             .clone();
         let ordered = cmd.get("ordered").is_none_or(truthy);
         let mut st = lock(&self.state);
+        st.session = self.write_session(conn, cmd);
         let (mut n, mut modified) = (0usize, 0usize);
         let mut upserted = Vec::new();
         let mut errors = Vec::new();
@@ -2207,6 +2262,7 @@ impl Shared {
                 }
             }
         }
+        st.session = None;
         drop(st);
         self.changed.notify_all();
         let mut extra = doc! {};
@@ -2341,6 +2397,7 @@ impl Shared {
             })?
             .clone();
         let mut st = lock(&self.state);
+        st.session = self.write_session(conn, cmd);
         let mut n = 0;
         let ns = format!("{db}.{coll}");
         let mut errors = Vec::new();
@@ -2368,6 +2425,7 @@ impl Shared {
                 }
             }
         }
+        st.session = None;
         drop(st);
         self.changed.notify_all();
         Ok(self.write_reply(n, errors, Document::new()))
