@@ -2056,7 +2056,7 @@ impl Shared {
             self.drop_collection(&mut st, db, &coll);
             self.changed.notify_all();
             st.cursors.remove(&id);
-            return Err(err(175, format!("collection dropped. UUID: {db}.{coll}")));
+            return Err(err(175, "collection dropped"));
         }
         let ns = format!("{db}.{coll}");
         let deadline = Instant::now() + max_time.unwrap_or(DEFAULT_AWAIT);
