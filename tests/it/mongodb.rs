@@ -4,7 +4,8 @@
 //! `dump_dir`, verified, restored into a directory and compared byte for
 //! byte; the damaged BSON files are stored as they are, with a warning, and
 //! `verify` names each with its document and byte offset. No `mongod` runs
-//! here: the wire protocol is not built yet.
+//! here: the wire protocol is tested against the stand-in
+//! server in `mongodb_live.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -353,12 +354,83 @@ fn filters_take_databases_and_collections_and_exclude_them() {
 }
 
 #[test]
-fn a_server_url_says_the_wire_protocol_is_not_built_yet() {
+fn mongodump_archives_back_up_in_the_dump_layout_and_restore_as_archives_and_directories() {
     let t = TestRepo::new();
-    let out = t.coffer(&["backup", "mongodb", "--set", "url=mongodb://127.0.0.1:27017/"]);
-    let err = stderr(&out);
-    assert!(!out.status.success() && err.contains("not built yet") && err.contains("dump_dir"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    let root = data().join("mongorestore-testdata");
+    let run = |args: &[&str]| {
+        let out = t.coffer(args);
+        assert!(out.status.success(), "coffer {args:?}: {}", stderr(&out));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr(&out))
+    };
+    let id_of = |said: &str| said.split_whitespace().skip_while(|w| *w != "snapshot").nth(1).unwrap().to_string();
+    for (name, collections) in [("test.bar.archive", 1), ("timeseries_tests/dump.archive", 3)] {
+        let file = root.join(name);
+        let (said, _) = run(&["backup", "mongodb", "--set", &format!("archive_file={}", file.display())]);
+        let id = id_of(&said);
+        let attrs = attributes(&t, &id);
+        assert_eq!(attrs["mongodb.mode"], "archive", "{name}: {attrs}");
+        assert_eq!(attrs["mongodb.damaged-files"], "0", "{name}: {attrs}");
+        assert!(attrs["mongodb.collections"].as_str().unwrap().parse::<u32>().unwrap() >= collections, "{attrs}");
+        run(&["verify", &id]);
+
+        // Into a directory (the dump layout), and as one archive file.
+        let dir = t.dir.path().join(format!("dir-{}", name.replace('/', "-")));
+        run(&["restore", &id, "--target", dir.to_str().unwrap()]);
+        let from_archive = dump_files(&dir);
+        assert!(from_archive.keys().any(|k| k.ends_with(".metadata.json")), "{name}: {:?}", from_archive.keys());
+        let docs: u64 =
+            from_archive.iter().filter(|(k, _)| k.ends_with(".bson")).map(|(_, b)| count_documents(b)).sum();
+        assert_eq!(attrs["mongodb.documents"], docs.to_string(), "{name}");
+        let adir = t.dir.path().join(format!("arch-{}", name.replace('/', "-")));
+        std::fs::create_dir_all(&adir).unwrap();
+        run(&["restore", &id, "--target", adir.to_str().unwrap(), "--set", "format=archive"]);
+        let written = adir.join("dump.archive");
+        let head = std::fs::read(&written).unwrap();
+        assert_eq!(&head[..4], &0x8199e26du32.to_le_bytes(), "{name}: the magic number");
+
+        // The written archive backs up to the same collection files.
+        let (said, _) = run(&["backup", "mongodb", "--set", &format!("archive_file={}", written.display())]);
+        let id2 = id_of(&said);
+        let dir2 = t.dir.path().join(format!("dir2-{}", name.replace('/', "-")));
+        run(&["restore", &id2, "--target", dir2.to_str().unwrap()]);
+        let again = dump_files(&dir2);
+        let bson = |m: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+            m.iter().filter(|(k, _)| k.ends_with(".bson")).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        assert_eq!(bson(&again), bson(&from_archive), "{name}: documents differ after a round trip");
+        let out = t.coffer(&["restore", &id, "--target", adir.to_str().unwrap(), "--set", "format=archive"]);
+        assert!(!out.status.success() && stderr(&out).contains("--force"), "{}", stderr(&out));
+    }
+
+    // A damaged archive (metadata JSON that does not parse): warned about.
+    let (_, said) =
+        run(&["backup", "mongodb", "--set", &format!("archive_file={}", root.join("bad-format.archive").display())]);
+    assert!(said.contains("not JSON"), "{said}");
+    // Not an archive at all.
+    let out = t.coffer(&[
+        "backup",
+        "mongodb",
+        "--set",
+        &format!("archive_file={}", root.join("test_auto_idx.bson").display()),
+    ]);
+    assert!(!out.status.success() && !stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_backup_without_a_source_or_with_two_says_what_to_give() {
+    let t = TestRepo::new();
     let out = t.coffer(&["backup", "mongodb"]);
     assert!(!out.status.success() && stderr(&out).contains("dump_dir"), "{}", stderr(&out));
+    let d = data().join("mongorestore-testdata/foodump");
+    let out = t.coffer(&[
+        "backup",
+        "mongodb",
+        "--set",
+        &format!("dump_dir={}", d.display()),
+        "--set",
+        "url=mongodb://127.0.0.1:1/",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("give one of url"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -99,6 +99,10 @@ pub enum GrantKind {
     /// `read-dir`: a directory (or a list of them) read-only; not granted
     /// to restores.
     ReadDir,
+    /// `read-file`: one file read-only (an archive to back up): WASI grants
+    /// directories, so the host grants the file's directory read-only, for
+    /// backups and verify only, and passes the file's canonical path on.
+    ReadFile,
     /// `write-dir`: a directory read-write.
     WriteDir,
     /// `connect`: TCP to a URL's or `host:port`'s addresses (a URL may list
@@ -124,8 +128,9 @@ pub enum GrantKind {
 
 impl GrantKind {
     /// Every kind, in the order documented.
-    pub const ALL: [GrantKind; 9] = [
+    pub const ALL: [GrantKind; 10] = [
         GrantKind::ReadDir,
+        GrantKind::ReadFile,
         GrantKind::WriteDir,
         GrantKind::Connect,
         GrantKind::Http,
@@ -140,6 +145,7 @@ impl GrantKind {
     pub fn as_str(self) -> &'static str {
         match self {
             GrantKind::ReadDir => "read-dir",
+            GrantKind::ReadFile => "read-file",
             GrantKind::WriteDir => "write-dir",
             GrantKind::Connect => "connect",
             GrantKind::Http => "http",
@@ -155,6 +161,9 @@ impl GrantKind {
     pub fn meaning(self) -> &'static str {
         match self {
             GrantKind::ReadDir => "read-only access to the directory (backups and verify only)",
+            GrantKind::ReadFile => {
+                "read-only access to the file and the directory holding it (backups and verify only)"
+            }
             GrantKind::WriteDir => "read-write access to the directory",
             GrantKind::Connect => {
                 "TCP and TLS to the address; lookups of its host name (a `+srv` URL: the servers its SRV record \
@@ -323,6 +332,27 @@ fn canonical_dir(key: &str, raw: &str) -> Result<PathBuf, GrantError> {
     }
     if canon.to_str().is_none() {
         return Err(err("the path is not UTF-8".into()));
+    }
+    Ok(canon)
+}
+
+/// `raw` as an absolute canonical path of a regular file.
+fn canonical_file(raw: &str) -> Result<PathBuf, String> {
+    if raw.trim().is_empty() {
+        return Err("empty; give a file".into());
+    }
+    let p = Path::new(raw);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| format!("no current directory ({e})"))?.join(p)
+    };
+    let canon = abs.canonicalize().map_err(|e| e.to_string())?;
+    if !canon.is_file() {
+        return Err("not a regular file".into());
+    }
+    if canon.to_str().is_none() {
+        return Err("the path is not UTF-8".into());
     }
     Ok(canon)
 }
@@ -713,6 +743,18 @@ impl GrantSet {
                         g.grant_dirs(key, value, false)?;
                     }
                 }
+                GrantKind::ReadFile => {
+                    if purpose == Purpose::Read {
+                        let path = text(value)?;
+                        let file = canonical_file(&path).map_err(|e| file_err(&path, e))?;
+                        let dir = file
+                            .parent()
+                            .and_then(Path::to_str)
+                            .ok_or_else(|| file_err(&path, "no directory".into()))?;
+                        g.read_dir(key, dir)?;
+                        *value = serde_json::Value::String(file.to_str().expect("checked UTF-8").to_string());
+                    }
+                }
                 // Only a restore writes; a backup or verify that could
                 // write would change what it reads.
                 GrantKind::WriteDir => {
@@ -1018,6 +1060,30 @@ mod tests {
         let mut cfg = serde_json::json!({"path": "/nonexistent/coffer-grant"});
         let e = GrantSet::from_config(&mut cfg, Purpose::Read).unwrap_err().to_string();
         assert!(e.contains("`path`") && e.contains("/nonexistent/coffer-grant"), "{e}");
+    }
+
+    #[test]
+    fn a_read_file_grant_is_the_files_directory_read_only_and_never_for_restores() {
+        let schema = r#"{"type":"object","properties":{"archive": {"type":"string","x-coffer-grant":"read-file"}}}"#;
+        let rules = GrantRules::from_schema(schema).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.archive");
+        std::fs::write(&file, b"x").unwrap();
+        let mut cfg = serde_json::json!({ "archive": file.to_str().unwrap() });
+        let g = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap();
+        let canon = dir.path().canonicalize().unwrap();
+        assert!(g.allows(&Permission::ReadDir(canon.clone())));
+        assert!(!g.allows(&Permission::WriteDir(canon.clone())));
+        assert_eq!(cfg["archive"], canon.join("all.archive").to_str().unwrap());
+        let mut cfg = serde_json::json!({ "archive": file.to_str().unwrap() });
+        let g = GrantSet::for_job(&mut cfg, &rules, Purpose::Restore).unwrap();
+        assert!(!g.allows(&Permission::ReadDir(canon.clone())));
+        // A directory or a missing file is not a file.
+        for bad in [dir.path().to_str().unwrap().to_string(), format!("{}/missing", dir.path().display())] {
+            let mut cfg = serde_json::json!({ "archive": bad });
+            let e = GrantSet::for_job(&mut cfg, &rules, Purpose::Read).unwrap_err().to_string();
+            assert!(e.contains("archive"), "{e}");
+        }
     }
 
     #[test]

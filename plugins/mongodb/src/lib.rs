@@ -49,6 +49,16 @@ pub struct MongoConfig {
     /// A directory `mongodump` wrote (granted read-only).
     #[serde(default)]
     dump_dir: Option<String>,
+    /// A file `mongodump --archive` wrote (granted read-only).
+    #[serde(default)]
+    archive_file: Option<String>,
+    /// Restore into a directory as `dir` (the mongodump layout, the
+    /// default) or `archive` (one `mongodump --archive` file).
+    #[serde(default)]
+    format: Option<String>,
+    /// The archive's file name in the target directory (`format=archive`).
+    #[serde(default)]
+    archive_name: Option<String>,
     /// `mongodb://` or `mongodb+srv://` URL of a server: not built yet.
     #[serde(default)]
     url: Option<String>,
@@ -155,11 +165,24 @@ impl Config for MongoConfig {
         {
             return Err(ConfigError::field("url", "must start with mongodb:// or mongodb+srv://"));
         }
-        if self.url.is_some() && self.dump_dir.is_some() {
+        if [self.url.is_some(), self.dump_dir.is_some(), self.archive_file.is_some()].iter().filter(|x| **x).count() > 1
+        {
             return Err(ConfigError::field(
                 "dump_dir",
-                "give either url (a server) or dump_dir (a mongodump directory), not both",
+                "give one of url (a server), dump_dir (a mongodump directory) or archive_file (a mongodump \
+                 --archive file)",
             ));
+        }
+        if let Some(f) = &self.format
+            && f != "dir"
+            && f != "archive"
+        {
+            return Err(ConfigError::field("format", "is dir (the mongodump layout) or archive (one file)"));
+        }
+        if let Some(n) = &self.archive_name
+            && (n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.'))
+        {
+            return Err(ConfigError::field("archive_name", "is a file name, without a directory"));
         }
         if let Some(d) = &self.dump_dir
             && !d.starts_with('/')
@@ -222,6 +245,9 @@ const SCHEMA: &str = r#"{
   "additionalProperties": false,
   "properties": {
     "dump_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "A directory mongodump wrote (<db>/<coll>.bson and .metadata.json, oplog.bson); granted read-only."},
+    "archive_file": {"type": "string", "x-coffer-grant": "read-file", "description": "A file mongodump --archive wrote; granted read-only. Stored in the mongodump directory layout."},
+    "format": {"type": "string", "enum": ["dir", "archive"], "description": "Restore into a directory: dir (the mongodump layout, the default) or archive (one mongodump --archive file for mongorestore --archive)."},
+    "archive_name": {"type": "string", "description": "format=archive: the file's name in the target directory (default dump.archive)."},
     "url": {"type": "string", "x-coffer-grant": "connect", "description": "mongodb:// or mongodb+srv:// URL of a server; granted as an address (every host of a seed list; the SRV targets of a +srv name)."},
     "drop": {"type": "boolean", "description": "Restore into a server: drop each collection before restoring it."},
     "ns_from": {"type": "array", "items": {"type": "string"}, "description": "Restore: namespaces to rename, db.coll or db.* (comma-separated), paired with ns_to."},
@@ -524,6 +550,191 @@ fn snapshot_dump(config: &MongoConfig, sink: &Sink) -> Result<(), Error> {
             None => String::new(),
         },
         if t.damaged > 0 { format!("; {} damaged .bson files stored as they are", t.damaged) } else { String::new() }
+    ));
+    Ok(())
+}
+
+/// Backs up a `mongodump --archive` file in the mongodump directory
+/// layout: one walk records where each collection's documents lie, then
+/// each collection is copied into its own `<db>/<coll>.bson` entry
+/// (documents checked, CRCs compared), with the prelude's metadata as
+/// `<db>/<coll>.metadata.json` and the oplog as `oplog.bson`.
+fn snapshot_archive(config: &MongoConfig, file: &str, sink: &Sink) -> Result<(), Error> {
+    use std::collections::BTreeSet;
+    let plan = archive::plan_archive(file).map_err(|e| Error::Other(e.to_string()))?;
+    if let Some(d) = &plan.damage {
+        host::warn(format!("{d}; the collections the archive finished before it are stored"));
+    }
+    for p in &plan.problems {
+        host::warn(p.to_string());
+    }
+    let filter = config.filter();
+    let now: Timestamp = std::time::SystemTime::now().into();
+    let prelude = &plan.prelude;
+    let takes = |db: &str, coll: &str| filter.takes(Some(db), &dump::escape(coll));
+    let mut dirs = BTreeSet::new();
+    for c in prelude.collections.iter().filter(|c| !c.is_oplog() && takes(&c.db, &c.collection)) {
+        dirs.insert(dump::escape(&c.db));
+    }
+    for n in plan.namespaces.iter().filter(|n| !n.is_oplog()) {
+        let owner = n.prelude.map(|i| prelude.collections[i].collection.clone()).unwrap_or(n.collection.clone());
+        if takes(&n.db, &owner) {
+            dirs.insert(dump::escape(&n.db));
+        }
+    }
+    for d in &dirs {
+        sink.add_entry(EntryMeta::dir(d.as_str(), 0o755).mtime(now))?.finish()?;
+    }
+    let mut t = Totals::default();
+    let mut fd = fs::File::open(file).map_err(|e| Error::from(e).context(file))?;
+    let mut done = 0u64;
+    for n in &plan.namespaces {
+        host::check_cancelled()?;
+        let entry_of = n.prelude.map(|i| &prelude.collections[i]);
+        if entry_of.is_some_and(|c| c.kind.as_deref() == Some("view")) && n.documents == 0 {
+            continue;
+        }
+        let rel = if n.is_oplog() {
+            "oplog.bson".to_string()
+        } else {
+            let owner = entry_of.map(|c| c.collection.clone()).unwrap_or(n.collection.clone());
+            if !takes(&n.db, &owner) {
+                continue;
+            }
+            format!("{}/{}.bson", dump::escape(&n.db), live::file_stem(&n.collection))
+        };
+        let mut entry = sink.add_entry(EntryMeta::file(rel.as_str(), 0o644).mtime(now).size_hint(n.bytes))?;
+        let stats = archive::copy_collection(&mut fd, &plan, n, &mut entry).map_err(|e| Error::Other(e.to_string()))?;
+        entry.finish()?;
+        for d in &stats.damage {
+            host::warn(format!("{rel}: {d}; stored as the archive holds it"));
+        }
+        if !stats.damage.is_empty() {
+            t.damaged += 1;
+        }
+        t.bson_bytes += stats.bytes;
+        done += stats.bytes;
+        host::progress(done, Some(plan.length));
+        if n.is_oplog() {
+            sink.set_attribute("mongodb.oplog-entries", &stats.documents.to_string())?;
+        } else {
+            t.collections += 1;
+            t.documents += stats.documents;
+            t.counts.push((rel, stats.documents));
+        }
+    }
+    for c in &prelude.collections {
+        if c.is_oplog() || c.metadata.is_empty() || !takes(&c.db, &c.collection) {
+            continue;
+        }
+        let rel = format!("{}/{}.metadata.json", dump::escape(&c.db), live::file_stem(&c.collection));
+        let mut entry = sink.add_entry(EntryMeta::file(rel.as_str(), 0o644).mtime(now))?;
+        entry.write_all(c.metadata.as_bytes())?;
+        entry.finish()?;
+        t.metadata += 1;
+    }
+    sink.set_attribute("mongodb.mode", "archive")?;
+    sink.set_attribute("mongodb.server-version", &prelude.header.server_version)?;
+    sink.set_attribute("mongodb.collections", &t.collections.to_string())?;
+    sink.set_attribute("mongodb.documents", &t.documents.to_string())?;
+    sink.set_attribute("mongodb.metadata-files", &t.metadata.to_string())?;
+    sink.set_attribute("mongodb.damaged-files", &t.damaged.to_string())?;
+    set_count_attributes(sink, &t.counts)?;
+    host::info(format!(
+        "mongodump archive {file} (server {}): {} collections, {} documents ({} bytes of BSON), {} metadata files",
+        prelude.header.server_version, t.collections, t.documents, t.bson_bytes, t.metadata
+    ));
+    Ok(())
+}
+
+/// Writes the snapshot as one `mongodump --archive` file into `dir`.
+fn restore_archive(
+    config: &MongoConfig,
+    snapshot: &SnapshotReader,
+    dir: &str,
+    options: &RestoreOptions,
+) -> Result<(), Error> {
+    let name = config.archive_name.as_deref().unwrap_or("dump.archive");
+    let path = format!("{}/{name}", dir.trim_end_matches('/'));
+    if fs::metadata(&path).is_ok() && !options.force {
+        return Err(Error::Other(format!("{path} exists; pass --force to overwrite it")));
+    }
+    let attrs: std::collections::BTreeMap<String, String> = snapshot.attributes().into_iter().collect();
+    let version = attrs
+        .get("mongodb.server-version")
+        .filter(|v| archive::parse_server_version(v).is_some())
+        .cloned()
+        .unwrap_or_else(|| {
+            host::warn("the snapshot does not name a server version; the archive says 0.0.0".to_string());
+            "0.0.0".into()
+        });
+    // Metadata first: the prelude lists every collection.
+    let mut collections = Vec::new();
+    let mut data: Vec<(String, String, String)> = Vec::new();
+    let mut oplog = None;
+    let mut metadata_of = std::collections::BTreeMap::new();
+    for e in snapshot.entries() {
+        if e.kind != EntryKind::File || !options.includes(&e.path) {
+            continue;
+        }
+        match dump::classify(&e.path) {
+            Some(DumpFile::Metadata { db: Some(db), coll }) => {
+                let mut r = snapshot.open(&e.path)?;
+                let mut text = String::new();
+                r.read_to_string(&mut text).map_err(|err| Error::from(err).context(&e.path))?;
+                let name = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("collectionName").and_then(|n| n.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| dump::unescape(&coll));
+                metadata_of.insert((db.clone(), coll.clone()), name.clone());
+                collections.push(archive::CollectionMetadata::new(dump::unescape(&db), name, text));
+            }
+            Some(DumpFile::Collection { db: Some(db), coll }) => data.push((db, coll, e.path)),
+            Some(DumpFile::Oplog) => oplog = Some(e.path),
+            Some(DumpFile::Gzip { .. }) => {
+                return Err(Error::Unsupported(format!(
+                    "{} is gzip-compressed (mongodump --gzip); restore with format=dir",
+                    e.path
+                )));
+            }
+            _ => {}
+        }
+    }
+    for (db, coll, _) in &data {
+        let known = metadata_of.contains_key(&(db.clone(), coll.clone()))
+            || coll
+                .strip_prefix("system.buckets.")
+                .is_some_and(|x| metadata_of.contains_key(&(db.clone(), x.to_string())));
+        if !known {
+            collections.push(archive::CollectionMetadata::new(dump::unescape(db), dump::unescape(coll), ""));
+        }
+    }
+    if oplog.is_some() {
+        collections.push(archive::CollectionMetadata::oplog());
+    }
+    let header = archive::ArchiveHeader::new(version, format!("coffer {}", env!("CARGO_PKG_VERSION")));
+    let out =
+        std::io::BufWriter::with_capacity(BUF, fs::File::create(&path).map_err(|e| Error::from(e).context(&path))?);
+    let mut w = archive::ArchiveWriter::new(out, path.clone(), &header, &collections)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let mut documents = 0u64;
+    for (db, coll, entry) in &data {
+        host::check_cancelled()?;
+        let name = metadata_of.get(&(db.clone(), coll.clone())).cloned().unwrap_or_else(|| dump::unescape(coll));
+        let written = w
+            .write_collection(&dump::unescape(db), &name, snapshot.open(entry)?)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        documents += written.documents;
+    }
+    if let Some(o) = &oplog {
+        w.write_oplog(snapshot.open(o)?).map_err(|e| Error::Other(e.to_string()))?;
+    }
+    let (out, _) = w.finish().map_err(|e| Error::Other(e.to_string()))?;
+    let file = out.into_inner().map_err(|e| Error::from(e.into_error()).context(&path))?;
+    file.sync_all().map_err(|e| Error::from(e).context(&path))?;
+    host::info(format!(
+        "wrote {path}: {} collections, {documents} documents; load it with `mongorestore --archive={path}`",
+        data.len()
     ));
     Ok(())
 }
@@ -941,6 +1152,9 @@ impl Plugin for MongoDb {
     fn source(config: &MongoConfig) -> String {
         match (&config.dump_dir, &config.url) {
             (Some(d), _) => format!("mongodb:dump:{}", config.dump_dir().unwrap_or(d)),
+            (None, _) if config.archive_file.is_some() => {
+                format!("mongodb:archive:{}", config.archive_file.as_deref().unwrap_or_default())
+            }
             // The seed list without the user or password: the same server
             // is the same source whoever backs it up.
             (None, Some(u)) => match url_source(u) {
@@ -956,14 +1170,18 @@ impl Plugin for MongoDb {
     }
 
     fn snapshot(config: MongoConfig, _parent: Option<&SnapshotReader>, sink: &Sink) -> Result<(), Error> {
-        match &config.url {
-            Some(url) => snapshot_live(&config, url, sink),
-            None => snapshot_dump(&config, sink),
+        match (&config.url, &config.archive_file) {
+            (Some(url), _) => snapshot_live(&config, url, sink),
+            (None, Some(file)) => snapshot_archive(&config, file, sink),
+            (None, None) => snapshot_dump(&config, sink),
         }
     }
 
     fn restore(config: MongoConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
         match (&options.directory, &config.url) {
+            (Some(dir), _) if config.format.as_deref() == Some("archive") => {
+                restore_archive(&config, snapshot, &dir.clone(), &options)
+            }
             (Some(dir), _) => restore_dir(snapshot, &dir.clone(), &options),
             (None, Some(url)) => restore_live(&config, url, snapshot),
             (None, None) => Err(Error::InvalidConfig(
