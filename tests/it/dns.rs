@@ -32,9 +32,9 @@ const TXT_PARTS: [&str; 2] = ["replicaSet=rs0&", "authSource=admin"];
 
 /// A DNS server for the test's zone, on a free UDP port of 127.0.0.1, with
 /// a resolv.conf naming it; stopped on drop.
-struct DnsServer {
+pub(crate) struct DnsServer {
     _dir: tempfile::TempDir,
-    resolv_conf: PathBuf,
+    pub(crate) resolv_conf: PathBuf,
     /// Every query seen: (lowercase name without the trailing dot, type).
     seen: Arc<Mutex<Vec<(String, RecordType)>>>,
     stop: Arc<AtomicBool>,
@@ -45,7 +45,7 @@ impl DnsServer {
     /// Serves `zone`: records by lowercase name (no trailing dot). A name
     /// with no record of the type asked is answered with no records; a
     /// name not in the zone with NXDOMAIN.
-    fn start(zone: Vec<(&str, RData)>) -> DnsServer {
+    pub(crate) fn start(zone: Vec<(&str, RData)>) -> DnsServer {
         let mut records: BTreeMap<String, Vec<RData>> = BTreeMap::new();
         for (name, data) in zone {
             records.entry(name.to_string()).or_default().push(data);
@@ -122,7 +122,7 @@ fn answer(
     reply.to_vec().ok()
 }
 
-fn name(n: &str) -> Name {
+pub(crate) fn name(n: &str) -> Name {
     Name::from_ascii(n).unwrap()
 }
 

@@ -512,3 +512,55 @@ fn the_oplog_stream_restores_to_a_point_in_time_and_a_fallen_off_oplog_is_named(
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("new base backup"), "{err}");
 }
+
+#[test]
+fn mongodb_srv_over_tls_with_scram_sha_1() {
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::{A, SRV, TXT};
+    let pki = crate::pki::Pki::new();
+    // The SRV target's certificate, signed by the test CA.
+    let (cert, key) = pki.ca.leaf("db1.coffer.test", &["db1.coffer.test"], true, false);
+    std::fs::write(pki.path("db1.pem"), cert).unwrap();
+    std::fs::write(pki.path("db1.key"), key).unwrap();
+    let src = Standin::start(Options {
+        replset: Some("rs0".into()),
+        users: vec![User::new("admin", "backup", PASSWORD, &[("root", "admin")])],
+        tls: Some((pki.path("db1.pem"), pki.path("db1.key"))),
+        ..Options::default()
+    })
+    .unwrap();
+    src.insert("shop", "orders", (0..500).map(|i| doc! {"_id": i, "n": i}).collect()).unwrap();
+    let dns = crate::dns::DnsServer::start(vec![
+        (
+            "_mongodb._tcp.cluster0.coffer.test",
+            RData::SRV(SRV::new(0, 5, src.port(), crate::dns::name("db1.coffer.test."))),
+        ),
+        ("cluster0.coffer.test", RData::TXT(TXT::new(vec!["replicaSet=rs0&authSource=admin".into()]))),
+        ("db1.coffer.test", RData::A(A(std::net::Ipv4Addr::LOCALHOST))),
+    ]);
+    let t = TestRepo::new();
+    let pw = t.dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let run = |extra: &[String]| {
+        let mut c = t.cmd();
+        c.env("COFFER_RESOLV_CONF", &dns.resolv_conf).args(["--json", "backup", "mongodb"]);
+        c.args(["--set", "url=mongodb+srv://backup@cluster0.coffer.test/?authMechanism=SCRAM-SHA-1"]);
+        c.args(["--set", &format!("password_file={}", pw.display())]);
+        c.args(extra);
+        c.output().unwrap()
+    };
+    // +srv means TLS: without the CA the server is not trusted.
+    let out = run(&[]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("not signed by a trusted CA"), "{err}");
+    let out = run(&["--set".into(), format!("ca_file={}", pki.path_str("ca.pem"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snaps = t.json(&["snapshots"]);
+    assert_eq!(snaps[0]["attributes"]["mongodb.docs.shop/orders"], "500", "{snaps}");
+    assert_eq!(snaps[0]["attributes"]["mongodb.replica-set"], "rs0", "{snaps}");
+    // A wrong SCRAM-SHA-1 password is refused like a SHA-256 one.
+    std::fs::write(&pw, "wrong").unwrap();
+    let out = run(&["--set".into(), format!("ca_file={}", pki.path_str("ca.pem"))]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("SCRAM-SHA-1") && err.contains("failed"), "{err}");
+}
