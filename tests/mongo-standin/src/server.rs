@@ -953,7 +953,7 @@ impl Shared {
         let Some(db) = collection.strip_suffix(".$cmd") else {
             return Outcome::Close;
         };
-        let reply = match name.as_str() {
+        let mut reply = match name.as_str() {
             "hello" | "isMaster" | "ismaster" => {
                 let mut d = self.hello(conn, &query, name != "hello", db);
                 d.insert("ok", 1.0);
@@ -968,6 +968,7 @@ impl Shared {
                 ),
             ),
         };
+        self.add_cluster_time(&mut reply);
         Outcome::Reply(reply)
     }
 
@@ -1027,6 +1028,13 @@ impl Shared {
                 d
             }
         };
+        self.add_cluster_time(&mut reply);
+        Outcome::Reply(reply)
+    }
+
+    /// A replica-set member's replies end with `$clusterTime` and
+    /// `operationTime`.
+    fn add_cluster_time(&self, reply: &mut Document) {
         if self.is_replset() {
             let ts = lock(&self.state).last_ts;
             reply.insert(
@@ -1038,7 +1046,6 @@ impl Shared {
             );
             reply.insert("operationTime", ts);
         }
-        Outcome::Reply(reply)
     }
 
     /// How long an awaitable hello waits: its `maxAwaitTimeMS` when its
