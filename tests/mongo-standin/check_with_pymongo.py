@@ -240,6 +240,8 @@ def kill_cursors(srv):
     cur.next()
     cid = cur.cursor_id
     assert cid
+    e = expect_failure(2, c.kill.command, "getMore", Int64(cid), collection="c", maxTimeMS=100)
+    assert e.details["errmsg"] == "cannot set maxTimeMS on getMore command for a non-awaitData cursor", e.details
     cur.close()
     assert "killCursors" in rec.names, rec.names
     e = expect_failure(43, c.kill.command, "getMore", Int64(cid), collection="c")

@@ -2054,6 +2054,9 @@ impl Shared {
                 ),
             ));
         }
+        if max_time.is_some() && !cur.tail.as_ref().is_some_and(|t| t.await_data) {
+            return Err(err(2, "cannot set maxTimeMS on getMore command for a non-awaitData cursor"));
+        }
         if self.auth_required() && cur.owner != conn.users {
             return Err(err(13, format!("cursor id {id} was not created by the authenticated user")));
         }
