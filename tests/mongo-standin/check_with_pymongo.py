@@ -8,8 +8,10 @@ users, with a capped oplog), talks to it with pymongo, and exits non-zero
 if any check fails. tests/it/mongo_standin.rs runs it.
 """
 
+import base64
 import datetime
 import hashlib
+import hmac
 import os
 import re
 import socket
@@ -675,6 +677,22 @@ def authorization(srv):
     assert root_doc["roles"] == [{"role": "root", "db": "admin"}]
     assert len(list(backup.local["oplog.rs"].find().limit(1))) == 1
     expect_failure(13, lambda: list(reader.admin["system.users"].find()))
+    # A user written into admin.system.users (as a restore does) logs in.
+    salt = os.urandom(28)
+    salted = hashlib.pbkdf2_hmac("sha256", b"restored-pw", salt, 15000)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    cred = {"iterationCount": 15000, "salt": base64.b64encode(salt).decode(),
+            "storedKey": base64.b64encode(hashlib.sha256(client_key).digest()).decode(),
+            "serverKey": base64.b64encode(hmac.new(salted, b"Server Key", "sha256").digest()).decode()}
+    root.admin["system.users"].insert_one({"_id": "admin.restored", "userId": Binary(os.urandom(16), 4),
+                                           "user": "restored", "db": "admin",
+                                           "credentials": {"SCRAM-SHA-256": cred},
+                                           "roles": [{"role": "read", "db": "db2"}]})
+    restored = srv.client(username="restored", password="restored-pw", authMechanism="SCRAM-SHA-256")
+    assert list(restored.db2.c.find()) == [{"_id": 1}]
+    expect_failure(13, lambda: list(restored.db1.c.find()))
+    wrong = srv.client(username="restored", password="nope", authMechanism="SCRAM-SHA-256")
+    expect_failure(18, wrong.admin.command, "ping")
 
 
 @check("TLS: pymongo with tls=True and the server's CA; without TLS nothing answers")

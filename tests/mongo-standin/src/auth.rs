@@ -95,6 +95,22 @@ impl Credential {
         })
     }
 
+    /// Reads `{iterationCount, salt, storedKey, serverKey}`.
+    pub fn from_doc(d: &Document) -> Option<Credential> {
+        let iterations = match d.get("iterationCount")? {
+            Bson::Int32(i) => u32::try_from(*i).ok()?,
+            Bson::Int64(i) => u32::try_from(*i).ok()?,
+            _ => return None,
+        };
+        let b64 = |k: &str| B64.decode(d.get_str(k).ok()?).ok();
+        Some(Credential {
+            iterations,
+            salt: b64("salt")?,
+            stored_key: b64("storedKey")?,
+            server_key: b64("serverKey")?,
+        })
+    }
+
     /// `{iterationCount, salt, storedKey, serverKey}` (base64 strings).
     pub fn to_doc(&self) -> Document {
         doc! {

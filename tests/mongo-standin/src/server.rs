@@ -423,13 +423,30 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     pub sockets: Mutex<HashMap<i64, TcpStream>>,
     process_id: ObjectId,
-    credentials: HashMap<(String, String), (Credential, Credential)>,
+}
+
+/// A user's credentials and roles, read from `admin.system.users`.
+struct StoredUser {
+    sha1: Option<Credential>,
+    sha256: Option<Credential>,
+    roles: Vec<(String, String)>,
+}
+
+impl StoredUser {
+    fn credential(&self, mech: Mechanism) -> Option<Credential> {
+        match mech {
+            Mechanism::Sha1 => self.sha1.clone(),
+            Mechanism::Sha256 => self.sha256.clone(),
+        }
+    }
 }
 
 /// Per-connection state: who is authenticated and a SASL conversation.
 pub(crate) struct Connection {
     id: i64,
     users: Vec<(String, String)>,
+    /// The authenticated users' roles as `(role, db)`.
+    roles: Vec<(String, String)>,
     conversation: Option<Conversation>,
     /// Whether the last command must not be compressed (hello, SASL).
     pub last_uncompressible: bool,
@@ -437,7 +454,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub fn new(id: i64) -> Connection {
-        Connection { id, users: Vec::new(), conversation: None, last_uncompressible: false }
+        Connection { id, users: Vec::new(), roles: Vec::new(), conversation: None, last_uncompressible: false }
     }
 }
 
@@ -473,6 +490,7 @@ impl Shared {
             let c256 = Credential::derive(Mechanism::Sha256, &u.name, &u.password)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("user {}: {e}", u.name)))?;
             credentials.insert((u.db.clone(), u.name.clone()), (c1, c256));
+            // (kept only until the users are written to admin.system.users)
         }
         let shared = Shared {
             port,
@@ -488,7 +506,6 @@ impl Shared {
             stopping: AtomicBool::new(false),
             sockets: Mutex::new(HashMap::new()),
             process_id: ObjectId::new(),
-            credentials,
             options,
         };
         {
@@ -510,7 +527,7 @@ impl Shared {
             if !shared.options.users.is_empty() {
                 let mut docs = Vec::new();
                 for u in &shared.options.users {
-                    let (c1, c256) = &shared.credentials[&(u.db.clone(), u.name.clone())];
+                    let (c1, c256) = &credentials[&(u.db.clone(), u.name.clone())];
                     let roles: Vec<Bson> =
                         u.roles.iter().map(|(r, d)| Bson::Document(doc! { "role": r, "db": d })).collect();
                     docs.push(doc! {
@@ -867,14 +884,28 @@ impl Shared {
     // -----------------------------------------------------------------------
     // Authorization
 
-    fn roles<'a>(&'a self, conn: &'a Connection) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        conn.users.iter().flat_map(move |(db, name)| {
-            self.options
-                .users
-                .iter()
-                .filter(move |u| &u.db == db && &u.name == name)
-                .flat_map(|u| u.roles.iter().map(|(r, d)| (r.as_str(), d.as_str())))
-        })
+    fn roles<'a>(&self, conn: &'a Connection) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        conn.roles.iter().map(|(r, d)| (r.as_str(), d.as_str()))
+    }
+
+    /// A user as `admin.system.users` holds it (users restored into it
+    /// log in too).
+    fn stored_user(&self, db: &str, name: &str) -> Option<StoredUser> {
+        let st = lock(&self.state);
+        let c = Self::get_coll(&st, "admin", "system.users")?;
+        let u = c.docs.values().find(|u| u.get_str("user").ok() == Some(name) && u.get_str("db").ok() == Some(db))?;
+        let creds = u.get_document("credentials").ok();
+        let cred = |m: &str| creds.and_then(|c| c.get_document(m).ok()).and_then(Credential::from_doc);
+        let roles = u
+            .get_array("roles")
+            .map(|list| {
+                list.iter()
+                    .filter_map(Bson::as_document)
+                    .filter_map(|r| Some((r.get_str("role").ok()?.to_string(), r.get_str("db").ok()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(StoredUser { sha1: cred("SCRAM-SHA-1"), sha256: cred("SCRAM-SHA-256"), roles })
     }
 
     fn auth_required(&self) -> bool {
@@ -1182,7 +1213,7 @@ impl Shared {
     // Handshake and server information
 
     fn hello(&self, conn: &mut Connection, cmd: &Document, legacy: bool, db: &str) -> Document {
-        let st = lock(&self.state);
+        let last_ts = lock(&self.state).last_ts;
         let me = format!("127.0.0.1:{}", self.port);
         let mut d = Document::new();
         if cmd.get_bool("helloOk").unwrap_or(false) {
@@ -1200,8 +1231,8 @@ impl Shared {
             d.insert("primary", me.as_str());
             d.insert("me", me.as_str());
             d.insert("electionId", ObjectId::from_bytes([0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1]));
-            let optime = doc! { "ts": st.last_ts, "t": TERM };
-            let when = DateTime::from_millis(i64::from(st.last_ts.time) * 1000);
+            let optime = doc! { "ts": last_ts, "t": TERM };
+            let when = DateTime::from_millis(i64::from(last_ts.time) * 1000);
             d.insert(
                 "lastWrite",
                 doc! {
@@ -1234,7 +1265,7 @@ impl Shared {
         }
         if let Ok(user) = cmd.get_str("saslSupportedMechs")
             && let Some((udb, name)) = user.split_once('.')
-            && self.credentials.contains_key(&(udb.to_string(), name.to_string()))
+            && self.stored_user(udb, name).is_some()
         {
             d.insert("saslSupportedMechs", vec![Bson::from("SCRAM-SHA-1"), Bson::from("SCRAM-SHA-256")]);
         }
@@ -1326,12 +1357,7 @@ impl Shared {
         };
         let payload = binary_payload(cmd)?;
         let skip = cmd.get_document("options").ok().and_then(|o| o.get_bool("skipEmptyExchange").ok()).unwrap_or(false);
-        let lookup = |user: &str| {
-            self.credentials.get(&(db.to_string(), user.to_string())).map(|(c1, c256)| match mech {
-                Mechanism::Sha1 => c1.clone(),
-                Mechanism::Sha256 => c256.clone(),
-            })
-        };
+        let lookup = |user: &str| self.stored_user(db, user).and_then(|u| u.credential(mech));
         let id = 1;
         match auth::start(id, mech, db, &payload, lookup, skip) {
             Ok((conv, reply)) => {
@@ -1356,17 +1382,21 @@ impl Shared {
             conn.conversation = None;
             return Ok(doc! { "conversationId": id, "done": true, "payload": auth::binary(Vec::new()) });
         }
-        let Some((c1, c256)) = self.credentials.get(&(conv.db.clone(), conv.user.clone())) else {
+        let Some(stored) = self.stored_user(&conv.db, &conv.user) else {
             conn.conversation = None;
             return Err(err(18, "Authentication failed."));
         };
-        let cred = if conv.mech == Mechanism::Sha1 { c1 } else { c256 };
-        match conv.finish(&payload, cred) {
+        let Some(cred) = stored.credential(conv.mech) else {
+            conn.conversation = None;
+            return Err(err(18, "Authentication failed."));
+        };
+        match conv.finish(&payload, &cred) {
             Ok(reply) => {
                 let (id, skip) = (conv.id, conv.skip_empty_exchange);
                 let user = (conv.db.clone(), conv.user.clone());
                 if !conn.users.contains(&user) {
                     conn.users.push(user);
+                    conn.roles.extend(stored.roles);
                 }
                 if skip {
                     conn.conversation = None;
