@@ -466,6 +466,9 @@ def replset(srv):
     assert hello["primary"] == hello["me"] == f"127.0.0.1:{srv.port}"
     assert isinstance(hello["lastWrite"]["opTime"]["ts"], Timestamp)
     assert isinstance(hello["electionId"], ObjectId)
+    conf = c.admin.command("replSetGetConfig")["config"]
+    assert conf["_id"] == "rs0" and conf["members"][0]["host"] == f"127.0.0.1:{srv.port}", conf
+    assert c.local["system.replset"].find_one() == conf
     st = c.admin.command("replSetGetStatus")
     assert st["set"] == "rs0" and st["members"][0]["stateStr"] == "PRIMARY"
     assert "$clusterTime" in hello and "operationTime" in hello

@@ -523,6 +523,9 @@ impl Shared {
                     "startup_log".into(),
                     Collection::new("collection", doc! { "capped": true, "size": 10_485_760 }),
                 );
+                let mut config = Collection::new("collection", Document::new());
+                let _ = config.push(shared.replset_config());
+                st.dbs.entry("local".into()).or_default().colls.insert("system.replset".into(), config);
             }
             if !shared.options.users.is_empty() {
                 let mut docs = Vec::new();
@@ -1171,6 +1174,13 @@ impl Shared {
                 Ok(get_parameter(cmd))
             }
             "connectionStatus" => Ok(self.connection_status(conn)),
+            "replSetGetConfig" => {
+                self.require(conn, Action::Monitor, "admin", None, cmd)?;
+                if !self.is_replset() {
+                    return Err(err(76, "not running with --replSet").with_name("NoReplicationEnabled"));
+                }
+                Ok(doc! { "config": self.replset_config() })
+            }
             "replSetGetStatus" => {
                 self.require(conn, Action::Monitor, "admin", None, cmd)?;
                 self.repl_set_get_status()
@@ -1318,6 +1328,36 @@ impl Shared {
         let users: Vec<Bson> = conn.users.iter().map(|(db, u)| Bson::Document(doc! { "user": u, "db": db })).collect();
         let roles: Vec<Bson> = self.roles(conn).map(|(r, d)| Bson::Document(doc! { "role": r, "db": d })).collect();
         doc! { "authInfo": { "authenticatedUsers": users, "authenticatedUserRoles": roles } }
+    }
+
+    /// The one-member replica-set configuration (`local.system.replset`).
+    fn replset_config(&self) -> Document {
+        doc! {
+            "_id": self.options.replset.clone().unwrap_or_default(),
+            "version": 1,
+            "term": TERM as i32,
+            "members": [{
+                "_id": 0,
+                "host": format!("127.0.0.1:{}", self.port),
+                "arbiterOnly": false,
+                "buildIndexes": true,
+                "hidden": false,
+                "priority": 1.0,
+                "tags": {},
+                "secondaryDelaySecs": 0i64,
+                "votes": 1,
+            }],
+            "protocolVersion": 1i64,
+            "writeConcernMajorityJournalDefault": true,
+            "settings": {
+                "chainingAllowed": true,
+                "heartbeatIntervalMillis": 2000,
+                "heartbeatTimeoutSecs": 10,
+                "electionTimeoutMillis": 10000,
+                "catchUpTimeoutMillis": -1,
+                "catchUpTakeoverDelayMillis": 30000,
+            },
+        }
     }
 
     fn repl_set_get_status(&self) -> CmdResult {
