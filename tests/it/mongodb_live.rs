@@ -293,6 +293,20 @@ fn live_backup_verify_and_restores_into_a_directory_and_a_server() {
     let colls = dm.command("shop", doc! { "listCollections": 1 });
     assert!(colls.to_string().contains("recent") && colls.to_string().contains("view"), "{colls}");
 
+    // Through pymongo's own decoder: the source, the dump file and the
+    // restored server hold the same bytes.
+    let python = coffer_test_support::python_with_module("pymongo")
+        .expect("no python3 can import pymongo: `cargo xtask deps` installs it (PyPI pymongo)");
+    let cred = |s: &Standin| format!("mongodb://backup:{PASSWORD}@127.0.0.1:{}/", s.port());
+    let out = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("it/pymongo_compare.py"))
+        .args([cred(&src), cred(&dst), dir.to_str().unwrap().into(), "shop.orders".into(), "shop.log".into()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("2510 documents in 2 namespaces equal through pymongo"), "{said}");
+
     // Again without drop: every _id is there already and nothing changes;
     // with drop=true the collections are replaced.
     let out = coffer(&t, &["restore", &id], &dst_args(&t, &dst));
@@ -563,4 +577,67 @@ fn mongodb_srv_over_tls_with_scram_sha_1() {
     let out = run(&["--set".into(), format!("ca_file={}", pki.path_str("ca.pem"))]);
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("SCRAM-SHA-1") && err.contains("failed"), "{err}");
+}
+
+#[test]
+fn read_preference_secondary_backs_up_from_the_secondary_the_url_names() {
+    // Two members of rs0: a primary and a secondary that names it.
+    let ports = coffer_test_support::free_ports(2).unwrap();
+    let (pp, sp) = (ports[0], ports[1]);
+    let members = vec![format!("127.0.0.1:{pp}"), format!("127.0.0.1:{sp}")];
+    let member = |port: u16, secondary_of: Option<String>| {
+        Standin::start(Options {
+            port,
+            replset: Some("rs0".into()),
+            users: vec![User::new("admin", "backup", PASSWORD, &[("root", "admin")])],
+            secondary_of,
+            members: members.clone(),
+            ..Options::default()
+        })
+        .unwrap()
+    };
+    let primary = member(pp, None);
+    let secondary = member(sp, Some(format!("127.0.0.1:{pp}")));
+    for s in [&primary, &secondary] {
+        s.insert("shop", "orders", (0..300).map(|i| doc! {"_id": i}).collect()).unwrap();
+    }
+    // The secondary alone differs, so the counts say who was read.
+    secondary.insert("shop", "late", vec![doc! {"_id": 1}]).unwrap();
+    let t = TestRepo::new();
+    let pw = t.dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let backup = |url: String| {
+        t.coffer(&[
+            "--json",
+            "backup",
+            "mongodb",
+            "--set",
+            &format!("url={url}"),
+            "--set",
+            &format!("password_file={}", pw.display()),
+        ])
+    };
+    let out =
+        backup(format!("mongodb://backup@127.0.0.1:{pp},127.0.0.1:{sp}/?replicaSet=rs0&readPreference=secondary"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snaps = t.json(&["snapshots"]);
+    let attrs = &snaps[0]["attributes"];
+    assert_eq!(attrs["mongodb.role"], "secondary", "{attrs}");
+    assert_eq!(attrs["mongodb.member"], format!("127.0.0.1:{sp}"), "{attrs}");
+    assert_eq!(attrs["mongodb.docs.shop/late"], "1", "{attrs}");
+    // The default (primary) reads the primary.
+    let out = backup(format!("mongodb://backup@127.0.0.1:{pp},127.0.0.1:{sp}/?replicaSet=rs0"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snaps = t.json(&["snapshots"]);
+    let newest = snaps.as_array().unwrap().iter().find(|s| s["attributes"]["mongodb.role"] == "primary").unwrap();
+    assert_eq!(newest["attributes"]["mongodb.member"], format!("127.0.0.1:{pp}"));
+    // A URL naming only the secondary, asking for the primary: the primary
+    // is named, with what to add.
+    let out = backup(format!("mongodb://backup@127.0.0.1:{sp}/?replicaSet=rs0"));
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains(&format!("127.0.0.1:{pp}")) && err.contains("add it"), "{err}");
+    // directConnection=true to the secondary reads it without a read
+    // preference in the URL.
+    let out = backup(format!("mongodb://backup@127.0.0.1:{sp}/?directConnection=true"));
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -26,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("repo") => repo(&args[1..]),
         Some("runtime") => runtime(),
         Some("redis") => crate::bench_redis::run(&args[1..]),
+        Some("mongodb") => crate::bench_mongodb::run(&args[1..]),
         Some("postgres") => crate::bench_postgres::run(&args[1..]),
         Some("archive") => crate::bench_archive::run(&args[1..]),
         Some("compare") => crate::bench_compare::run(&args[1..]),
@@ -33,7 +34,7 @@ pub fn run(args: &[String]) -> Result<()> {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
         _ => bail!(
-            "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | postgres [--scale N] \
+            "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | mongodb [--docs N] [--runs N] | postgres [--scale N] \
              [--runs N] | archive [--runs N] [--repo-gb N] [--dir DIR] | compare [--quick] [--runs N] [--rustic] | primitives"
         ),
     }

@@ -7,13 +7,14 @@
 //! cargo xtask test [FILTER]         run every test and doctest
 //! cargo xtask ci                    fmt, clippy (host and wasm32-wasip2), cargo deny, then test (what .ci/run runs)
 //! cargo xtask deny                  cargo deny check: licences, bans, sources; advisories where the database can be fetched
-//! cargo xtask bench repo|runtime|redis|postgres|archive|compare|primitives   end-to-end and criterion benchmarks
+//! cargo xtask bench repo|runtime|redis|mongodb|postgres|archive|compare|primitives   end-to-end and criterion benchmarks
 //! cargo xtask build-plugins         build every plugin, the guide's example and every fixture for wasm32-wasip2
 //! ```
 
 mod bench;
 mod bench_archive;
 mod bench_compare;
+mod bench_mongodb;
 mod bench_postgres;
 mod bench_redis;
 mod deps;
@@ -40,7 +41,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz::run_fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo [--source DIR] | deps | test [FILTER] | ci | deny | bench repo|runtime|redis|postgres|archive|compare|primitives | build-plugins>"
+                "usage: cargo xtask <demo [--source DIR] | deps | test [FILTER] | ci | deny | bench repo|runtime|redis|mongodb|postgres|archive|compare|primitives | build-plugins>"
             );
             std::process::exit(2)
         }

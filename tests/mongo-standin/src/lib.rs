@@ -88,6 +88,15 @@ pub struct Options {
     pub load_dump: Option<PathBuf>,
     /// Compressors the server agrees to (`snappy`, `noop`).
     pub compressors: Vec<String>,
+    /// With `replset`: answer as a secondary of the set, whose primary is
+    /// this `host:port` (another stand-in, say). Writes are refused with
+    /// NotWritablePrimary (10107) and reads without a read preference that
+    /// allows a secondary with NotPrimaryNoSecondaryOk (13435), as on
+    /// MongoDB; [`Standin::insert`] still seeds it.
+    pub secondary_of: Option<String>,
+    /// With `replset`: the set's members as `hello` lists them (`hosts`);
+    /// this server alone when empty.
+    pub members: Vec<String>,
 }
 
 /// Faults the tests can switch on while the server runs.

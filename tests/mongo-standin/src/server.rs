@@ -635,6 +635,11 @@ impl Shared {
         }
     }
 
+    /// A secondary of its set ([`crate::Options::secondary_of`]).
+    fn is_secondary(&self) -> bool {
+        self.is_replset() && self.options.secondary_of.is_some()
+    }
+
     fn is_replset(&self) -> bool {
         self.options.replset.is_some()
     }
@@ -1158,6 +1163,30 @@ impl Shared {
         if self.auth_required() && conn.users.is_empty() && !OPEN.contains(&name) {
             return Err(err(13, format!("Command {name} requires authentication")));
         }
+        if self.is_secondary() && !OPEN.contains(&name) {
+            const WRITES: &[&str] = &[
+                "insert",
+                "update",
+                "delete",
+                "findAndModify",
+                "create",
+                "drop",
+                "dropDatabase",
+                "createIndexes",
+                "dropIndexes",
+                "collMod",
+                "applyOps",
+                "renameCollection",
+            ];
+            if WRITES.contains(&name) {
+                return Err(err(10107, "not primary").with_name("NotWritablePrimary"));
+            }
+            let mode =
+                cmd.get_document("$readPreference").ok().and_then(|r| r.get_str("mode").ok()).unwrap_or("primary");
+            if mode == "primary" {
+                return Err(err(13435, "not primary and secondaryOk=false").with_name("NotPrimaryNoSecondaryOk"));
+            }
+        }
         match name {
             "hello" | "isMaster" | "ismaster" => Ok(self.hello(conn, cmd, name != "hello", db)),
             "ping" => Ok(Document::new()),
@@ -1230,15 +1259,21 @@ impl Shared {
             d.insert("helloOk", true);
         }
         d.insert("topologyVersion", doc! { "processId": self.process_id, "counter": 0i64 });
+        let secondary = self.is_secondary();
         if let Some(rs) = &self.options.replset {
-            d.insert("hosts", vec![Bson::String(me.clone())]);
+            let hosts: Vec<Bson> = if self.options.members.is_empty() {
+                vec![Bson::String(me.clone())]
+            } else {
+                self.options.members.iter().map(|m| Bson::String(m.clone())).collect()
+            };
+            d.insert("hosts", hosts);
             d.insert("setName", rs.as_str());
             d.insert("setVersion", 1);
         }
-        d.insert(if legacy { "ismaster" } else { "isWritablePrimary" }, true);
+        d.insert(if legacy { "ismaster" } else { "isWritablePrimary" }, !secondary);
         if self.is_replset() {
-            d.insert("secondary", false);
-            d.insert("primary", me.as_str());
+            d.insert("secondary", secondary);
+            d.insert("primary", self.options.secondary_of.clone().unwrap_or_else(|| me.clone()));
             d.insert("me", me.as_str());
             d.insert("electionId", ObjectId::from_bytes([0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1]));
             let optime = doc! { "ts": last_ts, "t": TERM };
