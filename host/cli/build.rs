@@ -14,6 +14,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("postgres", "coffer-plugin-postgres"),
     ("redis", "coffer-plugin-redis"),
     ("mongodb", "coffer-plugin-mongodb"),
+    ("fabric", "coffer-plugin-fabric"),
 ];
 
 fn main() {

@@ -5,6 +5,7 @@
 mod cli;
 mod contract;
 mod dns;
+mod fabric;
 mod guide;
 mod hostile;
 mod keys;

@@ -370,8 +370,13 @@ fn guest_packages() -> Vec<String> {
 
 /// The plugins embedded in the `coffer` binary: the packages of `BUILTIN`
 /// in `host/cli/build.rs`.
-const BUILTIN_PLUGINS: &[&str] =
-    &["coffer-plugin-files", "coffer-plugin-postgres", "coffer-plugin-redis", "coffer-plugin-mongodb"];
+const BUILTIN_PLUGINS: &[&str] = &[
+    "coffer-plugin-files",
+    "coffer-plugin-postgres",
+    "coffer-plugin-redis",
+    "coffer-plugin-mongodb",
+    "coffer-plugin-fabric",
+];
 
 /// `cargo build --release --target wasm32-wasip2` into the plugin target
 /// directory, with the settings `host/cli/build.rs` and `tests/build.rs`

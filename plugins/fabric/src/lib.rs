@@ -323,9 +323,10 @@ impl Plugin for Fabric {
         let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in snapshot.entries() {
             if e.kind == EntryKind::File
-                && let Some(ch) = block_file_channel(&e.path) {
-                    channels.entry(ch.to_string()).or_default().push(e.path.clone());
-                }
+                && let Some(ch) = block_file_channel(&e.path)
+            {
+                channels.entry(ch.to_string()).or_default().push(e.path.clone());
+            }
         }
         if channels.is_empty() {
             report.problem("", "the snapshot holds no block files (blockfile_NNNNNN)");
@@ -354,15 +355,29 @@ impl Plugin for Fabric {
                 ));
             }
             if let Some(recorded) = snapshot.attribute(&format!("{HEIGHT_ATTR}{channel}"))
-                && recorded != r.height.to_string() {
-                    report.problem(
-                        paths.last().map(String::as_str).unwrap_or_default(),
-                        format!(
-                            "channel {channel}: the backup recorded height {recorded}; the block files hold {}",
-                            r.height
-                        ),
-                    );
-                }
+                && recorded != r.height.to_string()
+            {
+                report.problem(
+                    paths.last().map(String::as_str).unwrap_or_default(),
+                    format!(
+                        "channel {channel}: the backup recorded height {recorded}; the block files hold {}",
+                        r.height
+                    ),
+                );
+            }
+            if let Some((block, named)) = &r.foreign_example {
+                report.note(format!(
+                    "channel {channel}: {} transactions name another channel (the first in block {block}: {named:?}); \
+                     Fabric's committer marks such transactions invalid, their blocks stay in the ledger",
+                    r.foreign_transactions
+                ));
+            }
+            if r.signed_blocks == 0 && r.height > 1 {
+                report.note(format!(
+                    "channel {channel}: no block carries an orderer signature (ledgers written by Fabric's test \
+                     tools carry none); only the hash chain and data hashes were checked"
+                ));
+            }
             let orgs = if r.orderer_orgs.is_empty() { "none".to_string() } else { r.orderer_orgs.join(", ") };
             let last_config = r.last_config.map_or("none".to_string(), |n| n.to_string());
             let first_bad = r.problems.first().map_or("none".to_string(), |p| p.number.to_string());

@@ -1,0 +1,402 @@
+//! The fabric plugin on ledgers written by real Fabric peers and orderers
+//! (`tests/fixtures/fabric`, a copy of `../shared/data/fabric`: Fabric's
+//! own test data): backup, verify and byte-identical restore of the v1.3
+//! sample ledger and the 2.x `sample_prod` ledger (signed by its orderer);
+//! the damaged `glued_together` ledger reported where Fabric's own
+//! `ledgerutil verify` reports it; flipped bytes, a cut last block and a
+//! forged block signed outside the orderer MSP. No Fabric peer runs here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{TestRepo, stderr};
+
+/// `tests/fixtures/fabric`.
+fn data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fabric");
+    assert!(p.is_dir(), "{} is missing", p.display());
+    p
+}
+
+const CHANNEL_FILE: &str = "chains/chains/mychannel/blockfile_000000";
+
+/// A copy of a 2.x fixture ledger (`sample_prod`, `glued_together`) in a
+/// temp dir, so that tests can damage it.
+fn v2_ledger(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&data().join("v2").join(name).join("ledgersData"), &tmp.path().join("ledgersData"));
+    tmp
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+            let mut perm = std::fs::metadata(&dest).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&dest, perm).unwrap();
+        }
+    }
+}
+
+/// The v1.3 sample ledger, unzipped in a temp dir.
+fn v13_ledger() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = std::fs::File::open(data().join("v1.3-sample-ledger.zip")).unwrap();
+    zip::ZipArchive::new(file).unwrap().extract(tmp.path()).unwrap();
+    tmp
+}
+
+/// Every file under `dir`: relative path → bytes.
+fn all_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &e.path(), out);
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Backs up `ledger`; returns the snapshot id and what the backup said
+/// (its summary and warnings).
+fn backup_ok(t: &TestRepo, ledger: &Path) -> (String, String) {
+    let set = format!("ledger_dir={}", ledger.display());
+    let out = t.coffer(&["backup", "fabric", "--set", &set]);
+    assert!(out.status.success(), "backup of {} failed ({}): {}", ledger.display(), out.status, stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let id = said
+        .split_whitespace()
+        .skip_while(|w| *w != "snapshot")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no snapshot id in: {said}"))
+        .to_string();
+    (id, format!("{said}{}", stderr(&out)))
+}
+
+fn attributes(t: &TestRepo, id: &str) -> serde_json::Value {
+    let snaps = t.json(&["snapshots"]);
+    let snap = snaps.as_array().unwrap().iter().find(|s| s["id"].as_str().unwrap().starts_with(id)).unwrap().clone();
+    snap["attributes"].clone()
+}
+
+/// `coffer verify`: (exit code, stdout + stderr).
+fn verify(t: &TestRepo, id: &str) -> (Option<i32>, String) {
+    let out = t.coffer(&["verify", id]);
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out))
+}
+
+/// Backs up, verifies clean, restores and compares every file.
+fn round_trip(t: &TestRepo, ledger: &Path, heights: &[(&str, &str)], orgs: &str) -> String {
+    let (id, said) = backup_ok(t, ledger);
+    assert!(!said.contains("partly written"), "{said}");
+    let attrs = attributes(t, &id);
+    for (channel, height) in heights {
+        assert_eq!(attrs[format!("fabric.height.{channel}")], *height, "{attrs}");
+    }
+    let (code, report) = verify(t, &id);
+    assert_eq!(code, Some(0), "{report}");
+    for (channel, height) in heights {
+        let needle = format!("channel {channel}: height {height}, last config block 0, orderer organisations {orgs}");
+        assert!(report.contains(&needle), "{needle:?} missing from:\n{report}");
+    }
+    let target = t.dir.path().join(format!("restore-{id}"));
+    std::fs::create_dir(&target).unwrap();
+    let out = t.coffer(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    assert!(stderr(&out).contains("must be stopped"), "{}", stderr(&out));
+    let (want, got) = (all_files(ledger), all_files(&target));
+    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    for (path, bytes) in &want {
+        assert!(got[path] == *bytes, "{path} differs after the restore");
+    }
+    id
+}
+
+#[test]
+fn the_v13_sample_ledger_backs_up_verifies_and_restores_byte_for_byte() {
+    let t = TestRepo::new();
+    let tmp = v13_ledger();
+    let ledger = tmp.path().join("ledgersData");
+    round_trip(&t, &ledger, &[("ledger1", "9"), ("ledger2", "9")], "SampleOrg");
+    // Written by Fabric's test tools: no orderer signs, and the
+    // transactions name a dummy channel.
+    let (id, said) = backup_ok(&t, &ledger);
+    assert!(said.contains("read 0 B, kept 32 unchanged entries from the parent"), "{said}");
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("channel ledger1: no block carries an orderer signature"), "{report}");
+    assert!(report.contains("name another channel (the first in block 1: \"dummyChannel\")"), "{report}");
+}
+
+#[test]
+fn the_v2_sample_ledger_verifies_against_its_orderer_and_restores_byte_for_byte() {
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let id = round_trip(&t, &tmp.path().join("ledgersData"), &[("mychannel", "8")], "SampleOrg");
+    let report = verify(&t, &id).1;
+    assert!(report.contains("7 signed blocks, first bad block none"), "{report}");
+}
+
+/// Record offsets and the layout of each block of a block file.
+struct Block {
+    offset: usize,
+    data_hash: usize,
+    envelopes: Vec<(usize, usize)>,
+    metadata: Vec<(usize, usize)>,
+    end: usize,
+}
+
+fn varint(b: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for i in 0.. {
+        let x = b[*at];
+        *at += 1;
+        v |= u64::from(x & 0x7f) << (7 * i);
+        if x & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+fn blocks(b: &[u8]) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let offset = at;
+        let len = varint(b, &mut at) as usize;
+        let end = at + len;
+        varint(b, &mut at);
+        let dh_len = varint(b, &mut at) as usize;
+        let data_hash = at;
+        at += dh_len;
+        let ph_len = varint(b, &mut at) as usize;
+        at += ph_len;
+        let list = |at: &mut usize| {
+            let n = varint(b, at);
+            (0..n)
+                .map(|_| {
+                    let l = varint(b, at) as usize;
+                    let s = *at;
+                    *at += l;
+                    (s, l)
+                })
+                .collect::<Vec<_>>()
+        };
+        let envelopes = list(&mut at);
+        let metadata = list(&mut at);
+        assert_eq!(at, end);
+        out.push(Block { offset, data_hash, envelopes, metadata, end });
+    }
+    out
+}
+
+/// Flips one byte of the sample ledger's block file at a position chosen
+/// from its layout; returns verify's report.
+fn verify_damaged(pick: impl Fn(&[u8], &[Block]) -> usize) -> (String, Vec<Block>) {
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let file = tmp.path().join("ledgersData").join(CHANNEL_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let layout = blocks(&bytes);
+    let at = pick(&bytes, &layout);
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let (id, _) = backup_ok(&t, &tmp.path().join("ledgersData"));
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(3), "{report}");
+    (report, layout)
+}
+
+#[test]
+fn the_glued_together_ledger_is_reported_at_block_8_as_fabric_reports_it() {
+    let t = TestRepo::new();
+    let tmp = v2_ledger("glued_together");
+    let ledger = tmp.path().join("ledgersData");
+    let layout = blocks(&std::fs::read(ledger.join(CHANNEL_FILE)).unwrap());
+    let (id, _) = backup_ok(&t, &ledger);
+    assert_eq!(attributes(&t, &id)["fabric.height.mychannel"], "9");
+    // v2/expected/glued_together.json: block 8, "transaction 0 has 3183
+    // trailing bytes", "DataHash mismatch".
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data().join("v2/expected/glued_together.json")).unwrap()).unwrap();
+    let errors: Vec<&str> = expected[0]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!(expected[0]["blockNum"], 8);
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(3), "{report}");
+    let needle =
+        format!("channel mychannel: block 8 ({CHANNEL_FILE} at byte {}): {}", layout[8].offset, errors.join("; "));
+    assert!(report.contains(&needle), "{needle:?} missing from:\n{report}");
+    assert!(report.contains("first bad block 8"), "{report}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_transaction_is_reported_at_its_block() {
+    let (report, layout) = verify_damaged(|_, l| l[5].envelopes[0].0 + 50);
+    let needle = format!("block 5 ({CHANNEL_FILE} at byte {})", layout[5].offset);
+    assert!(report.contains(&needle), "{report}");
+    assert!(report.contains("DataHash mismatch"), "{report}");
+    assert!(report.contains("first bad block 5"), "{report}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_header_is_reported_at_its_block_and_breaks_the_chain_after_it() {
+    let (report, _) = verify_damaged(|_, l| l[3].data_hash + 7);
+    assert!(report.contains("first bad block 3"), "{report}");
+    assert!(report.contains("block 4 ("), "{report}");
+    assert!(report.contains("PreviousHash mismatch"), "{report}");
+}
+
+#[test]
+fn a_flipped_byte_in_an_orderer_signature_is_reported_at_its_block() {
+    // The signatures entry ends with the signature's last byte.
+    let (report, _) = verify_damaged(|_, l| {
+        let (s, n) = l[6].metadata[0];
+        s + n - 1
+    });
+    assert!(report.contains("first bad block 6"), "{report}");
+    assert!(report.contains("block 6 (") && !report.contains("block 7 ("), "{report}");
+    assert!(report.contains("signature"), "{report}");
+}
+
+#[test]
+fn a_flipped_byte_in_the_config_blocks_certificate_is_reported_at_block_0() {
+    let (report, _) = verify_damaged(|b, l| {
+        let (s, n) = l[0].envelopes[0];
+        let env = &b[s..s + n];
+        let marker = b"-----BEGIN CERTIFICATE-----\n";
+        s + env.windows(marker.len()).position(|w| w == marker).unwrap() + marker.len() + 60
+    });
+    assert!(report.contains("first bad block 0"), "{report}");
+}
+
+#[test]
+fn a_cut_last_block_is_left_out_as_partial_and_not_counted_in_the_height() {
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let ledger = tmp.path().join("ledgersData");
+    let file = ledger.join(CHANNEL_FILE);
+    let bytes = std::fs::read(&file).unwrap();
+    let layout = blocks(&bytes);
+    std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
+    let (id, said) = backup_ok(&t, &ledger);
+    assert!(said.contains("left out a partly written block"), "{said}");
+    assert_eq!(attributes(&t, &id)["fabric.height.mychannel"], "7");
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("channel mychannel: height 7"), "{report}");
+    let target = t.dir.path().join("restore");
+    std::fs::create_dir(&target).unwrap();
+    t.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == bytes[..layout[7].offset]);
+}
+
+/// A protobuf length-delimited field.
+fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(tag << 3) | 2];
+    let mut n = bytes.len();
+    loop {
+        if n < 0x80 {
+            out.push(n as u8);
+            break;
+        }
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn raw(bytes: &[u8]) -> Vec<u8> {
+    let mut out = field(0, bytes);
+    out.remove(0);
+    out
+}
+
+/// DER of a header, as Fabric hashes it (numbers below 128).
+fn header_der(number: u8, previous: &[u8], data: &[u8]) -> Vec<u8> {
+    let body =
+        [vec![2, 1, number, 4, previous.len() as u8], previous.to_vec(), vec![4, data.len() as u8], data.to_vec()]
+            .concat();
+    [vec![0x30, body.len() as u8], body].concat()
+}
+
+#[test]
+fn a_forged_block_signed_outside_the_orderer_msp_is_reported() {
+    use rcgen::SigningKey;
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let ledger = tmp.path().join("ledgersData");
+    let file = ledger.join(CHANNEL_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let layout = blocks(&bytes);
+    let last = &layout[7];
+    // Block 7's header: number 7, previous hash, data hash.
+    let mut at = last.offset;
+    varint(&bytes, &mut at);
+    assert_eq!(varint(&bytes, &mut at), 7);
+    let dh = bytes[last.data_hash..last.data_hash + 32].to_vec();
+    let ph_at = last.data_hash + 33;
+    let ph = bytes[ph_at..ph_at + 32].to_vec();
+    let previous: Vec<u8> = Sha256::digest(header_der(7, &ph, &dh)).to_vec();
+
+    // Block 8: block 7's transaction again, chained correctly.
+    let (es, en) = last.envelopes[0];
+    let envelope = bytes[es..es + en].to_vec();
+    let data_hash: Vec<u8> = Sha256::digest(&envelope).to_vec();
+    let header = header_der(8, &previous, &data_hash);
+
+    // Signed by a key of the right MSP id but a certificate no orderer CA
+    // issued.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["orderer.forger.example".into()]).unwrap().self_signed(&key).unwrap();
+    let identity = [field(1, b"SampleOrg"), field(2, cert.pem().as_bytes())].concat();
+    let sig_header = [field(1, &identity), field(2, b"nonce-nonce-nonce")].concat();
+    // Block 7's signatures entry starts with its value (field 1).
+    let (ms, _) = last.metadata[0];
+    assert_eq!(bytes[ms], 0x0a);
+    let mut p = ms + 1;
+    let vlen = varint(&bytes, &mut p) as usize;
+    let value = bytes[p..p + vlen].to_vec();
+    let signature = key.sign(&[value.clone(), sig_header.clone(), header.clone()].concat()).unwrap();
+    let md0 = [field(1, &value), field(2, &[field(1, &sig_header), field(2, &signature)].concat())].concat();
+
+    let mut record = vec![8u8];
+    record.extend(raw(&data_hash));
+    record.extend(raw(&previous));
+    record.push(1);
+    record.extend(raw(&envelope));
+    record.push(last.metadata.len() as u8);
+    record.extend(raw(&md0));
+    for &(s, n) in &last.metadata[1..] {
+        record.extend(raw(&bytes[s..s + n]));
+    }
+    assert_eq!(last.end, bytes.len());
+    let forged_at = bytes.len();
+    bytes.extend(raw(&record));
+    std::fs::write(&file, &bytes).unwrap();
+
+    let (id, _) = backup_ok(&t, &ledger);
+    assert_eq!(attributes(&t, &id)["fabric.height.mychannel"], "9");
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(3), "{report}");
+    let needle = format!("block 8 ({CHANNEL_FILE} at byte {forged_at})");
+    assert!(report.contains(&needle), "{needle:?} missing from:\n{report}");
+    assert!(report.contains("was not issued by a root CA of orderer organisation SampleOrg"), "{report}");
+    assert!(!report.contains("PreviousHash") && !report.contains("DataHash"), "{report}");
+    assert!(report.contains("first bad block 8"), "{report}");
+}
