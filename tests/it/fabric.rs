@@ -400,3 +400,56 @@ fn a_forged_block_signed_outside_the_orderer_msp_is_reported() {
     assert!(!report.contains("PreviousHash") && !report.contains("DataHash"), "{report}");
     assert!(report.contains("first bad block 8"), "{report}");
 }
+
+#[test]
+fn backups_taken_while_a_writer_appends_blocks_are_consistent_at_their_heights() {
+    let t = TestRepo::new();
+    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
+    let layout = blocks(&sample);
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("ledgersData");
+    let file = ledger.join(CHANNEL_FILE);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    // Block 0 is there before the first backup.
+    std::fs::write(&file, &sample[..layout[0].end]).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (file, sample, done) = (file.clone(), sample.clone(), done.clone());
+        let cuts: Vec<(usize, usize)> = layout[1..].iter().map(|b| (b.offset, b.end)).collect();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+            // Each block in two writes, as a peer's write may land.
+            for (start, end) in cuts {
+                let mid = (start + end) / 2;
+                f.write_all(&sample[start..mid]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                f.write_all(&sample[mid..end]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut snapshots = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        snapshots.push(backup_ok(&t, &ledger).0);
+    }
+    writer.join().unwrap();
+    snapshots.push(backup_ok(&t, &ledger).0);
+    let mut heights = std::collections::BTreeSet::new();
+    for (k, id) in snapshots.iter().enumerate() {
+        let height: usize = attributes(&t, id)["fabric.height.mychannel"].as_str().unwrap().parse().unwrap();
+        heights.insert(height);
+        let (code, report) = verify(&t, id);
+        assert_eq!(code, Some(0), "{report}");
+        assert!(report.contains(&format!("channel mychannel: height {height},")), "{report}");
+        let target = t.dir.path().join(format!("during-{k}"));
+        std::fs::create_dir(&target).unwrap();
+        t.ok(&["restore", id, "--target", target.to_str().unwrap()]);
+        let end = layout[height - 1].end;
+        assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == sample[..end], "snapshot {k} at height {height}");
+    }
+    assert_eq!(heights.last(), Some(&8));
+    assert!(heights.len() >= 2, "backups saw heights {heights:?}");
+    eprintln!("fabric: {} backups during the writes saw heights {heights:?}", snapshots.len());
+}

@@ -205,23 +205,28 @@ impl Plugin for Fabric {
             // The files that must be read: the last, and the ones before it
             // back to one that holds a complete block (for the height).
             let mut height: Option<u64> = None;
+            let mut undecodable = false;
             let mut contents: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
             for i in (0..list.len()).rev() {
                 let path = join(&root, &list[i].rel);
                 let bytes = fs::read(&path).map_err(|e| Error::from(e).context(&path))?;
                 let scan = blockfile::scan(&bytes);
                 if let Some(last) = scan.records.last() {
-                    let n = blockfile::decode_block(last.bytes).map(|b| b.number).map_err(|e| {
-                        Error::Corrupt(format!(
-                            "{path}: the block at byte {} does not decode ({e}); run `coffer verify` on a backup \
-                             for the whole report",
-                            last.offset
-                        ))
-                    })?;
-                    height = Some(n + 1);
+                    match blockfile::decode_block(last.bytes) {
+                        Ok(b) => height = Some(b.number + 1),
+                        Err(e) => {
+                            // Stored as it is; `coffer verify` reports it.
+                            host::warn(format!(
+                                "{path}: the block at byte {} does not decode ({e}); channel {channel} is backed up \
+                                 without a recorded height; run `coffer verify` on the snapshot for the whole report",
+                                last.offset
+                            ));
+                            undecodable = true;
+                        }
+                    }
                 }
                 contents.insert(i, bytes);
-                if height.is_some() {
+                if height.is_some() || undecodable {
                     break;
                 }
             }
@@ -267,8 +272,10 @@ impl Plugin for Fabric {
                     add_batch(sink, &root, &mut batch)?;
                 }
             }
-            sink.set_attribute(&format!("{HEIGHT_ATTR}{channel}"), &height.to_string())?;
-            host::info(format!("channel {channel}: height {height}"));
+            if !undecodable {
+                sink.set_attribute(&format!("{HEIGHT_ATTR}{channel}"), &height.to_string())?;
+                host::info(format!("channel {channel}: height {height}"));
+            }
         }
         host::info(format!("kept {reused} unchanged files from the parent snapshot"));
         Ok(())
