@@ -246,6 +246,10 @@ fn live_backup_verify_and_restores_into_a_directory_and_a_server() {
 
     let v = t.json(&["verify", &id]);
     assert_eq!(v["ok"], true, "{v}");
+    // The stored config names the server: verify notes its counts beside
+    // the backup's.
+    assert!(v["notes"].to_string().contains("collections' document counts with 127.0.0.1"), "{v}");
+    assert!(v["notes"].to_string().contains("all equal"), "{v}");
 
     // An unchanged server stores (nearly) nothing new.
     let b2 = ok_json(&t, &["backup", "mongodb"], &a);
@@ -264,6 +268,8 @@ fn live_backup_verify_and_restores_into_a_directory_and_a_server() {
     assert_eq!(files["shop/orders"], want);
     assert_eq!(files["crm/people"].len(), 300);
     assert!(dir.join("oplog.bson").is_file());
+    // Users and roles come with the admin database.
+    assert_eq!(files["admin/system.users"].len(), 2, "{:?}", files.keys());
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("shop/orders.metadata.json")).unwrap()).unwrap();
     assert_eq!(meta["collectionName"], "orders");
@@ -508,6 +514,25 @@ fn the_oplog_stream_restores_to_a_point_in_time_and_a_fallen_off_oplog_is_named(
     let out = coffer(&t, &["restore", &id], &d);
     assert!(!out.status.success() && stderr(&out).contains("ends at"), "{}", stderr(&out));
     stop(f, &log);
+    // Writes while no follower runs; a new follower resumes where the
+    // last checkpoint is, without a gap.
+    m.command("shop", doc! { "delete": "orders", "deletes": [{"q": {"_id": 2}, "limit": 1}] });
+    m.command("shop", doc! { "insert": "orders", "documents": [{"_id": 30_000}] });
+    let end2 = m.oplog_head();
+    let log = t.dir.path().join("follow2.log");
+    let f = follow(&t, &a, &log);
+    wait_for_stream(&t, end2, &log);
+    stop(f, &log);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("(resumed)"));
+    let dst4 = replset("rs0");
+    let mut d = args(&t, &dst4, "backup");
+    d.extend(["--set".into(), format!("to_ts={}:{}", end2.time, end2.increment)]);
+    let out = coffer(&t, &["restore", &id], &d);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = dst4.documents("shop", "orders");
+    assert_eq!(got.len(), 2650, "one deleted, one inserted");
+    assert!(got.iter().any(|d| d.get_i32("_id").ok() == Some(30_000)));
+    assert!(!got.iter().any(|d| d.get_i32("_id").ok() == Some(2)));
 
     // An oplog that rolled past where the follower stopped.
     let small =
@@ -640,4 +665,41 @@ fn read_preference_secondary_backs_up_from_the_secondary_the_url_names() {
     // preference in the URL.
     let out = backup(format!("mongodb://backup@127.0.0.1:{sp}/?directConnection=true"));
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn users_and_roles_are_restored_only_when_asked_and_time_series_round_trip() {
+    let src = replset("rs0");
+    let mut m = Mongo::connect(src.port(), Some("backup"));
+    m.command("metrics", doc! { "create": "temps", "timeseries": {"timeField": "ts", "metaField": "sensor"} });
+    let readings: Vec<Document> = (0..50)
+        .map(|i| doc! {"ts": bson::DateTime::from_millis(1_700_000_000_000 + i * 60_000), "sensor": i % 3, "c": 20.5})
+        .collect();
+    m.command("metrics", doc! { "insert": "temps", "documents": readings });
+    let t = TestRepo::new();
+    let b = ok_json(&t, &["backup", "mongodb"], &args(&t, &src, "backup"));
+    let id = b["id"].as_str().unwrap().to_string();
+    let dir = t.dir.path().join("dump");
+    t.ok(&["restore", &id, "--target", dir.to_str().unwrap()]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics/temps.metadata.json")).unwrap()).unwrap();
+    assert_eq!(meta["type"], "timeseries", "{meta}");
+    assert!(dir.join("metrics/system.buckets.temps.bson").is_file());
+
+    // A server without users (no authentication): restored without them,
+    // then with restore_users=true.
+    let open = Standin::start(Options { replset: Some("rs0".into()), ..Options::default() }).unwrap();
+    let url = format!("url=mongodb://127.0.0.1:{}/?replicaSet=rs0", open.port());
+    let out = t.coffer(&["restore", &id, "--set", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(open.documents("admin", "system.users").is_empty());
+    assert_eq!(
+        open.documents("metrics", "system.buckets.temps").len(),
+        src.documents("metrics", "system.buckets.temps").len()
+    );
+    let out = t.coffer(&["restore", &id, "--set", &url, "--set", "restore_users=true", "--set", "drop=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let users = open.documents("admin", "system.users");
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert!(users.iter().any(|u| u.get_str("user").ok() == Some("backup")));
 }

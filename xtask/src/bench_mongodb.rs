@@ -47,6 +47,30 @@ fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// [`coffer`] under GNU time: its output, its CPU seconds (user and
+/// system) and its peak RSS in MiB.
+fn coffer_timed(repo: &Path, args: &[&str]) -> Result<(String, f64, f64)> {
+    let target = crate::target_dir()?;
+    let stats = target.join("bench-mongodb/time.txt");
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S %M", "-o"])
+        .arg(&stats)
+        .arg(target.join("release/coffer"))
+        .env("COFFER_REPO", repo)
+        .env("COFFER_PASSWORD", PASSWORD)
+        .env("COFFER_CACHE_DIR", target.join("bench-mongodb/cache"))
+        .args(args)
+        .output()
+        .context("running coffer under /usr/bin/time")?;
+    if !out.status.success() {
+        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&stats)?;
+    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let [user, sys, rss_kib] = v[..] else { bail!("GNU time printed {text:?}") };
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), user + sys, rss_kib / 1024.0))
+}
+
 fn server(snappy: bool) -> Result<Standin> {
     Ok(Standin::start(Options {
         replset: Some("rs0".into()),
@@ -233,14 +257,18 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut backup_snappy = Vec::new();
     let mut rebackup = Vec::new();
     let mut restore = Vec::new();
+    let (mut backup_cpu, mut backup_rss, mut restore_cpu, mut restore_rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut repo_size = 0;
     let mut added = 0;
     for k in 0..runs {
         let repo = work.join(format!("repo{k}"));
         coffer(&repo, &["init", "--kdf-memory-mib", "8"])?;
         let t = Instant::now();
-        let said = coffer(&repo, &["--json", "backup", "mongodb", "--set", &url(&src)])?;
+        let (said, cpu, rss) = coffer_timed(&repo, &["--json", "backup", "mongodb", "--set", &url(&src)])?;
         backup.push(t.elapsed().as_secs_f64());
+        backup_cpu.push(cpu);
+        backup_rss.push(rss);
         repo_size = dir_size(&repo);
         let id = said
             .split("\"id\"")
@@ -261,8 +289,10 @@ pub fn run(args: &[String]) -> Result<()> {
 
         let dst = server(false)?;
         let t = Instant::now();
-        coffer(&repo, &["restore", &id, "--set", &url(&dst)])?;
+        let (_, cpu, rss) = coffer_timed(&repo, &["restore", &id, "--set", &url(&dst)])?;
         restore.push(t.elapsed().as_secs_f64());
+        restore_cpu.push(cpu);
+        restore_rss.push(rss);
         let restored: usize = NAMESPACES.iter().map(|(d, c)| dst.documents(d, c).len()).sum();
         if restored != docs / NAMESPACES.len() * NAMESPACES.len() {
             bail!("the restore wrote {restored} documents");
@@ -284,6 +314,13 @@ pub fn run(args: &[String]) -> Result<()> {
         mb_s(bson_bytes, pw)
     );
     println!("| `coffer restore --set url=...` into an empty server | {r:.2} s | {:.0} |", mb_s(bson_bytes, r));
+    let (bc, br, rc, rr) = (median(backup_cpu), median(backup_rss), median(restore_cpu), median(restore_rss));
+    println!(
+        "coffer's own cost: backup {bc:.2} CPU s ({:.0} MB of BSON per CPU second), peak RSS {br:.0} MiB; \
+         restore {rc:.2} CPU s ({:.0} MB/CPU s), peak RSS {rr:.0} MiB",
+        mb_s(bson_bytes, bc),
+        mb_s(bson_bytes, rc)
+    );
     println!("repository after the first backup: {:.1} MB", repo_size as f64 / 1e6);
     Ok(())
 }

@@ -1130,8 +1130,13 @@ fn compare_with_server(
         }
     }
     report.note(format!(
-        "compared {compared} collections' document counts with {}: {differ} differ (the server changed since the backup)",
-        conn.addr()
+        "compared {compared} collections' document counts with {}: {}",
+        conn.addr(),
+        if differ == 0 {
+            "all equal".to_string()
+        } else {
+            format!("{differ} differ (the server changed since the backup)")
+        }
     ));
     Ok(())
 }

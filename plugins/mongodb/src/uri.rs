@@ -297,7 +297,15 @@ impl Uri {
         }
         let user = user.map(str::to_string).or(url_user);
         let password = password.map(str::to_string).or(url_password);
-        if user.is_some() || password.is_some() || mechanism == Some(AuthMechanism::X509) {
+        if user.is_none() && password.is_some() && mechanism != Some(AuthMechanism::X509) {
+            // A password kept from another config (a backup's
+            // password_file, say) with a URL that names no user.
+            host::warn(
+                "a password is set but the url names no user: connecting without authentication (write \
+                 mongodb://USER@host/ or set user= to log in)",
+            );
+        }
+        if user.is_some() || mechanism == Some(AuthMechanism::X509) {
             let source = match (auth_source, mechanism) {
                 (Some(s), _) => s,
                 (None, Some(AuthMechanism::X509)) => "$external".into(),
