@@ -665,7 +665,7 @@ fn restore_archive(
         .filter(|v| archive::parse_server_version(v).is_some())
         .cloned()
         .unwrap_or_else(|| {
-            host::warn("the snapshot does not name a server version; the archive says 0.0.0".to_string());
+            host::warn("the snapshot does not name a server version; the archive says 0.0.0");
             "0.0.0".into()
         });
     // Metadata first: the prelude lists every collection.
@@ -907,7 +907,7 @@ fn restore_live(config: &MongoConfig, url: &str, snapshot: &SnapshotReader) -> R
         if replay.last.is_some() {
             reached = replay.last;
         }
-        if !replay.done && !replay.last.is_some_and(|l| l >= u) {
+        if !replay.done && replay.last.is_none_or(|l| l < u) {
             let end = reached.map(|r| r.to_string()).unwrap_or_else(|| "(no entries)".into());
             return Err(Error::Other(format!(
                 "the oplog stream {name} ends at {end}, before the point asked for ({u}): the server now holds the \
@@ -1162,10 +1162,7 @@ impl Plugin for MongoDb {
             }
             // The seed list without the user or password: the same server
             // is the same source whoever backs it up.
-            (None, Some(u)) => match url_source(u) {
-                Some(s) => s,
-                None => String::new(),
-            },
+            (None, Some(u)) => url_source(u).unwrap_or_default(),
             _ => String::new(),
         }
     }

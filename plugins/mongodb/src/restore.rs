@@ -212,13 +212,14 @@ pub fn restore(conn: &mut Conn, snapshot: &SnapshotReader, plan: &Plan<'_>) -> R
             .as_ref()
             .and_then(|m| m.get_str("collectionName").ok().map(str::to_string))
             .unwrap_or_else(|| dump::unescape(stem));
-        if db == "admin" && coll.starts_with("system.") {
-            if !plan.users || !matches!(coll.as_str(), "system.users" | "system.roles") {
-                if coll != "system.version" {
-                    host::info(format!("admin.{coll} is not restored (set restore_users=true for users and roles)"));
-                }
-                continue;
+        if db == "admin"
+            && coll.starts_with("system.")
+            && (!plan.users || !matches!(coll.as_str(), "system.users" | "system.roles"))
+        {
+            if coll != "system.version" {
+                host::info(format!("admin.{coll} is not restored (set restore_users=true for users and roles)"));
             }
+            continue;
         }
         if !plan.filter.takes(Some(db), &dump::escape(&coll)) {
             continue;

@@ -309,7 +309,7 @@ impl Conn {
                     cmd.insert("user", u.clone());
                 }
                 self.run("$external", cmd).map_err(|e| self.auth_error(e, creds, "MONGODB-X509"))?;
-                return Ok(());
+                Ok(())
             }
             Some(AuthMechanism::Scram(m)) => self.scram(creds, m),
             None => {
@@ -445,7 +445,7 @@ impl Conn {
         };
         if !ok {
             let text = |k: &str| reply.get_str(k).map(str::to_string).unwrap_or_default();
-            let code = match reply.get(&"code") {
+            let code = match reply.get("code") {
                 Ok(Some(bson::RawBsonRef::Int32(i))) => i,
                 Ok(Some(bson::RawBsonRef::Int64(i))) => i as i32,
                 Ok(Some(bson::RawBsonRef::Double(f))) => f as i32,
