@@ -341,18 +341,15 @@ impl Plugin for Fabric {
         for (channel, mut paths) in channels {
             host::check_cancelled()?;
             paths.sort();
-            let mut contents = Vec::new();
-            for p in &paths {
+            // One block file in memory at a time.
+            let mut checker = verify::ChannelChecker::new(&channel);
+            for (i, p) in paths.iter().enumerate() {
+                host::check_cancelled()?;
                 let bytes = read_entry(snapshot, p)?;
                 report.checked(1, bytes.len() as u64);
-                contents.push(bytes);
+                checker.add_file(&verify::ChannelFile { name: p.clone(), bytes: &bytes }, i + 1 == paths.len());
             }
-            let files: Vec<verify::ChannelFile> = paths
-                .iter()
-                .zip(&contents)
-                .map(|(name, bytes)| verify::ChannelFile { name: name.clone(), bytes })
-                .collect();
-            let r = verify::check_channel(&channel, &files);
+            let r = checker.finish();
             for p in &r.problems {
                 report.problem(&p.file, format!("channel {channel}: {p}"));
             }

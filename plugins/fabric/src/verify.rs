@@ -274,22 +274,49 @@ fn channel_of(raw: &[u8]) -> Option<String> {
     Some(proto::ChannelHeader::decode(payload.header?.channel_header.as_slice()).ok()?.channel_id)
 }
 
-/// Checks one channel's block files (in file order).
-pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
-    let mut report = ChannelReport::default();
-    let mut prev_header: Option<[u8; 32]> = None;
-    let mut orgs: Vec<OrdererOrg> = Vec::new();
-    let mut config_blocks = BTreeSet::new();
-    let mut expected = 0u64;
-    let mut unsigned: Vec<BlockProblem> = Vec::new();
-    for (fi, file) in files.iter().enumerate() {
+/// Checks one channel's block files, fed in file order one at a time (a
+/// channel's ledger can be far larger than memory; one block file is at
+/// most what Fabric's `maxBlockfileSize` allows, 64 MiB by default).
+pub struct ChannelChecker {
+    channel: String,
+    report: ChannelReport,
+    /// Hash of the previous header's DER.
+    prev_header: Option<[u8; 32]>,
+    /// Orderer organisations of the config in force.
+    orgs: Vec<OrdererOrg>,
+    config_blocks: BTreeSet<u64>,
+    /// The next block number.
+    expected: u64,
+    /// Blocks after the genesis block without signatures.
+    unsigned: Vec<BlockProblem>,
+}
+
+impl ChannelChecker {
+    /// A checker for `channel`.
+    pub fn new(channel: &str) -> Self {
+        ChannelChecker {
+            channel: channel.to_string(),
+            report: ChannelReport::default(),
+            prev_header: None,
+            orgs: Vec::new(),
+            config_blocks: BTreeSet::new(),
+            expected: 0,
+            unsigned: Vec::new(),
+        }
+    }
+
+    /// Checks the next block file; `last` when it is the channel's last
+    /// (only that one may end in a partly written block).
+    pub fn add_file(&mut self, file: &ChannelFile, last: bool) {
+        let Self { channel, report, prev_header, orgs, config_blocks, expected, unsigned } = self;
+        let channel = channel.as_str();
         let scan = blockfile::scan(file.bytes);
         if scan.partial_tail > 0 {
-            if fi + 1 == files.len() {
+            if last {
                 report.partial = Some((file.name.clone(), scan.partial_tail));
             } else {
                 report.problems.push(BlockProblem {
-                    number: expected,
+                    number: *expected,
                     file: file.name.clone(),
                     offset: scan.complete_len,
                     errors: vec![format!(
@@ -306,27 +333,27 @@ pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
                 Ok(b) => b,
                 Err(e) => {
                     report.problems.push(BlockProblem {
-                        number: expected,
+                        number: *expected,
                         file: file.name.clone(),
                         offset: rec.offset,
                         errors: vec![format!("the record does not decode: {e}")],
                     });
-                    prev_header = None;
-                    expected += 1;
+                    *prev_header = None;
+                    *expected += 1;
                     continue;
                 }
             };
-            if block.number != expected {
-                errors.push(format!("block number {} where {expected} was expected", block.number));
+            if block.number != *expected {
+                errors.push(format!("block number {} where {} was expected", block.number, *expected));
             }
-            expected = block.number + 1;
+            *expected = block.number + 1;
             let header = block.header_der();
-            if let Some(prev) = prev_header
+            if let Some(prev) = *prev_header
                 && block.previous_hash != prev
             {
                 errors.push("PreviousHash mismatch".into());
             }
-            prev_header = Some(Sha256::digest(&header).into());
+            *prev_header = Some(Sha256::digest(&header).into());
 
             // Data hash, with Fabric's well-formed-envelope rule.
             let config = config_of(&block);
@@ -373,7 +400,7 @@ pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
                         let mut good = false;
                         let mut why = Vec::new();
                         for sig in &md.signatures {
-                            match check_signature(&md.value, sig, &header, &orgs) {
+                            match check_signature(&md.value, sig, &header, orgs) {
                                 Ok(_) => good = true,
                                 Err(e) => why.push(e),
                             }
@@ -397,7 +424,7 @@ pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
                 config_blocks.insert(block.number);
                 report.last_config = Some(block.number);
                 match orderer_orgs(cfg) {
-                    Ok(o) => orgs = o,
+                    Ok(o) => *orgs = o,
                     Err(e) => errors.push(format!("config: {e}")),
                 }
             }
@@ -416,14 +443,27 @@ pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
             }
         }
     }
-    // Unsigned blocks are damage only in a ledger whose other blocks are
-    // signed (ledgers written by Fabric's own test tools carry none).
-    if report.signed_blocks > 0 {
-        report.problems.extend(unsigned);
-        report.problems.sort_by_key(|p| (p.number, p.offset));
+
+    /// The report.
+    pub fn finish(mut self) -> ChannelReport {
+        // Unsigned blocks are damage only in a ledger whose other blocks
+        // are signed (ledgers written by Fabric's own test tools carry none).
+        if self.report.signed_blocks > 0 {
+            self.report.problems.extend(self.unsigned);
+            self.report.problems.sort_by_key(|p| (p.number, p.offset));
+        }
+        self.report.orderer_orgs = self.orgs.iter().map(|o| o.msp_id.clone()).collect();
+        self.report
     }
-    report.orderer_orgs = orgs.iter().map(|o| o.msp_id.clone()).collect();
-    report
+}
+
+/// Checks one channel's block files (in file order).
+pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
+    let mut checker = ChannelChecker::new(channel);
+    for (i, file) in files.iter().enumerate() {
+        checker.add_file(file, i + 1 == files.len());
+    }
+    checker.finish()
 }
 
 #[cfg(test)]
