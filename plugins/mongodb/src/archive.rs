@@ -36,7 +36,7 @@
 //! Turning an archive into the mongodump directory layout, one output at
 //! a time:
 //!
-//! ```no_run
+//! ```ignore
 //! use coffer_plugin_mongodb::archive::{copy_collection, plan_archive};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let plan = plan_archive("/backups/all.archive")?;
