@@ -40,6 +40,23 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 }
 
+/// Runs the release `coffer` on `repo` with `password`, its cache under
+/// `target/<bench>/cache`; returns stdout, or fails with stderr.
+pub(crate) fn run_coffer(bench: &str, password: &str, repo: &Path, args: &[&str]) -> Result<String> {
+    let target = crate::target_dir()?;
+    let out = std::process::Command::new(target.join("release/coffer"))
+        .env("COFFER_REPO", repo)
+        .env("COFFER_PASSWORD", password)
+        .env("COFFER_CACHE_DIR", target.join(bench).join("cache"))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", target.join("release/coffer").display()))?;
+    if !out.status.success() {
+        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Bytes of the regular files under `p`.
 pub(crate) fn dir_size(p: &Path) -> u64 {
     let mut total = 0;

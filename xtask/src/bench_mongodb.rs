@@ -33,18 +33,7 @@ use crate::bench::{dir_size, median};
 const PASSWORD: &str = "coffer bench password";
 
 fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
-    let target = crate::target_dir()?;
-    let out = Command::new(target.join("release/coffer"))
-        .env("COFFER_REPO", repo)
-        .env("COFFER_PASSWORD", PASSWORD)
-        .env("COFFER_CACHE_DIR", target.join("bench-mongodb/cache"))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", target.join("release/coffer").display()))?;
-    if !out.status.success() {
-        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::bench::run_coffer("bench-mongodb", PASSWORD, repo, args)
 }
 
 /// [`coffer`] under GNU time: its output, its CPU seconds (user and

@@ -173,18 +173,7 @@ fn dataset(keys: usize) -> Vec<u8> {
 }
 
 fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
-    let target = crate::target_dir()?;
-    let out = Command::new(target.join("release/coffer"))
-        .env("COFFER_REPO", repo)
-        .env("COFFER_PASSWORD", PASSWORD)
-        .env("COFFER_CACHE_DIR", target.join("bench-redis/cache"))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", target.join("release/coffer").display()))?;
-    if !out.status.success() {
-        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::bench::run_coffer("bench-redis", PASSWORD, repo, args)
 }
 
 /// The number after `"key":` in JSON text (xtask has no JSON parser).

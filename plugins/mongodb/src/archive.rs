@@ -67,7 +67,7 @@ use std::path::Path;
 use bson::RawDocument;
 use bson::raw::RawBsonRef;
 
-use crate::bsonfile::{MAX_DOCUMENT, check_document};
+use crate::bsonfile::{MAX_DOCUMENT, check_document, read_full};
 use crate::dump::check_metadata;
 
 /// The first four bytes of every archive (`MagicNumber`), little-endian.
@@ -878,20 +878,6 @@ impl<R: Read> ArchiveReader<R> {
         }
         Ok(())
     }
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// A string field: `None` when absent, an error for another type.

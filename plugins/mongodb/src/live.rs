@@ -8,7 +8,6 @@
 //! `mongodump --oplog` does).
 
 use std::io::Write;
-use std::time::Duration;
 
 use bson::{Bson, Document, RawBsonRef, doc};
 use coffer_sdk::{EntryMeta, Error, Sink, Timestamp, host};
@@ -81,7 +80,7 @@ pub fn file_stem(coll: &str) -> String {
     if esc.len() <= room {
         return esc;
     }
-    let hash = blake_hex(coll.as_bytes());
+    let hash = name_hash(coll.as_bytes());
     let mut cut = room - "%24".len() - hash.len();
     // Never split a %XX escape.
     while let Some(p) = esc[..cut].rfind('%') {
@@ -95,7 +94,7 @@ pub fn file_stem(coll: &str) -> String {
 
 /// 22 hex digits of a hash of `bytes` (FNV-1a 64 twice, seeded apart):
 /// enough to keep shortened names apart.
-fn blake_hex(bytes: &[u8]) -> String {
+fn name_hash(bytes: &[u8]) -> String {
     let fnv = |seed: u64| bytes.iter().fold(seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
     let a = fnv(0xcbf29ce484222325);
     let b = fnv(0x84222325cbf29ce4);
@@ -438,7 +437,6 @@ pub fn snapshot(uri: &Uri, filter: &Filter, oplog: Option<bool>, sink: &Sink) ->
         t.oplog = Some(dump_oplog(&mut conn, start, filter, sink, now)?);
     }
     sink.set_attribute("mongodb.consistent", if start.is_some() { "true" } else { "false" })?;
-    conn.set_read_timeout(Duration::from_secs(5)).ok();
     Ok(t)
 }
 

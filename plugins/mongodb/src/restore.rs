@@ -514,8 +514,7 @@ fn strip_for_apply(entry: &mut Document, renames: &Renames) {
         {
             for key in ["create", "drop", "createIndexes", "dropIndexes", "collMod", "deleteIndexes"] {
                 if let Ok(c) = o.get_str(key) {
-                    let (_, c2) = renames.map(&from_db, c);
-                    let (d2, _) = renames.map(&from_db, c);
+                    let (d2, c2) = renames.map(&from_db, c);
                     if d2 == to_db {
                         o.insert(key, c2);
                     }

@@ -78,10 +78,6 @@ pub mod code {
     pub const BAD_VALUE: i32 = 2;
     /// `CappedPositionLost`: a tailing cursor's position fell off.
     pub const CAPPED_POSITION_LOST: i32 = 136;
-    /// `NotWritablePrimary`.
-    pub const NOT_WRITABLE_PRIMARY: i32 = 10107;
-    /// `NotPrimaryNoSecondaryOk`.
-    pub const NOT_PRIMARY_NO_SECONDARY_OK: i32 = 13435;
     /// `OperationFailed`, which also names a hint without its index.
     pub const OPERATION_FAILED: i32 = 96;
 }
@@ -136,18 +132,12 @@ pub struct Hello {
     pub hosts: Vec<String>,
     /// `primary`: the member that is primary now, as the set names it.
     pub primary: Option<String>,
-    /// `me`.
-    pub me: Option<String>,
     /// `arbiterOnly`.
     pub arbiter: bool,
-    /// `hidden`.
-    pub hidden: bool,
     /// `msg: "isdbgrid"`: a mongos router.
     pub mongos: bool,
     /// `maxWireVersion`.
     pub max_wire_version: i32,
-    /// `maxBsonObjectSize`.
-    pub max_bson: usize,
     /// `maxMessageSizeBytes`.
     pub max_message: usize,
     /// `maxWriteBatchSize`.
@@ -180,12 +170,9 @@ impl Hello {
             set_name: d.get_str("setName").ok().map(str::to_string),
             hosts,
             primary: d.get_str("primary").ok().map(str::to_string),
-            me: d.get_str("me").ok().map(str::to_string),
             arbiter: flag("arbiterOnly"),
-            hidden: flag("hidden"),
             mongos: d.get_str("msg").is_ok_and(|m| m == "isdbgrid"),
             max_wire_version: int("maxWireVersion", 0) as i32,
-            max_bson: int("maxBsonObjectSize", 16 << 20).clamp(1 << 20, 64 << 20) as usize,
             max_message: int("maxMessageSizeBytes", DEFAULT_MAX_MESSAGE as i64).clamp(1 << 20, 256 << 20) as usize,
             max_write_batch: int("maxWriteBatchSize", 100_000).clamp(1, 1_000_000) as usize,
             sasl_mechs: d.contains_key("saslSupportedMechs").then(|| strings("saslSupportedMechs")),
@@ -657,8 +644,6 @@ pub struct Batch {
     pub id: i64,
     /// `cursor.ns`.
     pub ns: String,
-    /// `cursor.postBatchResumeToken`, when present (tailing).
-    pub post_batch_resume: Option<RawDocumentBuf>,
 }
 
 impl Batch {
@@ -671,11 +656,10 @@ impl Batch {
             _ => return Err("a cursor reply without its id".into()),
         };
         let ns = cursor.get_str("ns").unwrap_or_default().to_string();
-        let post_batch_resume = cursor.get_document("postBatchResumeToken").ok().map(|d| d.to_owned());
         if cursor.get_array("firstBatch").is_err() && cursor.get_array("nextBatch").is_err() {
             return Err("a cursor reply without a batch".into());
         }
-        Ok(Batch { reply, id, ns, post_batch_resume })
+        Ok(Batch { reply, id, ns })
     }
 
     /// The documents, in the server's order.
