@@ -410,12 +410,17 @@ fn backups_taken_while_a_writer_appends_blocks_are_consistent_at_their_heights()
     let ledger = tmp.path().join("ledgersData");
     let file = ledger.join(CHANNEL_FILE);
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    // Block 0 is there before the first backup.
-    std::fs::write(&file, &sample[..layout[0].end]).unwrap();
+    // Block 0 and half of block 1 are there before the first backup: it
+    // stops at height 1 whatever the timing below.
+    let half = (layout[1].offset + layout[1].end) / 2;
+    std::fs::write(&file, &sample[..half]).unwrap();
+    let (first, said) = backup_ok(&t, &ledger);
+    assert!(said.contains("left out a partly written block"), "{said}");
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (file, sample, done) = (file.clone(), sample.clone(), done.clone());
-        let cuts: Vec<(usize, usize)> = layout[1..].iter().map(|b| (b.offset, b.end)).collect();
+        let mut cuts: Vec<(usize, usize)> = vec![(half, layout[1].end)];
+        cuts.extend(layout[2..].iter().map(|b| (b.offset, b.end)));
         std::thread::spawn(move || {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
@@ -430,7 +435,7 @@ fn backups_taken_while_a_writer_appends_blocks_are_consistent_at_their_heights()
             done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let mut snapshots = Vec::new();
+    let mut snapshots = vec![first];
     while !done.load(std::sync::atomic::Ordering::SeqCst) {
         snapshots.push(backup_ok(&t, &ledger).0);
     }
@@ -449,7 +454,160 @@ fn backups_taken_while_a_writer_appends_blocks_are_consistent_at_their_heights()
         let end = layout[height - 1].end;
         assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == sample[..end], "snapshot {k} at height {height}");
     }
+    assert_eq!(heights.first(), Some(&1));
     assert_eq!(heights.last(), Some(&8));
-    assert!(heights.len() >= 2, "backups saw heights {heights:?}");
     eprintln!("fabric: {} backups during the writes saw heights {heights:?}", snapshots.len());
+}
+
+/// `coffer stream follow fabric` with fast polls and items cut each second.
+fn follow(t: &TestRepo, ledger: &Path, log: &Path, extra: &[&str]) -> std::process::Child {
+    let mut c = t.cmd();
+    c.env("COFFER_LOG", "info")
+        .args(["stream", "follow", "--plugin", "fabric", "--set"])
+        .arg(format!("ledger_dir={}", ledger.display()))
+        .args(["--set", "poll_ms=100", "--set", "item_max_seconds=1"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c.spawn().expect("coffer runs")
+}
+
+fn stop(mut child: std::process::Child, log: &Path) {
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "follow exited {status}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+/// The stream's items: (key, position).
+fn stream_items(t: &TestRepo, stream: &str) -> Vec<(String, u64)> {
+    let v = t.json(&["stream", "list", "--plugin", "fabric", stream]);
+    v.as_array()
+        .map(|a| a.iter().map(|i| (i["key"].as_str().unwrap().to_string(), i["position"].as_u64().unwrap())).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the stream holds block `last`.
+fn wait_for_block(t: &TestRepo, last: u64, log: &Path) {
+    let start = std::time::Instant::now();
+    while stream_items(t, "blocks-mychannel").iter().map(|i| i.1).max().is_none_or(|p| p < last) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the follower did not store block {last}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn append(file: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(file).unwrap().write_all(bytes).unwrap();
+}
+
+fn restore_to(t: &TestRepo, id: &str, name: &str, to: &str) -> (PathBuf, std::process::Output) {
+    let target = t.dir.path().join(name);
+    std::fs::create_dir(&target).unwrap();
+    let set = format!("to_height={to}");
+    let out = t
+        .cmd()
+        .env("COFFER_LOG", "info")
+        .args(["restore", id, "--target", target.to_str().unwrap(), "--set", &set])
+        .output()
+        .unwrap();
+    (target, out)
+}
+
+#[test]
+fn followed_blocks_roll_a_restored_ledger_forward_to_any_height() {
+    let t = TestRepo::new();
+    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
+    let layout = blocks(&sample);
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("ledgersData");
+    let file = ledger.join(CHANNEL_FILE);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, &sample[..layout[3].end]).unwrap();
+    let (base, _) = backup_ok(&t, &ledger);
+    assert_eq!(attributes(&t, &base)["fabric.height.mychannel"], "4");
+
+    let log = t.dir.path().join("follow.log");
+    let child = follow(&t, &ledger, &log, &[]);
+    wait_for_block(&t, 3, &log);
+    // Blocks 4 and 5 committed, block 6 half written: the stream stops at 5.
+    append(&file, &sample[layout[4].offset..layout[5].end]);
+    let mid = (layout[6].offset + layout[6].end) / 2;
+    append(&file, &sample[layout[6].offset..mid]);
+    wait_for_block(&t, 5, &log);
+    stop(child, &log);
+    assert!(stream_items(&t, "blocks-mychannel").iter().all(|i| i.1 <= 5));
+
+    // A restarted follower resumes where the checkpoint says.
+    append(&file, &sample[mid..layout[7].end]);
+    let child = follow(&t, &ledger, &log, &[]);
+    wait_for_block(&t, 7, &log);
+    stop(child, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("resuming stream blocks-mychannel at block 6"), "{said}");
+    let items = stream_items(&t, "blocks-mychannel");
+    let mut covered = Vec::new();
+    for (key, pos) in &items {
+        let (a, b) = key.split_once('-').unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(*pos, b, "{items:?}");
+        covered.extend(a..=b);
+    }
+    assert_eq!(covered, (0..8).collect::<Vec<u64>>(), "each block once, in order: {items:?}");
+
+    // The base backup rolled forward: to a height between, and to the newest.
+    let (target, out) = restore_to(&t, &base, "at-6", "6");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == sample[..layout[5].end]);
+    let said = stderr(&out);
+    assert!(said.contains("rolled forward from height 4 to height 6"), "{said}");
+    let (target, out) = restore_to(&t, &base, "latest", "latest");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == sample, "rolled to the newest block");
+    // The rolled-forward ledger verifies: back it up and check it.
+    let (rolled, _) = backup_ok(&t, &target);
+    let (code, report) = verify(&t, &rolled);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("channel mychannel: height 8,"), "{report}");
+
+    // Beyond the stream, or below the snapshot: refused with the reason.
+    let (_, out) = restore_to(&t, &base, "past", "9");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("holds blocks up to 7 only"), "{}", stderr(&out));
+    let (_, out) = restore_to(&t, &base, "below", "2");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("above 2; restore an older snapshot"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_follower_stops_at_a_block_that_does_not_chain_to_the_stream() {
+    let t = TestRepo::new();
+    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
+    let layout = blocks(&sample);
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("ledgersData");
+    let file = ledger.join(CHANNEL_FILE);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, &sample[..layout[6].end]).unwrap();
+    let log = t.dir.path().join("follow.log");
+    let mut child = follow(&t, &ledger, &log, &["--set", "start=newest"]);
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("at its height, block 7") {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Block 7 of another chain: its previous_hash (after the 32-byte data
+    // hash and its length byte) names another block 6.
+    let mut other = sample[layout[7].offset..layout[7].end].to_vec();
+    other[layout[7].data_hash - layout[7].offset + 33 + 5] ^= 0x01;
+    append(&file, &other);
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("block 7") && said.contains("does not chain to block 6"), "{said}");
+    assert!(stream_items(&t, "blocks-mychannel").is_empty(), "nothing of the other chain is stored");
 }

@@ -13,6 +13,7 @@
 //!   stopped peer.
 
 pub mod blockfile;
+pub mod follow;
 pub mod proto;
 pub mod verify;
 
@@ -22,7 +23,7 @@ use std::io::{Read, Write};
 
 use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, FileOutcome, FileSource, Plugin, PluginInfo,
-    RestoreOptions, Sink, SnapshotReader, Timestamp, VerifyReport, host,
+    RestoreOptions, Sink, SnapshotReader, StreamSink, Timestamp, VerifyReport, host,
 };
 use serde::Deserialize;
 
@@ -35,6 +36,61 @@ pub struct Fabric;
 pub struct FabricConfig {
     /// A peer's `ledgersData/` or an orderer's ledger directory.
     ledger_dir: String,
+    /// restore: roll channels forward from their block streams, to this
+    /// height (a number of blocks) or `latest`.
+    #[serde(default)]
+    to_height: Option<serde_json::Value>,
+    /// restore with `to_height`: the one channel to roll forward (needed
+    /// with a number when the ledger has several channels).
+    #[serde(default)]
+    channel: Option<String>,
+    /// stream follow: a first follow starts at block 0 (`oldest`, the
+    /// default) or at each channel's height (`newest`).
+    #[serde(default)]
+    start: Option<String>,
+    /// stream follow: cut an item at this many bytes.
+    #[serde(default = "default_item_max_bytes")]
+    item_max_bytes: usize,
+    /// stream follow: cut an item this many seconds after its first block.
+    #[serde(default = "default_item_max_seconds")]
+    item_max_seconds: u64,
+    /// stream follow: look at the block files this often.
+    #[serde(default = "default_poll_ms")]
+    poll_ms: u64,
+}
+
+fn default_item_max_bytes() -> usize {
+    16 << 20
+}
+
+fn default_item_max_seconds() -> u64 {
+    10
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+/// How far `to_height` asks to roll forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The newest block the stream holds.
+    Latest,
+    /// This height (blocks 0 to height - 1).
+    Height(u64),
+}
+
+impl FabricConfig {
+    fn until(&self) -> Result<Option<Until>, ConfigError> {
+        let bad = || ConfigError::field("to_height", "must be a number of blocks or `latest`");
+        match &self.to_height {
+            None => Ok(None),
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|h| Some(Until::Height(h))).ok_or_else(bad),
+            Some(serde_json::Value::String(s)) if s == "latest" => Ok(Some(Until::Latest)),
+            Some(serde_json::Value::String(s)) => s.parse().map(|h| Some(Until::Height(h))).map_err(|_| bad()),
+            Some(_) => Err(bad()),
+        }
+    }
 }
 
 impl Config for FabricConfig {
@@ -44,6 +100,22 @@ impl Config for FabricConfig {
         }
         if !self.ledger_dir.starts_with('/') {
             return Err(ConfigError::field("ledger_dir", "must be an absolute path"));
+        }
+        self.until()?;
+        if let Some(s) = &self.start
+            && s != "oldest"
+            && s != "newest"
+        {
+            return Err(ConfigError::field("start", "must be `oldest` or `newest`"));
+        }
+        if self.item_max_bytes < 4096 || self.item_max_bytes > 1 << 30 {
+            return Err(ConfigError::field("item_max_bytes", "must be between 4096 and 1073741824"));
+        }
+        if self.item_max_seconds == 0 {
+            return Err(ConfigError::field("item_max_seconds", "must be at least 1"));
+        }
+        if self.poll_ms == 0 || self.poll_ms > 3_600_000 {
+            return Err(ConfigError::field("poll_ms", "must be between 1 and 3600000"));
         }
         Ok(())
     }
@@ -55,12 +127,21 @@ const SCHEMA: &str = r#"{
   "required": ["ledger_dir"],
   "additionalProperties": false,
   "properties": {
-    "ledger_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "The peer's ledgersData/ directory (or an orderer's ledger directory); granted read-only."}
+    "ledger_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "The peer's ledgersData/ directory (or an orderer's ledger directory); granted read-only."},
+    "to_height": {"type": ["integer", "string"], "description": "restore: roll the ledger forward from its block streams to this height (blocks), or `latest`."},
+    "channel": {"type": "string", "description": "restore with to_height: the channel to roll forward (needed with a number when the ledger has several)."},
+    "start": {"type": "string", "enum": ["oldest", "newest"], "description": "stream follow: a first follow starts at block 0 (oldest, the default) or at each channel's height (newest)."},
+    "item_max_bytes": {"type": "integer", "description": "stream follow: cut an item at this many bytes (default 16 MiB)."},
+    "item_max_seconds": {"type": "integer", "description": "stream follow: cut an item this many seconds after its first block (default 10)."},
+    "poll_ms": {"type": "integer", "description": "stream follow: look at the block files this often (default 1000 ms)."}
   }
 }"#;
 
 /// Attribute prefix of a channel's height (complete blocks backed up).
 const HEIGHT_ATTR: &str = "fabric.height.";
+
+/// Streams one snapshot may declare it needs (the host's limit).
+const MAX_STREAM_NEEDS: usize = 64;
 
 /// Files handed to the host per `add-files` call.
 const ADD_FILES: usize = 500;
@@ -147,6 +228,63 @@ fn restore_dir_empty(dir: &str) -> Result<bool, Error> {
     Ok(it.next().is_none())
 }
 
+/// What `to_height` rolls forward: the channels, each with its last block
+/// file (snapshot path) and the snapshot's height; checked before anything
+/// is restored.
+type RollPlan = (Until, Vec<(String, String, u64)>);
+
+fn roll_plan(config: &FabricConfig, snapshot: &SnapshotReader) -> Result<Option<RollPlan>, Error> {
+    let Some(until) =
+        config.until().map_err(|_| Error::InvalidConfig("to_height: must be a number of blocks or `latest`".into()))?
+    else {
+        if config.channel.is_some() {
+            return Err(Error::InvalidConfig("channel is for restores with to_height; give to_height too".into()));
+        }
+        return Ok(None);
+    };
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for e in snapshot.entries() {
+        if e.kind == EntryKind::File
+            && let Some(ch) = block_file_channel(&e.path)
+        {
+            let slot = last.entry(ch.to_string()).or_default();
+            if *slot < e.path {
+                *slot = e.path.clone();
+            }
+        }
+    }
+    let names = || last.keys().cloned().collect::<Vec<_>>().join(", ");
+    let chosen: Vec<String> = match &config.channel {
+        Some(c) if last.contains_key(c) => vec![c.clone()],
+        Some(c) => {
+            return Err(Error::InvalidConfig(format!(
+                "channel {c} is not in this snapshot; its channels: {}",
+                names()
+            )));
+        }
+        None if matches!(until, Until::Height(_)) && last.len() > 1 => {
+            return Err(Error::InvalidConfig(format!(
+                "to_height with a number needs channel=... when the ledger has several channels ({})",
+                names()
+            )));
+        }
+        None => last.keys().cloned().collect(),
+    };
+    let mut out = Vec::new();
+    for ch in chosen {
+        let height =
+            snapshot.attribute(&format!("{HEIGHT_ATTR}{ch}")).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                Error::Other(format!(
+                    "channel {ch}: this snapshot recorded no height (its last block did not decode), so it cannot \
+                     be rolled forward; run `coffer verify` on it"
+                ))
+            })?;
+        let file = last.remove(&ch).expect("chosen from the map");
+        out.push((ch, file, height));
+    }
+    Ok(Some((until, out)))
+}
+
 impl Plugin for Fabric {
     type Config = FabricConfig;
 
@@ -199,6 +337,7 @@ impl Plugin for Fabric {
         add_batch(sink, &root, &mut batch)?;
 
         // Block files last: their blocks are at least what the index knows.
+        let mut needs = 0usize;
         for (channel, mut list) in channels {
             host::check_cancelled()?;
             list.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -275,14 +414,27 @@ impl Plugin for Fabric {
             if !undecodable {
                 sink.set_attribute(&format!("{HEIGHT_ATTR}{channel}"), &height.to_string())?;
                 host::info(format!("channel {channel}: height {height}"));
+                // Rolling this snapshot forward needs the channel's blocks
+                // from its height on.
+                if needs < MAX_STREAM_NEEDS {
+                    sink.need_stream(&follow::stream_name(&channel), height)?;
+                    needs += 1;
+                } else if needs == MAX_STREAM_NEEDS {
+                    host::warn(format!(
+                        "more than {MAX_STREAM_NEEDS} channels: retention keeps block streams for the first \
+                         {MAX_STREAM_NEEDS} only on behalf of this snapshot"
+                    ));
+                    needs += 1;
+                }
             }
         }
         host::info(format!("kept {reused} unchanged files from the parent snapshot"));
         Ok(())
     }
 
-    fn restore(_config: FabricConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
+    fn restore(config: FabricConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
         let target = options.directory()?.trim_end_matches('/').to_string();
+        let roll = roll_plan(&config, snapshot)?;
         if !restore_dir_empty(&target)? {
             return Err(Error::Other(format!(
                 "restore target {target} is not empty; restore a ledger into an empty directory"
@@ -322,7 +474,36 @@ impl Plugin for Fabric {
                 host::info(format!("channel {ch}: restored to height {v}"));
             }
         }
+        if let Some((until, channels)) = roll {
+            let reader = snapshot.streams();
+            for (channel, last_file, height) in channels {
+                host::check_cancelled()?;
+                let dest = join(&target, &last_file);
+                let reached = follow::roll_forward(&reader, &channel, &dest, height, until)?;
+                host::info(format!(
+                    "channel {channel}: rolled forward from height {height} to height {reached} with stream {}; the \
+                     peer indexes the added blocks and brings its state and history databases up to them when it \
+                     starts",
+                    follow::stream_name(&channel)
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn follow(config: FabricConfig, sink: &StreamSink) -> Result<(), Error> {
+        let root = root(&config);
+        let md = fs::metadata(&root).map_err(|e| Error::from(e).context(&root))?;
+        if !md.is_dir() {
+            return Err(Error::InvalidConfig(format!("ledger_dir: {root} is not a directory")));
+        }
+        let settings = follow::Settings {
+            max_bytes: config.item_max_bytes,
+            max_age: std::time::Duration::from_secs(config.item_max_seconds),
+            poll: std::time::Duration::from_millis(config.poll_ms),
+            from_oldest: config.start.as_deref() != Some("newest"),
+        };
+        follow::follow(&root, settings, sink)
     }
 
     fn verify(_config: FabricConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
