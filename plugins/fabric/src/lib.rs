@@ -13,6 +13,7 @@
 //!   stopped peer.
 
 pub mod blockfile;
+pub mod configtx;
 pub mod follow;
 pub mod proto;
 pub mod verify;
