@@ -611,3 +611,67 @@ fn a_follower_stops_at_a_block_that_does_not_chain_to_the_stream() {
     assert!(said.contains("block 7") && said.contains("does not chain to block 6"), "{said}");
     assert!(stream_items(&t, "blocks-mychannel").is_empty(), "nothing of the other chain is stored");
 }
+
+#[test]
+fn channel_config_export_writes_the_config_block_and_configtxlators_json() {
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let (id, _) = backup_ok(&t, &tmp.path().join("ledgersData"));
+    let out_dir = t.dir.path().join("export");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.to_str().unwrap();
+    t.ok(&["restore", &id, "--target", target, "--set", "export=channel-config"]);
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(names, ["mychannel.block", "mychannel.json"], "only the export, no ledger");
+    // The block: a common.Block protobuf (header, data, metadata) holding
+    // block 0's config envelope byte for byte.
+    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
+    let b0 = &blocks(&sample)[0];
+    let (start, len) = b0.envelopes[0];
+    let block = std::fs::read(out_dir.join("mychannel.block")).unwrap();
+    assert_eq!(block[0], 0x0a, "field 1 (header) first");
+    assert!(block.windows(len).any(|w| w == &sample[start..start + len]), "the config envelope is in the block");
+    // The JSON: the config as configtxlator decodes it.
+    let text = std::fs::read_to_string(out_dir.join("mychannel.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["sequence"], "1", "{text}");
+    let org = &json["channel_group"]["groups"]["Orderer"]["groups"]["SampleOrg"];
+    assert_eq!(org["values"]["MSP"]["value"]["config"]["name"], "SampleOrg", "{text}");
+    assert_eq!(json["channel_group"]["values"]["HashingAlgorithm"]["value"]["name"], "SHA256", "{text}");
+    assert_eq!(json["channel_group"]["groups"]["Orderer"]["values"]["BatchTimeout"]["value"]["timeout"], "2s");
+    assert!(text.starts_with("{\n\t\""), "tab-indented as configtxlator prints");
+    // A second export into the same place is refused unless forced.
+    let out = t.coffer(&["restore", &id, "--target", target, "--set", "export=channel-config"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("mychannel.block exists; pass --force"), "{}", stderr(&out));
+    t.ok(&["restore", &id, "--target", target, "--set", "export=channel-config", "--force"]);
+}
+
+#[test]
+fn channel_config_export_of_one_channel_of_the_v13_ledger() {
+    let t = TestRepo::new();
+    let tmp = v13_ledger();
+    let (id, _) = backup_ok(&t, &tmp.path().join("ledgersData"));
+    let out_dir = t.dir.path().join("export");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.to_str().unwrap();
+    t.ok(&["restore", &id, "--target", target, "--set", "export=channel-config", "--set", "channel=ledger2"]);
+    assert!(out_dir.join("ledger2.block").is_file() && out_dir.join("ledger2.json").is_file());
+    assert!(!out_dir.join("ledger1.block").exists());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("ledger2.json")).unwrap()).unwrap();
+    assert!(json["channel_group"]["groups"].as_object().is_some_and(|g| !g.is_empty()), "{json}");
+    let out =
+        t.coffer(&["restore", &id, "--target", target, "--set", "export=channel-config", "--set", "channel=nope"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("channel nope is not in this snapshot; its channels: ledger1, ledger2"),
+        "{}",
+        stderr(&out)
+    );
+}

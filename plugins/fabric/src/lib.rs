@@ -42,9 +42,14 @@ pub struct FabricConfig {
     #[serde(default)]
     to_height: Option<serde_json::Value>,
     /// restore with `to_height`: the one channel to roll forward (needed
-    /// with a number when the ledger has several channels).
+    /// with a number when the ledger has several channels); with `export`,
+    /// the one channel to export.
     #[serde(default)]
     channel: Option<String>,
+    /// restore: `channel-config` writes each channel's newest config block
+    /// and its decoded config instead of the ledger.
+    #[serde(default)]
+    export: Option<String>,
     /// stream follow: a first follow starts at block 0 (`oldest`, the
     /// default) or at each channel's height (`newest`).
     #[serde(default)]
@@ -103,6 +108,17 @@ impl Config for FabricConfig {
             return Err(ConfigError::field("ledger_dir", "must be an absolute path"));
         }
         self.until()?;
+        if let Some(e) = &self.export {
+            if e != "channel-config" {
+                return Err(ConfigError::field("export", "the one export is `channel-config`"));
+            }
+            if self.to_height.is_some() {
+                return Err(ConfigError::field(
+                    "export",
+                    "exports the snapshot's own config blocks; leave out to_height",
+                ));
+            }
+        }
         if let Some(s) = &self.start
             && s != "oldest"
             && s != "newest"
@@ -130,7 +146,8 @@ const SCHEMA: &str = r#"{
   "properties": {
     "ledger_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "The peer's ledgersData/ directory (or an orderer's ledger directory); granted read-only."},
     "to_height": {"type": ["integer", "string"], "description": "restore: roll the ledger forward from its block streams to this height (blocks), or `latest`."},
-    "channel": {"type": "string", "description": "restore with to_height: the channel to roll forward (needed with a number when the ledger has several)."},
+    "channel": {"type": "string", "description": "restore with to_height: the channel to roll forward (needed with a number when the ledger has several); with export: the channel to export."},
+    "export": {"type": "string", "enum": ["channel-config"], "description": "restore: write each channel's newest config block as <channel>.block (what `peer channel fetch config` writes) and its config as <channel>.json (what `configtxlator proto_decode --type common.Config` prints) instead of the ledger."},
     "start": {"type": "string", "enum": ["oldest", "newest"], "description": "stream follow: a first follow starts at block 0 (oldest, the default) or at each channel's height (newest)."},
     "item_max_bytes": {"type": "integer", "description": "stream follow: cut an item at this many bytes (default 16 MiB)."},
     "item_max_seconds": {"type": "integer", "description": "stream follow: cut an item this many seconds after its first block (default 10)."},
@@ -238,8 +255,8 @@ fn roll_plan(config: &FabricConfig, snapshot: &SnapshotReader) -> Result<Option<
     let Some(until) =
         config.until().map_err(|_| Error::InvalidConfig("to_height: must be a number of blocks or `latest`".into()))?
     else {
-        if config.channel.is_some() {
-            return Err(Error::InvalidConfig("channel is for restores with to_height; give to_height too".into()));
+        if config.channel.is_some() && config.export.is_none() {
+            return Err(Error::InvalidConfig("channel is for restores with to_height or export; give one".into()));
         }
         return Ok(None);
     };
@@ -284,6 +301,75 @@ fn roll_plan(config: &FabricConfig, snapshot: &SnapshotReader) -> Result<Option<
         out.push((ch, file, height));
     }
     Ok(Some((until, out)))
+}
+
+/// `export=channel-config`: each channel's newest config block as
+/// `<channel>.block` (the `common.Block` protobuf `peer channel fetch
+/// config` writes) and its config as `<channel>.json` (configtxlator's
+/// JSON), one block file in memory at a time.
+fn export_channel_config(
+    config: &FabricConfig,
+    snapshot: &SnapshotReader,
+    target: &str,
+    overwrite: bool,
+) -> Result<(), Error> {
+    let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in snapshot.entries() {
+        if e.kind == EntryKind::File
+            && let Some(ch) = block_file_channel(&e.path)
+        {
+            channels.entry(ch.to_string()).or_default().push(e.path.clone());
+        }
+    }
+    if let Some(c) = &config.channel {
+        if !channels.contains_key(c) {
+            let names = channels.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(Error::InvalidConfig(format!("channel {c} is not in this snapshot; its channels: {names}")));
+        }
+        channels.retain(|k, _| k == c);
+    }
+    if channels.is_empty() {
+        return Err(Error::Other("the snapshot holds no block files: there is no channel config to export".into()));
+    }
+    let mut exported = 0usize;
+    for (channel, mut paths) in channels {
+        host::check_cancelled()?;
+        if channel.starts_with('.') || channel.contains(['/', '\\']) {
+            host::warn(format!("a channel directory named {channel:?} is not a channel name; not exported"));
+            continue;
+        }
+        paths.sort();
+        let mut latest = configtx::LatestConfig::new();
+        for p in &paths {
+            latest.add_file(&read_entry(snapshot, p)?);
+        }
+        let Some(record) = latest.finish() else {
+            host::warn(format!("channel {channel}: no config block in its block files; nothing exported"));
+            continue;
+        };
+        let block = record.block().map_err(|e| Error::Corrupt(format!("channel {channel}: config block: {e}")))?;
+        let json = configtx::config_json(&block)
+            .map_err(|e| Error::Corrupt(format!("channel {channel}: config block {}: {e}", block.number)))?;
+        for (name, bytes) in [
+            (format!("{channel}.block"), configtx::block_protobuf(&block)),
+            (format!("{channel}.json"), configtx::configtxlator_text(&json).into_bytes()),
+        ] {
+            let dest = join(target, &name);
+            if !overwrite && fs::metadata(&dest).is_ok() {
+                return Err(Error::Other(format!("{dest} exists; pass --force to overwrite it")));
+            }
+            fs::write(&dest, bytes).map_err(|e| Error::from(e).context(&dest))?;
+        }
+        exported += 1;
+        host::info(format!(
+            "channel {channel}: config block {} exported as {channel}.block and {channel}.json",
+            block.number
+        ));
+    }
+    if exported == 0 {
+        return Err(Error::Other("no channel had a config block to export".into()));
+    }
+    Ok(())
 }
 
 impl Plugin for Fabric {
@@ -435,6 +521,9 @@ impl Plugin for Fabric {
 
     fn restore(config: FabricConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
         let target = options.directory()?.trim_end_matches('/').to_string();
+        if config.export.is_some() {
+            return export_channel_config(&config, snapshot, &target, options.force);
+        }
         let roll = roll_plan(&config, snapshot)?;
         if !restore_dir_empty(&target)? {
             return Err(Error::Other(format!(
