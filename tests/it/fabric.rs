@@ -675,3 +675,41 @@ fn channel_config_export_of_one_channel_of_the_v13_ledger() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_follower_moves_on_to_the_next_block_file_and_finds_its_block_in_a_rewritten_ledger() {
+    let t = TestRepo::new();
+    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
+    let layout = blocks(&sample);
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("ledgersData");
+    let file0 = ledger.join(CHANNEL_FILE);
+    let file1 = file0.with_file_name("blockfile_000001");
+    std::fs::create_dir_all(file0.parent().unwrap()).unwrap();
+    std::fs::write(&file0, &sample[..layout[3].end]).unwrap();
+    let log = t.dir.path().join("follow.log");
+    let child = follow(&t, &ledger, &log, &[]);
+    wait_for_block(&t, 3, &log);
+    // The peer rolls over to a new file, as it does at its size limit.
+    std::fs::write(&file1, &sample[layout[4].offset..layout[5].end]).unwrap();
+    wait_for_block(&t, 5, &log);
+    stop(child, &log);
+
+    // The ledger is written anew in another layout (one file, as a restore
+    // rolled forward writes it): the checkpoint's file is gone, and the
+    // follower finds block 6 by its number.
+    std::fs::remove_file(&file1).unwrap();
+    std::fs::write(&file0, &sample).unwrap();
+    let child = follow(&t, &ledger, &log, &[]);
+    wait_for_block(&t, 7, &log);
+    stop(child, &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    let at = format!("block 6 is at blockfile_000000 byte {}", layout[6].offset);
+    assert!(said.contains(&at), "{at:?} missing:\n{said}");
+    let mut covered = Vec::new();
+    for (key, _) in stream_items(&t, "blocks-mychannel") {
+        let (a, b) = key.split_once('-').unwrap();
+        covered.extend(a.parse::<u64>().unwrap()..=b.parse().unwrap());
+    }
+    assert_eq!(covered, (0..8).collect::<Vec<u64>>());
+}

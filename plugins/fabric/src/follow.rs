@@ -190,6 +190,32 @@ pub struct Settings {
     pub from_oldest: bool,
 }
 
+/// The newest block the stream holds at or above `from`, with its header
+/// hash.
+fn newest_item(reader: &StreamReader, stream: &str, from: u64) -> Result<Option<(u64, [u8; 32])>, Error> {
+    let mut newest: Option<(u64, String)> = None;
+    for item in reader.items(stream, Some(from)) {
+        let item = item?;
+        if let Some((_, last)) = parse_key(&item.key)
+            && newest.as_ref().is_none_or(|(n, _)| last > *n)
+        {
+            newest = Some((last, item.key));
+        }
+    }
+    let Some((last, key)) = newest else { return Ok(None) };
+    let what = format!("{stream}/{key}");
+    let mut bytes = Vec::new();
+    reader.open(stream, &key)?.read_to_end(&mut bytes).map_err(|e| Error::from(e).context(&what))?;
+    let scan = blockfile::scan(&bytes);
+    let block = scan
+        .records
+        .last()
+        .and_then(|r| blockfile::decode_block(r.bytes).ok())
+        .filter(|b| b.number == last)
+        .ok_or_else(|| Error::Corrupt(format!("{what} does not end with block {last}")))?;
+    Ok(Some((last, header_hash(&block))))
+}
+
 /// Blocks read but not stored yet.
 struct Pending {
     bytes: Vec<u8>,
@@ -298,6 +324,15 @@ impl Channel {
                 cur
             }
         };
+        let read = match newest_item(&sink.reader(), &stream, read.next)? {
+            // An item stored after the checkpoint (the follower stopped
+            // between the two): go on after it, finding its place by number.
+            Some((last, hash)) if last >= read.next => {
+                host::info(format!("channel {name}: the stream holds blocks up to {last}; going on after it"));
+                Cursor { next: last + 1, hash: Some(hash), ..read }
+            }
+            _ => read,
+        };
         Ok(Channel { name: name.to_string(), dir: dir.to_string(), stream, read, pending: None })
     }
 
@@ -386,6 +421,10 @@ impl Channel {
                 if !relocated {
                     relocated = true;
                     if let Some(c) = locate(&self.dir, &self.read)? {
+                        host::info(format!(
+                            "channel {}: block {} is at {} byte {} now",
+                            self.name, c.next, c.file, c.offset
+                        ));
                         self.read = c;
                         continue;
                     }
