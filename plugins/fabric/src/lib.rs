@@ -13,6 +13,7 @@
 //!   stopped peer.
 
 pub mod blockfile;
+pub mod policy;
 pub mod proto;
 pub mod verify;
 
