@@ -870,11 +870,16 @@ impl ChannelPolicies {
         self.consenters.iter().find(|c| c.id == id)
     }
 
-    /// Evaluates `/Channel/Orderer/BlockValidation` against verified,
-    /// deduplicated signers. `None` when the config has no such policy.
+    /// Evaluates `/Channel/Orderer/BlockValidation` against the signers of
+    /// verified signatures; an identity that signed twice counts once (as in
+    /// Fabric's `SignatureSetToValidIdentities`). `None` when the config has
+    /// no such policy.
     pub fn evaluate_block_validation(&self, signers: &[Identity]) -> Option<Evaluation> {
         let orderer = self.root.groups.get("Orderer")?;
         let policy = orderer.policies.get("BlockValidation")?;
+        let mut seen = std::collections::BTreeSet::new();
+        let signers: Vec<Identity> = signers.iter().filter(|s| seen.insert(s.key())).cloned().collect();
+        let signers = signers.as_slice();
         let mut notes = Vec::new();
         let result = self.evaluate(policy, orderer, "Orderer", signers, &mut notes);
         Some(match result {
@@ -1032,5 +1037,362 @@ fn principal_msp(p: &MspPrincipal) -> Option<String> {
             .ok()
             .and_then(|c| c.principals.first().and_then(principal_msp)),
         _ => None,
+    }
+}
+
+/// Channel configs, MSPs and certificates for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    /// A CA of an MSP, and what it issues.
+    pub struct Ca {
+        params: CertificateParams,
+        key: KeyPair,
+        /// The CA certificate (PEM).
+        pub pem: String,
+    }
+
+    /// A signing identity: its MSP, certificate and key.
+    pub struct Signer {
+        /// The MSP id.
+        pub msp_id: String,
+        /// The certificate (PEM).
+        pub pem: String,
+        /// Its key (PKCS#8 DER).
+        #[allow(dead_code)]
+        pub key_der: Vec<u8>,
+    }
+
+    impl Signer {
+        /// The verified identity the evaluator sees.
+        pub fn identity(&self) -> Identity {
+            Identity::new(&self.msp_id, pem_certs(self.pem.as_bytes()).remove(0)).unwrap()
+        }
+    }
+
+    impl Ca {
+        /// A self-signed root CA.
+        pub fn root(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, format!("ca.{name}"));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca { params, key, pem }
+        }
+
+        /// An identity of `msp_id` with these OUs.
+        pub fn issue(&self, msp_id: &str, cn: &str, ous: &[&str]) -> Signer {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            for ou in ous {
+                params.distinguished_name.push(DnType::OrganizationalUnitName, *ou);
+            }
+            let issuer = Issuer::from_params(&self.params, &self.key);
+            let pem = params.signed_by(&key, &issuer).unwrap().pem();
+            Signer { msp_id: msp_id.into(), pem, key_der: key.serialize_der() }
+        }
+    }
+
+    /// An `MSP` config value: an X.509 MSP with one root CA, and NodeOUs
+    /// (client, peer, admin, orderer) when `node_ous`.
+    pub fn msp_value(msp_id: &str, ca: &Ca, node_ous: bool) -> proto::ConfigValue {
+        let fabric = proto::FabricMspConfig {
+            name: msp_id.into(),
+            root_certs: vec![ca.pem.clone().into_bytes()],
+            ..Default::default()
+        };
+        let ou = |name: &str| {
+            Some(FabricOuIdentifier { certificate: Vec::new(), organizational_unit_identifier: name.into() })
+        };
+        let ous = FabricMspOus {
+            fabric_node_ous: node_ous.then(|| FabricNodeOus {
+                enable: true,
+                client_ou_identifier: ou("client"),
+                peer_ou_identifier: ou("peer"),
+                admin_ou_identifier: ou("admin"),
+                orderer_ou_identifier: ou("orderer"),
+            }),
+            ..Default::default()
+        };
+        // Two encodings of the same message concatenated merge into one.
+        let config = [fabric.encode_to_vec(), ous.encode_to_vec()].concat();
+        let msp = proto::MspConfig { r#type: 0, config };
+        proto::ConfigValue { version: 0, value: msp.encode_to_vec(), mod_policy: String::new() }
+    }
+
+    /// A `ROLE` principal.
+    pub fn role_principal(msp_id: &str, r: i32) -> MspPrincipal {
+        MspPrincipal {
+            principal_classification: classification::ROLE,
+            principal: MspRole { msp_identifier: msp_id.into(), role: r }.encode_to_vec(),
+        }
+    }
+
+    /// `signed_by(i)`.
+    pub fn signed_by(i: i32) -> SignaturePolicy {
+        SignaturePolicy { r#type: Some(SignaturePolicyType::SignedBy(i)) }
+    }
+
+    /// `n_out_of(n, rules)`.
+    pub fn n_out_of(n: i32, rules: Vec<SignaturePolicy>) -> SignaturePolicy {
+        SignaturePolicy { r#type: Some(SignaturePolicyType::NOutOf(NOutOf { n, rules })) }
+    }
+
+    /// A config policy holding a signature policy.
+    pub fn signature_policy(rule: SignaturePolicy, identities: Vec<MspPrincipal>) -> ConfigPolicy {
+        let env = SignaturePolicyEnvelope { version: 0, rule: Some(rule), identities };
+        ConfigPolicy {
+            version: 0,
+            policy: Some(PolicyProto { r#type: POLICY_SIGNATURE, value: env.encode_to_vec() }),
+            mod_policy: String::new(),
+        }
+    }
+
+    /// A config policy holding an implicit meta policy.
+    pub fn implicit_meta(rule: i32, sub_policy: &str) -> ConfigPolicy {
+        let m = ImplicitMetaPolicy { sub_policy: sub_policy.into(), rule };
+        ConfigPolicy {
+            version: 0,
+            policy: Some(PolicyProto { r#type: POLICY_IMPLICIT_META, value: m.encode_to_vec() }),
+            mod_policy: String::new(),
+        }
+    }
+
+    /// An orderer organisation group: its MSP and a `Writers` policy.
+    pub fn org_group(msp: proto::ConfigValue, writers: ConfigPolicy) -> PolicyConfigGroup {
+        PolicyConfigGroup {
+            values: [("MSP".to_string(), msp)].into(),
+            policies: [("Writers".to_string(), writers)].into(),
+            ..Default::default()
+        }
+    }
+
+    /// A `ConfigEnvelope` (bytes) whose `Orderer` group has these
+    /// organisations and `BlockValidation` policy, plus root values.
+    pub fn config_envelope(
+        orgs: Vec<(&str, PolicyConfigGroup)>,
+        block_validation: Option<ConfigPolicy>,
+        orderer_values: Vec<(&str, proto::ConfigValue)>,
+        root_values: Vec<(&str, proto::ConfigValue)>,
+    ) -> Vec<u8> {
+        let orderer = PolicyConfigGroup {
+            groups: orgs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            values: orderer_values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            policies: block_validation.into_iter().map(|p| ("BlockValidation".to_string(), p)).collect(),
+        };
+        let root = PolicyConfigGroup {
+            groups: [("Orderer".to_string(), orderer)].into(),
+            values: root_values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ..Default::default()
+        };
+        PolicyConfigEnvelope { config: Some(PolicyConfig { channel_group: Some(root) }) }.encode_to_vec()
+    }
+
+    /// Policies of `orgs` (each `(msp id, CA, NodeOUs)`, Writers: its
+    /// members) under a BlockValidation policy.
+    pub fn channel(orgs: &[(&str, &Ca, bool)], block_validation: ConfigPolicy) -> ChannelPolicies {
+        let groups = orgs
+            .iter()
+            .map(|(id, ca, nous)| {
+                let writers = signature_policy(n_out_of(1, vec![signed_by(0)]), vec![role_principal(id, role::MEMBER)]);
+                (*id, org_group(msp_value(id, ca, *nous), writers))
+            })
+            .collect();
+        ChannelPolicies::from_config_envelope(&config_envelope(groups, Some(block_validation), vec![], vec![])).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    fn eval(p: &ChannelPolicies, signers: &[&Signer]) -> Evaluation {
+        let ids: Vec<Identity> = signers.iter().map(|s| s.identity()).collect();
+        p.evaluate_block_validation(&ids).unwrap()
+    }
+
+    #[test]
+    fn two_of_two_organisations_with_one_signature_is_not_satisfied() {
+        let (ca1, ca2) = (Ca::root("org1"), Ca::root("org2"));
+        let rule = n_out_of(2, vec![signed_by(0), signed_by(1)]);
+        let bv = signature_policy(
+            rule,
+            vec![role_principal("Org1MSP", role::MEMBER), role_principal("Org2MSP", role::MEMBER)],
+        );
+        let p = channel(&[("Org1MSP", &ca1, false), ("Org2MSP", &ca2, false)], bv);
+        let (o1, o2) = (ca1.issue("Org1MSP", "orderer1", &[]), ca2.issue("Org2MSP", "orderer2", &[]));
+        let e = eval(&p, &[&o1]);
+        assert!(!e.satisfied);
+        assert_eq!(
+            e.reason,
+            "the BlockValidation policy (AND('Org1MSP.member', 'Org2MSP.member')) is not satisfied: \
+             AND('Org1MSP.member', 'Org2MSP.member') is not satisfied"
+        );
+        assert!(eval(&p, &[&o1, &o2]).satisfied);
+        assert!(eval(&p, &[&o2, &o1]).satisfied);
+    }
+
+    #[test]
+    fn implicit_meta_any_majority_and_all_count_organisations() {
+        let cas = [Ca::root("a"), Ca::root("b"), Ca::root("c")];
+        let ids = ["AMSP", "BMSP", "CMSP"];
+        let orgs: Vec<(&str, &Ca, bool)> = ids.iter().zip(&cas).map(|(i, c)| (*i, c, false)).collect();
+        let s: Vec<Signer> = ids.iter().zip(&cas).map(|(i, c)| c.issue(i, "orderer", &[])).collect();
+
+        let any = channel(&orgs, implicit_meta(implicit_rule::ANY, "Writers"));
+        assert!(eval(&any, &[&s[2]]).satisfied);
+        let e = eval(&any, &[]);
+        assert!(
+            e.reason.starts_with(
+                "the BlockValidation policy (ImplicitMeta ANY Writers) is not satisfied: 0 of the 3 orderer \
+             organisations' Writers policies are satisfied, 1 needed (AMSP: OR('AMSP.member') is not satisfied;"
+            ),
+            "{}",
+            e.reason
+        );
+
+        let majority = channel(&orgs, implicit_meta(implicit_rule::MAJORITY, "Writers"));
+        let e = eval(&majority, &[&s[0]]);
+        assert!(!e.satisfied);
+        assert!(
+            e.reason.contains("1 of the 3 orderer organisations' Writers policies are satisfied, 2 needed"),
+            "{}",
+            e.reason
+        );
+        assert!(eval(&majority, &[&s[0], &s[2]]).satisfied);
+
+        let all = channel(&orgs, implicit_meta(implicit_rule::ALL, "Writers"));
+        let e = eval(&all, &[&s[0], &s[1]]);
+        assert!(
+            e.reason.contains("2 of the 3 orderer organisations' Writers policies are satisfied, 3 needed (CMSP:"),
+            "{}",
+            e.reason
+        );
+        assert!(eval(&all, &[&s[0], &s[1], &s[2]]).satisfied);
+    }
+
+    #[test]
+    fn an_organisation_without_the_sub_policy_counts_as_unsatisfied() {
+        let (ca1, ca2) = (Ca::root("org1"), Ca::root("org2"));
+        let mut groups = vec![];
+        let w = signature_policy(n_out_of(1, vec![signed_by(0)]), vec![role_principal("Org1MSP", role::MEMBER)]);
+        groups.push(("Org1", org_group(msp_value("Org1MSP", &ca1, false), w)));
+        let mut g2 = org_group(msp_value("Org2MSP", &ca2, false), implicit_meta(0, "x"));
+        g2.policies.clear();
+        groups.push(("Org2", g2));
+        let bytes = config_envelope(groups, Some(implicit_meta(implicit_rule::ALL, "Writers")), vec![], vec![]);
+        let p = ChannelPolicies::from_config_envelope(&bytes).unwrap();
+        let e = eval(&p, &[&ca1.issue("Org1MSP", "o", &[])]);
+        assert!(e.reason.contains("Orderer/Org2 has no Writers policy"), "{}", e.reason);
+    }
+
+    #[test]
+    fn one_identity_satisfies_one_signed_by_only() {
+        let ca = Ca::root("org1");
+        // Two signatures of Org1MSP members required.
+        let rule = n_out_of(2, vec![signed_by(0), signed_by(0)]);
+        let p =
+            channel(&[("Org1MSP", &ca, false)], signature_policy(rule, vec![role_principal("Org1MSP", role::MEMBER)]));
+        let (a, b) = (ca.issue("Org1MSP", "orderer1", &[]), ca.issue("Org1MSP", "orderer2", &[]));
+        assert!(!eval(&p, &[&a]).satisfied);
+        // The same identity twice counts once, as in Fabric.
+        assert!(!eval(&p, &[&a, &a]).satisfied);
+        assert!(eval(&p, &[&a, &b]).satisfied);
+    }
+
+    #[test]
+    fn the_orderer_role_needs_the_orderer_node_ou() {
+        let ca = Ca::root("ord");
+        let bv = signature_policy(n_out_of(1, vec![signed_by(0)]), vec![role_principal("OrdererMSP", role::ORDERER)]);
+        let p = channel(&[("OrdererMSP", &ca, true)], bv.clone());
+        let orderer = ca.issue("OrdererMSP", "orderer0", &["orderer"]);
+        let peer = ca.issue("OrdererMSP", "peer0", &["peer"]);
+        let none = ca.issue("OrdererMSP", "nobody", &[]);
+        assert!(eval(&p, &[&orderer]).satisfied);
+        let e = eval(&p, &[&peer]);
+        assert!(
+            e.reason.contains("signature by CN=peer0, OU=peer (OrdererMSP) is not 'OrdererMSP.orderer': the certificate does not carry the orderer OU \"orderer\""),
+            "{}",
+            e.reason
+        );
+        // Without any NodeOU the identity is not even valid.
+        let e = eval(&p, &[&none]);
+        assert!(e.reason.contains("must carry exactly one of the client, peer, admin and orderer OUs"), "{}", e.reason);
+        // Two NodeOUs at once are not valid either.
+        assert!(!eval(&p, &[&ca.issue("OrdererMSP", "both", &["orderer", "peer"])]).satisfied);
+        // An MSP without NodeOUs has no orderer role.
+        let p = channel(&[("OrdererMSP", &ca, false)], bv);
+        let e = eval(&p, &[&orderer]);
+        assert!(e.reason.contains("NodeOUs are not enabled in MSP OrdererMSP"), "{}", e.reason);
+    }
+
+    #[test]
+    fn admins_members_identities_and_foreign_certificates() {
+        let (ca, other) = (Ca::root("org1"), Ca::root("evil"));
+        let admin = ca.issue("Org1MSP", "admin", &["admin"]);
+        let member = ca.issue("Org1MSP", "orderer", &["orderer"]);
+        let forged = other.issue("Org1MSP", "orderer", &["orderer"]);
+        let admin_principal = role_principal("Org1MSP", role::ADMIN);
+        let p = channel(&[("Org1MSP", &ca, true)], signature_policy(signed_by(0), vec![admin_principal]));
+        assert!(eval(&p, &[&admin]).satisfied);
+        assert!(!eval(&p, &[&member]).satisfied);
+        let p = channel(
+            &[("Org1MSP", &ca, true)],
+            signature_policy(signed_by(0), vec![role_principal("Org1MSP", role::MEMBER)]),
+        );
+        assert!(eval(&p, &[&member]).satisfied);
+        let e = eval(&p, &[&forged]);
+        assert!(e.reason.contains("it was not issued by a CA of MSP Org1MSP"), "{}", e.reason);
+        // An IDENTITY principal: that certificate only.
+        let principal = MspPrincipal {
+            principal_classification: classification::IDENTITY,
+            principal: proto::SerializedIdentity { mspid: "Org1MSP".into(), id_bytes: member.pem.clone().into_bytes() }
+                .encode_to_vec(),
+        };
+        let p = channel(&[("Org1MSP", &ca, true)], signature_policy(signed_by(0), vec![principal]));
+        assert!(eval(&p, &[&member]).satisfied);
+        assert!(!eval(&p, &[&admin]).satisfied);
+    }
+
+    #[test]
+    fn an_organization_unit_principal_binds_the_ou_to_its_ca_chain() {
+        let ca = Ca::root("org1");
+        let chain_id = Sha256::digest(&pem_certs(ca.pem.as_bytes())[0]).to_vec();
+        let ou = |certifiers: Vec<u8>| MspPrincipal {
+            principal_classification: classification::ORGANIZATION_UNIT,
+            principal: OrganizationUnit {
+                msp_identifier: "Org1MSP".into(),
+                organizational_unit_identifier: "orderer".into(),
+                certifiers_identifier: certifiers,
+            }
+            .encode_to_vec(),
+        };
+        let s = ca.issue("Org1MSP", "o", &["orderer"]);
+        let p = channel(&[("Org1MSP", &ca, false)], signature_policy(signed_by(0), vec![ou(chain_id)]));
+        assert!(eval(&p, &[&s]).satisfied);
+        let p = channel(&[("Org1MSP", &ca, false)], signature_policy(signed_by(0), vec![ou(vec![1; 32])]));
+        assert!(!eval(&p, &[&s]).satisfied);
+    }
+
+    #[test]
+    fn policies_describe_themselves_in_fabrics_words() {
+        let ids =
+            vec![role_principal("A", role::MEMBER), role_principal("B", role::ADMIN), role_principal("C", role::PEER)];
+        let p =
+            |rule| Policy::Signature(SignaturePolicyEnvelope { version: 0, rule: Some(rule), identities: ids.clone() });
+        assert_eq!(p(n_out_of(1, vec![signed_by(0)])).describe(), "OR('A.member')");
+        assert_eq!(p(n_out_of(2, vec![signed_by(0), signed_by(1)])).describe(), "AND('A.member', 'B.admin')");
+        assert_eq!(
+            p(n_out_of(2, vec![signed_by(0), signed_by(1), signed_by(2)])).describe(),
+            "OutOf(2, 'A.member', 'B.admin', 'C.peer')"
+        );
+        let m =
+            Policy::ImplicitMeta(ImplicitMetaPolicy { sub_policy: "Writers".into(), rule: implicit_rule::MAJORITY });
+        assert_eq!(m.describe(), "ImplicitMeta MAJORITY Writers");
     }
 }

@@ -335,7 +335,6 @@ struct Rejected {
 /// `SignatureSetToValidIdentities`), then the policy; the errors to report.
 fn check_policy(md: &proto::Metadata, header: &[u8], policies: &ChannelPolicies) -> Option<Vec<String>> {
     let mut signers: Vec<policy::Identity> = Vec::new();
-    let mut seen = BTreeSet::new();
     let mut rejected = Vec::new();
     for (i, sig) in md.signatures.iter().enumerate() {
         let r = (|| {
@@ -351,12 +350,8 @@ fn check_policy(md: &proto::Metadata, header: &[u8], policies: &ChannelPolicies)
             policy::Identity::new(&signer.msp_id, der).map_err(|e| (e, true))
         })();
         match r {
-            Ok(id) => {
-                // Fabric counts one signature per identity.
-                if seen.insert(id.key()) {
-                    signers.push(id);
-                }
-            }
+            // The evaluator counts one signature per identity.
+            Ok(id) => signers.push(id),
             Err((e, damage)) => rejected.push(Rejected { reason: format!("signature {i}: {e}"), damage }),
         }
     }
