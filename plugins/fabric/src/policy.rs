@@ -1061,7 +1061,6 @@ pub(crate) mod testing {
         /// The certificate (PEM).
         pub pem: String,
         /// Its key (PKCS#8 DER).
-        #[allow(dead_code)]
         pub key_der: Vec<u8>,
     }
 

@@ -716,4 +716,145 @@ mod tests {
         assert_eq!(r.problems[0].number, 5);
         assert!(r.problems[0].errors[0].contains("does not verify"), "{:#?}", r.problems);
     }
+
+    /// Block 0's `ConfigEnvelope` of the sample ledger.
+    fn sample_config_envelope(bytes: &[u8]) -> Vec<u8> {
+        let scan = blockfile::scan(bytes);
+        config_of(&blockfile::decode_block(scan.records[0].bytes).unwrap()).unwrap().1
+    }
+
+    #[test]
+    fn a_stricter_block_validation_policy_rejects_the_sample_blocks_with_fabrics_reason() {
+        use crate::policy::testing::*;
+        use crate::policy::{PolicyConfigEnvelope, role};
+        let bytes = fixture(SAMPLE);
+        // The sample's own config, its BlockValidation policy replaced by
+        // two signatures of SampleOrg members (its blocks carry one).
+        let mut env = PolicyConfigEnvelope::decode(sample_config_envelope(&bytes).as_slice()).unwrap();
+        let orderer = env.config.as_mut().unwrap().channel_group.as_mut().unwrap().groups.get_mut("Orderer").unwrap();
+        let two = n_out_of(2, vec![signed_by(0), signed_by(0)]);
+        orderer
+            .policies
+            .insert("BlockValidation".into(), signature_policy(two, vec![role_principal("SampleOrg", role::MEMBER)]));
+        let policies = ChannelPolicies::from_config_envelope(&env.encode_to_vec()).unwrap();
+        let scan = blockfile::scan(&bytes);
+        let block = blockfile::decode_block(scan.records[5].bytes).unwrap();
+        let md = proto::Metadata::decode(block.metadata[0]).unwrap();
+        let errors = check_policy(&md, &block.header_der(), &policies).unwrap();
+        assert_eq!(
+            errors,
+            ["the BlockValidation policy (AND('SampleOrg.member', 'SampleOrg.member')) is not satisfied: \
+              AND('SampleOrg.member', 'SampleOrg.member') is not satisfied"]
+        );
+        // The sample's own policy is satisfied by the same signature.
+        let own = ChannelPolicies::from_config_envelope(&sample_config_envelope(&bytes)).unwrap();
+        assert_eq!(check_policy(&md, &block.header_der(), &own), Some(vec![]));
+    }
+
+    /// A signature over `value || middle || header` with `signer`'s key.
+    fn sign(signer: &crate::policy::testing::Signer, value: &[u8], middle: &[u8], header: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::SigningKey;
+        use p256::ecdsa::signature::Signer as _;
+        use p256::pkcs8::DecodePrivateKey;
+        let key = SigningKey::from_pkcs8_der(&signer.key_der).unwrap();
+        let sig: Signature = key.sign(&[value, middle, header].concat());
+        sig.normalize_s().unwrap_or(sig).to_der().as_bytes().to_vec()
+    }
+
+    #[test]
+    fn bft_identifier_headers_name_consenters_and_duplicates_count_once() {
+        use crate::policy::testing::*;
+        use crate::policy::{Capabilities, Capability, Consenter, IdentifierHeader, Orderers, implicit_rule, role};
+        let ca = Ca::root("ord");
+        let (o1, o2) =
+            (ca.issue("OrdererMSP", "orderer1", &["orderer"]), ca.issue("OrdererMSP", "orderer2", &["orderer"]));
+        let consenters = Orderers {
+            consenter_mapping: [(1, &o1), (2, &o2)]
+                .into_iter()
+                .map(|(id, s)| Consenter {
+                    id,
+                    host: format!("orderer{id}"),
+                    port: 7050,
+                    msp_id: s.msp_id.clone(),
+                    identity: s.pem.clone().into_bytes(),
+                })
+                .collect(),
+        };
+        let value = |v: Vec<u8>| proto::ConfigValue { version: 0, value: v, mod_policy: String::new() };
+        // Writers: two orderers of OrdererMSP (a BFT quorum of two).
+        let writers = signature_policy(
+            n_out_of(2, vec![signed_by(0), signed_by(0)]),
+            vec![role_principal("OrdererMSP", role::ORDERER)],
+        );
+        let config = |v3: bool| {
+            let caps = Capabilities {
+                capabilities: if v3 { [("V3_0".to_string(), Capability {})].into() } else { Default::default() },
+            };
+            let env = config_envelope(
+                vec![("OrdererOrg", org_group(msp_value("OrdererMSP", &ca, true), writers.clone()))],
+                Some(implicit_meta(implicit_rule::ANY, "Writers")),
+                vec![("Orderers", value(consenters.encode_to_vec()))],
+                vec![("Capabilities", value(caps.encode_to_vec()))],
+            );
+            ChannelPolicies::from_config_envelope(&env).unwrap()
+        };
+        let (header, obm) = (b"header DER".to_vec(), b"orderer block metadata".to_vec());
+        let by_id = |id: u32, s: &Signer| {
+            let ih = IdentifierHeader { identifier: id, nonce: vec![id as u8] }.encode_to_vec();
+            proto::MetadataSignature {
+                signature_header: Vec::new(),
+                signature: sign(s, &obm, &ih, &header),
+                identifier_header: ih,
+            }
+        };
+        let md = |sigs| proto::Metadata { value: obm.clone(), signatures: sigs };
+
+        let bft = config(true);
+        assert_eq!(check_policy(&md(vec![by_id(1, &o1), by_id(2, &o2)]), &header, &bft), Some(vec![]));
+        // One consenter signing twice is one signature.
+        let e = check_policy(&md(vec![by_id(1, &o1), by_id(1, &o1)]), &header, &bft).unwrap();
+        assert!(e[0].starts_with("the BlockValidation policy (ImplicitMeta ANY Writers) is not satisfied"), "{e:?}");
+        // A consenter id the config does not have.
+        let e = check_policy(&md(vec![by_id(1, &o1), by_id(9, &o2)]), &header, &bft).unwrap();
+        assert!(
+            e[0].ends_with("signature 1: consenter id 9 is not one of the Orderers of the channel config in force"),
+            "{e:?}"
+        );
+        // The signature by consenter 2 made by consenter 1's key.
+        let mut forged = by_id(2, &o2);
+        forged.signature = sign(&o1, &obm, &forged.identifier_header, &header);
+        let e = check_policy(&md(vec![by_id(1, &o1), forged]), &header, &bft).unwrap();
+        assert!(
+            e[0].ends_with("signature 1: the orderer signature by CN=orderer2, OU=orderer does not verify"),
+            "{e:?}"
+        );
+        // Without the V3_0 capability Fabric resolves no identifier header.
+        let e = check_policy(&md(vec![by_id(1, &o1), by_id(2, &o2)]), &header, &config(false)).unwrap();
+        assert!(e[0].contains("does not have the V3_0 capability"), "{e:?}");
+    }
+
+    #[test]
+    fn a_config_without_block_validation_falls_back_to_one_orderer_signature_and_says_so() {
+        use crate::policy::PolicyConfigEnvelope;
+        let bytes = fixture(SAMPLE);
+        let mut env = PolicyConfigEnvelope::decode(sample_config_envelope(&bytes).as_slice()).unwrap();
+        let root = env.config.as_mut().unwrap().channel_group.as_mut().unwrap();
+        root.groups.get_mut("Orderer").unwrap().policies.remove("BlockValidation");
+        // The checker as block 0 of such a config leaves it, fed blocks 1 to 7.
+        let scan = blockfile::scan(&bytes);
+        let block0 = blockfile::decode_block(scan.records[0].bytes).unwrap();
+        let mut checker = ChannelChecker::new("mychannel");
+        checker.orgs = orderer_orgs(&config_of(&block0).unwrap().0).unwrap();
+        checker.policies = Some(ChannelPolicies::from_config_envelope(&env.encode_to_vec()).unwrap());
+        checker.config_blocks.insert(0);
+        checker.expected = 1;
+        checker.report.height = 1;
+        let rest = &bytes[offsets(&bytes)[1] as usize..];
+        checker.add_file(&ChannelFile { name: "blockfile_000000".into(), bytes: rest }, true);
+        let r = checker.finish();
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        assert_eq!((r.signed_blocks, r.fallback_blocks), (7, 7));
+        assert_eq!(r.block_validation, None);
+        assert!(r.signature_rule().starts_with("the channel config has no /Channel/Orderer/BlockValidation policy"));
+    }
 }
