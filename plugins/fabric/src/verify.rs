@@ -4,10 +4,14 @@
 //! the envelopes and every transaction is a well-formed envelope (config
 //! blocks excepted); transactions are for this channel; the last-config
 //! index names a config block; and every block after the genesis block
-//! carries an orderer signature (ECDSA P-256/SHA-256 over metadata value ||
-//! signature header || header DER) by a certificate that one of the
-//! orderer organisations' MSP CAs issued, per the channel config in force
-//! (block 0's, replaced by each later config block from the next block on).
+//! carries orderer signatures (ECDSA P-256/SHA-256 over metadata value ||
+//! signature header, or Fabric 3 BFT identifier header, || header DER) that
+//! satisfy the channel's `/Channel/Orderer/BlockValidation` policy, as a
+//! peer checks the blocks it receives ([`crate::policy`]), per the channel
+//! config in force (block 0's, replaced by each later config block from the
+//! next block on). A config without that policy falls back to: every
+//! signature by a certificate that an orderer organisation's MSP CA issued,
+//! and it verifies.
 
 use std::collections::BTreeSet;
 
