@@ -10,12 +10,20 @@
 //! `common/cauthdsl/cauthdsl.go`, `common/policies/implicitmeta.go`,
 //! `msp/mspimpl.go` and `msp/mspimplvalidate.go` (MSP version 1.4.3 and later,
 //! the one of Fabric 2.x channels).
+//!
+//! Limits: an identity chains to a root directly or through one
+//! intermediate CA (Fabric allows longer chains); Idemix MSPs, identity hash
+//! functions other than SHA-256 and the older MSP versions' differences
+//! (admins by certificate only, no orderer role) are not modelled.
 
 use std::collections::{BTreeMap, HashMap};
 
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, VerifyingKey};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
 
 use crate::proto;
 use crate::verify::{issued_by, parse_cert, pem_certs};
@@ -383,6 +391,8 @@ pub struct Msp {
     intermediates: Vec<Vec<u8>>,
     /// Admin certificates (DER).
     admins: Vec<Vec<u8>>,
+    /// Certificate revocation lists (DER).
+    crls: Vec<Vec<u8>>,
     ou_identifiers: Vec<OuIdentifier>,
     /// Client, peer, admin, orderer; `None` when NodeOUs are off.
     node_ous: Option<[Option<OuIdentifier>; 4]>,
@@ -424,6 +434,7 @@ impl Msp {
             roots: fabric.root_certs.iter().flat_map(|c| pem_certs(c)).collect(),
             intermediates: fabric.intermediate_certs.iter().flat_map(|c| pem_certs(c)).collect(),
             admins: fabric.admins.iter().flat_map(|c| pem_certs(c)).collect(),
+            crls: fabric.revocation_list.iter().flat_map(|c| pem_blocks(c)).collect(),
             ou_identifiers: Vec::new(),
             node_ous: None,
         };
@@ -475,6 +486,7 @@ impl Msp {
             return Err("a CA certificate cannot be an identity".into());
         }
         let chain = self.chain(cert)?;
+        self.not_revoked(cert, &chain[0])?;
         let certifiers = Sha256::digest(chain.concat()).to_vec();
         let ous: Vec<&str> = cert.subject().iter_organizational_unit().filter_map(|a| a.as_str().ok()).collect();
         if let Some(node_ous) = &self.node_ous {
@@ -503,6 +515,49 @@ impl Msp {
             return Err(format!("none of its OUs {ous:?} is one MSP {} recognises", self.id));
         }
         Ok(certifiers)
+    }
+
+    /// Fabric's revocation check: a CRL of this MSP whose authority key
+    /// identifier is the issuing CA's subject key identifier, that lists the
+    /// certificate's serial number and that the issuing CA signed.
+    fn not_revoked(&self, cert: &X509Certificate, issuer_der: &[u8]) -> Result<(), String> {
+        if self.crls.is_empty() {
+            return Ok(());
+        }
+        let issuer = parse_cert(issuer_der).ok_or("the issuing CA's certificate does not parse")?;
+        let ski = issuer.extensions().iter().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        });
+        let Some(ski) = ski else {
+            return Err(format!(
+                "the issuing CA {} has no subject key identifier to match CRLs with",
+                issuer.subject()
+            ));
+        };
+        for der in &self.crls {
+            let Ok((_, crl)) = x509_parser::parse_x509_crl(der) else { continue };
+            let aki = crl.extensions().iter().find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+                _ => None,
+            });
+            if aki != Some(ski) || !crl.iter_revoked_certificates().any(|r| *r.serial() == cert.serial) {
+                continue;
+            }
+            // Fabric skips a CRL the issuing CA did not sign.
+            let signed = VerifyingKey::from_sec1_bytes(issuer.public_key().subject_public_key.as_ref())
+                .ok()
+                .zip(Signature::from_der(crl.signature_value.as_ref()).ok())
+                .is_some_and(|(k, sig)| k.verify(crl.tbs_cert_list.as_ref(), &sig).is_ok());
+            if signed {
+                return Err(format!(
+                    "its certificate (serial {}) has been revoked by MSP {}",
+                    cert.raw_serial_as_string(),
+                    self.id
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The certificates above `cert` (DER), up to a root.
@@ -686,6 +741,11 @@ fn describe_principal(p: &MspPrincipal) -> String {
         },
         other => format!("a principal of type {other}"),
     }
+}
+
+/// The contents of every PEM block in `bytes` (certificates or CRLs).
+fn pem_blocks(bytes: &[u8]) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(bytes).filter_map(|p| p.ok()).map(|p| p.contents).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1084,8 +1144,14 @@ pub(crate) mod testing {
 
         /// An identity of `msp_id` with these OUs.
         pub fn issue(&self, msp_id: &str, cn: &str, ous: &[&str]) -> Signer {
+            self.issue_serial(msp_id, cn, ous, None)
+        }
+
+        /// An identity with this serial number.
+        pub fn issue_serial(&self, msp_id: &str, cn: &str, ous: &[&str], serial: Option<u64>) -> Signer {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.serial_number = serial.map(rcgen::SerialNumber::from);
             params.distinguished_name.push(DnType::CommonName, cn);
             for ou in ous {
                 params.distinguished_name.push(DnType::OrganizationalUnitName, *ou);
@@ -1094,14 +1160,41 @@ pub(crate) mod testing {
             let pem = params.signed_by(&key, &issuer).unwrap().pem();
             Signer { msp_id: msp_id.into(), pem, key_der: key.serialize_der() }
         }
+
+        /// A CRL (PEM) revoking these serial numbers.
+        pub fn crl(&self, serials: &[u64]) -> String {
+            let params = rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2024, 1, 1),
+                next_update: rcgen::date_time_ymd(2030, 1, 1),
+                crl_number: rcgen::SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|s| rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from(*s),
+                        revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            };
+            params.signed_by(&Issuer::from_params(&self.params, &self.key)).unwrap().pem().unwrap()
+        }
     }
 
     /// An `MSP` config value: an X.509 MSP with one root CA, and NodeOUs
     /// (client, peer, admin, orderer) when `node_ous`.
     pub fn msp_value(msp_id: &str, ca: &Ca, node_ous: bool) -> proto::ConfigValue {
+        msp_value_with_crls(msp_id, ca, node_ous, vec![])
+    }
+
+    /// The same with these CRLs (PEM).
+    pub fn msp_value_with_crls(msp_id: &str, ca: &Ca, node_ous: bool, crls: Vec<String>) -> proto::ConfigValue {
         let fabric = proto::FabricMspConfig {
             name: msp_id.into(),
             root_certs: vec![ca.pem.clone().into_bytes()],
+            revocation_list: crls.into_iter().map(String::into_bytes).collect(),
             ..Default::default()
         };
         let ou = |name: &str| {
@@ -1393,5 +1486,30 @@ mod tests {
         let m =
             Policy::ImplicitMeta(ImplicitMetaPolicy { sub_policy: "Writers".into(), rule: implicit_rule::MAJORITY });
         assert_eq!(m.describe(), "ImplicitMeta MAJORITY Writers");
+    }
+
+    #[test]
+    fn a_certificate_its_ca_revoked_is_not_a_member() {
+        let (ca, other) = (Ca::root("org1"), Ca::root("org2"));
+        let (revoked, fine) =
+            (ca.issue_serial("Org1MSP", "old", &[], Some(42)), ca.issue_serial("Org1MSP", "new", &[], Some(43)));
+        let writers = signature_policy(signed_by(0), vec![role_principal("Org1MSP", role::MEMBER)]);
+        // A CRL signed by another CA does not count, as in Fabric.
+        for (crl, revokes) in [(ca.crl(&[42]), true), (other.crl(&[42]), false)] {
+            let org = org_group(msp_value_with_crls("Org1MSP", &ca, false, vec![crl]), writers.clone());
+            let bytes = config_envelope(
+                vec![("Org1", org)],
+                Some(implicit_meta(implicit_rule::ANY, "Writers")),
+                vec![],
+                vec![],
+            );
+            let p = ChannelPolicies::from_config_envelope(&bytes).unwrap();
+            assert!(eval(&p, &[&fine]).satisfied);
+            let e = eval(&p, &[&revoked]);
+            assert_eq!(!e.satisfied, revokes, "{}", e.reason);
+            if revokes {
+                assert!(e.reason.contains("has been revoked by MSP Org1MSP"), "{}", e.reason);
+            }
+        }
     }
 }
