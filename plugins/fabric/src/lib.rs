@@ -15,6 +15,7 @@
 pub mod blockfile;
 pub mod configtx;
 pub mod follow;
+pub mod policy;
 pub mod proto;
 pub mod verify;
 
@@ -652,6 +653,9 @@ impl Plugin for Fabric {
                     "channel {channel}: no block carries an orderer signature (ledgers written by Fabric's test \
                      tools carry none); only the hash chain and data hashes were checked"
                 ));
+            }
+            if r.signed_blocks > 0 {
+                report.note(format!("channel {channel}: {}", r.signature_rule()));
             }
             let orgs = if r.orderer_orgs.is_empty() { "none".to_string() } else { r.orderer_orgs.join(", ") };
             let last_config = r.last_config.map_or("none".to_string(), |n| n.to_string());
