@@ -13,6 +13,8 @@
 //!   stopped peer.
 
 pub mod blockfile;
+pub mod ledger_snapshot;
+pub mod leveldb;
 pub mod proto;
 pub mod verify;
 
