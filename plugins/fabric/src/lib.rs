@@ -15,6 +15,8 @@
 pub mod blockfile;
 pub mod configtx;
 pub mod follow;
+pub mod ledger_snapshot;
+pub mod leveldb;
 pub mod policy;
 pub mod proto;
 pub mod verify;
