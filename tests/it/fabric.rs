@@ -75,7 +75,7 @@ fn all_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// (its summary and warnings).
 fn backup_ok(t: &TestRepo, ledger: &Path) -> (String, String) {
     let set = format!("ledger_dir={}", ledger.display());
-    let out = t.coffer(&["backup", "fabric", "--set", &set]);
+    let out = t.cmd().env("COFFER_LOG", "info").args(["backup", "fabric", "--set", &set]).output().unwrap();
     assert!(out.status.success(), "backup of {} failed ({}): {}", ledger.display(), out.status, stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     let id = said
@@ -99,6 +99,9 @@ fn verify(t: &TestRepo, id: &str) -> (Option<i32>, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out))
 }
 
+/// Files of a LevelDB directory that are not part of its state.
+const LEVELDB_NOT_STATE: &[&str] = &["LOCK", "LOG", "LOG.old", "CURRENT.bak"];
+
 /// Backs up, verifies clean, restores and compares every file.
 fn round_trip(t: &TestRepo, ledger: &Path, heights: &[(&str, &str)], orgs: &str) -> String {
     let (id, said) = backup_ok(t, ledger);
@@ -118,7 +121,11 @@ fn round_trip(t: &TestRepo, ledger: &Path, heights: &[(&str, &str)], orgs: &str)
     let out = t.coffer(&["restore", &id, "--target", target.to_str().unwrap()]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
     assert!(stderr(&out).contains("must be stopped"), "{}", stderr(&out));
-    let (want, got) = (all_files(ledger), all_files(&target));
+    // LevelDB stores come back as their live sets: the lock file, the
+    // info logs and CURRENT's backup are not part of a database's state.
+    let mut want = all_files(ledger);
+    want.retain(|path, _| !LEVELDB_NOT_STATE.iter().any(|n| path.ends_with(&format!("/{n}"))));
+    let got = all_files(&target);
     assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
     for (path, bytes) in &want {
         assert!(got[path] == *bytes, "{path} differs after the restore");
@@ -135,7 +142,10 @@ fn the_v13_sample_ledger_backs_up_verifies_and_restores_byte_for_byte() {
     // Written by Fabric's test tools: no orderer signs, and the
     // transactions name a dummy channel.
     let (id, said) = backup_ok(&t, &ledger);
-    assert!(said.contains("read 0 B, kept 32 unchanged entries from the parent"), "{said}");
+    // The block files are kept unread; the LevelDB logs, manifests and
+    // CURRENT files are read again (they change in place) and add nothing.
+    assert!(said.contains("kept 2 unchanged entries from the parent"), "{said}");
+    assert!(said.contains("added 0 B new data"), "{said}");
     let (code, report) = verify(&t, &id);
     assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("channel ledger1: no block carries an orderer signature"), "{report}");
@@ -396,7 +406,8 @@ fn a_forged_block_signed_outside_the_orderer_msp_is_reported() {
     assert_eq!(code, Some(3), "{report}");
     let needle = format!("block 8 ({CHANNEL_FILE} at byte {forged_at})");
     assert!(report.contains(&needle), "{needle:?} missing from:\n{report}");
-    assert!(report.contains("was not issued by a root CA of orderer organisation SampleOrg"), "{report}");
+    assert!(report.contains("BlockValidation policy (ImplicitMeta ANY Writers) is not satisfied"), "{report}");
+    assert!(report.contains("is not 'SampleOrg.member': it was not issued by a CA of MSP SampleOrg"), "{report}");
     assert!(!report.contains("PreviousHash") && !report.contains("DataHash"), "{report}");
     assert!(report.contains("first bad block 8"), "{report}");
 }
@@ -712,4 +723,199 @@ fn a_follower_moves_on_to_the_next_block_file_and_finds_its_block_in_a_rewritten
         covered.extend(a.parse::<u64>().unwrap()..=b.parse().unwrap());
     }
     assert_eq!(covered, (0..8).collect::<Vec<u64>>());
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's Python, which has plyvel (LevelDB's own library, through
+/// python3-plyvel); the test command installs it.
+fn plyvel_python() -> &'static str {
+    for py in ["/usr/bin/python3", "python3"] {
+        let ok = std::process::Command::new(py).args(["-c", "import plyvel"]).output();
+        if ok.is_ok_and(|o| o.status.success()) {
+            return py;
+        }
+    }
+    panic!("these tests write LevelDB databases with plyvel: install the Debian package python3-plyvel");
+}
+
+/// Writes a LevelDB database at `db` with small write buffers (so that
+/// it flushes and compacts every second or so, where a peer's default 4 MiB
+/// buffers flush far less often): 5,000 keys `k<n>`, then, once the file
+/// `<db>.ready` exists, the keys `s<n>` one write at a time until `<db>.stop`
+/// appears; `<db>.count` then says how many.
+const LEVELDB_WRITER: &str = r#"
+import os, sys, time, plyvel
+d = sys.argv[1]
+db = plyvel.DB(d, create_if_missing=True, write_buffer_size=128 * 1024, max_file_size=64 * 1024)
+for i in range(5000):
+    db.put(b"k%08d" % i, (b"value-%d-" % i) * 8)
+db.compact_range()
+open(d + ".ready", "w").close()
+n = 0
+while not os.path.exists(d + ".stop") or n < 2000:
+    db.put(b"s%08d" % n, b"%d" % n * 40)
+    n += 1
+    if n % 20 == 0:
+        time.sleep(0.002)
+db.close()
+open(d + ".count", "w").write(str(n))
+"#;
+
+/// Reads a LevelDB database back: prints `<keys k> <highest s + 1> <gaps>`
+/// after checking every value.
+const LEVELDB_READER: &str = r#"
+import sys, plyvel
+db = plyvel.DB(sys.argv[1], paranoid_checks=True)
+k, s = 0, []
+for key, value in db:
+    if key.startswith(b"k"):
+        i = int(key[1:])
+        assert value == (b"value-%d-" % i) * 8, key
+        k += 1
+    else:
+        i = int(key[1:])
+        assert value == b"%d" % i * 40, key
+        s.append(i)
+db.close()
+top = max(s) + 1 if s else 0
+print(k, top, top - len(s))
+"#;
+
+#[test]
+fn a_leveldb_store_written_during_the_backup_is_copied_as_one_consistent_state() {
+    let py = plyvel_python();
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let ledger = tmp.path().join("ledgersData");
+    let db = ledger.join("stateLeveldb");
+    let scripts = tempfile::tempdir().unwrap();
+    let (writer_py, reader_py) = (scripts.path().join("writer.py"), scripts.path().join("reader.py"));
+    std::fs::write(&writer_py, LEVELDB_WRITER).unwrap();
+    std::fs::write(&reader_py, LEVELDB_READER).unwrap();
+    let mut writer = KillOnDrop(std::process::Command::new(py).arg(&writer_py).arg(&db).spawn().unwrap());
+    let flag = |ext: &str| PathBuf::from(format!("{}.{ext}", db.display()));
+    let start = std::time::Instant::now();
+    while !flag("ready").exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the LevelDB writer did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Two backups while the database is written (flushes and compactions
+    // run meanwhile); the second keeps unchanged tables unread.
+    let (first, said) = backup_ok(&t, &ledger);
+    assert!(said.contains("left out (not part of the database state)"), "{said}");
+    let (second, _) = backup_ok(&t, &ledger);
+    std::fs::write(flag("stop"), b"").unwrap();
+    assert!(writer.0.wait().unwrap().success());
+    let written: u64 = std::fs::read_to_string(flag("count")).unwrap().parse().unwrap();
+    for id in [&first, &second] {
+        let (code, report) = verify(&t, id);
+        assert_eq!(code, Some(0), "{report}");
+        assert!(report.contains("LevelDB stateLeveldb: MANIFEST-"), "{report}");
+        let target = t.dir.path().join(format!("restore-{id}"));
+        std::fs::create_dir(&target).unwrap();
+        t.ok(&["restore", id, "--target", target.to_str().unwrap()]);
+        let restored = target.join("stateLeveldb");
+        for name in std::fs::read_dir(&restored).unwrap().map(|e| e.unwrap().file_name()) {
+            let name = name.to_string_lossy().into_owned();
+            assert!(!LEVELDB_NOT_STATE.contains(&name.as_str()), "{name} restored");
+        }
+        let out = std::process::Command::new(py).arg(&reader_py).arg(&restored).output().unwrap();
+        assert!(out.status.success(), "LevelDB cannot read the restored store: {}", stderr(&out));
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let nums: Vec<u64> = line.split(' ').map(|n| n.parse().unwrap()).collect();
+        assert_eq!(nums[0], 5000, "every key written before the backup is there: {line}");
+        assert_eq!(nums[2], 0, "the writes copied are a prefix, without gaps: {line}");
+        assert!(nums[1] <= written, "{line} of {written}");
+        eprintln!("fabric: snapshot {id} holds {} of the {written} writes made during the backups", nums[1]);
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fabric's ledger snapshot files for channel `mychannel` at block 20:
+/// data files and the two metadata files, hashed as Fabric hashes them.
+fn write_ledger_snapshot(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut hashes = serde_json::Map::new();
+    for (name, content) in [
+        ("txids.data", b"\x0a\x04tx-1\x0a\x04tx-2".to_vec()),
+        ("txids.metadata", b"\x02".to_vec()),
+        ("public_state.data", vec![7u8; 4096]),
+        ("public_state.metadata", b"\x01\x00".to_vec()),
+    ] {
+        std::fs::write(dir.join(name), &content).unwrap();
+        hashes.insert(name.into(), sha256_hex(&content).into());
+    }
+    let signable = serde_json::json!({
+        "channel_name": "mychannel",
+        "last_block_number": 20,
+        "last_block_hash": "6f2c0b2e".repeat(8),
+        "previous_block_hash": "1a2b3c4d".repeat(8),
+        "state_db_type": "SimpleKeyValueDB",
+        "snapshot_files_raw_hashes": hashes,
+    });
+    let signable = serde_json::to_vec_pretty(&signable).unwrap();
+    std::fs::write(dir.join("_snapshot_signable_metadata.json"), &signable).unwrap();
+    let additional = serde_json::json!({
+        "snapshot_hash": sha256_hex(&signable),
+        "last_block_commit_hash": "",
+    });
+    std::fs::write(dir.join("_snapshot_additional_metadata.json"), serde_json::to_vec_pretty(&additional).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn ledger_snapshots_are_checked_against_their_metadata_and_unfinished_ones_left_out() {
+    let t = TestRepo::new();
+    let tmp = v2_ledger("sample_prod");
+    let ledger = tmp.path().join("ledgersData");
+    let snap = ledger.join("snapshots/completed/mychannel/20");
+    write_ledger_snapshot(&snap);
+    let unfinished = ledger.join("snapshots/temp/mychannel-30-4242");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("txids.data"), b"half").unwrap();
+    let (id, said) = backup_ok(&t, &ledger);
+    assert!(said.contains("a ledger snapshot Fabric is still writing"), "{said}");
+    assert_eq!(attributes(&t, &id)["fabric.snapshots.mychannel"], "20");
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains(
+            "ledger snapshot snapshots/completed/mychannel/20: channel mychannel at block 20 (height 21), 4 files match"
+        ),
+        "{report}"
+    );
+    let target = t.dir.path().join("restored");
+    std::fs::create_dir(&target).unwrap();
+    t.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert!(target.join("snapshots/temp").is_dir() && !target.join("snapshots/temp/mychannel-30-4242").exists());
+    for name in ["public_state.data", "_snapshot_signable_metadata.json"] {
+        let (a, b) = (
+            std::fs::read(snap.join(name)).unwrap(),
+            std::fs::read(target.join("snapshots/completed/mychannel/20").join(name)).unwrap(),
+        );
+        assert!(a == b, "{name}");
+    }
+
+    // A data file changed after Fabric wrote the snapshot: the backup
+    // warns and stores it; verify reports it at the snapshot.
+    let mut data = std::fs::read(snap.join("public_state.data")).unwrap();
+    data[100] ^= 1;
+    std::fs::write(snap.join("public_state.data"), &data).unwrap();
+    let (id, said) = backup_ok(&t, &ledger);
+    assert!(said.contains("ledger snapshot snapshots/completed/mychannel/20: public_state.data"), "{said}");
+    let (code, report) = verify(&t, &id);
+    assert_eq!(code, Some(3), "{report}");
+    assert!(report.contains("public_state.data"), "{report}");
 }

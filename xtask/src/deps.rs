@@ -71,7 +71,7 @@ pub fn ensure_cargo_deny() -> Result<()> {
 }
 
 /// Installs the servers the integration tests run against (Redis and
-/// PostgreSQL from Debian; SeaweedFS, fake-gcs-server, Azurite; pymongo for
+/// PostgreSQL from Debian, LevelDB's Python binding; SeaweedFS, fake-gcs-server, Azurite; pymongo for
 /// the MongoDB stand-in's checks) unless they are present.
 pub fn ensure_test_deps() -> Result<()> {
     // Redis 7.0 for the redis plugin's tests (redis-server, and
@@ -80,6 +80,9 @@ pub fn ensure_test_deps() -> Result<()> {
     // PostgreSQL 15 for the postgres plugin's tests: initdb, pg_ctl,
     // postgres, psql and pgbench under /usr/lib/postgresql/15/bin.
     ensure_debian_packages(&["postgresql"])?;
+    // LevelDB through its Python binding (Debian's LevelDB 1.23), which the
+    // fabric plugin's tests write real databases with.
+    ensure_debian_packages(&["python3-plyvel"])?;
     ensure_seaweedfs()?;
     ensure_fake_gcs()?;
     ensure_azurite()?;

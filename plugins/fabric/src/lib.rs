@@ -161,6 +161,10 @@ const SCHEMA: &str = r#"{
 /// Attribute prefix of a channel's height (complete blocks backed up).
 const HEIGHT_ATTR: &str = "fabric.height.";
 
+/// Attribute prefix of a channel's ledger snapshots backed up (their last
+/// block numbers, comma-separated).
+const SNAPSHOTS_ATTR: &str = "fabric.snapshots.";
+
 /// Streams one snapshot may declare it needs (the host's limit).
 const MAX_STREAM_NEEDS: usize = 64;
 
@@ -195,29 +199,117 @@ struct Found {
     mtime: Timestamp,
 }
 
+/// What the walk found.
+#[derive(Default)]
+struct Walk {
+    /// Plain files (block files, ledger snapshot files and the rest).
+    files: Vec<Found>,
+    /// LevelDB directories (snapshot paths), copied by their live set.
+    leveldbs: Vec<String>,
+    /// Ledger snapshots Fabric is still writing, left out.
+    unfinished: Vec<String>,
+}
+
 /// Walks the tree: directories are added as entries at once, files are
-/// collected.
-fn walk(root: &str, rel: &str, sink: &Sink, files: &mut Vec<Found>) -> Result<(), Error> {
+/// collected; a LevelDB directory is noted, not descended into.
+fn walk(root: &str, rel: &str, sink: &Sink, found: &mut Walk) -> Result<(), Error> {
     host::check_cancelled()?;
     let listing = host::list_dir(&join(root, rel))?;
     for name in &listing.special {
         host::warn(format!("skipping {}: sockets, FIFOs and devices are not backed up", join(root, rel) + "/" + name));
     }
+    let names = listing.items.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.name.as_str());
+    if !rel.is_empty() && leveldb::looks_like_leveldb(names) {
+        found.leveldbs.push(rel.to_string());
+        return Ok(());
+    }
     for item in listing.items {
         let child = if rel.is_empty() { item.name.clone() } else { format!("{rel}/{}", item.name) };
         match item.kind {
+            EntryKind::Dir if ledger_snapshot::in_unfinished_snapshot(&format!("{child}/")) => {
+                found.unfinished.push(child);
+            }
             EntryKind::Dir => {
                 sink.add_entry(EntryMeta::dir(&child, item.mode).mtime(item.mtime))?.finish()?;
-                walk(root, &child, sink, files)?;
+                walk(root, &child, sink, found)?;
             }
             EntryKind::Symlink => {
                 let target = host::read_link(&join(root, &child))?;
                 sink.add_entry(EntryMeta::symlink(&child, &target).mtime(item.mtime))?.finish()?;
             }
-            EntryKind::File => files.push(Found { rel: child, mode: item.mode, size: item.size, mtime: item.mtime }),
+            EntryKind::File => {
+                found.files.push(Found { rel: child, mode: item.mode, size: item.size, mtime: item.mtime })
+            }
         }
     }
     Ok(())
+}
+
+/// Backs up the completed ledger snapshots among `files` (those under
+/// `.../completed/<channel>/<block>/`), taking them out of `files`: a
+/// snapshot whose files are all unchanged from the parent snapshot is kept
+/// unread; any other is checked against its metadata's hashes first (and
+/// stored with a warning when it does not match: `coffer verify` reports
+/// it). Returns channel → last block numbers of the snapshots stored.
+fn back_up_ledger_snapshots(
+    root: &str,
+    files: &mut Vec<Found>,
+    has_parent: bool,
+    sink: &Sink,
+) -> Result<BTreeMap<String, Vec<u64>>, Error> {
+    let mut dirs: BTreeMap<String, Vec<Found>> = BTreeMap::new();
+    let mut rest = Vec::with_capacity(files.len());
+    for f in files.drain(..) {
+        match ledger_snapshot::snapshot_file(&f.rel) {
+            Some((dir, _)) => dirs.entry(dir.path).or_default().push(f),
+            None => rest.push(f),
+        }
+    }
+    *files = rest;
+    let mut stored: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (dir, list) in dirs {
+        host::check_cancelled()?;
+        let place = ledger_snapshot::snapshot_dir(&dir).expect("grouped by it");
+        // Files kept from the parent; the snapshot is checked when any is
+        // new or changed.
+        let kept: Vec<bool> =
+            list.iter().map(|f| has_parent && sink.reuse_unchanged(&f.rel, f.size, f.mtime, f.mode)).collect();
+        if !kept.iter().all(|k| *k) {
+            let names: Vec<&str> = list.iter().filter_map(|f| f.rel.rsplit_once('/').map(|(_, n)| n)).collect();
+            let checked = ledger_snapshot::check_snapshot(names.iter().copied(), |n| {
+                fs::File::open(join(root, &format!("{dir}/{n}")))
+            });
+            match checked {
+                Ok(info) => {
+                    let misplaced = place.check_place(&info);
+                    for p in &misplaced {
+                        host::warn(format!("ledger snapshot {p}"));
+                    }
+                    host::info(format!(
+                        "ledger snapshot {dir}: channel {} at block {}, {} files match their metadata hashes",
+                        info.channel,
+                        info.last_block_number,
+                        info.files.len()
+                    ));
+                }
+                Err(problems) => {
+                    for p in problems {
+                        host::warn(format!("ledger snapshot {dir}: {p}; stored as it is, `coffer verify` reports it"));
+                    }
+                }
+            }
+            let mut batch = Vec::new();
+            for (f, _) in list.iter().zip(&kept).filter(|(_, k)| !**k) {
+                batch.push(FileSource { source: join(root, &f.rel), path: f.rel.clone() });
+                if batch.len() >= ADD_FILES {
+                    add_batch(sink, root, &mut batch)?;
+                }
+            }
+            add_batch(sink, root, &mut batch)?;
+        }
+        stored.entry(place.channel).or_default().push(place.last_block_number);
+    }
+    Ok(stored)
 }
 
 /// Hands `batch` to the host to read.
@@ -304,6 +396,92 @@ fn roll_plan(config: &FabricConfig, snapshot: &SnapshotReader) -> Result<Option<
         out.push((ch, file, height));
     }
     Ok(Some((until, out)))
+}
+
+/// Checks a LevelDB store in the snapshot: `CURRENT` names a manifest
+/// that parses, and every live table it lists is there with its size.
+fn verify_leveldb(
+    snapshot: &SnapshotReader,
+    dir: &str,
+    files: &BTreeMap<String, u64>,
+    report: &mut VerifyReport,
+) -> Result<(), Error> {
+    let current = read_entry(snapshot, &format!("{dir}/CURRENT"))?;
+    let name = match leveldb::parse_current(&current) {
+        Ok((name, _)) => name,
+        Err(e) => {
+            report.problem(format!("{dir}/CURRENT"), format!("LevelDB {dir}: {e}"));
+            return Ok(());
+        }
+    };
+    if !files.contains_key(&name) {
+        report.problem(format!("{dir}/CURRENT"), format!("LevelDB {dir}: CURRENT names {name}, which is missing"));
+        return Ok(());
+    }
+    let manifest = read_entry(snapshot, &format!("{dir}/{name}"))?;
+    report.checked(2, (current.len() + manifest.len()) as u64);
+    let live = match leveldb::live_set(&current, &manifest, files.keys().map(String::as_str)) {
+        Ok(l) => l,
+        Err(e) => {
+            report.problem(format!("{dir}/{name}"), format!("LevelDB {dir}: {e}"));
+            return Ok(());
+        }
+    };
+    for n in &live.missing_tables {
+        report.problem(dir, format!("LevelDB {dir}: live table {n:06} that {name} lists is missing"));
+    }
+    for t in &live.tables {
+        let have = files.get(&t.name).copied().unwrap_or_default();
+        if have != t.meta.size {
+            report.problem(
+                format!("{dir}/{}", t.name),
+                format!("LevelDB {dir}: table {} holds {have} bytes; {name} lists {}", t.name, t.meta.size),
+            );
+        }
+    }
+    report.note(format!(
+        "LevelDB {dir}: {name}, {} live tables, {} logs{}",
+        live.tables.len(),
+        live.logs.len(),
+        if live.missing_tables.is_empty() { "" } else { ", tables missing" }
+    ));
+    Ok(())
+}
+
+/// Checks a ledger snapshot in the snapshot against its metadata's hashes.
+fn verify_ledger_snapshot(
+    snapshot: &SnapshotReader,
+    dir: &str,
+    files: &BTreeMap<String, u64>,
+    report: &mut VerifyReport,
+) {
+    let place = ledger_snapshot::snapshot_dir(dir).expect("checked by the caller");
+    let checked = ledger_snapshot::check_snapshot(files.keys().map(String::as_str), |n| {
+        snapshot.open(&format!("{dir}/{n}")).map_err(std::io::Error::from)
+    });
+    report.checked(files.len() as u64, files.values().sum());
+    match checked {
+        Ok(info) => {
+            let misplaced = place.check_place(&info);
+            for p in &misplaced {
+                report.problem(dir, format!("ledger snapshot {p}"));
+            }
+            report.note(format!(
+                "ledger snapshot {dir}: channel {} at block {} (height {}), {} files match \
+                 _snapshot_signable_metadata.json, snapshot hash {}",
+                info.channel,
+                info.last_block_number,
+                info.height,
+                info.files.len(),
+                info.snapshot_hash
+            ));
+        }
+        Err(problems) => {
+            for p in problems {
+                report.problem(dir, format!("ledger snapshot {dir}: {p}"));
+            }
+        }
+    }
 }
 
 /// `export=channel-config`: each channel's newest config block as
@@ -403,8 +581,21 @@ impl Plugin for Fabric {
         if !md.is_dir() {
             return Err(Error::InvalidConfig(format!("ledger_dir: {root} is not a directory")));
         }
-        let mut files = Vec::new();
-        walk(&root, "", sink, &mut files)?;
+        let mut found = Walk::default();
+        walk(&root, "", sink, &mut found)?;
+        for dir in &found.unfinished {
+            host::info(format!("left out {}: a ledger snapshot Fabric is still writing", join(&root, dir)));
+        }
+        // The LevelDB stores first: their live sets, consistently.
+        // (The walk added their directory entries.)
+        for rel in &found.leveldbs {
+            leveldb::backup(&join(&root, rel), rel, parent.is_some(), sink)?;
+        }
+        let mut files = found.files;
+        for (channel, blocks) in back_up_ledger_snapshots(&root, &mut files, parent.is_some(), sink)? {
+            let list = blocks.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            sink.set_attribute(&format!("{SNAPSHOTS_ATTR}{channel}"), &list)?;
+        }
 
         // Block files per channel, in file order; everything else first.
         let mut channels: BTreeMap<String, Vec<Found>> = BTreeMap::new();
@@ -602,11 +793,25 @@ impl Plugin for Fabric {
     fn verify(_config: FabricConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // Files per directory (name → size), for the LevelDB stores and
+        // the ledger snapshots.
+        let mut dirs: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for e in snapshot.entries() {
-            if e.kind == EntryKind::File
-                && let Some(ch) = block_file_channel(&e.path)
-            {
+            if e.kind != EntryKind::File {
+                continue;
+            }
+            if let Some(ch) = block_file_channel(&e.path) {
                 channels.entry(ch.to_string()).or_default().push(e.path.clone());
+            } else if let Some((dir, name)) = e.path.rsplit_once('/') {
+                dirs.entry(dir.to_string()).or_default().insert(name.to_string(), e.size);
+            }
+        }
+        for (dir, files) in &dirs {
+            host::check_cancelled()?;
+            if leveldb::looks_like_leveldb(files.keys().map(String::as_str)) {
+                verify_leveldb(snapshot, dir, files, &mut report)?;
+            } else if ledger_snapshot::snapshot_dir(dir).is_some() {
+                verify_ledger_snapshot(snapshot, dir, files, &mut report);
             }
         }
         if channels.is_empty() {
