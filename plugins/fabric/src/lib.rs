@@ -1,16 +1,26 @@
 //! coffer's `fabric` plugin: Hyperledger Fabric peer and orderer ledgers.
 //!
-//! - **Backup** (`--set ledger_dir=DIR`, read-only): every file under the
-//!   ledger directory. Block files (`blockfile_NNNNNN`) are cut at the
-//!   channel's last complete block, whose height is recorded as
-//!   `fabric.height.<channel>`; a partly written last block is left out
-//!   with a warning. The LevelDB stores (block index, state, history,
-//!   private data, ledger provider) are copied whole, before the block
-//!   files, so that an index is never ahead of the blocks. Unchanged files
-//!   are kept from the parent snapshot without being read.
-//! - **Verify** checks every channel with Fabric's rules ([`verify`]).
+//! - **Backup** (`--set ledger_dir=DIR`, read-only): the LevelDB stores
+//!   (block index, state, history, private data, ledger provider) first,
+//!   each as its live set read from `CURRENT` and its manifest, copied
+//!   consistently while the peer writes ([`leveldb`]); then the other files
+//!   and Fabric 2.x ledger snapshots (`.../completed/<channel>/<block>/`,
+//!   checked against their metadata's hashes, [`ledger_snapshot`]; those
+//!   still being written are left out); block files (`blockfile_NNNNNN`)
+//!   last, each channel's cut at its last complete block, whose height is
+//!   recorded as `fabric.height.<channel>`, so that an index is never ahead
+//!   of the blocks. Unchanged files are kept from the parent snapshot
+//!   without being read. Each backup declares that rolling it forward needs
+//!   the channels' block streams from their heights.
+//! - **Follow** (`coffer stream follow`): each channel's new blocks as the
+//!   stream `blocks-<channel>` ([`follow`]).
+//! - **Verify** checks every channel with Fabric's rules ([`verify`], with
+//!   the orderer's `BlockValidation` policy, [`policy`]), each LevelDB
+//!   store's manifest against its tables, and each ledger snapshot.
 //! - **Restore** writes the ledger directory into an empty target, for a
-//!   stopped peer.
+//!   stopped peer, and with `to_height` rolls channels forward from their
+//!   streams; `export=channel-config` writes each channel's newest config
+//!   block and its decoded config instead ([`configtx`]).
 
 pub mod blockfile;
 pub mod configtx;
