@@ -345,6 +345,24 @@ fn header_der(number: u8, previous: &[u8], data: &[u8]) -> Vec<u8> {
     [vec![0x30, body.len() as u8], body].concat()
 }
 
+/// Whether a DER ECDSA P-256 signature's S is at most half the group
+/// order (the form Fabric requires).
+fn low_s(der: &[u8]) -> bool {
+    const HALF_ORDER: [u8; 32] = [
+        0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73,
+        0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+    ];
+    let r_len = der[3] as usize;
+    let s_at = 4 + r_len;
+    let s = &der[s_at + 2..s_at + 2 + der[s_at + 1] as usize];
+    // DER puts a zero byte before an integer whose top bit is set.
+    let s = match s {
+        [0, rest @ ..] => rest,
+        _ => s,
+    };
+    s.len() < 32 || (s.len() == 32 && s <= &HALF_ORDER[..])
+}
+
 #[test]
 fn a_forged_block_signed_outside_the_orderer_msp_is_reported() {
     use rcgen::SigningKey;
@@ -382,7 +400,10 @@ fn a_forged_block_signed_outside_the_orderer_msp_is_reported() {
     let mut p = ms + 1;
     let vlen = varint(&bytes, &mut p) as usize;
     let value = bytes[p..p + vlen].to_vec();
-    let signature = key.sign(&[value.clone(), sig_header.clone(), header.clone()].concat()).unwrap();
+    // Fabric accepts only low-S signatures: sign until S is low, so that
+    // only the certificate is wrong.
+    let signed = [value.clone(), sig_header.clone(), header.clone()].concat();
+    let signature = (0..256).map(|_| key.sign(&signed).unwrap()).find(|s| low_s(s)).expect("a low-S signature");
     let md0 = [field(1, &value), field(2, &[field(1, &sig_header), field(2, &signature)].concat())].concat();
 
     let mut record = vec![8u8];
@@ -470,6 +491,33 @@ fn backups_taken_while_a_writer_appends_blocks_are_consistent_at_their_heights()
     eprintln!("fabric: {} backups during the writes saw heights {heights:?}", snapshots.len());
 }
 
+/// A copy of the `sample_prod` ledger's blocks 0 to `upto` in a temp dir,
+/// for tests that append the rest.
+struct Growing {
+    sample: Vec<u8>,
+    layout: Vec<Block>,
+    tmp: tempfile::TempDir,
+}
+
+impl Growing {
+    fn new(upto: usize) -> Growing {
+        let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
+        let layout = blocks(&sample);
+        let g = Growing { tmp: tempfile::tempdir().unwrap(), sample, layout };
+        std::fs::create_dir_all(g.file().parent().unwrap()).unwrap();
+        std::fs::write(g.file(), &g.sample[..g.layout[upto].end]).unwrap();
+        g
+    }
+
+    fn ledger(&self) -> PathBuf {
+        self.tmp.path().join("ledgersData")
+    }
+
+    fn file(&self) -> PathBuf {
+        self.ledger().join(CHANNEL_FILE)
+    }
+}
+
 /// `coffer stream follow fabric` with fast polls and items cut each second.
 fn follow(t: &TestRepo, ledger: &Path, log: &Path, extra: &[&str]) -> std::process::Child {
     let mut c = t.cmd();
@@ -532,13 +580,8 @@ fn restore_to(t: &TestRepo, id: &str, name: &str, to: &str) -> (PathBuf, std::pr
 #[test]
 fn followed_blocks_roll_a_restored_ledger_forward_to_any_height() {
     let t = TestRepo::new();
-    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
-    let layout = blocks(&sample);
-    let tmp = tempfile::tempdir().unwrap();
-    let ledger = tmp.path().join("ledgersData");
-    let file = ledger.join(CHANNEL_FILE);
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, &sample[..layout[3].end]).unwrap();
+    let g = Growing::new(3);
+    let (sample, layout, ledger, file) = (&g.sample, &g.layout, g.ledger(), g.file());
     let (base, _) = backup_ok(&t, &ledger);
     assert_eq!(attributes(&t, &base)["fabric.height.mychannel"], "4");
 
@@ -578,7 +621,7 @@ fn followed_blocks_roll_a_restored_ledger_forward_to_any_height() {
     assert!(said.contains("rolled forward from height 4 to height 6"), "{said}");
     let (target, out) = restore_to(&t, &base, "latest", "latest");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == sample, "rolled to the newest block");
+    assert!(std::fs::read(target.join(CHANNEL_FILE)).unwrap() == *sample, "rolled to the newest block");
     // The rolled-forward ledger verifies: back it up and check it.
     let (rolled, _) = backup_ok(&t, &target);
     let (code, report) = verify(&t, &rolled);
@@ -597,13 +640,8 @@ fn followed_blocks_roll_a_restored_ledger_forward_to_any_height() {
 #[test]
 fn a_follower_stops_at_a_block_that_does_not_chain_to_the_stream() {
     let t = TestRepo::new();
-    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
-    let layout = blocks(&sample);
-    let tmp = tempfile::tempdir().unwrap();
-    let ledger = tmp.path().join("ledgersData");
-    let file = ledger.join(CHANNEL_FILE);
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, &sample[..layout[6].end]).unwrap();
+    let g = Growing::new(6);
+    let (sample, layout, ledger, file) = (&g.sample, &g.layout, g.ledger(), g.file());
     let log = t.dir.path().join("follow.log");
     let mut child = follow(&t, &ledger, &log, &["--set", "start=newest"]);
     let start = std::time::Instant::now();
@@ -690,14 +728,9 @@ fn channel_config_export_of_one_channel_of_the_v13_ledger() {
 #[test]
 fn a_follower_moves_on_to_the_next_block_file_and_finds_its_block_in_a_rewritten_ledger() {
     let t = TestRepo::new();
-    let sample = std::fs::read(data().join("v2/sample_prod/ledgersData").join(CHANNEL_FILE)).unwrap();
-    let layout = blocks(&sample);
-    let tmp = tempfile::tempdir().unwrap();
-    let ledger = tmp.path().join("ledgersData");
-    let file0 = ledger.join(CHANNEL_FILE);
+    let g = Growing::new(3);
+    let (sample, layout, ledger, file0) = (&g.sample, &g.layout, g.ledger(), g.file());
     let file1 = file0.with_file_name("blockfile_000001");
-    std::fs::create_dir_all(file0.parent().unwrap()).unwrap();
-    std::fs::write(&file0, &sample[..layout[3].end]).unwrap();
     let log = t.dir.path().join("follow.log");
     let child = follow(&t, &ledger, &log, &[]);
     wait_for_block(&t, 3, &log);
@@ -710,7 +743,7 @@ fn a_follower_moves_on_to_the_next_block_file_and_finds_its_block_in_a_rewritten
     // rolled forward writes it): the checkpoint's file is gone, and the
     // follower finds block 6 by its number.
     std::fs::remove_file(&file1).unwrap();
-    std::fs::write(&file0, &sample).unwrap();
+    std::fs::write(&file0, sample).unwrap();
     let child = follow(&t, &ledger, &log, &[]);
     wait_for_block(&t, 7, &log);
     stop(child, &log);

@@ -1196,12 +1196,7 @@ mod tests {
 
     use super::*;
 
-    fn fixture(rel: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fabric").join(rel);
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
-
-    const SAMPLE: &str = "v2/sample_prod/ledgersData/chains/chains/mychannel/blockfile_000000";
+    use crate::fixtures::{SAMPLE, fixture};
 
     /// Appends a protobuf varint.
     fn varint(out: &mut Vec<u8>, mut v: u64) {

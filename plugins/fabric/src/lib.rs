@@ -31,6 +31,19 @@ pub mod policy;
 pub mod proto;
 pub mod verify;
 
+/// The real ledgers in `tests/fixtures/fabric`, for the modules' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    /// The 2.x `sample_prod` ledger's block file (channel `mychannel`).
+    pub const SAMPLE: &str = "v2/sample_prod/ledgersData/chains/chains/mychannel/blockfile_000000";
+
+    /// A file of `tests/fixtures/fabric`.
+    pub fn fixture(rel: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fabric").join(rel);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+}
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};

@@ -625,12 +625,7 @@ pub fn check_channel(channel: &str, files: &[ChannelFile]) -> ChannelReport {
 mod tests {
     use super::*;
 
-    fn fixture(rel: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fabric").join(rel);
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
-
-    const SAMPLE: &str = "v2/sample_prod/ledgersData/chains/chains/mychannel/blockfile_000000";
+    use crate::fixtures::{SAMPLE, fixture};
     const GLUED: &str = "v2/glued_together/ledgersData/chains/chains/mychannel/blockfile_000000";
 
     fn check(bytes: &[u8]) -> ChannelReport {
