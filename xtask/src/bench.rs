@@ -5,7 +5,8 @@
 //! check --read-data, primitives) in its own process of the release
 //! `bench_repo` example so each phase's peak RSS is its own (then a key
 //! rotation with re-encryption of every pack), and prints a
-//! table. `redis`: the redis plugin against `redis-cli --rdb` and a
+//! table. `fabric`: the fabric plugin's backup, verify, follow and
+//! rolled-forward restore on a generated ledger (see `bench_fabric`). `redis`: the redis plugin against `redis-cli --rdb` and a
 //! restart on the RDB (see `bench_redis`). `postgres`: the postgres plugin
 //! against `pg_basebackup` and pgBackRest (see `bench_postgres`). `archive`:
 //! one `archive_command` push of a WAL segment into a 10 GB repository,
@@ -27,6 +28,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("runtime") => runtime(),
         Some("redis") => crate::bench_redis::run(&args[1..]),
         Some("mongodb") => crate::bench_mongodb::run(&args[1..]),
+        Some("fabric") => crate::bench_fabric::run(&args[1..]),
         Some("postgres") => crate::bench_postgres::run(&args[1..]),
         Some("archive") => crate::bench_archive::run(&args[1..]),
         Some("compare") => crate::bench_compare::run(&args[1..]),
@@ -34,7 +36,7 @@ pub fn run(args: &[String]) -> Result<()> {
             crate::run(crate::cargo_cmd().args(["bench", "-p", "coffer-repo", "--bench", "primitives"]))
         }
         _ => bail!(
-            "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | mongodb [--docs N] [--runs N] | postgres [--scale N] \
+            "usage: cargo xtask bench repo [--dataset DIR] | runtime | redis [--keys N] | mongodb [--docs N] [--runs N] | fabric [--mb N] | postgres [--scale N] \
              [--runs N] | archive [--runs N] [--repo-gb N] [--dir DIR] | compare [--quick] [--runs N] [--rustic] | primitives"
         ),
     }

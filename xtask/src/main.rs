@@ -14,6 +14,7 @@
 mod bench;
 mod bench_archive;
 mod bench_compare;
+mod bench_fabric;
 mod bench_mongodb;
 mod bench_postgres;
 mod bench_redis;
