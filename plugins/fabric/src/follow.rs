@@ -42,6 +42,12 @@ const MAX_DEPTH: usize = 4;
 pub fn stream_name(channel: &str) -> String {
     let clean: String =
         channel.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    // Stream names are at most 200 characters, Fabric's channel names up
+    // to 249: a long one keeps its start and a hash of the whole name.
+    if clean.len() > 180 {
+        let hash: String = Sha256::digest(channel.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
+        return format!("blocks-{}-{hash}", &clean[..160]);
+    }
     format!("blocks-{clean}")
 }
 
@@ -257,6 +263,41 @@ fn cursor_at_end(dir: &str) -> Result<Cursor, Error> {
     Ok(Cursor { next: 0, file: files[0].1.clone(), offset: 0, hash: None })
 }
 
+/// Longest block record believed: Fabric cuts blocks far below this
+/// (`AbsoluteMaxBytes`, 10 MiB by default, at most 100 MiB).
+const MAX_RECORD: u64 = 1 << 30;
+
+/// The number of the block whose record starts at `offset` of `path`, if
+/// a whole record that decodes starts there.
+fn block_at(path: &str, offset: u64) -> Result<Option<u64>, Error> {
+    let head = read_at(path, offset, 10)?;
+    let (mut len, mut shift, mut used) = (0u64, 0u32, 0usize);
+    for b in &head {
+        len |= u64::from(b & 0x7f) << shift;
+        used += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    if used == 0 || head[used - 1] & 0x80 != 0 || len > MAX_RECORD {
+        return Ok(None);
+    }
+    let bytes = read_at(path, offset, used + len as usize)?;
+    Ok(blockfile::scan(&bytes).records.first().and_then(|r| blockfile::decode_block(r.bytes).ok()).map(|b| b.number))
+}
+
+/// Whether block `c.next` starts at `c.file` byte `c.offset`, or that file
+/// ends there (the block is not written yet).
+fn holds_next(dir: &str, c: &Cursor) -> Result<bool, Error> {
+    let path = format!("{dir}/{}", c.file);
+    let Ok(md) = std::fs::metadata(&path) else { return Ok(false) };
+    if md.len() == c.offset {
+        return Ok(true);
+    }
+    Ok(md.len() > c.offset && block_at(&path, c.offset)? == Some(c.next))
+}
+
 /// Finds block `want.next` by its number when the checkpoint's file and
 /// offset do not hold it: the file whose first block is the highest at or
 /// below it, then the record.
@@ -264,11 +305,8 @@ fn locate(dir: &str, want: &Cursor) -> Result<Option<Cursor>, Error> {
     let files = block_files(dir)?;
     let mut candidate: Option<&String> = None;
     for (_, name) in &files {
-        let path = format!("{dir}/{name}");
-        let head = read_at(&path, 0, MIN_READ)?;
-        let first = blockfile::scan(&head).records.first().and_then(|r| blockfile::decode_block(r.bytes).ok());
-        match first {
-            Some(b) if b.number <= want.next => candidate = Some(name),
+        match block_at(&format!("{dir}/{name}"), 0)? {
+            Some(n) if n <= want.next => candidate = Some(name),
             Some(_) => break,
             None => {}
         }
@@ -332,6 +370,19 @@ impl Channel {
                 Cursor { next: last + 1, hash: Some(hash), ..read }
             }
             _ => read,
+        };
+        // The ledger may have been written anew since (a restore writes
+        // the files in another layout): the saved offset must hold the
+        // block, or the block is found by its number.
+        let read = match holds_next(dir, &read)? {
+            true => read,
+            false => match locate(dir, &read)? {
+                Some(c) => {
+                    host::info(format!("channel {name}: block {} is at {} byte {} now", c.next, c.file, c.offset));
+                    c
+                }
+                None => read,
+            },
         };
         Ok(Channel { name: name.to_string(), dir: dir.to_string(), stream, read, pending: None })
     }
@@ -401,9 +452,9 @@ impl Channel {
             }
             let at_eof = buf.len() < want;
             if let Some(first) = scan.records.first() {
-                let b = blockfile::decode_block(first.bytes)
-                    .map_err(|e| Error::Other(format!("{path}: the block at byte {}: {e}", self.read.offset)))?;
-                if b.number != self.read.next && !relocated {
+                let decoded = blockfile::decode_block(first.bytes);
+                let number = decoded.as_ref().ok().map(|b| b.number);
+                if number != Some(self.read.next) && !relocated {
                     relocated = true;
                     match locate(&self.dir, &self.read)? {
                         Some(c) if c != self.read => {
@@ -416,6 +467,13 @@ impl Channel {
                         }
                         _ => {}
                     }
+                }
+                if let Err(e) = decoded {
+                    return Err(Error::Corrupt(format!(
+                        "channel {}: {path}: the record at byte {} where block {} should start does not decode ({e}), \
+                         and no block file holds block {} whole",
+                        self.name, self.read.offset, self.read.next, self.read.next
+                    )));
                 }
             } else if !exists {
                 if !relocated {
@@ -523,31 +581,41 @@ pub fn follow(root: &str, s: Settings, sink: &StreamSink) -> Result<(), Error> {
 }
 
 /// Rolls a restored channel forward: appends the blocks of its stream
-/// from `height` (the snapshot's) to `until` to the channel's last block
-/// file at `last_file` (in the restore target), checking that each block
-/// is the next one and chains to the one before. Returns the new height.
+/// from `height` (the snapshot's) to `until` to the last of the channel's
+/// block files `files` (restored, in order), checking that each block is
+/// the next one and chains to the one before. Returns the new height.
 pub fn roll_forward(
     reader: &StreamReader,
     channel: &str,
-    last_file: &str,
+    files: &[String],
     height: u64,
     until: Until,
 ) -> Result<u64, Error> {
     let stream = stream_name(channel);
+    let last_file = files.last().ok_or_else(|| Error::Other(format!("channel {channel} has no block files")))?;
     let mut prev: Option<[u8; 32]> = None;
     if height > 0 {
-        let bytes = std::fs::read(last_file).map_err(|e| Error::from(e).context(last_file))?;
-        let scan = blockfile::scan(&bytes);
-        let last = scan.records.last().and_then(|r| blockfile::decode_block(r.bytes).ok()).ok_or_else(|| {
-            Error::Other(format!("{last_file}: no whole block to roll channel {channel} forward from"))
-        })?;
-        if last.number + 1 != height {
+        // The newest block: in the last file, or in the one before when
+        // the backup caught the peer just after it started a new file.
+        let mut newest = None;
+        for f in files.iter().rev() {
+            let bytes = std::fs::read(f).map_err(|e| Error::from(e).context(f))?;
+            let scan = blockfile::scan(&bytes);
+            if let Some(rec) = scan.records.last() {
+                let b = blockfile::decode_block(rec.bytes)
+                    .map_err(|e| Error::Corrupt(format!("{f}: the block at byte {}: {e}", rec.offset)))?;
+                newest = Some((f.clone(), b.number, header_hash(&b)));
+                break;
+            }
+        }
+        let (file, number, hash) =
+            newest.ok_or_else(|| Error::Other(format!("channel {channel}: no whole block to roll forward from")))?;
+        if number + 1 != height {
             return Err(Error::Other(format!(
-                "{last_file} ends with block {}, but the snapshot recorded height {height} for channel {channel}",
-                last.number
+                "{file} ends with block {number}, but the snapshot recorded height {height} for channel {channel}"
             )));
         }
-        prev = Some(header_hash(&last));
+        prev = Some(hash);
     }
     if let Until::Height(h) = until
         && h <= height
@@ -645,6 +713,10 @@ mod tests {
         assert_eq!(Cursor::parse(&c.state()), Some(c));
         assert_eq!(Cursor::parse("ts=1:2"), None);
         assert_eq!(stream_name("my.channel"), "blocks-my_channel");
+        let long = format!("c{}", "a".repeat(248));
+        let name = stream_name(&long);
+        assert!(name.len() <= 200 && name.starts_with("blocks-caaa"), "{name}");
+        assert_ne!(name, stream_name(&format!("c{}b", "a".repeat(247))));
         assert_eq!(file_number("blockfile_000012"), Some(12));
         assert_eq!(file_number("blockfile_"), None);
     }

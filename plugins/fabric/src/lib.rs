@@ -364,10 +364,10 @@ fn restore_dir_empty(dir: &str) -> Result<bool, Error> {
     Ok(it.next().is_none())
 }
 
-/// What `to_height` rolls forward: the channels, each with its last block
-/// file (snapshot path) and the snapshot's height; checked before anything
-/// is restored.
-type RollPlan = (Until, Vec<(String, String, u64)>);
+/// What `to_height` rolls forward: the channels, each with its block files
+/// (snapshot paths, in order) and the snapshot's height; checked before
+/// anything is restored.
+type RollPlan = (Until, Vec<(String, Vec<String>, u64)>);
 
 fn roll_plan(config: &FabricConfig, snapshot: &SnapshotReader) -> Result<Option<RollPlan>, Error> {
     let Some(until) =
@@ -378,16 +378,16 @@ fn roll_plan(config: &FabricConfig, snapshot: &SnapshotReader) -> Result<Option<
         }
         return Ok(None);
     };
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in snapshot.entries() {
         if e.kind == EntryKind::File
             && let Some(ch) = block_file_channel(&e.path)
         {
-            let slot = last.entry(ch.to_string()).or_default();
-            if *slot < e.path {
-                *slot = e.path.clone();
-            }
+            last.entry(ch.to_string()).or_default().push(e.path.clone());
         }
+    }
+    for files in last.values_mut() {
+        files.sort();
     }
     let names = || last.keys().cloned().collect::<Vec<_>>().join(", ");
     let chosen: Vec<String> = match &config.channel {
@@ -783,9 +783,9 @@ impl Plugin for Fabric {
         }
         if let Some((until, channels)) = roll {
             let reader = snapshot.streams();
-            for (channel, last_file, height) in channels {
+            for (channel, files, height) in channels {
                 host::check_cancelled()?;
-                let dest = join(&target, &last_file);
+                let dest: Vec<String> = files.iter().map(|f| join(&target, f)).collect();
                 let reached = follow::roll_forward(&reader, &channel, &dest, height, until)?;
                 host::info(format!(
                     "channel {channel}: rolled forward from height {height} to height {reached} with stream {}; the \

@@ -619,16 +619,27 @@ impl Msp {
 
     /// Fabric's `SatisfiesPrincipal` for an identity of this MSP.
     fn satisfies(&self, id: &Identity, principal: &MspPrincipal) -> Result<(), String> {
+        self.satisfies_nested(id, principal, 0)
+    }
+
+    /// [`Self::satisfies`] for a principal `depth` combined principals
+    /// down (each level is decoded from bytes, out of prost's own nesting
+    /// limit, so a crafted config is cut off here instead of overflowing
+    /// the stack).
+    fn satisfies_nested(&self, id: &Identity, principal: &MspPrincipal, depth: usize) -> Result<(), String> {
         let cert = parse_cert(&id.der).ok_or("the certificate does not parse")?;
         let p = &principal.principal;
         match principal.principal_classification {
             classification::COMBINED => {
+                if depth >= MAX_COMBINED_DEPTH {
+                    return Err(format!("combined principals nest deeper than {MAX_COMBINED_DEPTH} levels"));
+                }
                 let c = CombinedPrincipal::decode(p.as_slice())
                     .map_err(|e| format!("the combined principal does not decode: {e}"))?;
                 if c.principals.is_empty() {
                     return Err("the combined principal is empty".into());
                 }
-                c.principals.iter().try_for_each(|p| self.satisfies(id, p))
+                c.principals.iter().try_for_each(|p| self.satisfies_nested(id, p, depth + 1))
             }
             classification::ROLE => {
                 let r =
@@ -715,6 +726,13 @@ impl Msp {
 
 /// A principal as Fabric's policy language writes it (`'OrdererMSP.member'`).
 fn describe_principal(p: &MspPrincipal) -> String {
+    describe_nested(p, 0)
+}
+
+/// Combined principals nested deeper than this are refused.
+const MAX_COMBINED_DEPTH: usize = 32;
+
+fn describe_nested(p: &MspPrincipal, depth: usize) -> String {
     match p.principal_classification {
         classification::ROLE => match MspRole::decode(p.principal.as_slice()) {
             Ok(r) => format!("'{}.{}'", r.msp_identifier, role_name(r.role)),
@@ -735,8 +753,12 @@ fn describe_principal(p: &MspPrincipal) -> String {
             Err(_) => "an undecodable identity".into(),
         },
         classification::ANONYMITY => "an anonymity principal".into(),
+        classification::COMBINED if depth >= MAX_COMBINED_DEPTH => "a combined principal nested too deep".into(),
         classification::COMBINED => match CombinedPrincipal::decode(p.principal.as_slice()) {
-            Ok(c) => format!("all of ({})", c.principals.iter().map(describe_principal).collect::<Vec<_>>().join(", ")),
+            Ok(c) => format!(
+                "all of ({})",
+                c.principals.iter().map(|p| describe_nested(p, depth + 1)).collect::<Vec<_>>().join(", ")
+            ),
             Err(_) => "an undecodable combined principal".into(),
         },
         other => format!("a principal of type {other}"),
@@ -1087,7 +1109,12 @@ impl ChannelPolicies {
 
 /// The MSP a principal names, if it names one.
 fn principal_msp(p: &MspPrincipal) -> Option<String> {
+    principal_msp_nested(p, 0)
+}
+
+fn principal_msp_nested(p: &MspPrincipal, depth: usize) -> Option<String> {
     match p.principal_classification {
+        classification::COMBINED if depth >= MAX_COMBINED_DEPTH => None,
         classification::ROLE => MspRole::decode(p.principal.as_slice()).ok().map(|r| r.msp_identifier),
         classification::ORGANIZATION_UNIT => {
             OrganizationUnit::decode(p.principal.as_slice()).ok().map(|o| o.msp_identifier)
@@ -1095,7 +1122,7 @@ fn principal_msp(p: &MspPrincipal) -> Option<String> {
         classification::IDENTITY => proto::SerializedIdentity::decode(p.principal.as_slice()).ok().map(|s| s.mspid),
         classification::COMBINED => CombinedPrincipal::decode(p.principal.as_slice())
             .ok()
-            .and_then(|c| c.principals.first().and_then(principal_msp)),
+            .and_then(|c| c.principals.first().and_then(|p| principal_msp_nested(p, depth + 1))),
         _ => None,
     }
 }
@@ -1306,6 +1333,23 @@ mod tests {
     fn eval(p: &ChannelPolicies, signers: &[&Signer]) -> Evaluation {
         let ids: Vec<Identity> = signers.iter().map(|s| s.identity()).collect();
         p.evaluate_block_validation(&ids).unwrap()
+    }
+
+    #[test]
+    fn combined_principals_nested_beyond_the_limit_are_refused_without_overflowing_the_stack() {
+        // 5,000 levels, each decoded from bytes: a crafted config.
+        let mut p = role_principal("Org1MSP", role::MEMBER);
+        for _ in 0..5_000 {
+            let c = CombinedPrincipal { principals: vec![p] };
+            p = MspPrincipal { principal_classification: classification::COMBINED, principal: c.encode_to_vec() };
+        }
+        assert!(describe_principal(&p).contains("a combined principal nested too deep"));
+        let ca = Ca::root("org1");
+        let bv = signature_policy(signed_by(0), vec![p]);
+        let policies = channel(&[("Org1MSP", &ca, false)], bv);
+        let e = eval(&policies, &[&ca.issue("Org1MSP", "orderer1", &[])]);
+        assert!(!e.satisfied);
+        assert!(e.reason.contains("a combined principal nested too deep"), "{}", e.reason);
     }
 
     #[test]
