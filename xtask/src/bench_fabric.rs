@@ -13,7 +13,7 @@
 //! - restore of the first backup rolled forward to the newest block.
 //!
 //! The ledger: the real 2.x `sample_prod` ledger's genesis (config) block,
-//! then blocks of 100 transactions of about 3 KB each (a channel header
+//! then blocks of 100 transactions of about 2.6 KB each (a channel header
 //! naming the channel, a unique transaction id, half random and half
 //! repetitive payload bytes, a 72-byte signature), chained as Fabric
 //! chains them (previous hash = SHA-256 of the header's DER, data hash =
