@@ -38,6 +38,9 @@ pub struct StoredBlock<'a> {
 pub struct Record<'a> {
     /// Byte offset of the record (its length varint) in the file.
     pub offset: u64,
+    /// Where the record ends (the next one's offset): the whole record,
+    /// length included, is `offset..end`.
+    pub end: u64,
     /// The block serialization.
     pub bytes: &'a [u8],
 }
@@ -67,7 +70,7 @@ impl std::error::Error for FormatError {}
 
 /// Reads a protobuf-style varint at `*at`; `None` when the input ends
 /// inside it, an error when it is longer than 10 bytes.
-fn varint(buf: &[u8], at: &mut usize) -> Result<Option<u64>, FormatError> {
+pub(crate) fn varint(buf: &[u8], at: &mut usize) -> Result<Option<u64>, FormatError> {
     let mut v: u64 = 0;
     for i in 0..10 {
         let Some(&b) = buf.get(*at + i) else { return Ok(None) };
@@ -102,7 +105,7 @@ pub fn scan(buf: &[u8]) -> Scan<'_> {
         if end > buf.len() {
             break;
         }
-        records.push(Record { offset: start as u64, bytes: &buf[p..end] });
+        records.push(Record { offset: start as u64, end: end as u64, bytes: &buf[p..end] });
         at = end;
     }
     Scan { records, complete_len: at as u64, partial_tail: (buf.len() - at) as u64 }

@@ -240,27 +240,51 @@ struct Channel {
     pending: Option<Pending>,
 }
 
-/// The last complete block of a channel's files and where its files end:
-/// a cursor after it (the channel's height now).
+/// What [`newest_block`] finds.
+struct Newest {
+    path: String,
+    number: u64,
+    hash: [u8; 32],
+    end: u64,
+}
+
+/// The newest whole block in `paths` (block files, in order): its file,
+/// number, header hash and where the whole records of its file end. The
+/// last file may hold none (the peer just moved to it): then the newest
+/// block is in one before.
+fn newest_block(paths: &[String]) -> Result<Option<Newest>, Error> {
+    for path in paths.iter().rev() {
+        let bytes = std::fs::read(path).map_err(|e| Error::from(e).context(path))?;
+        let scan = blockfile::scan(&bytes);
+        if let Some(rec) = scan.records.last() {
+            let b = blockfile::decode_block(rec.bytes)
+                .map_err(|e| Error::Corrupt(format!("{path}: the block at byte {}: {e}", rec.offset)))?;
+            return Ok(Some(Newest {
+                path: path.clone(),
+                number: b.number,
+                hash: header_hash(&b),
+                end: scan.complete_len,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// A cursor after the last complete block of a channel's files (the
+/// channel's height now).
 fn cursor_at_end(dir: &str) -> Result<Cursor, Error> {
     let files = block_files(dir)?;
     let Some((_, name)) = files.last() else {
         return Ok(Cursor { next: 0, file: "blockfile_000000".into(), offset: 0, hash: None });
     };
-    // The last file may be empty (the peer just moved to it): then the
-    // last block is in the one before.
-    for (_, f) in files.iter().rev() {
-        let path = format!("{dir}/{f}");
-        let bytes = std::fs::read(&path).map_err(|e| Error::from(e).context(&path))?;
-        let scan = blockfile::scan(&bytes);
-        if let Some(rec) = scan.records.last() {
-            let b = blockfile::decode_block(rec.bytes)
-                .map_err(|e| Error::Other(format!("{path}: the block at byte {}: {e}", rec.offset)))?;
-            let (file, offset) = if f == name { (f.clone(), scan.complete_len) } else { (name.clone(), 0) };
-            return Ok(Cursor { next: b.number + 1, file, offset, hash: Some(header_hash(&b)) });
+    let paths: Vec<String> = files.iter().map(|(_, f)| format!("{dir}/{f}")).collect();
+    Ok(match newest_block(&paths)? {
+        Some(n) => {
+            let offset = if n.path == paths[paths.len() - 1] { n.end } else { 0 };
+            Cursor { next: n.number + 1, file: name.clone(), offset, hash: Some(n.hash) }
         }
-    }
-    Ok(Cursor { next: 0, file: files[0].1.clone(), offset: 0, hash: None })
+        None => Cursor { next: 0, file: files[0].1.clone(), offset: 0, hash: None },
+    })
 }
 
 /// Longest block record believed: Fabric cuts blocks far below this
@@ -271,16 +295,9 @@ const MAX_RECORD: u64 = 1 << 30;
 /// a whole record that decodes starts there.
 fn block_at(path: &str, offset: u64) -> Result<Option<u64>, Error> {
     let head = read_at(path, offset, 10)?;
-    let (mut len, mut shift, mut used) = (0u64, 0u32, 0usize);
-    for b in &head {
-        len |= u64::from(b & 0x7f) << shift;
-        used += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    if used == 0 || head[used - 1] & 0x80 != 0 || len > MAX_RECORD {
+    let mut used = 0usize;
+    let Ok(Some(len)) = blockfile::varint(&head, &mut used) else { return Ok(None) };
+    if len > MAX_RECORD {
         return Ok(None);
     }
     let bytes = read_at(path, offset, used + len as usize)?;
@@ -495,9 +512,7 @@ impl Channel {
                 }
             }
             let base = self.read.offset;
-            let ends: Vec<u64> =
-                scan.records.iter().skip(1).map(|r| r.offset).chain(std::iter::once(scan.complete_len)).collect();
-            for (rec, end) in scan.records.iter().zip(ends) {
+            for rec in &scan.records {
                 let at = format!("{path} byte {}", base + rec.offset);
                 let b = blockfile::decode_block(rec.bytes)
                     .map_err(|e| Error::Other(format!("channel {}: the block at {at}: {e}", self.name)))?;
@@ -508,11 +523,11 @@ impl Channel {
                     last: b.number,
                     since: Instant::now(),
                 });
-                p.bytes.extend_from_slice(&buf[rec.offset as usize..end as usize]);
+                p.bytes.extend_from_slice(&buf[rec.offset as usize..rec.end as usize]);
                 p.last = b.number;
                 self.read.next = b.number + 1;
                 self.read.hash = Some(header_hash(&b));
-                self.read.offset = base + end;
+                self.read.offset = base + rec.end;
                 read += 1;
                 if p.bytes.len() >= s.max_bytes {
                     self.store(sink)?;
@@ -597,25 +612,15 @@ pub fn roll_forward(
     if height > 0 {
         // The newest block: in the last file, or in the one before when
         // the backup caught the peer just after it started a new file.
-        let mut newest = None;
-        for f in files.iter().rev() {
-            let bytes = std::fs::read(f).map_err(|e| Error::from(e).context(f))?;
-            let scan = blockfile::scan(&bytes);
-            if let Some(rec) = scan.records.last() {
-                let b = blockfile::decode_block(rec.bytes)
-                    .map_err(|e| Error::Corrupt(format!("{f}: the block at byte {}: {e}", rec.offset)))?;
-                newest = Some((f.clone(), b.number, header_hash(&b)));
-                break;
-            }
-        }
-        let (file, number, hash) =
-            newest.ok_or_else(|| Error::Other(format!("channel {channel}: no whole block to roll forward from")))?;
-        if number + 1 != height {
+        let n = newest_block(files)?
+            .ok_or_else(|| Error::Other(format!("channel {channel}: no whole block to roll forward from")))?;
+        if n.number + 1 != height {
             return Err(Error::Other(format!(
-                "{file} ends with block {number}, but the snapshot recorded height {height} for channel {channel}"
+                "{} ends with block {}, but the snapshot recorded height {height} for channel {channel}",
+                n.path, n.number
             )));
         }
-        prev = Some(hash);
+        prev = Some(n.hash);
     }
     if let Until::Height(h) = until
         && h <= height
@@ -658,9 +663,7 @@ pub fn roll_forward(
                 scan.partial_tail
             )));
         }
-        let ends: Vec<u64> =
-            scan.records.iter().skip(1).map(|r| r.offset).chain(std::iter::once(scan.complete_len)).collect();
-        for (rec, end) in scan.records.iter().zip(ends) {
+        for rec in &scan.records {
             let b = blockfile::decode_block(rec.bytes)
                 .map_err(|e| Error::Corrupt(format!("{what}: the block at byte {}: {e}", rec.offset)))?;
             if b.number < next {
@@ -681,7 +684,8 @@ pub fn roll_forward(
                     next.wrapping_sub(1)
                 )));
             }
-            out.write_all(&bytes[rec.offset as usize..end as usize]).map_err(|e| Error::from(e).context(last_file))?;
+            out.write_all(&bytes[rec.offset as usize..rec.end as usize])
+                .map_err(|e| Error::from(e).context(last_file))?;
             prev = Some(header_hash(&b));
             next += 1;
         }

@@ -283,21 +283,10 @@ pub struct Manifest {
     pub partial_tail: usize,
 }
 
-/// Reads a little-endian base-128 varint of at most 64 bits.
+/// Reads a little-endian base-128 varint (the encoding block files use
+/// too).
 fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
-        if shift == 63 && byte > 1 {
-            return None;
-        }
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
+    crate::blockfile::varint(b, pos).ok().flatten()
 }
 
 fn length_prefixed<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
