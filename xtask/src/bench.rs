@@ -59,6 +59,48 @@ pub(crate) fn run_coffer(bench: &str, password: &str, repo: &Path, args: &[&str]
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What [`run_coffer_timed`] measured.
+pub(crate) struct Timed {
+    /// The command's stdout.
+    pub stdout: String,
+    /// Wall-clock seconds.
+    pub wall: f64,
+    /// CPU seconds, user and system.
+    pub cpu: f64,
+    /// Peak RSS in MiB.
+    pub rss_mib: f64,
+}
+
+/// [`run_coffer`] under GNU time (`/usr/bin/time`, Debian's `time`).
+pub(crate) fn run_coffer_timed(bench: &str, password: &str, repo: &Path, args: &[&str]) -> Result<Timed> {
+    let target = crate::target_dir()?;
+    let stats = target.join(bench).join("time.txt");
+    let start = std::time::Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%U %S %M", "-o"])
+        .arg(&stats)
+        .arg(target.join("release/coffer"))
+        .env("COFFER_REPO", repo)
+        .env("COFFER_PASSWORD", password)
+        .env("COFFER_CACHE_DIR", target.join(bench).join("cache"))
+        .args(args)
+        .output()
+        .context("running coffer under /usr/bin/time")?;
+    let wall = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&stats)?;
+    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let [user, sys, rss_kib] = v[..] else { bail!("GNU time printed {text:?}") };
+    Ok(Timed {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        wall,
+        cpu: user + sys,
+        rss_mib: rss_kib / 1024.0,
+    })
+}
+
 /// Bytes of the regular files under `p`.
 pub(crate) fn dir_size(p: &Path) -> u64 {
     let mut total = 0;

@@ -42,27 +42,8 @@ fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
 /// [`coffer`] under GNU time: (stdout, wall seconds, CPU seconds, peak
 /// RSS in MiB).
 fn timed(repo: &Path, args: &[&str]) -> Result<(String, f64, f64, f64)> {
-    let target = crate::target_dir()?;
-    let stats = target.join("bench-fabric/time.txt");
-    let start = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "%U %S %M", "-o"])
-        .arg(&stats)
-        .arg(target.join("release/coffer"))
-        .env("COFFER_REPO", repo)
-        .env("COFFER_PASSWORD", PASSWORD)
-        .env("COFFER_CACHE_DIR", target.join("bench-fabric/cache"))
-        .args(args)
-        .output()
-        .context("running coffer under /usr/bin/time")?;
-    let wall = start.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let text = std::fs::read_to_string(&stats)?;
-    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let [user, sys, rss_kib] = v[..] else { bail!("GNU time printed {text:?}") };
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), wall, user + sys, rss_kib / 1024.0))
+    let t = crate::bench::run_coffer_timed("bench-fabric", PASSWORD, repo, args)?;
+    Ok((t.stdout, t.wall, t.cpu, t.rss_mib))
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {

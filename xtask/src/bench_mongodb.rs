@@ -21,7 +21,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -39,25 +38,8 @@ fn coffer(repo: &Path, args: &[&str]) -> Result<String> {
 /// [`coffer`] under GNU time: its output, its CPU seconds (user and
 /// system) and its peak RSS in MiB.
 fn coffer_timed(repo: &Path, args: &[&str]) -> Result<(String, f64, f64)> {
-    let target = crate::target_dir()?;
-    let stats = target.join("bench-mongodb/time.txt");
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "%U %S %M", "-o"])
-        .arg(&stats)
-        .arg(target.join("release/coffer"))
-        .env("COFFER_REPO", repo)
-        .env("COFFER_PASSWORD", PASSWORD)
-        .env("COFFER_CACHE_DIR", target.join("bench-mongodb/cache"))
-        .args(args)
-        .output()
-        .context("running coffer under /usr/bin/time")?;
-    if !out.status.success() {
-        bail!("coffer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let text = std::fs::read_to_string(&stats)?;
-    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let [user, sys, rss_kib] = v[..] else { bail!("GNU time printed {text:?}") };
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), user + sys, rss_kib / 1024.0))
+    let t = crate::bench::run_coffer_timed("bench-mongodb", PASSWORD, repo, args)?;
+    Ok((t.stdout, t.cpu, t.rss_mib))
 }
 
 fn server(snappy: bool) -> Result<Standin> {
