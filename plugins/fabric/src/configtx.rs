@@ -40,6 +40,11 @@ use prost::Message;
 use serde_json::{Map, Value};
 
 use crate::blockfile::{self, StoredBlock};
+use crate::policy::{
+    ConfigPolicy, FabricCryptoConfig, FabricNodeOus, FabricOuIdentifier, ImplicitMetaPolicy, MspPrincipal, MspRole,
+    OrganizationUnit, POLICY_IMPLICIT_META, POLICY_SIGNATURE, PolicyProto as Policy, SignaturePolicy,
+    SignaturePolicyEnvelope, SignaturePolicyType,
+};
 use crate::proto;
 
 // ---------------------------------------------------------------------------
@@ -219,104 +224,6 @@ struct ConfigGroup {
     mod_policy: String,
 }
 
-/// `common.ConfigPolicy`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ConfigPolicy {
-    #[prost(uint64, tag = "1")]
-    version: u64,
-    #[prost(message, optional, tag = "2")]
-    policy: Option<Policy>,
-    #[prost(string, tag = "3")]
-    mod_policy: String,
-}
-
-/// `common.Policy`: `type` is an int32 (not the `PolicyType` enum).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Policy {
-    #[prost(int32, tag = "1")]
-    r#type: i32,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-/// `common.Policy.PolicyType` values whose `value` configtxlator decodes.
-const POLICY_SIGNATURE: i32 = 1;
-const POLICY_IMPLICIT_META: i32 = 3;
-
-/// `common.SignaturePolicyEnvelope`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct SignaturePolicyEnvelope {
-    #[prost(int32, tag = "1")]
-    version: i32,
-    #[prost(message, optional, tag = "2")]
-    rule: Option<SignaturePolicy>,
-    #[prost(message, repeated, tag = "3")]
-    identities: Vec<MspPrincipal>,
-}
-
-/// `common.SignaturePolicy`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct SignaturePolicy {
-    #[prost(oneof = "SignaturePolicyType", tags = "1, 2")]
-    r#type: Option<SignaturePolicyType>,
-}
-
-/// `common.SignaturePolicy.Type`.
-#[derive(Clone, PartialEq, prost::Oneof)]
-enum SignaturePolicyType {
-    #[prost(int32, tag = "1")]
-    SignedBy(i32),
-    #[prost(message, tag = "2")]
-    NOutOf(NOutOf),
-}
-
-/// `common.SignaturePolicy.NOutOf`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct NOutOf {
-    #[prost(int32, tag = "1")]
-    n: i32,
-    #[prost(message, repeated, tag = "2")]
-    rules: Vec<SignaturePolicy>,
-}
-
-/// `common.ImplicitMetaPolicy`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ImplicitMetaPolicy {
-    #[prost(string, tag = "1")]
-    sub_policy: String,
-    #[prost(int32, tag = "2")]
-    rule: i32,
-}
-
-/// `common.MSPPrincipal` (protobuf package `common`, file msp_principal.proto).
-#[derive(Clone, PartialEq, prost::Message)]
-struct MspPrincipal {
-    #[prost(int32, tag = "1")]
-    principal_classification: i32,
-    #[prost(bytes = "vec", tag = "2")]
-    principal: Vec<u8>,
-}
-
-/// `common.MSPRole`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct MspRole {
-    #[prost(string, tag = "1")]
-    msp_identifier: String,
-    #[prost(int32, tag = "2")]
-    role: i32,
-}
-
-/// `common.OrganizationUnit`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct OrganizationUnit {
-    #[prost(string, tag = "1")]
-    msp_identifier: String,
-    #[prost(string, tag = "2")]
-    organizational_unit_identifier: String,
-    #[prost(bytes = "vec", tag = "3")]
-    certifiers_identifier: Vec<u8>,
-}
-
 /// `common.HashingAlgorithm`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct HashingAlgorithm {
@@ -409,15 +316,6 @@ struct FabricMspConfig {
     fabric_node_ous: Option<FabricNodeOus>,
 }
 
-/// `msp.FabricCryptoConfig`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FabricCryptoConfig {
-    #[prost(string, tag = "1")]
-    signature_hash_family: String,
-    #[prost(string, tag = "2")]
-    identity_identifier_hash_function: String,
-}
-
 /// `msp.SigningIdentityInfo`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct SigningIdentityInfo {
@@ -434,30 +332,6 @@ struct KeyInfo {
     key_identifier: String,
     #[prost(bytes = "vec", tag = "2")]
     key_material: Vec<u8>,
-}
-
-/// `msp.FabricOUIdentifier`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FabricOuIdentifier {
-    #[prost(bytes = "vec", tag = "1")]
-    certificate: Vec<u8>,
-    #[prost(string, tag = "2")]
-    organizational_unit_identifier: String,
-}
-
-/// `msp.FabricNodeOUs`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct FabricNodeOus {
-    #[prost(bool, tag = "1")]
-    enable: bool,
-    #[prost(message, optional, tag = "2")]
-    client_ou_identifier: Option<FabricOuIdentifier>,
-    #[prost(message, optional, tag = "3")]
-    peer_ou_identifier: Option<FabricOuIdentifier>,
-    #[prost(message, optional, tag = "4")]
-    admin_ou_identifier: Option<FabricOuIdentifier>,
-    #[prost(message, optional, tag = "5")]
-    orderer_ou_identifier: Option<FabricOuIdentifier>,
 }
 
 /// `msp.IdemixMSPConfig`.
@@ -1195,6 +1069,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::policy::NOutOf;
 
     use crate::fixtures::{SAMPLE, fixture};
 
