@@ -645,12 +645,25 @@ impl Plugin for Fabric {
         for (channel, mut list) in channels {
             host::check_cancelled()?;
             list.sort_by(|a, b| a.rel.cmp(&b.rel));
-            // The files that must be read: the last, and the ones before it
-            // back to one that holds a complete block (for the height).
-            let mut height: Option<u64> = None;
+            let last = list.len() - 1;
+            // A last file unchanged since the parent snapshot (which stored
+            // it whole: no partly written block then) is kept unread, at the
+            // parent's height.
+            let parent_height = parent
+                .and_then(|p| p.attribute(&format!("{HEIGHT_ATTR}{channel}")))
+                .and_then(|v| v.parse::<u64>().ok());
+            let last_kept = parent_height.is_some()
+                && sink.reuse_unchanged(&list[last].rel, list[last].size, list[last].mtime, list[last].mode);
+            if last_kept {
+                reused += 1;
+            }
+            // Otherwise the files that must be read: the last, and the ones
+            // before it back to one that holds a complete block (for the
+            // height); each with where its whole records end.
+            let mut height: Option<u64> = if last_kept { parent_height } else { None };
             let mut undecodable = false;
-            let mut contents: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
-            for i in (0..list.len()).rev() {
+            let mut contents: BTreeMap<usize, (Vec<u8>, usize)> = BTreeMap::new();
+            for i in (0..list.len()).rev().filter(|_| !last_kept) {
                 let path = join(&root, &list[i].rel);
                 let bytes = fs::read(&path).map_err(|e| Error::from(e).context(&path))?;
                 let scan = blockfile::scan(&bytes);
@@ -668,30 +681,33 @@ impl Plugin for Fabric {
                         }
                     }
                 }
-                contents.insert(i, bytes);
+                let complete = scan.complete_len as usize;
+                contents.insert(i, (bytes, complete));
                 if height.is_some() || undecodable {
                     break;
                 }
             }
             let height = height.unwrap_or(0);
-            let last = list.len() - 1;
             for (i, f) in list.iter().enumerate() {
-                if let Some(bytes) = contents.get(&i) {
-                    let scan = blockfile::scan(bytes);
-                    let keep = scan.complete_len as usize;
-                    if scan.partial_tail > 0 {
+                if i == last && last_kept {
+                    continue;
+                }
+                if let Some((bytes, complete)) = contents.get(&i) {
+                    let keep = *complete;
+                    let partial_tail = bytes.len() - keep;
+                    if partial_tail > 0 {
                         if i == last {
                             host::warn(format!(
                                 "{}: left out a partly written block ({} bytes at byte {keep}); channel {channel} is \
                                  backed up to height {height}",
                                 join(&root, &f.rel),
-                                scan.partial_tail
+                                partial_tail
                             ));
                         } else {
                             host::warn(format!(
                                 "{}: {} bytes at its end do not form a block; kept as they are",
                                 join(&root, &f.rel),
-                                scan.partial_tail
+                                partial_tail
                             ));
                         }
                     }
