@@ -1,0 +1,1 @@
+//! Substrate keystores.
