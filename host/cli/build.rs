@@ -22,7 +22,7 @@ fn main() {
     let root = manifest.parent().and_then(Path::parent).expect("host/cli is two levels down").to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
     let target_dir = plugin_target_dir(&out);
-    for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "Cargo.lock"] {
+    for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "lsm", "pgwal", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let mut generated = String::from(

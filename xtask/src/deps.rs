@@ -80,8 +80,9 @@ pub fn ensure_test_deps() -> Result<()> {
     // PostgreSQL 15 for the postgres plugin's tests: initdb, pg_ctl,
     // postgres, psql and pgbench under /usr/lib/postgresql/15/bin.
     ensure_debian_packages(&["postgresql"])?;
-    // LevelDB through its Python binding (Debian's LevelDB 1.23), which the
-    // fabric plugin's tests write real databases with.
+    // LevelDB through its Python binding (Debian's LevelDB 1.23), which
+    // coffer-lsm's tests (the fabric plugin's stores) write real databases
+    // with.
     ensure_debian_packages(&["python3-plyvel"])?;
     ensure_seaweedfs()?;
     ensure_fake_gcs()?;

@@ -3,7 +3,7 @@
 //! - **Backup** (`--set ledger_dir=DIR`, read-only): the LevelDB stores
 //!   (block index, state, history, private data, ledger provider) first,
 //!   each as its live set read from `CURRENT` and its manifest, copied
-//!   consistently while the peer writes ([`leveldb`]); then the other files
+//!   consistently while the peer writes (`coffer_lsm`); then the other files
 //!   and Fabric 2.x ledger snapshots (`.../completed/<channel>/<block>/`,
 //!   checked against their metadata's hashes, [`ledger_snapshot`]; those
 //!   still being written are left out); block files (`blockfile_NNNNNN`)
@@ -26,7 +26,6 @@ pub mod blockfile;
 pub mod configtx;
 pub mod follow;
 pub mod ledger_snapshot;
-pub mod leveldb;
 pub mod policy;
 pub mod proto;
 pub mod verify;
@@ -48,6 +47,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 
+use coffer_lsm::leveldb::{self, LevelDb};
 use coffer_sdk::{
     Capability, Config, ConfigError, EntryKind, EntryMeta, Error, FileOutcome, FileSource, Plugin, PluginInfo,
     RestoreOptions, Sink, SnapshotReader, StreamSink, Timestamp, VerifyReport, host,
@@ -430,7 +430,7 @@ fn verify_leveldb(
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
     let current = read_entry(snapshot, &format!("{dir}/CURRENT"))?;
-    let name = match leveldb::parse_current(&current) {
+    let name = match coffer_lsm::parse_current(&current) {
         Ok((name, _)) => name,
         Err(e) => {
             report.problem(format!("{dir}/CURRENT"), format!("LevelDB {dir}: {e}"));
@@ -612,7 +612,7 @@ impl Plugin for Fabric {
         // The LevelDB stores first: their live sets, consistently.
         // (The walk added their directory entries.)
         for rel in &found.leveldbs {
-            leveldb::backup(&join(&root, rel), rel, parent.is_some(), sink)?;
+            coffer_lsm::copy::backup::<LevelDb>(&join(&root, rel), rel, parent.is_some(), sink)?;
         }
         let mut files = found.files;
         for (channel, blocks) in back_up_ledger_snapshots(&root, &mut files, parent.is_some(), sink)? {

@@ -1,8 +1,7 @@
 //! LevelDB directories (Fabric's block index, state, history, private-data,
 //! ledger-provider, bookkeeping and config-history stores, written by
 //! goleveldb): which files make up the database, read from `CURRENT` and
-//! its manifest, and a backup that copies exactly that set, consistently,
-//! while the peer keeps writing.
+//! its manifest ([`LevelDb`] is the flavor [`crate::copy`] copies).
 //!
 //! What a LevelDB directory holds (LevelDB's `doc/impl.md`, goleveldb's
 //! `storage/file_storage.go`):
@@ -19,209 +18,23 @@
 //!   `.tmp`/`.dbtmp` files, older manifests, and tables and logs that a
 //!   compaction or flush made obsolete but that are still on disk.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::io::Write;
+use std::collections::BTreeMap;
 
-use coffer_sdk::{EntryMeta, Error, FileOutcome, FileSource, Sink, Timestamp, host};
+use crate::copy::{Flavor, LeftOut, LiveSet, LiveTable, TableMeta};
+use crate::log::read_log;
+use crate::{LsmError, length_prefixed, parse_current, varint};
 
-// ---------------------------------------------------------------------------
-// The log format (LevelDB's doc/log_format.md; goleveldb's journal package
-// writes the same format)
+/// LevelDB, as a flavor of [`crate::copy`].
+#[derive(Debug, Clone, Copy)]
+pub struct LevelDb;
 
-/// A log-format file is a sequence of blocks of this size; only the last
-/// one may be partial.
-const BLOCK_SIZE: usize = 32 * 1024;
-/// A physical record's header: masked CRC-32C of the type byte and the
-/// payload (4 bytes, little-endian), payload length (2 bytes,
-/// little-endian), record type (1 byte). A record never starts in a
-/// block's last 6 bytes: those are zero padding, skipped by readers.
-const HEADER_SIZE: usize = 7;
-/// Type 0: zeroes preallocated by LevelDB's mmap writer; a reader skips
-/// the rest of the block.
-const ZERO_TYPE: u8 = 0;
-/// A whole logical record in one physical record.
-const FULL_TYPE: u8 = 1;
-/// The first fragment of a logical record that spans blocks.
-const FIRST_TYPE: u8 = 2;
-/// A middle fragment.
-const MIDDLE_TYPE: u8 = 3;
-/// The last fragment.
-const LAST_TYPE: u8 = 4;
+impl Flavor for LevelDb {
+    type Manifest = Manifest;
+    const NAME: &'static str = "LevelDB";
 
-/// CRC-32C (Castagnoli), the checksum of log records and tables.
-const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
-/// LevelDB stores CRCs masked (rotated right by 15 bits, plus this
-/// constant) so that a CRC of data holding CRCs stays meaningful
-/// (`util/crc32c.h` `Mask`, goleveldb's `util.CRC.Value`).
-const CRC_MASK_DELTA: u32 = 0xa282_ead8;
-
-fn masked_crc(kind: u8, payload: &[u8]) -> u32 {
-    let mut d = CRC32C.digest();
-    d.update(&[kind]);
-    d.update(payload);
-    d.finalize().rotate_right(15).wrapping_add(CRC_MASK_DELTA)
-}
-
-/// A problem in a LevelDB file, with the file and where in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LevelDbError {
-    /// The file concerned, as the caller named it (a path, or a name in
-    /// the directory).
-    pub file: String,
-    /// The byte offset of the damaged record, when there is one.
-    pub offset: Option<u64>,
-    /// What is wrong, in words.
-    pub reason: String,
-}
-
-impl fmt::Display for LevelDbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.offset {
-            Some(o) => write!(f, "{}: at byte {o}: {}", self.file, self.reason),
-            None => write!(f, "{}: {}", self.file, self.reason),
-        }
+    fn live_set(current: &[u8], manifest: &[u8], names: &[&str]) -> Result<LiveSet<Manifest>, LsmError> {
+        live_set(current, manifest, names.iter().copied())
     }
-}
-
-impl std::error::Error for LevelDbError {}
-
-impl From<LevelDbError> for Error {
-    fn from(e: LevelDbError) -> Self {
-        Error::Corrupt(e.to_string())
-    }
-}
-
-/// A damage found by [`read_log`], before it is tied to a file name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogError {
-    /// Byte offset of the physical record concerned.
-    pub offset: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// The logical records of a log-format file.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LogScan {
-    /// Each complete logical record: the offset of its first physical
-    /// record, and its payload.
-    pub records: Vec<(usize, Vec<u8>)>,
-    /// Bytes up to the end of the last complete logical record (the whole
-    /// file when it ends cleanly).
-    pub complete_len: usize,
-    /// Bytes at the end that do not form a complete record: a record
-    /// being appended when the file was read (a writer appends whole
-    /// records; LevelDB's own reader ignores such a tail).
-    pub partial_tail: usize,
-}
-
-/// Reads a log-format file (a manifest or a write-ahead log): physical
-/// records in 32 KiB blocks, reassembled into logical records. With
-/// `check_crc`, every record's CRC is checked. A record cut short by the
-/// end of the data is a partial tail, not an error; anything else that
-/// does not follow the format is.
-pub fn read_log(data: &[u8], check_crc: bool) -> Result<LogScan, LogError> {
-    let mut scan = LogScan::default();
-    let mut pending: Option<(usize, Vec<u8>)> = None;
-    let mut pos = 0usize;
-    let mut clean_end = true;
-    while pos < data.len() {
-        let block_left = BLOCK_SIZE - pos % BLOCK_SIZE;
-        if block_left < HEADER_SIZE {
-            // Block trailer: zero padding.
-            pos += block_left;
-            continue;
-        }
-        if data.len() - pos < HEADER_SIZE {
-            clean_end = false;
-            break;
-        }
-        let h = &data[pos..pos + HEADER_SIZE];
-        let crc = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let len = u16::from_le_bytes([h[4], h[5]]) as usize;
-        let kind = h[6];
-        if kind == ZERO_TYPE && len == 0 {
-            // Preallocated zeroes (LevelDB's mmap writer); LevelDB skips
-            // the rest of the block.
-            pos += block_left;
-            continue;
-        }
-        if HEADER_SIZE + len > block_left {
-            return Err(LogError {
-                offset: pos,
-                reason: format!(
-                    "a record of {len} bytes runs past the end of its 32 KiB block ({} bytes left in it)",
-                    block_left - HEADER_SIZE
-                ),
-            });
-        }
-        let end = pos + HEADER_SIZE + len;
-        if end > data.len() {
-            clean_end = false;
-            break;
-        }
-        let payload = &data[pos + HEADER_SIZE..end];
-        if check_crc {
-            let want = masked_crc(kind, payload);
-            if want != crc {
-                return Err(LogError {
-                    offset: pos,
-                    reason: format!("record checksum mismatch (stored {crc:#010x}, computed {want:#010x})"),
-                });
-            }
-        }
-        match kind {
-            FULL_TYPE => {
-                if pending.is_some() {
-                    return Err(LogError { offset: pos, reason: "a whole record inside a fragmented one".into() });
-                }
-                scan.records.push((pos, payload.to_vec()));
-                scan.complete_len = end;
-            }
-            FIRST_TYPE => {
-                if pending.is_some() {
-                    return Err(LogError {
-                        offset: pos,
-                        reason: "a record's first fragment where its previous one had not ended".into(),
-                    });
-                }
-                pending = Some((pos, payload.to_vec()));
-            }
-            MIDDLE_TYPE | LAST_TYPE => {
-                let Some((start, mut bytes)) = pending.take() else {
-                    return Err(LogError {
-                        offset: pos,
-                        reason: "a record fragment without the fragment that starts it".into(),
-                    });
-                };
-                bytes.extend_from_slice(payload);
-                if kind == LAST_TYPE {
-                    scan.records.push((start, bytes));
-                    scan.complete_len = end;
-                } else {
-                    pending = Some((start, bytes));
-                }
-            }
-            other => {
-                return Err(LogError { offset: pos, reason: format!("unknown record type {other}") });
-            }
-        }
-        pos = end;
-    }
-    if clean_end && pending.is_none() {
-        scan.complete_len = data.len();
-    }
-    scan.partial_tail = data.len() - scan.complete_len;
-    Ok(scan)
-}
-
-/// The length of a write-ahead log's complete records: the log as it
-/// should be stored when it was read while being appended to. The CRCs
-/// are not checked (LevelDB's recovery decides what to do with a damaged
-/// record); a log whose framing is damaged is kept whole.
-pub fn log_complete_len(data: &[u8]) -> usize {
-    read_log(data, false).map_or(data.len(), |s| s.complete_len)
 }
 
 // ---------------------------------------------------------------------------
@@ -249,17 +62,6 @@ mod tag {
     pub const PREV_LOG_NUMBER: u64 = 9;
 }
 
-/// A live table, as the manifest describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableMeta {
-    /// File number (`NNNNNN.ldb`).
-    pub number: u64,
-    /// Level (0 to 6 in LevelDB).
-    pub level: u32,
-    /// Size in bytes.
-    pub size: u64,
-}
-
 /// The database state a manifest describes: its version edits replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -283,26 +85,11 @@ pub struct Manifest {
     pub partial_tail: usize,
 }
 
-/// Reads a little-endian base-128 varint (the encoding block files use
-/// too).
-fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
-    crate::blockfile::varint(b, pos).ok().flatten()
-}
-
-fn length_prefixed<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let len = usize::try_from(varint(b, pos)?).ok()?;
-    let end = pos.checked_add(len)?;
-    let s = b.get(*pos..end)?;
-    *pos = end;
-    Some(s)
-}
-
 /// Parses a manifest's bytes (`file` names it in errors): checks every
 /// record's CRC and replays the version edits. An edit cut short at the
 /// end (being appended) is left out and counted in `partial_tail`.
-pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<Manifest, LevelDbError> {
-    let err =
-        |offset: usize, reason: String| LevelDbError { file: file.to_string(), offset: Some(offset as u64), reason };
+pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<Manifest, LsmError> {
+    let err = |offset: usize, reason: String| LsmError { file: file.to_string(), offset: Some(offset as u64), reason };
     let scan = read_log(bytes, true).map_err(|e| err(e.offset, e.reason))?;
     let mut comparator = None;
     let mut log_number = None;
@@ -343,7 +130,7 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<Manifest, LevelDbError
                     length_prefixed(rec, &mut pos).ok_or_else(|| bad("bad new file's smallest key"))?;
                     length_prefixed(rec, &mut pos).ok_or_else(|| bad("bad new file's largest key"))?;
                     let level = u32::try_from(level).map_err(|_| bad(&format!("new file's level {level}")))?;
-                    added.push(TableMeta { number, level, size });
+                    added.push(TableMeta { number, level, size, column_family: 0 });
                 }
                 other => return Err(bad(&format!("unknown field tag {other}"))),
             }
@@ -359,7 +146,7 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<Manifest, LevelDbError
             tables.insert(t.number, t);
         }
     }
-    let missing = |what: &str| LevelDbError {
+    let missing = |what: &str| LsmError {
         file: file.to_string(),
         offset: None,
         reason: format!("no version edit sets the {what}; LevelDB refuses to open such a manifest"),
@@ -375,20 +162,6 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<Manifest, LevelDbError
         complete_len: scan.complete_len,
         partial_tail: scan.partial_tail,
     })
-}
-
-/// The manifest `CURRENT` names: its file name and number. `CURRENT`
-/// holds `MANIFEST-NNNNNN` and a newline.
-pub fn parse_current(bytes: &[u8]) -> Result<(String, u64), LevelDbError> {
-    let bad = |reason: String| LevelDbError { file: "CURRENT".into(), offset: None, reason };
-    let text = std::str::from_utf8(bytes).map_err(|_| bad("is not text".into()))?;
-    let Some(name) = text.strip_suffix('\n') else {
-        return Err(bad(format!("{text:?} does not end with a newline (written partly?)")));
-    };
-    match file_kind(name) {
-        FileKind::Manifest(n) => Ok((name.to_string(), n)),
-        _ => Err(bad(format!("{name:?} does not name a manifest (MANIFEST-NNNNNN)"))),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -419,13 +192,6 @@ pub enum FileKind {
     Other,
 }
 
-fn number(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
 /// Classifies a file of a LevelDB directory by its name.
 pub fn file_kind(name: &str) -> FileKind {
     match name {
@@ -435,14 +201,14 @@ pub fn file_kind(name: &str) -> FileKind {
         "CURRENT.bak" => return FileKind::CurrentCopy,
         _ => {}
     }
-    if let Some(n) = name.strip_prefix("MANIFEST-").and_then(number) {
+    if let Some(n) = name.strip_prefix("MANIFEST-").and_then(crate::number) {
         return FileKind::Manifest(n);
     }
-    if name.strip_prefix("CURRENT.").and_then(number).is_some() {
+    if name.strip_prefix("CURRENT.").and_then(crate::number).is_some() {
         return FileKind::CurrentCopy;
     }
     if let Some((stem, ext)) = name.split_once('.')
-        && let Some(n) = number(stem)
+        && let Some(n) = crate::number(stem)
     {
         return match ext {
             "ldb" | "sst" => FileKind::Table(n),
@@ -471,89 +237,6 @@ pub fn looks_like_leveldb<'a>(names: impl IntoIterator<Item = &'a str>) -> bool 
 // ---------------------------------------------------------------------------
 // The live set
 
-/// A live table found in the directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveTable {
-    /// Its file name (`.ldb`, or `.sst` when only that exists).
-    pub name: String,
-    /// Number, level and size from the manifest.
-    pub meta: TableMeta,
-}
-
-/// Files of the directory that are not part of the database state.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LeftOut {
-    /// Tables no longer in the manifest (left by a compaction).
-    pub obsolete_tables: Vec<String>,
-    /// Logs older than the manifest's log number.
-    pub old_logs: Vec<String>,
-    /// Manifests other than the one `CURRENT` names.
-    pub old_manifests: Vec<String>,
-    /// `LOCK`, `LOG`, `LOG.old`, `CURRENT.bak`, temporary files, anything
-    /// else.
-    pub other: Vec<String>,
-}
-
-impl LeftOut {
-    /// How many files were left out.
-    pub fn len(&self) -> usize {
-        self.obsolete_tables.len() + self.old_logs.len() + self.old_manifests.len() + self.other.len()
-    }
-
-    /// True when nothing was left out.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl fmt::Display for LeftOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} obsolete tables, {} old logs, {} old manifests, {} other files",
-            self.obsolete_tables.len(),
-            self.old_logs.len(),
-            self.old_manifests.len(),
-            self.other.len()
-        )?;
-        if !self.other.is_empty() {
-            write!(f, " ({})", self.other.join(", "))?;
-        }
-        Ok(())
-    }
-}
-
-/// The files that make up a LevelDB database, from `CURRENT`, the
-/// manifest it names and the directory's file names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveSet {
-    /// The manifest's file name.
-    pub manifest_name: String,
-    /// What the manifest says.
-    pub manifest: Manifest,
-    /// The live tables present in the directory, by number.
-    pub tables: Vec<LiveTable>,
-    /// Live tables the directory lacks (a compaction removed them after
-    /// the manifest was read, or the database is damaged).
-    pub missing_tables: Vec<u64>,
-    /// The logs LevelDB replays on open, in number order.
-    pub logs: Vec<String>,
-    /// Everything else.
-    pub left_out: LeftOut,
-}
-
-impl LiveSet {
-    /// Every file name of the database state: tables, logs, the manifest
-    /// and `CURRENT`.
-    pub fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
-        v.extend(self.logs.iter().cloned());
-        v.push(self.manifest_name.clone());
-        v.push("CURRENT".into());
-        v
-    }
-}
-
 /// Works out the live set: `current` is `CURRENT`'s bytes, `manifest` the
 /// bytes of the manifest it names, `names` the directory's file names. A
 /// log is live when its number is at least the manifest's log number, or
@@ -562,7 +245,7 @@ pub fn live_set<'a>(
     current: &[u8],
     manifest: &[u8],
     names: impl IntoIterator<Item = &'a str>,
-) -> Result<LiveSet, LevelDbError> {
+) -> Result<LiveSet<Manifest>, LsmError> {
     let (manifest_name, _) = parse_current(current)?;
     let m = parse_manifest(&manifest_name, manifest)?;
     let mut left_out = LeftOut::default();
@@ -596,375 +279,29 @@ pub fn live_set<'a>(
     }
     let missing_tables = m.tables.keys().filter(|n| !tables.contains_key(n)).copied().collect();
     let tables = tables.into_iter().map(|(n, name)| LiveTable { name, meta: m.tables[&n] }).collect();
-    Ok(LiveSet { manifest_name, manifest: m, tables, missing_tables, logs: logs.into_values().collect(), left_out })
+    Ok(LiveSet {
+        manifest_name,
+        log_number: m.log_number,
+        manifest_complete_len: m.complete_len,
+        manifest_partial_tail: m.partial_tail,
+        manifest: m,
+        tables,
+        missing_tables,
+        logs: logs.into_values().collect(),
+        extra: Vec::new(),
+        left_out,
+    })
 }
 
 // ---------------------------------------------------------------------------
 // Backup
 
-/// How many times the backup reads `CURRENT` and the manifest before it
-/// gives up on a database that changes between every two reads.
-pub const MAX_ROUNDS: usize = 10;
-
-/// A file of the directory as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedFile {
-    /// Its name in the directory.
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time.
-    pub mtime: Timestamp,
-    /// Permission bits.
-    pub mode: u32,
-    /// False for directories and symlinks (never part of a database).
-    pub is_file: bool,
-}
-
-/// What the backup of one LevelDB directory needs: the host in a plugin,
-/// a fake directory in tests.
-pub trait LevelDbDir {
-    /// The directory's items.
-    fn list(&mut self) -> Result<Vec<ListedFile>, Error>;
-    /// A file's bytes; `None` when it no longer exists.
-    fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error>;
-    /// Keeps the parent snapshot's copy of a file that has not changed;
-    /// false when there is none to keep.
-    fn reuse_unchanged(&mut self, file: &ListedFile) -> bool;
-    /// Copies files as they are; for each, false when it vanished first.
-    fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error>;
-    /// Stores `bytes` as the file `file.name`.
-    fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error>;
-}
-
-/// What the backup of a LevelDB directory did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LevelDbReport {
-    /// The manifest stored.
-    pub manifest: String,
-    /// Live tables stored.
-    pub tables: usize,
-    /// Of those, kept unchanged from the parent snapshot without reading.
-    pub tables_reused: usize,
-    /// Tables copied that a later compaction made obsolete before the
-    /// copy finished (stored, harmless: LevelDB deletes them on open).
-    pub tables_extra: usize,
-    /// Logs stored.
-    pub logs: usize,
-    /// Bytes of partly appended records left off the end of the logs and
-    /// the manifest.
-    pub partial_bytes: u64,
-    /// Reads of `CURRENT` and the manifest it took to find a state that
-    /// did not change while it was copied.
-    pub rounds: usize,
-    /// Files of the directory left out, as of the last read.
-    pub left_out: LeftOut,
-}
-
-/// One read of the database's state.
-struct State {
-    current: Vec<u8>,
-    manifest: Vec<u8>,
-    live: LiveSet,
-    listed: BTreeMap<String, ListedFile>,
-}
-
-/// Reads `CURRENT`, the manifest it names, then lists the directory (in
-/// that order, so that every live table is listed unless a compaction
-/// removed it since). A manifest that vanished between the two reads (a
-/// new one replaced it) is retried.
-fn read_state(dir: &mut impl LevelDbDir, label: &str) -> Result<State, Error> {
-    let mut last = String::new();
-    for _ in 0..MAX_ROUNDS {
-        let Some(current) = dir.read("CURRENT")? else {
-            return Err(Error::Corrupt(format!(
-                "{label}: no CURRENT file, so no way to tell which files hold the database; is it a LevelDB \
-                 directory?"
-            )));
-        };
-        let (name, _) = parse_current(&current).map_err(|e| Error::Corrupt(format!("{label}/{e}")))?;
-        let Some(manifest) = dir.read(&name)? else {
-            last = name;
-            continue;
-        };
-        let listed: BTreeMap<String, ListedFile> = dir.list()?.into_iter().map(|f| (f.name.clone(), f)).collect();
-        let mut live = live_set(&current, &manifest, listed.values().filter(|f| f.is_file).map(|f| f.name.as_str()))
-            .map_err(|e| Error::Corrupt(format!("{label}/{e}")))?;
-        // Directories, symlinks and special files are never part of a
-        // database.
-        live.left_out.other.extend(listed.values().filter(|f| !f.is_file).map(|f| f.name.clone()));
-        return Ok(State { current, manifest, live, listed });
-    }
-    Err(Error::Corrupt(format!("{label}/CURRENT names {last}, which is not in the directory")))
-}
-
-/// Copies a LevelDB database consistently while it may be written.
-///
-/// A state is what one read of `CURRENT` and the manifest it names says:
-/// its live tables, and the logs from its log number on that the listing
-/// after it shows. That state's tables are immutable and hold every write
-/// before its first log; its logs are append-only and are read in number
-/// order, so what is read of them is a prefix of the writes after. The
-/// copy is consistent when every one of the state's tables and logs could
-/// still be read: it does not matter that the database moved on since. A
-/// table or log that vanished first (a compaction or a flush deleted it),
-/// or a listing that shows newer logs but not the state's own, means the
-/// state is gone: the state is read again and only what is new is copied,
-/// up to [`MAX_ROUNDS`] times. Unchanged tables are kept from the parent
-/// snapshot without reading. The logs, the manifest and `CURRENT` are
-/// stored from the bytes read (the manifest cut at its last complete
-/// edit, each log at its last complete record). No file is stored twice.
-/// `label` names the directory in messages.
-pub fn copy_live_set(dir: &mut impl LevelDbDir, label: &str) -> Result<LevelDbReport, Error> {
-    let mut report = LevelDbReport::default();
-    // Tables stored (copied or reused).
-    let mut stored: BTreeSet<String> = BTreeSet::new();
-    let mut state = read_state(dir, label)?;
-    let mut why = String::new();
-    for round in 1..=MAX_ROUNDS {
-        report.rounds = round;
-        if round > 1 {
-            let previous = (std::mem::take(&mut state.current), std::mem::take(&mut state.manifest));
-            state = read_state(dir, label)?;
-            // The same state again, still without a table it lists: not a
-            // compaction in passing but a damaged database.
-            if let Some(n) = state.live.missing_tables.first()
-                && previous == (state.current.clone(), state.manifest.clone())
-            {
-                return Err(Error::Corrupt(format!(
-                    "{label}/{n:06}.ldb (not in the directory): {} lists it as a live table; the database is \
-                     damaged",
-                    state.live.manifest_name
-                )));
-            }
-        }
-        let mut whole = true;
-        if let Some(n) = state.live.missing_tables.first() {
-            whole = false;
-            why = format!("table {n:06} of {} was deleted before it was copied", state.live.manifest_name);
-        }
-        // The state's first log is gone while newer ones are there: a
-        // flush moved its writes into a table this state does not list.
-        let m = &state.live.manifest;
-        let first_log = state.live.logs.first().and_then(|l| match file_kind(l) {
-            FileKind::Log(n) => Some(n),
-            _ => None,
-        });
-        if first_log.is_some_and(|n| n > m.log_number) && m.log_number != 0 {
-            whole = false;
-            why = format!("log {:06} of {} was deleted before it was read", m.log_number, state.live.manifest_name);
-        }
-        if !whole {
-            continue;
-        }
-        // The logs first, in number order, right after the listing (a
-        // flush deletes the oldest soon); the immutable tables after.
-        let mut logs: Vec<(String, Vec<u8>)> = Vec::new();
-        for name in &state.live.logs {
-            match dir.read(name)? {
-                Some(bytes) => logs.push((name.clone(), bytes)),
-                None => {
-                    whole = false;
-                    why = format!("log {name} was deleted before it was read");
-                    break;
-                }
-            }
-        }
-        if !whole {
-            continue;
-        }
-        let mut to_copy = Vec::new();
-        for t in &state.live.tables {
-            if stored.contains(&t.name) {
-                continue;
-            }
-            let f = &state.listed[&t.name];
-            if f.size != t.meta.size {
-                return Err(Error::Corrupt(format!(
-                    "{label}/{}: the table is {} bytes; the manifest {} says {} (tables never change once written)",
-                    t.name, f.size, state.live.manifest_name, t.meta.size
-                )));
-            }
-            if dir.reuse_unchanged(f) {
-                stored.insert(t.name.clone());
-                report.tables_reused += 1;
-            } else {
-                to_copy.push(t.name.clone());
-            }
-        }
-        for (name, added) in to_copy.iter().zip(dir.add_files(&to_copy)?) {
-            if added {
-                stored.insert(name.clone());
-            } else {
-                whole = false;
-                why = format!("table {name} was deleted before it was copied");
-            }
-        }
-        if !whole {
-            continue;
-        }
-        let live: BTreeSet<&str> = state.live.tables.iter().map(|t| t.name.as_str()).collect();
-        report.tables = live.len();
-        report.tables_extra = stored.iter().filter(|n| !live.contains(n.as_str())).count();
-        for (name, bytes) in &logs {
-            let keep = log_complete_len(bytes);
-            report.partial_bytes += (bytes.len() - keep) as u64;
-            let mut file = state.listed[name].clone();
-            file.size = keep as u64;
-            dir.add_bytes(&file, &bytes[..keep])?;
-            report.logs += 1;
-        }
-        report.partial_bytes += m.partial_tail as u64;
-        let manifest_file = state.listed.get(&state.live.manifest_name).cloned().unwrap_or(ListedFile {
-            name: state.live.manifest_name.clone(),
-            size: state.manifest.len() as u64,
-            mtime: Timestamp::default(),
-            mode: 0o644,
-            is_file: true,
-        });
-        dir.add_bytes(&manifest_file, &state.manifest[..m.complete_len])?;
-        let current_file = state.listed.get("CURRENT").cloned().unwrap_or(ListedFile {
-            name: "CURRENT".into(),
-            size: state.current.len() as u64,
-            mtime: Timestamp::default(),
-            mode: 0o644,
-            is_file: true,
-        });
-        dir.add_bytes(&current_file, &state.current)?;
-        report.manifest = state.live.manifest_name.clone();
-        report.left_out = state.live.left_out.clone();
-        return Ok(report);
-    }
-    Err(Error::Unavailable(format!(
-        "{label}: the database moved on before each of {MAX_ROUNDS} states read from its manifest could be copied \
-         (the last time: {why}), so no consistent copy was made; run the backup again, or while the peer is less \
-         busy"
-    )))
-}
-
-/// The directory on the host, for [`copy_live_set`] inside the plugin.
-struct HostDir<'a, 'b> {
-    /// Host path of the directory.
-    source: &'a str,
-    /// Its path in the snapshot.
-    rel: &'a str,
-    /// Whether there is a parent snapshot to keep files from.
-    has_parent: bool,
-    sink: &'a Sink<'b>,
-}
-
-impl HostDir<'_, '_> {
-    fn host_path(&self, name: &str) -> String {
-        format!("{}/{name}", self.source.trim_end_matches('/'))
-    }
-
-    fn snapshot_path(&self, name: &str) -> String {
-        if self.rel.is_empty() { name.to_string() } else { format!("{}/{name}", self.rel) }
-    }
-}
-
-/// Files handed to the host per `add-files` call.
-const ADD_FILES: usize = 500;
-
-impl LevelDbDir for HostDir<'_, '_> {
-    fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
-        let listing = host::list_dir(self.source)?;
-        let mut out: Vec<ListedFile> = listing
-            .items
-            .into_iter()
-            .map(|i| ListedFile {
-                is_file: i.kind == coffer_sdk::EntryKind::File,
-                name: i.name,
-                size: i.size,
-                mtime: i.mtime,
-                mode: i.mode,
-            })
-            .collect();
-        out.extend(listing.special.into_iter().chain(listing.not_utf8).map(|name| ListedFile {
-            name,
-            size: 0,
-            mtime: Timestamp::default(),
-            mode: 0,
-            is_file: false,
-        }));
-        Ok(out)
-    }
-
-    fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        let path = self.host_path(name);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::from(e).context(&path)),
-        }
-    }
-
-    fn reuse_unchanged(&mut self, file: &ListedFile) -> bool {
-        self.has_parent && self.sink.reuse_unchanged(&self.snapshot_path(&file.name), file.size, file.mtime, file.mode)
-    }
-
-    fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
-        let mut out = Vec::with_capacity(names.len());
-        for chunk in names.chunks(ADD_FILES) {
-            host::check_cancelled()?;
-            let batch: Vec<FileSource> =
-                chunk.iter().map(|n| FileSource { path: self.snapshot_path(n), source: self.host_path(n) }).collect();
-            for (file, outcome) in batch.iter().zip(self.sink.add_files(&batch)?) {
-                match outcome {
-                    FileOutcome::Added(_) => out.push(true),
-                    FileOutcome::Gone => out.push(false),
-                    FileOutcome::Unreadable(why) => {
-                        return Err(Error::Other(format!("{} cannot be read ({why})", file.source)));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
-        let path = self.snapshot_path(&file.name);
-        let mut w =
-            self.sink.add_entry(EntryMeta::file(&path, file.mode).mtime(file.mtime).size_hint(bytes.len() as u64))?;
-        w.write_all(bytes).map_err(|e| Error::from(e).context(&path))?;
-        w.finish()?;
-        Ok(())
-    }
-}
-
-/// Backs up the LevelDB database in the host directory `source` as the
-/// snapshot directory `rel` (its files become `rel/NAME`; the directory
-/// entry itself is the caller's): see [`copy_live_set`]. With a parent
-/// snapshot, live tables whose size, modification time and mode are
-/// unchanged are kept from it without being read. Logs what was stored
-/// and what was left out.
-pub fn backup(source: &str, rel: &str, has_parent: bool, sink: &Sink) -> Result<LevelDbReport, Error> {
-    host::check_cancelled()?;
-    let mut dir = HostDir { source, rel, has_parent, sink };
-    let r = copy_live_set(&mut dir, source)?;
-    let mut msg = format!(
-        "LevelDB {source}: {} live tables ({} kept from the parent snapshot), {} logs, {}",
-        r.tables, r.tables_reused, r.logs, r.manifest
-    );
-    if r.rounds > 1 {
-        msg.push_str(&format!("; the database changed while it was copied, consistent after {} reads", r.rounds));
-    }
-    if r.tables_extra > 0 {
-        msg.push_str(&format!("; {} tables copied became obsolete meanwhile", r.tables_extra));
-    }
-    if r.partial_bytes > 0 {
-        msg.push_str(&format!("; {} bytes of records being appended left off", r.partial_bytes));
-    }
-    if !r.left_out.is_empty() {
-        msg.push_str(&format!("; left out (not part of the database state): {}", r.left_out));
-    }
-    host::info(msg);
-    Ok(r)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::*;
+    use crate::log::*;
+    use coffer_sdk::{Error, Timestamp};
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
@@ -1052,7 +389,7 @@ mod tests {
     }
 
     fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fabric")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fabric")
     }
 
     fn names_of(dir: &Path) -> Vec<String> {
@@ -1062,7 +399,7 @@ mod tests {
         v
     }
 
-    fn live_of(dir: &Path) -> LiveSet {
+    fn live_of(dir: &Path) -> LiveSet<Manifest> {
         let current = std::fs::read(dir.join("CURRENT")).unwrap();
         let (name, _) = parse_current(&current).unwrap();
         let manifest = std::fs::read(dir.join(&name)).unwrap();
@@ -1082,7 +419,10 @@ mod tests {
         assert_eq!(live.manifest.partial_tail, 0);
         assert_eq!(
             live.tables,
-            vec![LiveTable { name: "000002.ldb".into(), meta: TableMeta { number: 2, level: 0, size: 1507 } }]
+            vec![LiveTable {
+                name: "000002.ldb".into(),
+                meta: TableMeta { number: 2, level: 0, size: 1507, column_family: 0 }
+            }]
         );
         assert_eq!(std::fs::metadata(dir.join("000002.ldb")).unwrap().len(), 1507);
         assert!(live.missing_tables.is_empty());
@@ -1139,7 +479,10 @@ mod tests {
         assert_eq!(parsed.edits, 5);
         assert_eq!(
             parsed.tables.values().copied().collect::<Vec<_>>(),
-            vec![TableMeta { number: 6, level: 2, size: 3000 }, TableMeta { number: 8, level: 0, size: 50 }]
+            vec![
+                TableMeta { number: 6, level: 2, size: 3000, column_family: 0 },
+                TableMeta { number: 8, level: 0, size: 50, column_family: 0 }
+            ]
         );
         let names = [
             "000003.log",
@@ -1413,7 +756,7 @@ if got != want:
         // The backup's own copy, restored into an empty directory.
         let restored = tmp.path().join("restored");
         std::fs::create_dir(&restored).unwrap();
-        let r = copy_live_set(&mut DiskDir { dir: db.clone(), out: restored.clone() }, "db").unwrap();
+        let r = copy_live_set::<LevelDb>(&mut DiskDir { dir: db.clone(), out: restored.clone() }, "db").unwrap();
         assert_eq!((r.tables, r.logs, r.rounds), (live.tables.len(), 1, 1));
         let mut want = live.files();
         want.sort();
@@ -1432,7 +775,7 @@ if got != want:
         out: PathBuf,
     }
 
-    impl LevelDbDir for DiskDir {
+    impl LsmDir for DiskDir {
         fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
             Ok(names_of(&self.dir)
                 .into_iter()
@@ -1505,7 +848,7 @@ if got != want:
         }
     }
 
-    impl LevelDbDir for FakeDir {
+    impl LsmDir for FakeDir {
         fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
             Ok(self
                 .files
@@ -1583,7 +926,7 @@ if got != want:
             ("LOG", b"info".to_vec()),
         ]);
         dir.parent.insert("000005.ldb".into(), 2000);
-        let r = copy_live_set(&mut dir, "/l/stateLeveldb").unwrap();
+        let r = copy_live_set::<LevelDb>(&mut dir, "/l/stateLeveldb").unwrap();
         // The unchanged table is kept from the parent first, then the
         // others copied, then the log, the manifest and CURRENT.
         assert_eq!(dir.adds, ["000005.ldb", "000004.ldb", "000003.log", "MANIFEST-000002", "CURRENT"]);
@@ -1628,7 +971,7 @@ if got != want:
         // read: what was read is the first state, whole.
         let (mut dir, m1, m2) = compaction_fixture();
         dir.on_add_files.push(Box::new(move |f| moved_on(f, m2)));
-        let r = copy_live_set(&mut dir, "db").unwrap();
+        let r = copy_live_set::<LevelDb>(&mut dir, "db").unwrap();
         assert_eq!(r.rounds, 1);
         assert_eq!(dir.adds, ["000004.ldb", "000005.ldb", "000003.log", "MANIFEST-000002", "CURRENT"]);
         assert_eq!(dir.stored["MANIFEST-000002"], m1);
@@ -1643,7 +986,7 @@ if got != want:
         let (mut dir, _, m2) = compaction_fixture();
         let m2c = m2.clone();
         dir.on_read_log.push(Box::new(move |f| moved_on(f, m2c)));
-        let r = copy_live_set(&mut dir, "db").unwrap();
+        let r = copy_live_set::<LevelDb>(&mut dir, "db").unwrap();
         assert_eq!(r.rounds, 2);
         assert_eq!(dir.adds, ["000010.ldb", "000011.ldb", "000012.log", "MANIFEST-000002", "CURRENT"]);
         assert_eq!(dir.stored["MANIFEST-000002"], m2);
@@ -1658,21 +1001,21 @@ if got != want:
             ("MANIFEST-000002", manifest.clone()),
             ("000004.ldb", table(1000)),
         ]);
-        let e = copy_live_set(&mut dir, "db").unwrap_err().to_string();
-        assert!(e.contains("000005.ldb (not in the directory)"), "{e}");
+        let e = copy_live_set::<LevelDb>(&mut dir, "db").unwrap_err().to_string();
+        assert!(e.contains("db: table 000005 is not in the directory, yet MANIFEST-000002 lists it"), "{e}");
         let mut dir = FakeDir::new(&[
             ("CURRENT", b"MANIFEST-000002\n".to_vec()),
             ("MANIFEST-000002", manifest),
             ("000004.ldb", table(1000)),
             ("000005.ldb", table(10)),
         ]);
-        let e = copy_live_set(&mut dir, "db").unwrap_err().to_string();
+        let e = copy_live_set::<LevelDb>(&mut dir, "db").unwrap_err().to_string();
         assert!(e.contains("db/000005.ldb: the table is 10 bytes; the manifest MANIFEST-000002 says 2000"), "{e}");
         let mut dir = FakeDir::new(&[("CURRENT", b"MANIFEST-000002\n".to_vec())]);
-        let e = copy_live_set(&mut dir, "db").unwrap_err().to_string();
+        let e = copy_live_set::<LevelDb>(&mut dir, "db").unwrap_err().to_string();
         assert!(e.contains("db/CURRENT names MANIFEST-000002, which is not in the directory"), "{e}");
         let mut dir = FakeDir::new(&[("LOG", vec![])]);
-        let e = copy_live_set(&mut dir, "db").unwrap_err().to_string();
+        let e = copy_live_set::<LevelDb>(&mut dir, "db").unwrap_err().to_string();
         assert!(e.contains("db: no CURRENT file"), "{e}");
     }
 }
