@@ -41,6 +41,7 @@ use bindings::coffer::plugin0_1_0 as wit;
 use bindings::coffer::plugin0_2_0 as wit2;
 
 pub use wit::types::EntryKind;
+pub use wit2::locks::LockHeld;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -271,6 +272,13 @@ pub mod host {
     /// not followed), which WASI does not expose.
     pub fn file_mode(path: &str) -> Result<u32, Error> {
         wit::host::file_mode(path).map_err(|e| Error::from_wit(e).context(path))
+    }
+
+    /// The strongest lock another process holds on a file inside a grant
+    /// (`fcntl`, open file description and `flock` locks), looked up
+    /// without taking one: whether a database's server has it open.
+    pub fn file_lock(path: &str) -> Result<super::LockHeld, Error> {
+        super::wit2::locks::file_lock(path).map_err(|e| Error::from_wit(e).context(path))
     }
 
     /// What a directory inside a grant holds, with each item's kind,

@@ -46,6 +46,7 @@ const TESTED: &[&str] = &[
     "restore-through-symlink",
     "restore-files-in-verify",
     "add-files",
+    "lock-probe",
     "declare-name",
     "info-loop",
     "open-fifo",
@@ -200,6 +201,27 @@ async fn streaming_through_the_sink_stores_every_byte() {
     let snap = s.repo.open_snapshot(&snaps[0].0).await.unwrap();
     assert_eq!(snap.entries[0].size, size);
     assert_eq!(snaps[0].1.summary.bytes_read, size);
+}
+
+#[tokio::test]
+async fn lock_probes_answer_only_inside_the_grants() {
+    let s = Scene::new().await;
+    let data = s.data();
+    std::fs::create_dir(s.dir.path().join("outside")).unwrap();
+    std::fs::write(s.dir.path().join("outside/secret"), b"TOP SECRET behind a symlink").unwrap();
+    std::os::unix::fs::symlink(s.dir.path().join("outside"), s.dir.path().join("data/escape")).unwrap();
+    // Whether a file is locked is asked only inside the grants.
+    for victim in [format!("{data}/../secret"), "/etc/hostname".to_string(), format!("{data}/escape/secret")] {
+        let e = s.must_fail(json!({"mode": "lock-probe", "path": data, "victim": victim}), Limits::default()).await;
+        assert!(message(&e).contains("not inside a granted directory"), "{victim}: {}", message(&e));
+    }
+    s.run(
+        json!({"mode": "lock-probe", "path": data, "victim": format!("{data}/file")}),
+        Limits::default(),
+        CancelToken::new(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

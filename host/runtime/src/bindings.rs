@@ -46,4 +46,4 @@ pub mod v1 {
 }
 
 pub use v2::coffer::plugin0_1_0::{host, reader, sink, types};
-pub use v2::coffer::plugin0_2_0::{dns, stream_types, streams};
+pub use v2::coffer::plugin0_2_0::{dns, locks, stream_types, streams};

@@ -307,7 +307,7 @@ impl PluginState {
     /// the parent anew each time (a `readlink` per path component) was a
     /// tenth of a backup's system time. The plugin cannot change a tree it
     /// may only read; under a writable grant nothing is remembered.
-    fn resolve_in_grants(&mut self, path: &str) -> Result<PathBuf, WitError> {
+    pub(crate) fn resolve_in_grants(&mut self, path: &str) -> Result<PathBuf, WitError> {
         let p = Path::new(path);
         let denied = || WitError::AccessDenied(format!("{} is not inside a granted directory", printable(path)));
         let Some((_, writable)) = self.job.grants.dir_covering(p) else {

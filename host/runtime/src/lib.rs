@@ -19,6 +19,7 @@ pub mod host;
 mod http;
 pub mod job;
 pub mod limits;
+mod locks;
 mod lookup;
 mod pool;
 mod restore_files;
