@@ -270,13 +270,16 @@ fn write(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// One commit: operations on columns.
+type Commit = Vec<(u8, Operation<Vec<u8>, Vec<u8>>)>;
+
 /// The commits `write` makes: the keys spread over [`COMMITS`] commits,
 /// each commit one operation per column and key. With `--update`: values
 /// rewritten (every third key; in the state column, an extra reference
 /// instead, as state is never rewritten under the same key), then keys
 /// dereferenced (every fifth: deleted, or one reference dropped in the
 /// state column).
-fn commit_batches(a: &Args, columns: &[ColumnOptions], k: u64) -> Vec<Vec<(u8, Operation<Vec<u8>, Vec<u8>>)>> {
+fn commit_batches(a: &Args, columns: &[ColumnOptions], k: u64) -> Vec<Commit> {
     let per = k.div_ceil(COMMITS as u64).max(1);
     let mut batches = Vec::new();
     let mut start = 0;
