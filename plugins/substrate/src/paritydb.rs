@@ -185,9 +185,9 @@ impl FileKind {
     }
 }
 
-/// `s` as a number of `digits` base-`radix` digits, accepted only when
-/// `canonical` formats the number back to `s` (parity-db opens files by
-/// the names it formats, so `index_0_16` or `log07` are not its files).
+/// `s` read as a base-`radix` number, accepted only when `canonical`
+/// formats the number back to `s` (parity-db opens files by the names it
+/// formats, so `index_0_16` or `log07` are not its files).
 fn number<T: TryFrom<u64> + Copy>(s: &str, radix: u32, canonical: impl Fn(T) -> String) -> Option<T> {
     if s.is_empty() || s.len() > 20 {
         return None;
