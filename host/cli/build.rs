@@ -15,6 +15,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("redis", "coffer-plugin-redis"),
     ("mongodb", "coffer-plugin-mongodb"),
     ("fabric", "coffer-plugin-fabric"),
+    ("substrate", "coffer-plugin-substrate"),
 ];
 
 fn main() {

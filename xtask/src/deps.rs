@@ -84,6 +84,9 @@ pub fn ensure_test_deps() -> Result<()> {
     // coffer-lsm's tests (the fabric plugin's stores) write real databases
     // with.
     ensure_debian_packages(&["python3-plyvel"])?;
+    // RocksDB's own tools (`ldb`, Debian's RocksDB 7.8), which coffer-lsm's
+    // and the substrate plugin's tests write and read real databases with.
+    ensure_debian_packages(&["rocksdb-tools"])?;
     ensure_seaweedfs()?;
     ensure_fake_gcs()?;
     ensure_azurite()?;

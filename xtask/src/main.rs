@@ -377,6 +377,7 @@ const BUILTIN_PLUGINS: &[&str] = &[
     "coffer-plugin-redis",
     "coffer-plugin-mongodb",
     "coffer-plugin-fabric",
+    "coffer-plugin-substrate",
 ];
 
 /// `cargo build --release --target wasm32-wasip2` into the plugin target

@@ -147,6 +147,13 @@ const SCHEMA: &str = r#"{
 /// Files handed to the host per `add-files` call.
 const ADD_FILES: usize = 500;
 
+/// Attribute: what the snapshot holds, [`LAYOUT_BASE_PATH`] or
+/// [`LAYOUT_KEYSTORE`].
+const LAYOUT_ATTR: &str = "substrate.layout";
+/// The node's files beneath its base path (`chains/<chain>/...`).
+const LAYOUT_BASE_PATH: &str = "base-path";
+/// A keystore directory's files alone.
+const LAYOUT_KEYSTORE: &str = "keystore";
 /// Attribute: the chain's id (its directory under `chains/`).
 const CHAIN_ATTR: &str = "substrate.chain";
 /// Attribute: `rocksdb` or `paritydb`.
@@ -174,11 +181,12 @@ fn root(config: &SubstrateConfig) -> String {
     trimmed(config.base_path.as_deref().or(config.keystore_dir.as_deref()).unwrap_or("/"))
 }
 
-/// Whether snapshot path `rel` is part of the keys: a keystore file or the
-/// node key.
+/// Whether snapshot path `rel` (of a base-path snapshot) is part of the
+/// keys: `chains/<chain>/keystore` and `chains/<chain>/network`, and what
+/// they hold.
 pub fn is_key_path(rel: &str) -> bool {
-    let parts: Vec<&str> = rel.split('/').collect();
-    parts.iter().any(|p| *p == "keystore") || rel.ends_with("network/secret_ed25519") || rel == "network"
+    let mut parts = rel.split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some("chains"), Some(_), Some("keystore" | "network")))
 }
 
 /// The chain directory under `base/chains/`: the one `chain` names, or the
@@ -376,7 +384,7 @@ fn check_keys(config: &SubstrateConfig, files: &[(String, Vec<u8>)], sink: &Sink
 /// Backs up a ParityDB database at `rel`, refusing one a node holds open.
 fn backup_paritydb(root: &str, rel: &str, has_parent: bool, sink: &Sink) -> Result<(), Error> {
     let dir = join(root, rel);
-    let lock = join(&dir, paritydb::LOCK_FILE);
+    let lock = join(&dir, paritydb::LOCK);
     match lock_held(&lock)? {
         Some(LockHeld::None) => {}
         Some(_) => {
@@ -392,7 +400,9 @@ fn backup_paritydb(root: &str, rel: &str, has_parent: bool, sink: &Sink) -> Resu
             )));
         }
     }
-    paritydb::backup(&dir, rel, has_parent, sink)
+    let locked = |path: &str| Ok(!matches!(lock_held(path)?, Some(LockHeld::None)));
+    paritydb::backup(&dir, rel, has_parent, &locked, sink)?;
+    Ok(())
 }
 
 impl Plugin for Substrate {
@@ -424,6 +434,7 @@ impl Plugin for Substrate {
         let root = root(&config);
         let has_parent = parent.is_some();
         if config.keystore_dir.is_some() {
+            sink.set_attribute(LAYOUT_ATTR, LAYOUT_KEYSTORE)?;
             let keys = backup_files(&root, "", has_parent, sink)?;
             if keys.is_empty() {
                 host::warn(format!("{root} holds no key files"));
@@ -431,6 +442,7 @@ impl Plugin for Substrate {
             return check_keys(&config, &keys, sink);
         }
         let chain = chain_dir(&config, &root)?;
+        sink.set_attribute(LAYOUT_ATTR, LAYOUT_BASE_PATH)?;
         sink.set_attribute(CHAIN_ATTR, &chain)?;
         let chain_rel = format!("chains/{chain}");
         let mut added = std::collections::BTreeSet::new();
@@ -496,20 +508,22 @@ impl Plugin for Substrate {
 
     fn restore(config: SubstrateConfig, snapshot: &SnapshotReader, options: RestoreOptions) -> Result<(), Error> {
         let target = options.directory()?.trim_end_matches('/').to_string();
+        let keystore_alone = snapshot.attribute(LAYOUT_ATTR).as_deref() == Some(LAYOUT_KEYSTORE);
+        let is_key = |path: &str| keystore_alone || is_key_path(path);
         let wanted = |path: &str| {
             options.includes(path)
                 && if config.keystore_only {
-                    is_key_path(path) || !path.contains('/') || "chains".starts_with(path) || is_chain_dir(path)
+                    is_key(path) || path == "chains" || is_chain_dir(path)
                 } else if config.database_only {
-                    !is_key_path(path)
+                    !is_key(path)
                 } else {
                     true
                 }
         };
-        let entries: Vec<_> = snapshot.entries().into_iter().filter(|e| wanted(&e.path)).collect();
+        let entries: Vec<_> = snapshot.entries().filter(|e| wanted(&e.path)).collect();
         let keys: Vec<&str> = entries
             .iter()
-            .filter(|e| e.kind == EntryKind::File && is_key_path(&e.path) && !e.path.ends_with("secret_ed25519"))
+            .filter(|e| e.kind == EntryKind::File && is_key(&e.path) && !e.path.ends_with("secret_ed25519"))
             .map(|e| e.path.as_str())
             .collect();
         if !keys.is_empty() && !config.i_stopped_the_old_validator {
@@ -560,25 +574,27 @@ impl Plugin for Substrate {
 
     fn verify(config: SubstrateConfig, snapshot: &SnapshotReader) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
-        // Files per directory (name → size).
-        let mut dirs: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let keystore_alone = snapshot.attribute(LAYOUT_ATTR).as_deref() == Some(LAYOUT_KEYSTORE);
+        // Files per directory (name → size and mode).
+        let mut dirs: BTreeMap<String, BTreeMap<String, (u64, u32)>> = BTreeMap::new();
         for e in snapshot.entries() {
             if e.kind != EntryKind::File {
                 continue;
             }
             let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
-            dirs.entry(dir.to_string()).or_default().insert(name.to_string(), e.size);
+            dirs.entry(dir.to_string()).or_default().insert(name.to_string(), (e.size, e.mode));
         }
         for (dir, files) in &dirs {
             host::check_cancelled()?;
             let names: Vec<&str> = files.keys().map(String::as_str).collect();
             if rocksdb::looks_like_rocksdb(names.iter().copied()) {
-                verify::rocksdb(snapshot, dir, files, &mut report)?;
+                let sizes = files.iter().map(|(n, (s, _))| (n.clone(), *s)).collect();
+                verify::rocksdb(snapshot, dir, &sizes, &mut report)?;
             } else if paritydb::looks_like_paritydb(names.iter().copied()) {
                 verify::paritydb(snapshot, dir, files, &mut report)?;
-            } else if config.keystore_dir.is_some() && dir.is_empty() || dir.ends_with("keystore") {
+            } else if (keystore_alone && dir.is_empty()) || dir.ends_with("/keystore") {
                 verify::keystore(snapshot, dir, files, config.keystore_password.as_deref(), &mut report)?;
-            } else if dir.ends_with("network") && files.contains_key("secret_ed25519") {
+            } else if dir.ends_with("/network") && files.contains_key("secret_ed25519") {
                 verify::node_key(snapshot, &join_rel(dir, "secret_ed25519"), &mut report)?;
             }
         }
