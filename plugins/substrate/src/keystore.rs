@@ -165,7 +165,14 @@ impl VerifiedKey {
 
 impl fmt::Display for VerifiedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} key {} ({}), derived from its secret", self.file, self.key_type, self.public_key_hex(), self.scheme)
+        write!(
+            f,
+            "{}: {} key {} ({}), derived from its secret",
+            self.file,
+            self.key_type,
+            self.public_key_hex(),
+            self.scheme
+        )
     }
 }
 
@@ -332,9 +339,11 @@ pub fn parse_key_file_name(file_name: &str) -> Result<KeyFileName, KeyFileError>
         return Err(bad("it has characters other than hex digits"));
     }
     if file_name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(bad("it has upper-case hex digits; a node looks its keys up by lower-case names, so it never reads this file"));
+        return Err(bad(
+            "it has upper-case hex digits; a node looks its keys up by lower-case names, so it never reads this file",
+        ));
     }
-    if file_name.len() % 2 != 0 {
+    if !file_name.len().is_multiple_of(2) {
         return Err(bad("it has an odd number of hex digits"));
     }
     if file_name.len() <= 2 * KEY_TYPE_LEN {
@@ -351,7 +360,11 @@ pub fn parse_key_file_name(file_name: &str) -> Result<KeyFileName, KeyFileError>
 /// must derive, as the node derives it, the public key in its name.
 /// `node_password` is the node's keystore password (`--password`), which
 /// sp-core applies in place of a `///password` in the URI.
-pub fn check_key_file(file_name: &str, content: &[u8], node_password: Option<&str>) -> Result<VerifiedKey, KeyFileError> {
+pub fn check_key_file(
+    file_name: &str,
+    content: &[u8],
+    node_password: Option<&str>,
+) -> Result<VerifiedKey, KeyFileError> {
     let fail = |problem| KeyFileError { file: file_name.to_owned(), problem };
     let name = parse_key_file_name(file_name)?;
     let len = name.public_key.len();
@@ -374,15 +387,15 @@ pub fn check_key_file(file_name: &str, content: &[u8], node_password: Option<&st
 
     let suri = read_suri(content).map_err(fail)?;
     let uri = SecretUri::parse(&suri).map_err(|p| fail(KeyFileProblem::Secret(p)))?;
-    let root = RootSecret::new(uri.phrase, node_password.or(uri.password))
-        .map_err(|p| fail(KeyFileProblem::Secret(p)))?;
+    let root =
+        RootSecret::new(uri.phrase, node_password.or(uri.password)).map_err(|p| fail(KeyFileProblem::Secret(p)))?;
 
     if let RootSecret::Sr25519SecretKey(_) = root {
         if !schemes.contains(&Scheme::Sr25519) {
             return Err(fail(KeyFileProblem::Secret(SecretProblem::SeedLength(64))));
         }
-        let derived = derive_public(Scheme::Sr25519, &root, &uri.junctions)
-            .map_err(|p| fail(KeyFileProblem::Secret(p)))?;
+        let derived =
+            derive_public(Scheme::Sr25519, &root, &uri.junctions).map_err(|p| fail(KeyFileProblem::Secret(p)))?;
         let matches = derived == name.public_key;
         return Err(fail(KeyFileProblem::SecretKeyNotSeed { derived, matches }));
     }
@@ -625,7 +638,7 @@ impl RootSecret {
     fn new(phrase: Option<&str>, password: Option<&str>) -> Result<Self, SecretProblem> {
         let phrase = phrase.unwrap_or(DEV_PHRASE);
         if let Some(digits) = phrase.strip_prefix("0x") {
-            if digits.len() % 2 != 0 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !digits.len().is_multiple_of(2) || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(SecretProblem::SeedNotHex);
             }
             return match digits.len() / 2 {
@@ -809,6 +822,19 @@ mod tests {
     }
 
     #[test]
+    fn soft_derivation_of_the_secret_matches_that_of_the_public_key() {
+        // The fixed signing nonce must not reach the public key: deriving the
+        // public key softly (no secret, no nonce) gives the same key.
+        let alice = schnorrkel::PublicKey::from_bytes(&hex32(ALICE_SR)).unwrap();
+        let mut expected = alice;
+        for text in ["stash", "0", "a much longer junction text than thirty-two bytes"] {
+            expected = expected.derived_key_simple(ChainCode(Junction::new(text, false).chain_code), b"").0;
+        }
+        let suri = "//Alice/stash/0/a much longer junction text than thirty-two bytes";
+        assert_eq!(public_key(Scheme::Sr25519, suri, None).unwrap(), expected.to_bytes());
+    }
+
+    #[test]
     fn seeds_derive_the_published_keys() {
         assert_eq!(public(Scheme::Sr25519, ALICE_SR_SEED), ALICE_SR);
         assert_eq!(public(Scheme::Ed25519, ALICE_ED_SEED), ALICE_ED);
@@ -824,7 +850,10 @@ mod tests {
             "44a996beb1eef7bdcab976ab6d2ca26104834164ecf28fb375600576fcc6eb0f"
         );
         // A hex seed with junctions derives from the seed.
-        assert_eq!(public(Scheme::Sr25519, &format!("{ALICE_SR_SEED}//stash")), public(Scheme::Sr25519, "//Alice//stash"));
+        assert_eq!(
+            public(Scheme::Sr25519, &format!("{ALICE_SR_SEED}//stash")),
+            public(Scheme::Sr25519, "//Alice//stash")
+        );
     }
 
     #[test]
@@ -893,7 +922,10 @@ mod tests {
             assert_eq!(name, format!("{}{expected}", hex::encode(key_type)));
             assert_eq!(content, format!("\"{suri}\"").into_bytes());
             let key = check_key_file(&name, &content, None).unwrap();
-            assert_eq!((key.key_type, key.scheme, key.public_key_hex()), (KeyType(*key_type), scheme, format!("0x{expected}")));
+            assert_eq!(
+                (key.key_type, key.scheme, key.public_key_hex()),
+                (KeyType(*key_type), scheme, format!("0x{expected}"))
+            );
         }
         // `babe` is 62616265.
         assert!(file_for(*b"babe", "//Alice", None).unwrap().0.starts_with("62616265"));
@@ -943,7 +975,9 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            format!("{bob_name}: the secret derives public key 0x{ALICE_SR} as sr25519, not the public key in the file name")
+            format!(
+                "{bob_name}: the secret derives public key 0x{ALICE_SR} as sr25519, not the public key in the file name"
+            )
         );
 
         // An unknown type lists every scheme it tried.
@@ -957,29 +991,43 @@ mod tests {
         let alice = format!("62616265{ALICE_SR}");
         let problem = |name: &str, content: &[u8]| check_key_file(name, content, None).unwrap_err().problem;
 
-        for content in [&b"//Alice"[..], b"\"//Alice", b"{\"suri\": \"//Alice\"}", b"42", b"", b"\"//Alice\" x", b"\xff\xfe"] {
+        for content in
+            [&b"//Alice"[..], b"\"//Alice", b"{\"suri\": \"//Alice\"}", b"42", b"", b"\"//Alice\" x", b"\xff\xfe"]
+        {
             assert!(matches!(problem(&alice, content), KeyFileProblem::NotJsonString(_)), "{content:?}");
         }
         assert!(problem(&alice, b"\"//Alice").to_string().contains("truncated JSON at line 1"));
 
         // A swapped last word breaks the checksum.
         let bad_checksum = DEV_PHRASE.replace("walk", "wall");
-        assert_eq!(problem(&alice, format!("\"{bad_checksum}//Alice\"").as_bytes()), KeyFileProblem::Secret(SecretProblem::PhraseChecksum));
+        assert_eq!(
+            problem(&alice, format!("\"{bad_checksum}//Alice\"").as_bytes()),
+            KeyFileProblem::Secret(SecretProblem::PhraseChecksum)
+        );
         assert_eq!(
             problem(&alice, b"\"bottom drive obey lake curtain smoke basket hold race lonely fit walkk//Alice\""),
             KeyFileProblem::Secret(SecretProblem::PhraseUnknownWord(12))
         );
-        assert_eq!(problem(&alice, b"\"bottom drive//Alice\""), KeyFileProblem::Secret(SecretProblem::PhraseWordCount(2)));
+        assert_eq!(
+            problem(&alice, b"\"bottom drive//Alice\""),
+            KeyFileProblem::Secret(SecretProblem::PhraseWordCount(2))
+        );
         assert_eq!(problem(&alice, b"\"0x1234\""), KeyFileProblem::Secret(SecretProblem::SeedLength(2)));
         assert_eq!(problem(&alice, b"\"0x123\""), KeyFileProblem::Secret(SecretProblem::SeedNotHex));
         assert_eq!(problem(&alice, b"\"//Alice//\""), KeyFileProblem::Secret(SecretProblem::EmptyHardJunction));
         assert_eq!(problem(&alice, b"\"//Alice/\""), KeyFileProblem::Secret(SecretProblem::EmptySoftJunction));
         assert_eq!(problem(&alice, b"\"bottom.drive\""), KeyFileProblem::Secret(SecretProblem::UriPhraseCharacter));
-        assert_eq!(problem(&alice, b"\"//Alice///pw\\nx\""), KeyFileProblem::Secret(SecretProblem::UriPasswordCharacter));
+        assert_eq!(
+            problem(&alice, b"\"//Alice///pw\\nx\""),
+            KeyFileProblem::Secret(SecretProblem::UriPasswordCharacter)
+        );
 
         // A soft junction is an error for ed25519 and ecdsa.
         let gran = format!("6772616e{ALICE_ED}");
-        assert_eq!(problem(&gran, b"\"//Alice/stash\""), KeyFileProblem::Secret(SecretProblem::SoftJunction(Scheme::Ed25519)));
+        assert_eq!(
+            problem(&gran, b"\"//Alice/stash\""),
+            KeyFileProblem::Secret(SecretProblem::SoftJunction(Scheme::Ed25519))
+        );
         assert_eq!(public_key(Scheme::Ecdsa, "//Alice/0", None), Err(SecretProblem::SoftJunction(Scheme::Ecdsa)));
         assert!(file_for(*b"gran", "//Alice/stash", None).is_err());
 
@@ -996,8 +1044,14 @@ mod tests {
             problem(&format!("6772616e{ALICE_ECDSA}"), b"\"//Alice\""),
             KeyFileProblem::WrongKeyLength { key_type: KeyType::GRANDPA, expected: "ed25519".into(), len: 33 }
         );
-        assert!(matches!(problem(&format!("62656566{}", "11".repeat(177)), b"\"//Alice\""), KeyFileProblem::Unsupported { len: 177, .. }));
-        assert!(matches!(problem(&format!("73617373{ALICE_SR}"), b"\"//Alice\""), KeyFileProblem::Unsupported { len: 32, .. }));
+        assert!(matches!(
+            problem(&format!("62656566{}", "11".repeat(177)), b"\"//Alice\""),
+            KeyFileProblem::Unsupported { len: 177, .. }
+        ));
+        assert!(matches!(
+            problem(&format!("73617373{ALICE_SR}"), b"\"//Alice\""),
+            KeyFileProblem::Unsupported { len: 32, .. }
+        ));
     }
 
     #[test]
@@ -1011,7 +1065,10 @@ mod tests {
         assert_eq!(err.problem, KeyFileProblem::SecretKeyNotSeed { derived: hex32(ALICE_SR), matches: false });
         let err = check_key_file(&format!("6772616e{ALICE_ED}"), content.as_bytes(), None).unwrap_err();
         assert_eq!(err.problem, KeyFileProblem::Secret(SecretProblem::SeedLength(64)));
-        assert_eq!(public_key(Scheme::Sr25519, &content[1..content.len() - 1], None), Err(SecretProblem::SeedLength(64)));
+        assert_eq!(
+            public_key(Scheme::Sr25519, &content[1..content.len() - 1], None),
+            Err(SecretProblem::SeedLength(64))
+        );
     }
 
     #[test]
@@ -1043,7 +1100,15 @@ mod tests {
             }
         }
         let (_, content) = file_for(*b"babe", &format!("{OTHER_PHRASE}//validator"), None).unwrap();
-        let ok = check_key_file(&format!("62616265{}", hex::encode(public_key(Scheme::Sr25519, &format!("{OTHER_PHRASE}//validator"), None).unwrap())), &content, None).unwrap();
+        let ok = check_key_file(
+            &format!(
+                "62616265{}",
+                hex::encode(public_key(Scheme::Sr25519, &format!("{OTHER_PHRASE}//validator"), None).unwrap())
+            ),
+            &content,
+            None,
+        )
+        .unwrap();
         reports.push(ok.to_string());
         reports.push(format!("{ok:?}"));
         for report in &reports {
