@@ -21,5 +21,6 @@ mod redis;
 mod redis_follow;
 mod repo_v3;
 mod streams;
+mod substrate;
 mod support;
 mod wal;

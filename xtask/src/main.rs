@@ -215,7 +215,7 @@ fn test(args: &[String]) -> Result<()> {
     build_plugins()?;
     // The end-to-end tests run the `coffer` binary itself (and the MongoDB
     // stand-in's); `cargo test` builds only their unit-test harnesses.
-    run(cargo_cmd().args(["build", "-p", "coffer", "-p", "coffer-mongo-standin"]))?;
+    run(cargo_cmd().args(["build", "-p", "coffer", "-p", "coffer-mongo-standin", "-p", "coffer-paritydb-tool"]))?;
     let mut cmd = cargo_cmd();
     // Default members, plus the unit tests of plugins whose format code is
     // plain Rust (the redis plugin's RDB, listpack and AOF parsers). The

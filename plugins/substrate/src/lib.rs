@@ -360,18 +360,18 @@ fn check_keys(config: &SubstrateConfig, files: &[(String, Vec<u8>)], sink: &Sink
     for (path, bytes) in files {
         let name = path.rsplit('/').next().unwrap_or(path);
         if path.ends_with("network/secret_ed25519") {
-            match keystore::peer_id_of_node_key(bytes) {
+            match keystore::check_node_key("secret_ed25519", bytes).map(|k| k.peer_id) {
                 Ok(id) => {
                     sink.set_attribute(PEER_ID_ATTR, &id)?;
                     host::info(format!("node key {path}: peer id {id}"));
                 }
-                Err(e) => host::warn(format!("node key {path}: {e}")),
+                Err(e) => host::warn(format!("node key {path}: {}", e.problem)),
             }
             continue;
         }
-        match keystore::check_file(name, bytes, config.keystore_password.as_deref()) {
-            Ok(k) => public.push(format!("{}:0x{}", k.key_type, k.public_hex)),
-            Err(e) => host::warn(format!("keystore {path}: {e}; run `coffer verify` on the snapshot for the report")),
+        match keystore::check_key_file(name, bytes, config.keystore_password.as_deref()) {
+            Ok(k) => public.push(format!("{}:0x{}", k.key_type, k.public_key_hex())),
+            Err(e) => host::warn(format!("keystore {path}: {}; run `coffer verify` on the snapshot for the report", e.problem)),
         }
     }
     if !public.is_empty() {

@@ -155,7 +155,7 @@ pub fn keystore(
         let path = join(dir, name);
         let bytes = read_entry(snapshot, &path)?;
         report.checked(1, bytes.len() as u64);
-        match keystore::check_file(name, &bytes, password) {
+        match keystore::check_key_file(name, &bytes, password) {
             Ok(_) => good += 1,
             Err(e) => report.problem(&path, format!("keystore: {e}")),
         }
@@ -172,9 +172,9 @@ pub fn keystore(
 pub fn node_key(snapshot: &SnapshotReader, path: &str, report: &mut VerifyReport) -> Result<(), Error> {
     let bytes = read_entry(snapshot, path)?;
     report.checked(1, bytes.len() as u64);
-    match keystore::peer_id_of_node_key(&bytes) {
+    match keystore::check_node_key("secret_ed25519", &bytes).map(|k| k.peer_id) {
         Ok(id) => report.note(format!("node key {path}: peer id {id}")),
-        Err(e) => report.problem(path, format!("node key: {e}")),
+        Err(e) => report.problem(path, format!("node key: {}", e.problem)),
     }
     Ok(())
 }
