@@ -213,7 +213,8 @@ impl ColumnFamily {
 pub struct RocksDbManifest {
     /// The live column families by id; dropped ones are gone.
     pub column_families: BTreeMap<u32, ColumnFamily>,
-    /// The next file number RocksDB will hand out.
+    /// The next file number, as the last edit setting it says (on opening,
+    /// RocksDB gives this number to its new manifest).
     pub next_file_number: u64,
     /// The last sequence number written.
     pub last_sequence: u64,
@@ -879,4 +880,810 @@ pub fn live_set<'a>(
         extra,
         left_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::*;
+    use crate::log::*;
+    use crate::table::check_table;
+    use coffer_sdk::Error;
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+
+    // -----------------------------------------------------------------
+    // Manifests built by hand.
+
+    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+        put_varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    /// Writes logical records in the log format (legacy headers), or with
+    /// recyclable headers naming `recycled` as the log number.
+    fn write_log(records: &[Vec<u8>], recycled: Option<u32>) -> Vec<u8> {
+        let header = if recycled.is_some() { RECYCLABLE_HEADER_SIZE } else { HEADER_SIZE };
+        let mut out = Vec::new();
+        for rec in records {
+            let mut left = &rec[..];
+            let mut first = true;
+            loop {
+                let block_left = BLOCK_SIZE - out.len() % BLOCK_SIZE;
+                if block_left < header {
+                    out.resize(out.len() + block_left, 0);
+                    continue;
+                }
+                let n = left.len().min(block_left - header);
+                let last = n == left.len();
+                let mut kind = match (first, last) {
+                    (true, true) => FULL_TYPE,
+                    (true, false) => FIRST_TYPE,
+                    (false, true) => LAST_TYPE,
+                    (false, false) => MIDDLE_TYPE,
+                };
+                let crc = match recycled {
+                    Some(log) => {
+                        kind += RECYCLABLE_FULL_TYPE - FULL_TYPE;
+                        masked_recyclable_crc(kind, log, &left[..n])
+                    }
+                    None => masked_crc(kind, &left[..n]),
+                };
+                out.extend_from_slice(&crc.to_le_bytes());
+                out.extend_from_slice(&(n as u16).to_le_bytes());
+                out.push(kind);
+                if let Some(log) = recycled {
+                    out.extend_from_slice(&log.to_le_bytes());
+                }
+                out.extend_from_slice(&left[..n]);
+                left = &left[n..];
+                first = false;
+                if last {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// An edit built field by field.
+    #[derive(Default)]
+    struct E(Vec<u8>);
+
+    impl E {
+        fn num(mut self, t: u64, v: u64) -> Self {
+            put_varint(&mut self.0, t);
+            put_varint(&mut self.0, v);
+            self
+        }
+        fn cf(self, id: u64) -> Self {
+            self.num(tag::COLUMN_FAMILY, id)
+        }
+        fn add_cf(mut self, name: &str) -> Self {
+            put_varint(&mut self.0, tag::COLUMN_FAMILY_ADD);
+            put_bytes(&mut self.0, name.as_bytes());
+            self
+        }
+        fn drop_cf(mut self) -> Self {
+            put_varint(&mut self.0, tag::COLUMN_FAMILY_DROP);
+            self
+        }
+        fn group(self, remaining: u64) -> Self {
+            self.num(tag::IN_ATOMIC_GROUP, remaining)
+        }
+        fn delete(mut self, level: u64, n: u64) -> Self {
+            put_varint(&mut self.0, tag::DELETED_FILE);
+            put_varint(&mut self.0, level);
+            put_varint(&mut self.0, n);
+            self
+        }
+        /// A `NEW_FILE4` with the custom fields RocksDB 7.8 writes, and
+        /// `extra` (tag, value) ones.
+        fn table(mut self, level: u64, n: u64, size: u64, extra: &[(u64, &[u8])]) -> Self {
+            put_varint(&mut self.0, tag::NEW_FILE4);
+            put_varint(&mut self.0, level);
+            put_varint(&mut self.0, n);
+            put_varint(&mut self.0, size);
+            put_bytes(&mut self.0, b"a\x01\x00\x00\x00\x00\x00\x00\x00");
+            put_bytes(&mut self.0, b"z\x01\x00\x00\x00\x00\x00\x00\x00");
+            put_varint(&mut self.0, 1);
+            put_varint(&mut self.0, 9);
+            for (t, v) in [(5u64, &[0x80u8, 0x01][..]), (6, &[0]), (13, &[1])].iter().chain(extra) {
+                put_varint(&mut self.0, *t);
+                put_bytes(&mut self.0, v);
+            }
+            put_varint(&mut self.0, custom::TERMINATE);
+            self
+        }
+        fn raw(mut self, t: u64, value: &[u8]) -> Self {
+            put_varint(&mut self.0, t);
+            put_bytes(&mut self.0, value);
+            self
+        }
+        fn blob(mut self, n: u64, count: u64, bytes: u64) -> Self {
+            put_varint(&mut self.0, tag::BLOB_FILE_ADDITION);
+            for v in [n, count, bytes] {
+                put_varint(&mut self.0, v);
+            }
+            put_bytes(&mut self.0, b"");
+            put_bytes(&mut self.0, b"");
+            put_varint(&mut self.0, 0);
+            self
+        }
+        fn garbage(mut self, n: u64, count: u64, bytes: u64) -> Self {
+            put_varint(&mut self.0, tag::BLOB_FILE_GARBAGE);
+            for v in [n, count, bytes] {
+                put_varint(&mut self.0, v);
+            }
+            put_varint(&mut self.0, 0);
+            self
+        }
+    }
+
+    /// The opening edits: comparator, then numbers and two tables in the
+    /// default column family.
+    fn base() -> Vec<Vec<u8>> {
+        let mut cmp = Vec::new();
+        put_varint(&mut cmp, tag::COMPARATOR);
+        put_bytes(&mut cmp, b"leveldb.BytewiseComparator");
+        vec![
+            cmp,
+            E::default()
+                .num(tag::LOG_NUMBER, 5)
+                .num(tag::NEXT_FILE_NUMBER, 20)
+                .num(tag::LAST_SEQUENCE, 100)
+                .table(0, 8, 1000, &[])
+                .table(1, 9, 2000, &[])
+                .0,
+        ]
+    }
+
+    #[test]
+    fn column_families_added_and_dropped() {
+        let mut edits = base();
+        edits.push(E::default().cf(1).add_cf("cf1").num(tag::LOG_NUMBER, 5).0);
+        edits.push(E::default().cf(2).add_cf("doomed").num(tag::LOG_NUMBER, 5).0);
+        edits.push(E::default().cf(2).table(0, 10, 300, &[]).num(tag::LOG_NUMBER, 11).0);
+        edits.push(E::default().cf(1).table(0, 12, 400, &[]).num(tag::LOG_NUMBER, 11).0);
+        edits.push(E::default().cf(2).drop_cf().num(tag::MAX_COLUMN_FAMILY, 2).0);
+        // The default family flushes: log 13; the minimum to keep is 13 by
+        // the hack field of a new file.
+        edits.push(
+            E::default()
+                .delete(0, 8)
+                .table(1, 14, 900, &[(custom::MIN_LOG_NUMBER_TO_KEEP_HACK, &13u64.to_le_bytes())])
+                .num(tag::LOG_NUMBER, 13)
+                .0,
+        );
+        let m = parse_manifest("MANIFEST-000004", &write_log(&edits, None)).unwrap();
+        assert_eq!(m.edits, 8);
+        assert_eq!(m.column_families.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(m.column_families[&1].name, "cf1");
+        assert_eq!(m.column_families[&0].comparator.as_deref(), Some("leveldb.BytewiseComparator"));
+        assert_eq!((m.column_families[&0].log_number, m.column_families[&1].log_number), (13, 11));
+        assert_eq!(m.min_log_number_to_keep, Some(13));
+        // max(smallest family log number 11, minimum to keep 13).
+        assert_eq!(m.log_number(), 13);
+        assert_eq!((m.next_file_number, m.last_sequence, m.max_column_family), (20, 100, 2));
+        let tables: Vec<(u64, u32, u64, u32)> =
+            m.tables().values().map(|t| (t.meta.number, t.meta.level, t.meta.size, t.meta.column_family)).collect();
+        assert_eq!(tables, [(9, 1, 2000, 0), (12, 0, 400, 1), (14, 1, 900, 0)]);
+        // The dropped family's table and the deleted one are left out.
+        let names = [
+            "CURRENT", "MANIFEST-000004", "MANIFEST-000001", "000008.sst", "000009.sst", "000010.sst", "000012.sst",
+            "000014.sst", "000014.ldb", "000005.log", "000011.log", "000013.log", "000015.log", "IDENTITY",
+            "OPTIONS-000003", "OPTIONS-000016", "OPTIONS-000017.dbtmp", "000018.dbtmp", "LOCK", "LOG",
+            "LOG.old.1796692001956767", "notes.txt",
+        ];
+        let live = live_set(b"MANIFEST-000004\n", &write_log(&edits, None), names).unwrap();
+        assert_eq!(live.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["000009.sst", "000012.sst", "000014.sst"]);
+        assert_eq!(live.logs, ["000013.log", "000015.log"]);
+        assert_eq!(live.log_number, 13);
+        assert_eq!(live.extra, ["IDENTITY", "OPTIONS-000016"]);
+        assert_eq!(live.left_out.obsolete_tables, ["000008.sst", "000010.sst"]);
+        assert_eq!(live.left_out.old_logs, ["000005.log", "000011.log"]);
+        assert_eq!(live.left_out.old_manifests, ["MANIFEST-000001"]);
+        assert_eq!(
+            live.left_out.other,
+            ["000014.ldb", "OPTIONS-000017.dbtmp", "000018.dbtmp", "LOCK", "LOG", "LOG.old.1796692001956767", "notes.txt", "OPTIONS-000003"]
+        );
+        assert!(live.missing_tables.is_empty());
+        assert!(looks_like_rocksdb(names));
+        assert!(!looks_like_rocksdb(["CURRENT", "MANIFEST-000004", "000005.log"]));
+        assert!(has_rocksdb_fields(&write_log(&edits, None)));
+        assert!(!has_rocksdb_fields(&write_log(&base()[..1], None)));
+    }
+
+    #[test]
+    fn atomic_groups_apply_whole() {
+        let mut edits = base();
+        edits.push(E::default().cf(1).add_cf("cf1").num(tag::LOG_NUMBER, 5).0);
+        let whole_len = write_log(&edits, None).len();
+        // An atomic flush of both families: three edits, the last one cut
+        // short by the reader.
+        let group = vec![
+            E::default().table(0, 21, 10, &[]).num(tag::LOG_NUMBER, 22).group(2).0,
+            E::default().cf(1).table(0, 23, 10, &[]).num(tag::LOG_NUMBER, 22).group(1).0,
+            E::default().num(tag::MIN_LOG_NUMBER_TO_KEEP, 22).num(tag::NEXT_FILE_NUMBER, 24).group(0).0,
+        ];
+        let mut all = edits.clone();
+        all.extend(group.iter().cloned());
+        let full = write_log(&all, None);
+        let m = parse_manifest("M", &full).unwrap();
+        assert_eq!((m.edits, m.log_number(), m.complete_len), (6, 22, full.len()));
+        assert!(m.tables().contains_key(&23));
+        // Without the group's last edit, or with it cut, the group is left
+        // out whole, like a partial tail.
+        let two = write_log(&all[..all.len() - 1], None);
+        for cut in [two.len(), full.len() - 3] {
+            let m = parse_manifest("M", &full[..cut]).unwrap();
+            assert_eq!((m.edits, m.log_number(), m.complete_len, m.partial_tail), (3, 5, whole_len, cut - whole_len));
+            assert!(!m.tables().contains_key(&21));
+            let live = live_set(b"MANIFEST-000002\n", &full[..cut], ["000005.log"]).unwrap();
+            assert_eq!(live.manifest_complete_len, whole_len);
+        }
+        // A group whose counts disagree, and a plain edit inside a group.
+        let mut bad = edits.clone();
+        bad.push(group[0].clone());
+        bad.push(group[2].clone());
+        let e = parse_manifest("M", &write_log(&bad, None)).unwrap_err().to_string();
+        assert!(e.contains("version edit 5 (of 5): an atomic group of 3 edits says 0 follow after its edit 2"), "{e}");
+        let mut bad = edits;
+        bad.push(group[0].clone());
+        bad.push(E::default().num(tag::LAST_SEQUENCE, 1).0);
+        let e = parse_manifest("M", &write_log(&bad, None)).unwrap_err().to_string();
+        assert!(e.contains("an edit outside the atomic group of 3 edits, 1 of which were read"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_and_ignorable_ones() {
+        let check = |extra: Vec<u8>, want: Option<&str>| {
+            let mut edits = base();
+            edits.push(extra);
+            let got = parse_manifest("MANIFEST-000009", &write_log(&edits, None));
+            match want {
+                None => {
+                    let m = got.unwrap();
+                    assert_eq!(m.edits, 3);
+                    m
+                }
+                Some(w) => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(e.starts_with("MANIFEST-000009: at byte"), "{e}");
+                    assert!(e.contains(w), "{e} should say {w}");
+                    base_manifest()
+                }
+            }
+        };
+        // Ignorable: kFullHistoryTsLow, kWalAddition2, a future one; the
+        // db id is read; the inline kWalAddition and kWalDeletion.
+        let mut wal = Vec::new();
+        put_varint(&mut wal, tag::WAL_ADDITION);
+        for v in [7, 2, 4096, 1] {
+            put_varint(&mut wal, v);
+        }
+        put_varint(&mut wal, tag::WAL_DELETION);
+        put_varint(&mut wal, 6);
+        let e = E(wal)
+            .raw(tag::SAFE_IGNORE_MASK + 6, b"\x01\x02")
+            .raw(tag::SAFE_IGNORE_MASK + 7, b"\x07\x00\x01")
+            .raw(tag::SAFE_IGNORE_MASK + 99, b"future")
+            .raw(tag::DB_ID, b"6b5e0d6c-0000-4000-8000-000000000000")
+            .table(2, 30, 77, &[(12, &[0; 16]), (40, b"new and ignorable")]);
+        let m = check(e.0, None);
+        assert_eq!(m.db_id.as_deref(), Some("6b5e0d6c-0000-4000-8000-000000000000"));
+        assert_eq!(m.tables()[&30].meta.level, 2);
+        // Not ignorable.
+        check(E::default().num(8, 1).0, Some("version edit 3 (of 3): unknown field tag 8, which RocksDB cannot ignore"));
+        check(E::default().raw(500, b"x").0, Some("unknown field tag 500"));
+        check(
+            E::default().table(0, 31, 5, &[(custom::NON_SAFE_IGNORE_MASK + 9, b"?")]).0,
+            Some("table 000031 has custom field 73, which a reader must understand"),
+        );
+        // A table in another db_paths directory reads, but is no copy's.
+        let mut edits = base();
+        edits.push(E::default().table(0, 32, 5, &[(custom::PATH_ID, &[1])]).0);
+        let m = write_log(&edits, None);
+        assert_eq!(parse_manifest("M", &m).unwrap().tables()[&32].path_id, 1);
+        let e = live_set(b"MANIFEST-000002\n", &m, ["000032.sst"]).unwrap_err().to_string();
+        assert!(e.contains("table 000032 is kept in the database's extra path number 1 (db_paths)"), "{e}");
+        // Replay errors.
+        check(E::default().delete(0, 9).0, Some("deletes table 000009 from level 0, but it is on level 1"));
+        check(E::default().delete(0, 99).0, Some("deletes table 000099 from level 0, but it is not live"));
+        check(E::default().table(3, 8, 1, &[]).0, Some("adds table 000008, which is live already on level 0"));
+        check(E::default().cf(4).num(tag::LOG_NUMBER, 1).0, Some("changes column family 4, which was never added"));
+        check(E::default().add_cf("again").0, Some("adds column family 0 (\"again\"), which exists already"));
+        check(E::default().cf(3).drop_cf().0, Some("drops column family 3, which does not exist"));
+        check(vec![tag::NEW_FILE4 as u8, 0, 5], Some("bad new file's size (cut short)"));
+        let e = parse_manifest("M", &write_log(&base()[..1], None)).unwrap_err().to_string();
+        assert!(e.contains("no version edit sets the log number"), "{e}");
+    }
+
+    fn base_manifest() -> RocksDbManifest {
+        parse_manifest("M", &write_log(&base(), None)).unwrap()
+    }
+
+    #[test]
+    fn blob_files_live_while_tables_refer_to_them() {
+        let mut edits = base();
+        // Blob files 40, 41, 42; table 43 refers to 41 at the oldest, 44
+        // to 42. 40 is older than any referred to; 42 is all garbage but
+        // referred to; 45 is all garbage and not referred to.
+        edits.push(
+            E::default()
+                .blob(40, 10, 1000)
+                .blob(41, 10, 1000)
+                .blob(42, 10, 1000)
+                .blob(45, 2, 200)
+                .table(0, 43, 50, &[(custom::OLDEST_BLOB_FILE_NUMBER, &[41])])
+                .table(0, 44, 50, &[(custom::OLDEST_BLOB_FILE_NUMBER, &[42])])
+                .0,
+        );
+        edits.push(E::default().garbage(42, 10, 1000).garbage(45, 2, 200).garbage(41, 3, 300).0);
+        let m = write_log(&edits, None);
+        let parsed = parse_manifest("M", &m).unwrap();
+        let live: Vec<(u64, u64, u64)> =
+            parsed.live_blob_files().iter().map(|(_, b)| (b.number, b.garbage_blob_count, b.file_size())).collect();
+        assert_eq!(live, [(41, 3, 1062), (42, 10, 1062)]);
+        let set = live_set(
+            b"MANIFEST-000002\n",
+            &m,
+            ["000008.sst", "000009.sst", "000043.sst", "000044.sst", "000040.blob", "000041.blob", "000045.blob"],
+        )
+        .unwrap();
+        let names: Vec<(&str, u32, u64)> = set.tables.iter().map(|t| (t.name.as_str(), t.meta.level, t.meta.size)).collect();
+        assert_eq!(
+            names,
+            [
+                ("000008.sst", 0, 1000),
+                ("000009.sst", 1, 2000),
+                ("000043.sst", 0, 50),
+                ("000044.sst", 0, 50),
+                ("000041.blob", BLOB_FILE_LEVEL, 1062)
+            ]
+        );
+        assert_eq!(set.missing_tables, [42]);
+        assert_eq!(set.left_out.obsolete_tables, ["000040.blob", "000045.blob"]);
+        let e = parse_manifest("M", &write_log(&[base(), vec![E::default().garbage(7, 1, 1).0]].concat(), None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("adds garbage to blob file 000007, which is not listed"), "{e}");
+    }
+
+    #[test]
+    fn recyclable_and_metadata_log_records() {
+        let records = vec![b"first batch".to_vec(), vec![7u8; 40_000], b"third".to_vec()];
+        let log = write_log(&records, Some(33));
+        // LevelDB's reader refuses RocksDB's record types.
+        assert!(read_log(&log, true).unwrap_err().reason.contains("unknown record type 5"));
+        let scan = read_log_as(&log, true, LogFormat::RocksDb).unwrap();
+        assert_eq!(scan.records.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), records);
+        assert_eq!((scan.complete_len, scan.partial_tail), (log.len(), 0));
+        // A reused file: the new log's records, then what is left of the
+        // old log (number 12) after them.
+        let old = write_log(&[vec![1u8; 300], vec![2u8; 5000]], Some(12));
+        let new = write_log(&[b"new".to_vec()], Some(33));
+        let mut reused = new.clone();
+        reused.extend_from_slice(&old[new.len()..]);
+        // Cut where an old record starts: the old log's second record.
+        let second = write_log(&[vec![1u8; 300]], Some(12)).len();
+        let mut reused2 = write_log(&[vec![9u8; 300]], Some(33));
+        assert_eq!(reused2.len(), second);
+        reused2.extend_from_slice(&old[second..]);
+        let scan = read_log_as(&reused2, true, LogFormat::RocksDb).unwrap();
+        assert_eq!((scan.records.len(), scan.complete_len, scan.partial_tail), (1, second, old.len() - second));
+        assert_eq!(log_complete_len_as(&reused2, LogFormat::RocksDb), second);
+        // The same bytes read without checksums: still the end.
+        assert_eq!(read_log_as(&reused, false, LogFormat::RocksDb).map(|s| s.records.len()).unwrap_or(1), 1);
+        // kSetCompressionType (legacy header) then records; an ignorable
+        // future type; a type that is not.
+        let mut wal = Vec::new();
+        let comp = 7u32.to_le_bytes();
+        wal.extend_from_slice(&masked_crc(SET_COMPRESSION_TYPE, &comp).to_le_bytes());
+        wal.extend_from_slice(&4u16.to_le_bytes());
+        wal.push(SET_COMPRESSION_TYPE);
+        wal.extend_from_slice(&comp);
+        wal.extend_from_slice(&masked_crc(0x85, b"later").to_le_bytes());
+        wal.extend_from_slice(&5u16.to_le_bytes());
+        wal.push(0x85);
+        wal.extend_from_slice(b"later");
+        wal.extend(write_log(&[b"batch".to_vec()], None));
+        let scan = read_log_as(&wal, true, LogFormat::RocksDb).unwrap();
+        assert_eq!((scan.wal_compression, scan.records.len(), scan.complete_len), (Some(7), 1, wal.len()));
+        wal[4 + 2 + 4 + 1 + 6] = 0x25;
+        let e = read_log_as(&wal, false, LogFormat::RocksDb).unwrap_err();
+        assert_eq!((e.offset, e.reason.as_str()), (11, "unknown record type 37"));
+    }
+
+    // -----------------------------------------------------------------
+    // Databases written by RocksDB itself (Debian's rocksdb-tools: ldb).
+
+    /// `ldb`, or a panic that says how to get it.
+    fn ldb() -> &'static str {
+        let ok = Command::new("ldb").arg("--help").output().is_ok_and(|o| o.status.success() || !o.stdout.is_empty());
+        if !ok {
+            panic!(
+                "this test needs RocksDB's ldb tool to write a real RocksDB database: install the Debian package \
+                 rocksdb-tools (apt-get install rocksdb-tools)"
+            );
+        }
+        "ldb"
+    }
+
+    /// Runs ldb on `db` with `args` (and `input` on its standard input).
+    fn run(db: &Path, args: &[&str], input: Option<&str>) -> Output {
+        let mut cmd = Command::new(ldb());
+        cmd.arg(format!("--db={}", db.display())).args(args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(text) = input {
+            stdin.write_all(text.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(db: &Path, args: &[&str], input: Option<&str>) -> String {
+        let out = run(db, args, input);
+        assert!(
+            out.status.success(),
+            "ldb {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Small memtables and files so that a few thousand keys make several
+    /// tables. (The Debian build asserts when the write buffer is below
+    /// 512 KiB.)
+    const SMALL: [&str; 3] = ["--write_buffer_size=524288", "--file_size=65536", "--compression_type=no"];
+
+    fn lines(from: usize, to: usize, tag: &str) -> String {
+        (from..to).map(|i| format!("k{i:06} ==> {tag}{i}-{}\n", "v".repeat(100 + i % 50))).collect()
+    }
+
+    fn load(db: &Path, cf: &str, text: &str) {
+        let cf = format!("--column_family={cf}");
+        let mut args: Vec<&str> = SMALL.to_vec();
+        args.extend([cf.as_str(), "load"]);
+        ok(db, &args, Some(text));
+    }
+
+    fn names_of(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    fn live_of(dir: &Path) -> LiveSet<RocksDbManifest> {
+        let current = std::fs::read(dir.join("CURRENT")).unwrap();
+        let (name, _) = parse_current(&current).unwrap();
+        let manifest = std::fs::read(dir.join(&name)).unwrap();
+        let names = names_of(dir);
+        live_set(&current, &manifest, names.iter().map(String::as_str)).unwrap()
+    }
+
+    /// What `ldb manifest_dump --verbose` says of the live files: (column
+    /// family id, level, number, size) of every table, each family's log
+    /// number, and the closing line's numbers.
+    struct Dump {
+        tables: Vec<(u32, u32, u64, u64)>,
+        logs: BTreeMap<u32, u64>,
+        blobs: Vec<(u64, u64)>,
+        summary: BTreeMap<String, u64>,
+    }
+
+    fn manifest_dump(db: &Path) -> Dump {
+        let text = ok(db, &["manifest_dump", "--verbose"], None);
+        let mut d = Dump { tables: Vec::new(), logs: BTreeMap::new(), blobs: Vec::new(), summary: BTreeMap::new() };
+        let (mut cf, mut level) = (None, 0u32);
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("--------------- Column family ") {
+                let id = rest.split("(ID ").nth(1).unwrap().split(')').next().unwrap();
+                cf = Some(id.parse::<u32>().unwrap());
+            } else if let Some(n) = line.strip_prefix("log number: ") {
+                d.logs.insert(cf.unwrap(), n.parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("--- level ") {
+                level = rest.split(' ').next().unwrap().parse().unwrap();
+            } else if let Some(rest) = line.strip_prefix(' ')
+                && let Some(cf) = cf
+                && let Some((num, rest)) = rest.split_once(':')
+                && let Ok(number) = num.parse::<u64>()
+            {
+                let size = rest.split('[').next().unwrap().parse().unwrap();
+                d.tables.push((cf, level, number, size));
+            } else if let Some(rest) = line.strip_prefix("blob_file_number: ") {
+                let mut w = rest.split_whitespace();
+                let n = w.next().unwrap().parse().unwrap();
+                let bytes = rest.split("total_blob_bytes: ").nth(1).unwrap().split(' ').next().unwrap();
+                d.blobs.push((n, bytes.parse().unwrap()));
+            } else if line.starts_with("next_file_number ") {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                for pair in w.chunks(2) {
+                    d.summary.insert(pair[0].to_string(), pair[1].parse().unwrap());
+                }
+            }
+        }
+        d.tables.sort();
+        d
+    }
+
+    fn check_against_dump(db: &Path, live: &LiveSet<RocksDbManifest>) {
+        let dump = manifest_dump(db);
+        let m = &live.manifest;
+        let mut ours: Vec<(u32, u32, u64, u64)> = m
+            .tables()
+            .values()
+            .map(|t| (t.meta.column_family, t.meta.level, t.meta.number, t.meta.size))
+            .collect();
+        ours.sort();
+        assert_eq!(ours, dump.tables);
+        let logs: BTreeMap<u32, u64> = m.column_families.iter().map(|(id, cf)| (*id, cf.log_number)).collect();
+        assert_eq!(logs, dump.logs);
+        let blobs: Vec<(u64, u64)> = m.live_blob_files().iter().map(|(_, b)| (b.number, b.total_blob_bytes)).collect();
+        assert_eq!(blobs, dump.blobs);
+        // RocksDB's recovery takes the manifest's next file number for the
+        // manifest it writes, and hands out the one after.
+        assert_eq!(dump.summary["next_file_number"], m.next_file_number + 1);
+        assert_eq!(dump.summary["last_sequence"], m.last_sequence);
+        assert_eq!(dump.summary["max_column_family"], u64::from(m.max_column_family));
+        assert_eq!(dump.summary["min_log_number_to_keep"], m.min_log_number_to_keep.unwrap_or(0));
+        // Every live file has the size the manifest gives it.
+        for t in &live.tables {
+            assert_eq!(std::fs::metadata(db.join(&t.name)).unwrap().len(), t.meta.size, "{}", t.name);
+        }
+    }
+
+    /// `ldb scan` of each column family: (success, output).
+    fn scans(db: &Path, cfs: &[&str]) -> Vec<(bool, String)> {
+        cfs.iter()
+            .map(|cf| {
+                let out = run(db, &[&format!("--column_family={cf}"), "scan"], None);
+                (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+            .collect()
+    }
+
+    /// A directory on disk, copied into `out`.
+    struct DiskDir {
+        dir: PathBuf,
+        out: PathBuf,
+    }
+
+    impl LsmDir for DiskDir {
+        fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
+            Ok(names_of(&self.dir)
+                .into_iter()
+                .map(|name| {
+                    let md = std::fs::metadata(self.dir.join(&name)).unwrap();
+                    ListedFile {
+                        name,
+                        size: md.len(),
+                        mtime: md.modified().unwrap().into(),
+                        mode: 0o644,
+                        is_file: md.is_file(),
+                    }
+                })
+                .collect())
+        }
+
+        fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+            Ok(std::fs::read(self.dir.join(name)).ok())
+        }
+
+        fn reuse_unchanged(&mut self, _: &ListedFile) -> bool {
+            false
+        }
+
+        fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
+            Ok(names.iter().map(|n| std::fs::copy(self.dir.join(n), self.out.join(n)).is_ok()).collect())
+        }
+
+        fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
+            std::fs::write(self.out.join(&file.name), bytes).unwrap();
+            Ok(())
+        }
+    }
+
+    /// Copies the live set of `db` into new directories: whole, and
+    /// without each of `drop`; returns (whole, [(dropped, copy)]).
+    fn copies(tmp: &Path, db: &Path, drop: &[String]) -> (PathBuf, Vec<(String, PathBuf)>) {
+        let live = live_of(db);
+        let mut without = Vec::new();
+        for d in drop {
+            let copy = tmp.join(format!("without-{d}"));
+            std::fs::create_dir(&copy).unwrap();
+            for name in live.files() {
+                if &name != d {
+                    std::fs::copy(db.join(&name), copy.join(&name)).unwrap();
+                }
+            }
+            without.push((d.clone(), copy));
+        }
+        let restored = tmp.join("restored");
+        std::fs::create_dir(&restored).unwrap();
+        let r = copy_live_set::<RocksDb>(&mut DiskDir { dir: db.to_path_buf(), out: restored.clone() }, "db").unwrap();
+        assert_eq!((r.tables, r.logs, r.rounds), (live.tables.len(), live.logs.len(), 1));
+        let mut want = live.files();
+        want.sort();
+        assert_eq!(names_of(&restored), want);
+        (restored, without)
+    }
+
+    #[test]
+    fn real_rocksdb_with_column_families_and_compactions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("db");
+        let keep = tmp.path().join("keep");
+        std::fs::create_dir(&keep).unwrap();
+        ok(&db, &["--create_if_missing", "put", "seed", "1"], None);
+        for cf in ["cf1", "cf2", "doomed"] {
+            ok(&db, &["create_column_family", cf], None);
+        }
+        load(&db, "default", &lines(0, 6000, "d"));
+        load(&db, "cf1", &lines(0, 6000, "one"));
+        load(&db, "cf2", &lines(3000, 7000, "two"));
+        load(&db, "doomed", &lines(0, 100, "gone"));
+        for n in names_of(&db).iter().filter(|n| n.ends_with(".sst")) {
+            std::fs::copy(db.join(n), keep.join(n)).unwrap();
+        }
+        ok(&db, &["drop_column_family", "doomed"], None);
+        for cf in ["default", "cf1"] {
+            let cf = format!("--column_family={cf}");
+            let mut args: Vec<&str> = SMALL.to_vec();
+            args.extend([cf.as_str(), "compact"]);
+            ok(&db, &args, None);
+        }
+        load(&db, "default", &lines(6000, 7500, "later"));
+        // The last writes stay in the write-ahead log.
+        load(&db, "cf1", &lines(100, 400, "in the log"));
+        // A table RocksDB had deleted, put back (what a crash between a
+        // compaction and its cleanup leaves).
+        let stray = names_of(&keep).into_iter().find(|n| !db.join(n).exists()).unwrap();
+        std::fs::copy(keep.join(&stray), db.join(&stray)).unwrap();
+
+        let live = live_of(&db);
+        assert!(looks_like_rocksdb(names_of(&db).iter().map(String::as_str)));
+        assert!(has_rocksdb_fields(&std::fs::read(db.join(&live.manifest_name)).unwrap()));
+        check_against_dump(&db, &live);
+        let m = &live.manifest;
+        assert_eq!(
+            m.column_families.values().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["default", "cf1", "cf2"]
+        );
+        assert!(live.tables.len() >= 6, "{live:?}");
+        let levels: BTreeSet<u32> = live.tables.iter().map(|t| t.meta.level).collect();
+        assert!(levels.len() >= 2, "{levels:?}");
+        assert!(live.tables.iter().any(|t| t.meta.column_family == 2));
+        assert!(live.missing_tables.is_empty());
+        assert_eq!(live.logs.len(), 1, "{live:?}");
+        assert_eq!(live.extra.len(), 2, "{live:?}");
+        assert!(live.extra[0] == "IDENTITY" && live.extra[1].starts_with("OPTIONS-"));
+        assert!(live.left_out.obsolete_tables.contains(&stray), "{live:?}");
+        assert!(live.left_out.other.iter().any(|n| n == "LOCK"));
+        assert!(live.left_out.other.iter().any(|n| n.starts_with("LOG.old.")));
+        assert!(live.left_out.other.iter().any(|n| n.starts_with("OPTIONS-")), "{live:?}");
+        // The live log is RocksDB's and reads whole.
+        let wal = std::fs::read(db.join(&live.logs[0])).unwrap();
+        let scan = read_log_as(&wal, true, LogFormat::RocksDb).unwrap();
+        // One write batch per key loaded.
+        assert_eq!((scan.complete_len, scan.records.len()), (wal.len(), 300));
+
+        // Every live table passes the table check, every data block walked.
+        for t in &live.tables {
+            let bytes = std::fs::read(db.join(&t.name)).unwrap();
+            let r = check_table(&t.name, &bytes).unwrap();
+            assert!(r.data_blocks_walked && r.data_blocks > 0, "{} {r:?}", t.name);
+            assert_eq!(r.properties_data_blocks, Some(r.data_blocks), "{}", t.name);
+            assert_eq!(r.format_version, 5, "{}", t.name);
+        }
+        damaged_tables(&db, &live);
+
+        let cfs = ["default", "cf1", "cf2"];
+        let drop = vec![live.tables[live.tables.len() / 2].name.clone(), live.logs[0].clone()];
+        let (restored, without) = copies(tmp.path(), &db, &drop);
+        let want = scans(&db, &cfs);
+        assert!(want.iter().all(|(ok, out)| *ok && out.lines().count() > 1000), "{want:?}");
+        assert!(want[1].1.contains("in the log"));
+        assert_eq!(scans(&restored, &cfs), want);
+        for (d, copy) in without {
+            assert_ne!(scans(&copy, &cfs), want, "RocksDB read the same contents without {d}");
+        }
+    }
+
+    /// A flipped byte in a data block is found in that block, by this
+    /// check and by RocksDB's `sst_dump --command=verify`; a table cut
+    /// short fails on its footer.
+    fn damaged_tables(db: &Path, live: &LiveSet<RocksDbManifest>) {
+        let t = live.tables.iter().max_by_key(|t| t.meta.size).unwrap();
+        let bytes = std::fs::read(db.join(&t.name)).unwrap();
+        let report = check_table(&t.name, &bytes).unwrap();
+        assert!(report.data_blocks >= 3, "{report:?}");
+        let at = bytes.len() / 3;
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        let e = check_table(&t.name, &bad).unwrap_err();
+        let block = e.offset.unwrap();
+        assert!(block <= at as u64 && at as u64 - block < 8192, "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("{}: at byte {block}: data block ", t.name)), "{text}");
+        assert!(text.contains("checksum mismatch (XXH3 stored"), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(&t.name);
+        std::fs::write(&path, &bad).unwrap();
+        // RocksDB agrees on the block (sst_dump comes with ldb).
+        let out = Command::new("sst_dump")
+            .args([&format!("--file={}", path.display()), "--command=verify", "--verify_checksum"])
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains(&format!("block checksum mismatch: stored = {}", bad_stored(&bad, block))), "{said}");
+        assert!(said.contains(&format!("offset {block} size")), "sst_dump: {said}");
+        for cut in [bytes.len() - 1, bytes.len() - 20, bytes.len() / 2] {
+            let e = check_table(&t.name, &bytes[..cut]).unwrap_err().to_string();
+            assert!(e.contains("no table magic number at the end"), "{e}");
+        }
+        assert!(check_table(&t.name, &bytes[..30]).unwrap_err().to_string().contains("shorter than any table footer"));
+        // A damaged index or footer handle is reported, not a panic.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 53 + 1] = 0xff;
+        bad[n - 53 + 2] = 0xff;
+        assert!(check_table(&t.name, &bad).is_err());
+    }
+
+    /// The checksum stored in the trailer of the damaged block at
+    /// `offset` (its size is in check_table's message).
+    fn bad_stored(bytes: &[u8], offset: u64) -> u32 {
+        let (_, rest) = bytes.split_at(offset as usize);
+        // The block's size is in the error message of check_table.
+        let e = check_table("t", bytes).unwrap_err().reason;
+        let size: usize = e.split(" over ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        u32::from_le_bytes(rest[size + 1..size + 5].try_into().unwrap())
+    }
+
+    #[test]
+    fn real_rocksdb_with_blob_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("db");
+        let blobs = ["--enable_blob_files", "--min_blob_size=64"];
+        ok(&db, &["--create_if_missing", "put", "seed", "1"], None);
+        for (from, to) in [(0, 3000), (3000, 4000)] {
+            let mut args: Vec<&str> = SMALL.to_vec();
+            args.extend(blobs);
+            args.push("load");
+            ok(&db, &args, Some(&lines(from, to, "blob")));
+        }
+        let mut args = blobs.to_vec();
+        args.extend(["put", "last", "in the log"]);
+        ok(&db, &args, None);
+        let live = live_of(&db);
+        check_against_dump(&db, &live);
+        let blob: Vec<&LiveTable> = live.tables.iter().filter(|t| t.name.ends_with(".blob")).collect();
+        assert!(!blob.is_empty(), "{live:?}");
+        assert!(blob.iter().all(|t| t.meta.level == BLOB_FILE_LEVEL));
+        for t in live.tables.iter().filter(|t| t.name.ends_with(".sst")) {
+            check_table(&t.name, &std::fs::read(db.join(&t.name)).unwrap()).unwrap();
+        }
+        let drop = vec![blob[0].name.clone()];
+        let (restored, without) = copies(tmp.path(), &db, &drop);
+        let want = scans(&db, &["default"]);
+        assert!(want[0].0 && want[0].1.contains("in the log"), "{want:?}");
+        assert_eq!(scans(&restored, &["default"]), want);
+        for (d, copy) in without {
+            assert_ne!(scans(&copy, &["default"]), want, "RocksDB read the same contents without {d}");
+        }
+    }
 }
