@@ -247,7 +247,8 @@ fn read_state<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<State<F::
         // database.
         live.left_out.other.extend(listed.values().filter(|f| !f.is_file).map(|f| f.name.clone()));
         let listed_manifest = listed.get(&live.manifest_name).map(|f| f.size);
-        let unchanged = current_after.as_deref() == Some(&current[..]) && listed_manifest == Some(manifest.len() as u64);
+        let unchanged =
+            current_after.as_deref() == Some(&current[..]) && listed_manifest == Some(manifest.len() as u64);
         return Ok(State { current, manifest, live, listed, unchanged });
     }
     Err(Error::Corrupt(format!("{label}/CURRENT names {last}, which is not in the directory")))

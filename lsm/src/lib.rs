@@ -8,8 +8,8 @@
 //!   written by goleveldb).
 //! - [`rocksdb`]: RocksDB's version edits and file names (the chain
 //!   databases of Substrate and Polkadot-SDK nodes).
-//! - [`table`]: tables (LevelDB's and RocksDB's block-based SST files)
-//!   checked block by block.
+//! - [`table`] checks tables (LevelDB's and RocksDB's block-based SST
+//!   files) block by block.
 //! - [`copy`]: the live set of a database and its consistent copy,
 //!   whatever the flavor.
 

@@ -183,12 +183,14 @@ pub fn read_log_as(data: &[u8], check_crc: bool, format: LogFormat) -> Result<Lo
             (LogFormat::RocksDb, RECYCLABLE_FULL_TYPE..=RECYCLABLE_LAST_TYPE) => {
                 (Kind::Fragment(kind - RECYCLABLE_FULL_TYPE + FULL_TYPE), true)
             }
-            (LogFormat::RocksDb, SET_COMPRESSION_TYPE | USER_DEFINED_TIMESTAMP_SIZE_TYPE | PREDECESSOR_WAL_INFO_TYPE) => {
-                (Kind::Metadata, false)
-            }
-            (LogFormat::RocksDb, RECYCLABLE_USER_DEFINED_TIMESTAMP_SIZE_TYPE | RECYCLABLE_PREDECESSOR_WAL_INFO_TYPE) => {
-                (Kind::Metadata, true)
-            }
+            (
+                LogFormat::RocksDb,
+                SET_COMPRESSION_TYPE | USER_DEFINED_TIMESTAMP_SIZE_TYPE | PREDECESSOR_WAL_INFO_TYPE,
+            ) => (Kind::Metadata, false),
+            (
+                LogFormat::RocksDb,
+                RECYCLABLE_USER_DEFINED_TIMESTAMP_SIZE_TYPE | RECYCLABLE_PREDECESSOR_WAL_INFO_TYPE,
+            ) => (Kind::Metadata, true),
             (LogFormat::RocksDb, k) if k & RECORD_TYPE_SAFE_IGNORE_MASK != 0 => (Kind::Metadata, false),
             (_, other) => {
                 return Err(LogError { offset: pos, reason: format!("unknown record type {other}") });

@@ -260,8 +260,7 @@ impl RocksDbManifest {
     pub fn live_blob_files(&self) -> Vec<(u32, BlobFileMeta)> {
         let mut out = Vec::new();
         for (id, cf) in &self.column_families {
-            let refs: Vec<u64> =
-                cf.tables.values().map(|t| t.oldest_blob_file).filter(|&n| n != 0).collect::<Vec<_>>();
+            let refs: Vec<u64> = cf.tables.values().map(|t| t.oldest_blob_file).filter(|&n| n != 0).collect::<Vec<_>>();
             let Some(&oldest) = refs.iter().min() else { continue };
             let linked: BTreeSet<u64> = refs.iter().copied().collect();
             for b in cf.blob_files.values() {
@@ -327,7 +326,9 @@ fn decode_edit(rec: &[u8]) -> Result<Edit, String> {
             tag::NEXT_FILE_NUMBER => e.next_file_number = Some(num("next file number")?),
             tag::LAST_SEQUENCE => e.last_sequence = Some(num("last sequence number")?),
             tag::MIN_LOG_NUMBER_TO_KEEP => e.min_log_number_to_keep = Some(num("minimum log number to keep")?),
-            tag::MAX_COLUMN_FAMILY => e.max_column_family = Some(u32_of(num("max column family")?, "max column family")?),
+            tag::MAX_COLUMN_FAMILY => {
+                e.max_column_family = Some(u32_of(num("max column family")?, "max column family")?)
+            }
             tag::COMPACT_CURSOR => {
                 num("compaction cursor level")?;
                 length_prefixed(rec, &mut pos).ok_or_else(|| cut("compaction cursor key"))?;
@@ -607,9 +608,8 @@ pub fn parse_manifest(file: &str, bytes: &[u8]) -> Result<RocksDbManifest, LsmEr
                 group.push((i, e));
                 if group.len() == group_size {
                     for (j, e) in group.drain(..) {
-                        apply(&mut cfs, &mut g, &e).map_err(|r| {
-                            err(scan.records[j].0, format!("version edit {} (of {total}): {r}", j + 1))
-                        })?;
+                        apply(&mut cfs, &mut g, &e)
+                            .map_err(|r| err(scan.records[j].0, format!("version edit {} (of {total}): {r}", j + 1)))?;
                         applied_edits += 1;
                     }
                     complete_len = end;
@@ -866,7 +866,8 @@ pub fn live_set<'a>(
     left_out.other.extend(options.into_values());
     let mut missing_tables: Vec<u64> = wanted.keys().filter(|n| !tables.contains_key(n)).copied().collect();
     missing_tables.extend(blobs.keys().filter(|n| !blob_names.contains_key(n)));
-    let mut live_tables: Vec<LiveTable> = tables.into_iter().map(|(n, name)| LiveTable { name, meta: wanted[&n] }).collect();
+    let mut live_tables: Vec<LiveTable> =
+        tables.into_iter().map(|(n, name)| LiveTable { name, meta: wanted[&n] }).collect();
     live_tables.extend(blob_names.into_iter().map(|(n, name)| LiveTable { name, meta: blobs[&n] }));
     Ok(LiveSet {
         manifest_name,
@@ -1079,13 +1080,34 @@ mod tests {
         assert_eq!(tables, [(9, 1, 2000, 0), (12, 0, 400, 1), (14, 1, 900, 0)]);
         // The dropped family's table and the deleted one are left out.
         let names = [
-            "CURRENT", "MANIFEST-000004", "MANIFEST-000001", "000008.sst", "000009.sst", "000010.sst", "000012.sst",
-            "000014.sst", "000014.ldb", "000005.log", "000011.log", "000013.log", "000015.log", "IDENTITY",
-            "OPTIONS-000003", "OPTIONS-000016", "OPTIONS-000017.dbtmp", "000018.dbtmp", "LOCK", "LOG",
-            "LOG.old.1796692001956767", "notes.txt",
+            "CURRENT",
+            "MANIFEST-000004",
+            "MANIFEST-000001",
+            "000008.sst",
+            "000009.sst",
+            "000010.sst",
+            "000012.sst",
+            "000014.sst",
+            "000014.ldb",
+            "000005.log",
+            "000011.log",
+            "000013.log",
+            "000015.log",
+            "IDENTITY",
+            "OPTIONS-000003",
+            "OPTIONS-000016",
+            "OPTIONS-000017.dbtmp",
+            "000018.dbtmp",
+            "LOCK",
+            "LOG",
+            "LOG.old.1796692001956767",
+            "notes.txt",
         ];
         let live = live_set(b"MANIFEST-000004\n", &write_log(&edits, None), names).unwrap();
-        assert_eq!(live.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["000009.sst", "000012.sst", "000014.sst"]);
+        assert_eq!(
+            live.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["000009.sst", "000012.sst", "000014.sst"]
+        );
         assert_eq!(live.logs, ["000013.log", "000015.log"]);
         assert_eq!(live.log_number, 13);
         assert_eq!(live.extra, ["IDENTITY", "OPTIONS-000016"]);
@@ -1094,7 +1116,16 @@ mod tests {
         assert_eq!(live.left_out.old_manifests, ["MANIFEST-000001"]);
         assert_eq!(
             live.left_out.other,
-            ["000014.ldb", "OPTIONS-000017.dbtmp", "000018.dbtmp", "LOCK", "LOG", "LOG.old.1796692001956767", "notes.txt", "OPTIONS-000003"]
+            [
+                "000014.ldb",
+                "OPTIONS-000017.dbtmp",
+                "000018.dbtmp",
+                "LOCK",
+                "LOG",
+                "LOG.old.1796692001956767",
+                "notes.txt",
+                "OPTIONS-000003"
+            ]
         );
         assert!(live.missing_tables.is_empty());
         assert!(looks_like_rocksdb(names));
@@ -1110,7 +1141,7 @@ mod tests {
         let whole_len = write_log(&edits, None).len();
         // An atomic flush of both families: three edits, the last one cut
         // short by the reader.
-        let group = vec![
+        let group = [
             E::default().table(0, 21, 10, &[]).num(tag::LOG_NUMBER, 22).group(2).0,
             E::default().cf(1).table(0, 23, 10, &[]).num(tag::LOG_NUMBER, 22).group(1).0,
             E::default().num(tag::MIN_LOG_NUMBER_TO_KEEP, 22).num(tag::NEXT_FILE_NUMBER, 24).group(0).0,
@@ -1183,7 +1214,10 @@ mod tests {
         assert_eq!(m.db_id.as_deref(), Some("6b5e0d6c-0000-4000-8000-000000000000"));
         assert_eq!(m.tables()[&30].meta.level, 2);
         // Not ignorable.
-        check(E::default().num(8, 1).0, Some("version edit 3 (of 3): unknown field tag 8, which RocksDB cannot ignore"));
+        check(
+            E::default().num(8, 1).0,
+            Some("version edit 3 (of 3): unknown field tag 8, which RocksDB cannot ignore"),
+        );
         check(E::default().raw(500, b"x").0, Some("unknown field tag 500"));
         check(
             E::default().table(0, 31, 5, &[(custom::NON_SAFE_IGNORE_MASK + 9, b"?")]).0,
@@ -1240,7 +1274,8 @@ mod tests {
             ["000008.sst", "000009.sst", "000043.sst", "000044.sst", "000040.blob", "000041.blob", "000045.blob"],
         )
         .unwrap();
-        let names: Vec<(&str, u32, u64)> = set.tables.iter().map(|t| (t.name.as_str(), t.meta.level, t.meta.size)).collect();
+        let names: Vec<(&str, u32, u64)> =
+            set.tables.iter().map(|t| (t.name.as_str(), t.meta.level, t.meta.size)).collect();
         assert_eq!(
             names,
             [
@@ -1423,11 +1458,8 @@ mod tests {
     fn check_against_dump(db: &Path, live: &LiveSet<RocksDbManifest>) {
         let dump = manifest_dump(db);
         let m = &live.manifest;
-        let mut ours: Vec<(u32, u32, u64, u64)> = m
-            .tables()
-            .values()
-            .map(|t| (t.meta.column_family, t.meta.level, t.meta.number, t.meta.size))
-            .collect();
+        let mut ours: Vec<(u32, u32, u64, u64)> =
+            m.tables().values().map(|t| (t.meta.column_family, t.meta.level, t.meta.number, t.meta.size)).collect();
         ours.sort();
         assert_eq!(ours, dump.tables);
         let logs: BTreeMap<u32, u64> = m.column_families.iter().map(|(id, cf)| (*id, cf.log_number)).collect();
@@ -1559,10 +1591,7 @@ mod tests {
         assert!(has_rocksdb_fields(&std::fs::read(db.join(&live.manifest_name)).unwrap()));
         check_against_dump(&db, &live);
         let m = &live.manifest;
-        assert_eq!(
-            m.column_families.values().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-            ["default", "cf1", "cf2"]
-        );
+        assert_eq!(m.column_families.values().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["default", "cf1", "cf2"]);
         assert!(live.tables.len() >= 6, "{live:?}");
         let levels: BTreeSet<u32> = live.tables.iter().map(|t| t.meta.level).collect();
         assert!(levels.len() >= 2, "{levels:?}");
@@ -1652,6 +1681,112 @@ mod tests {
         let e = check_table("t", bytes).unwrap_err().reason;
         let size: usize = e.split(" over ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
         u32::from_le_bytes(rest[size + 1..size + 5].try_into().unwrap())
+    }
+
+    /// Tables written with other table options: the newest `OPTIONS` file
+    /// edited, then `ldb compact` (which loads it) rewrites two overlapping
+    /// tables into one.
+    #[test]
+    fn tables_in_every_format_ldb_writes() {
+        use crate::table::ChecksumType as C;
+        // (checksum, format_version, other options, expected checksum type)
+        type Variant<'a> = (&'a str, u32, &'a [(&'a str, &'a str)], C);
+        let variants: &[Variant] = &[
+            ("kCRC32c", 2, &[], C::Crc32c),
+            ("kxxHash", 3, &[("filter_policy", "bloomfilter:10:true")], C::XxHash),
+            ("kxxHash64", 4, &[("index_block_restart_interval", "16")], C::XxHash64),
+            (
+                "kXXH3",
+                5,
+                &[
+                    ("index_type", "kTwoLevelIndexSearch"),
+                    ("index_block_restart_interval", "4"),
+                    ("metadata_block_size", "256"),
+                    ("filter_policy", "bloomfilter:10:false"),
+                    ("partition_filters", "true"),
+                ],
+                C::Xxh3,
+            ),
+            (
+                "kXXH3",
+                5,
+                &[
+                    ("index_type", "kBinarySearchWithFirstKey"),
+                    ("index_block_restart_interval", "8"),
+                    ("data_block_index_type", "kDataBlockBinaryAndHash"),
+                ],
+                C::Xxh3,
+            ),
+            ("kNoChecksum", 5, &[("index_block_restart_interval", "3")], C::None),
+            // Compressed blocks are checked as stored; a compressed index
+            // hides the data blocks.
+            ("kXXH3", 5, &[("compression", "kSnappyCompression")], C::Xxh3),
+        ];
+        for (i, (checksum, version, extra, want)) in variants.iter().enumerate() {
+            let tmp = tempfile::tempdir().unwrap();
+            let db = tmp.path().join("db");
+            ok(&db, &["--create_if_missing", "put", "seed", "1"], None);
+            load(&db, "default", &lines(0, 3000, "a"));
+            load(&db, "default", &lines(0, 3000, "b"));
+            let options = names_of(&db).into_iter().rfind(|n| n.starts_with("OPTIONS-")).unwrap();
+            let mut set: Vec<(&str, String)> =
+                vec![("checksum", checksum.to_string()), ("format_version", version.to_string())];
+            set.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+            let text = std::fs::read_to_string(db.join(&options)).unwrap();
+            let edited: String = text
+                .lines()
+                .map(|l| {
+                    let key = l.trim().split('=').next().unwrap_or("");
+                    match set.iter().find(|(k, _)| *k == key) {
+                        Some((k, v)) => format!("  {k}={v}\n"),
+                        None => format!("{l}\n"),
+                    }
+                })
+                .collect();
+            std::fs::write(db.join(&options), edited).unwrap();
+            let before = names_of(&db);
+            ok(&db, &["compact"], None);
+            let live = live_of(&db);
+            let new: Vec<&LiveTable> = live.tables.iter().filter(|t| !before.contains(&t.name)).collect();
+            assert!(!new.is_empty(), "variant {i}: no table rewritten {live:?}");
+            let (mut blocks, mut partitions) = (0, 0);
+            for t in new {
+                let bytes = std::fs::read(db.join(&t.name)).unwrap();
+                let r = check_table(&t.name, &bytes).unwrap_or_else(|e| panic!("variant {i}: {e}"));
+                assert_eq!((r.format_version, r.checksum), (*version, *want), "variant {i}");
+                if let Some(note) = &r.note {
+                    assert!(note.starts_with("index compressed with Snappy: data blocks not walked"), "{note}");
+                    assert!(!r.data_blocks_walked && r.data_blocks == 0 && r.meta_blocks >= 3, "{r:?}");
+                    blocks += r.properties_data_blocks.unwrap();
+                    continue;
+                }
+                assert!(r.data_blocks_walked && r.data_blocks > 0, "variant {i}: {r:?}");
+                blocks += r.data_blocks;
+                assert_eq!(r.properties_data_blocks, Some(r.data_blocks), "variant {i}");
+                if extra.iter().any(|(k, _)| *k == "filter_policy") {
+                    assert!(r.meta_blocks >= 4, "variant {i}: {r:?}");
+                }
+                // The options took: the index is what they asked for.
+                let want_type = match extra.iter().find(|(k, _)| *k == "index_type") {
+                    Some((_, "kTwoLevelIndexSearch")) => 2,
+                    Some((_, "kBinarySearchWithFirstKey")) => 3,
+                    _ => 0,
+                };
+                assert_eq!((r.index_type, r.index_value_delta), (want_type, *version >= 4), "variant {i}");
+                assert_eq!(r.index_partitions > 0, want_type == 2, "variant {i}: {r:?}");
+                partitions += r.index_partitions;
+                // Damage found wherever it is, unless nothing is summed.
+                if *want != C::None {
+                    for at in [bytes.len() / 5, bytes.len() / 2, bytes.len() - 100] {
+                        let mut bad = bytes.clone();
+                        bad[at] ^= 1;
+                        assert!(check_table(&t.name, &bad).is_err(), "variant {i}: byte {at}");
+                    }
+                }
+            }
+            assert!(blocks > 50, "variant {i}: {blocks} data blocks");
+            assert!(partitions == 0 || partitions > blocks / 10, "variant {i}: {partitions} index partitions");
+        }
     }
 
     #[test]

@@ -123,7 +123,9 @@ impl ChecksumType {
                 h.update(&[last]);
                 h.digest() as u32
             }
-            ChecksumType::Xxh3 => (xxhash_rust::xxh3::xxh3_64(data) as u32) ^ u32::from(last).wrapping_mul(XXH3_LAST_BYTE_PRIME),
+            ChecksumType::Xxh3 => {
+                (xxhash_rust::xxh3::xxh3_64(data) as u32) ^ u32::from(last).wrapping_mul(XXH3_LAST_BYTE_PRIME)
+            }
         }
     }
 
@@ -198,6 +200,15 @@ pub struct TableReport {
     /// How many data blocks the table properties say the table has, when it
     /// has them (RocksDB); checked against the index when it was walked.
     pub properties_data_blocks: Option<u64>,
+    /// The index type from the table properties (0 binary search, 1 hash
+    /// search, 2 partitioned, 3 binary search with first keys; 0 for
+    /// LevelDB).
+    pub index_type: u32,
+    /// Index partitions checked (partitioned indexes).
+    pub index_partitions: u64,
+    /// True when the index values are delta-encoded (format_version 4 and
+    /// later).
+    pub index_value_delta: bool,
     /// True when the index was walked, so that every data block was
     /// checked; false when a compressed index hid them.
     pub data_blocks_walked: bool,
@@ -393,6 +404,9 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
         data_bytes: 0,
         meta_blocks: 0,
         properties_data_blocks: None,
+        index_type: 0,
+        index_partitions: 0,
+        index_value_delta: false,
         data_blocks_walked: false,
         note: Some(format!("a RocksDB {what}: only block-based tables are checked")),
     };
@@ -442,7 +456,10 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
             let base = u32::from_le_bytes([f[9], f[10], f[11], f[12]]);
             let meta_size = u32::from_le_bytes([f[13], f[14], f[15], f[16]]);
             if base == 0 {
-                return Err(err(Some(start as u64), "format_version 6 footer with a zero base context checksum".into()));
+                return Err(err(
+                    Some(start as u64),
+                    "format_version 6 footer with a zero base context checksum".into(),
+                ));
             }
             if f[33..41].iter().any(|&b| b != 0) {
                 return Err(err(
@@ -484,6 +501,9 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
         data_bytes: 0,
         meta_blocks: 0,
         properties_data_blocks: None,
+        index_type: 0,
+        index_partitions: 0,
+        index_value_delta: false,
         data_blocks_walked: false,
         note: None,
     };
@@ -538,6 +558,8 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
         return Ok(report);
     }
     let first_key = props.index_type == INDEX_WITH_FIRST_KEY;
+    report.index_type = props.index_type;
+    report.index_value_delta = props.value_delta;
     let data_handles = if props.index_type == INDEX_PARTITIONED {
         let partitions = index_handles(index_block, props.value_delta, first_key)
             .map_err(|r| err(Some(index.offset), format!("the top-level index block: {r}")))?;
@@ -546,6 +568,7 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
             let what = format!("index partition {} (of {})", i + 1, partitions.len());
             let (block, kind) = table.block(*p, &what)?;
             report.meta_blocks += 1;
+            report.index_partitions += 1;
             if kind != 0 {
                 report.note = Some(format!(
                     "index partitions compressed with {}: data blocks not walked",
