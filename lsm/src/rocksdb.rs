@@ -1719,8 +1719,10 @@ mod tests {
             ),
             ("kNoChecksum", 5, &[("index_block_restart_interval", "3")], C::None),
             // Compressed blocks are checked as stored; a compressed index
-            // hides the data blocks.
+            // is decompressed (Snappy, LZ4) or hides the data blocks (ZSTD).
             ("kXXH3", 5, &[("compression", "kSnappyCompression")], C::Xxh3),
+            ("kCRC32c", 4, &[("compression", "kLZ4Compression"), ("index_block_restart_interval", "8")], C::Crc32c),
+            ("kXXH3", 5, &[("compression", "kZSTD")], C::Xxh3),
         ];
         for (i, (checksum, version, extra, want)) in variants.iter().enumerate() {
             let tmp = tempfile::tempdir().unwrap();
@@ -1754,8 +1756,15 @@ mod tests {
                 let bytes = std::fs::read(db.join(&t.name)).unwrap();
                 let r = check_table(&t.name, &bytes).unwrap_or_else(|e| panic!("variant {i}: {e}"));
                 assert_eq!((r.format_version, r.checksum), (*version, *want), "variant {i}");
+                let codec = match extra.iter().find(|(k, _)| *k == "compression") {
+                    Some((_, "kSnappyCompression")) => 1,
+                    Some((_, "kLZ4Compression")) => 4,
+                    Some((_, "kZSTD")) => 7,
+                    _ => 0,
+                };
+                assert_eq!(r.index_compression, codec, "variant {i}: {r:?}");
                 if let Some(note) = &r.note {
-                    assert!(note.starts_with("index compressed with Snappy: data blocks not walked"), "{note}");
+                    assert!(note.starts_with("index compressed with ZSTD: data blocks not walked"), "{note}");
                     assert!(!r.data_blocks_walked && r.data_blocks == 0 && r.meta_blocks >= 3, "{r:?}");
                     blocks += r.properties_data_blocks.unwrap();
                     continue;
