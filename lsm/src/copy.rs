@@ -264,8 +264,10 @@ fn read_state<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<State<F::
 /// copy is consistent when every one of the state's tables and logs could
 /// still be read: it does not matter that the database moved on since. A
 /// table or log that vanished first (a compaction or a flush deleted it),
-/// or a listing that shows newer logs but not the state's own, means the
-/// state is gone: the state is read again and only what is new is copied,
+/// a listing that shows newer logs but not the state's own (LevelDB), or a
+/// manifest that grew or was replaced while the directory was listed
+/// (then the listing may lack a log the state needs), means the state is
+/// gone: the state is read again and only what is new is copied,
 /// up to [`MAX_ROUNDS`] times. Unchanged tables are kept from the parent
 /// snapshot without reading. The logs, the manifest and `CURRENT` are
 /// stored from the bytes read (the manifest cut at its last complete

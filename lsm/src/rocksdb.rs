@@ -1339,6 +1339,115 @@ mod tests {
         assert_eq!((e.offset, e.reason.as_str()), (11, "unknown record type 37"));
     }
 
+    /// A directory in memory whose database flushes (a new manifest edit,
+    /// a new log, the old log deleted) right after it is first listed: the
+    /// listing shows the new log only, with the old manifest read.
+    struct FlushingDir {
+        files: BTreeMap<String, Vec<u8>>,
+        flush: Option<Box<dyn FnOnce(&mut BTreeMap<String, Vec<u8>>)>>,
+        stored: BTreeMap<String, Vec<u8>>,
+    }
+
+    impl LsmDir for FlushingDir {
+        fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
+            // The flush happens while the names are read, before the sizes.
+            if let Some(f) = self.flush.take() {
+                f(&mut self.files);
+            }
+            Ok(self
+                .files
+                .iter()
+                .map(|(n, b)| ListedFile {
+                    name: n.clone(),
+                    size: b.len() as u64,
+                    mtime: coffer_sdk::Timestamp { seconds: 1, nanoseconds: 0 },
+                    mode: 0o644,
+                    is_file: true,
+                })
+                .collect())
+        }
+
+        fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+            Ok(self.files.get(name).cloned())
+        }
+
+        fn reuse_unchanged(&mut self, _: &ListedFile) -> bool {
+            false
+        }
+
+        fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
+            Ok(names
+                .iter()
+                .map(|n| self.files.get(n).cloned().map(|b| self.stored.insert(n.clone(), b)).is_some())
+                .collect())
+        }
+
+        fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
+            assert!(self.stored.insert(file.name.clone(), bytes.to_vec()).is_none(), "{} stored twice", file.name);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn copy_reads_again_when_the_manifest_grows_during_the_listing() {
+        let m1 = write_log(&base(), None);
+        let mut edits = base();
+        edits.push(E::default().table(0, 21, 70, &[]).num(tag::LOG_NUMBER, 22).0);
+        let m2 = write_log(&edits, None);
+        let log5 = write_log(&[b"writes now in table 21".to_vec()], None);
+        let log22 = write_log(&[b"later writes".to_vec()], None);
+        let m2c = m2.clone();
+        let l22 = log22.clone();
+        let mut dir = FlushingDir {
+            files: [
+                ("CURRENT", b"MANIFEST-000004\n".to_vec()),
+                ("MANIFEST-000004", m1),
+                ("000008.sst", vec![8; 1000]),
+                ("000009.sst", vec![9; 2000]),
+                ("000005.log", log5),
+                ("IDENTITY", b"id".to_vec()),
+            ]
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), b))
+            .collect(),
+            flush: Some(Box::new(move |f| {
+                f.insert("MANIFEST-000004".into(), m2c);
+                f.insert("000021.sst".into(), vec![21; 70]);
+                f.insert("000022.log".into(), l22);
+                f.remove("000005.log");
+            })),
+            stored: BTreeMap::new(),
+        };
+        // The first state (log 5) would have been stored with log 22 only:
+        // the writes of log 5 lost. It is read again instead.
+        let r = copy_live_set::<RocksDb>(&mut dir, "db").unwrap();
+        assert_eq!((r.rounds, r.tables, r.logs), (2, 3, 1));
+        assert_eq!(dir.stored["MANIFEST-000004"], m2);
+        assert_eq!(dir.stored["000022.log"], log22);
+        assert_eq!(
+            dir.stored.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["000008.sst", "000009.sst", "000021.sst", "000022.log", "CURRENT", "IDENTITY", "MANIFEST-000004"]
+        );
+        // A log number no log has (RocksDB records the last replayed log
+        // plus one after recovery) is no reason to read again.
+        let mut dir = FlushingDir {
+            files: [
+                ("CURRENT", b"MANIFEST-000004\n".to_vec()),
+                ("MANIFEST-000004", write_log(&base(), None)),
+                ("000008.sst", vec![8; 1000]),
+                ("000009.sst", vec![9; 2000]),
+                ("000011.log", write_log(&[b"after recovery".to_vec()], None)),
+            ]
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), b))
+            .collect(),
+            flush: None,
+            stored: BTreeMap::new(),
+        };
+        let r = copy_live_set::<RocksDb>(&mut dir, "db").unwrap();
+        assert_eq!((r.rounds, r.logs), (1, 1));
+    }
+
     // -----------------------------------------------------------------
     // Databases written by RocksDB itself (Debian's rocksdb-tools: ldb).
 
