@@ -1344,9 +1344,12 @@ mod tests {
     /// listing shows the new log only, with the old manifest read.
     struct FlushingDir {
         files: BTreeMap<String, Vec<u8>>,
-        flush: Option<Box<dyn FnOnce(&mut BTreeMap<String, Vec<u8>>)>>,
+        flush: Option<Flush>,
         stored: BTreeMap<String, Vec<u8>>,
     }
+
+    /// A change to a directory's files.
+    type Flush = Box<dyn FnOnce(&mut BTreeMap<String, Vec<u8>>)>;
 
     impl LsmDir for FlushingDir {
         fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
