@@ -1,8 +1,7 @@
 //! Tables (LevelDB's `.ldb`/`.sst` and RocksDB's block-based `.sst`
-//! files) checked block by block without decompressing anything: the
-//! footer, the metaindex block and every block it names, the index block
-//! and every data block the index points to, each against the checksum in
-//! its trailer.
+//! files) checked block by block: the footer, the metaindex block and
+//! every block it names, the index block and every data block the index
+//! points to, each against the checksum in its trailer.
 //!
 //! The layout (LevelDB's `doc/table_format.md`; RocksDB's `table/format.h`,
 //! `table/format.cc`, `table/block_based/block.cc`):
@@ -658,8 +657,13 @@ fn index_handles(block: &[u8], value_delta: bool, first_key: bool) -> Result<Vec
             Some(prev) if value_delta && e.shared != 0 => {
                 let z = varint(src, &mut pos).ok_or("bad delta-encoded block size")?;
                 let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
-                let size = prev.size.checked_add_signed(delta).ok_or("a delta-encoded block size below zero")?;
-                Handle { offset: prev.offset + prev.size + TRAILER_LEN as u64, size }
+                let size = prev.size.checked_add_signed(delta).ok_or("a delta-encoded block size out of range")?;
+                let offset = prev
+                    .size
+                    .checked_add(TRAILER_LEN as u64)
+                    .and_then(|n| prev.offset.checked_add(n))
+                    .ok_or("a block offset out of range")?;
+                Handle { offset, size }
             }
             _ => read_handle(src, &mut pos).ok_or("a value that is not a block handle")?,
         };
