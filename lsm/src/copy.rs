@@ -13,7 +13,7 @@ use std::io::Write;
 
 use coffer_sdk::{EntryMeta, Error, FileOutcome, FileSource, Sink, Timestamp, host};
 
-use crate::log::log_complete_len;
+use crate::log::{LogFormat, log_complete_len_as};
 use crate::{LsmError, parse_current};
 
 /// A database flavor: how its manifest names its state.
@@ -22,6 +22,14 @@ pub trait Flavor {
     type Manifest: fmt::Debug + Clone + PartialEq + Eq;
     /// The database's name in messages (`LevelDB`, `RocksDB`).
     const NAME: &'static str;
+    /// The record types its logs may hold.
+    const LOG_FORMAT: LogFormat = LogFormat::LevelDb;
+    /// True when the log the live set's `log_number` names always exists
+    /// while the state is current (LevelDB records the number of the log
+    /// it has just created), so that its absence, with newer logs listed,
+    /// means a flush deleted it. RocksDB may record a number no log has
+    /// (after recovery, the last replayed log's number plus one).
+    const LOG_NUMBER_NAMES_A_LOG: bool = true;
     /// The live set: `current` is `CURRENT`'s bytes, `manifest` the bytes
     /// of the manifest it names, `names` the directory's file names.
     fn live_set(current: &[u8], manifest: &[u8], names: &[&str]) -> Result<LiveSet<Self::Manifest>, LsmError>;
@@ -199,6 +207,16 @@ struct State<M> {
     manifest: Vec<u8>,
     live: LiveSet<M>,
     listed: BTreeMap<String, ListedFile>,
+    /// The listing shows the manifest at the size that was read, and
+    /// `CURRENT`, read again after the listing, still names it. A database
+    /// deletes a log or table only after the manifest edit (or the new
+    /// manifest named by `CURRENT`) that makes it obsolete is written; the
+    /// listing reads the names first, then each file's size. So when the
+    /// state is unchanged, every file it needs that was deleted before the
+    /// names were read would have shown as a manifest grown or replaced:
+    /// the logs listed are all of its logs. (A file deleted after the
+    /// names were read fails to be read, and the state is read again.)
+    unchanged: bool,
 }
 
 /// Reads `CURRENT`, the manifest it names, then lists the directory (in
@@ -221,12 +239,17 @@ fn read_state<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<State<F::
             continue;
         };
         let listed: BTreeMap<String, ListedFile> = dir.list()?.into_iter().map(|f| (f.name.clone(), f)).collect();
+        // CURRENT once more, after the listing: see `State::unchanged`.
+        let current_after = dir.read("CURRENT")?;
         let names: Vec<&str> = listed.values().filter(|f| f.is_file).map(|f| f.name.as_str()).collect();
         let mut live = F::live_set(&current, &manifest, &names).map_err(|e| Error::Corrupt(format!("{label}/{e}")))?;
         // Directories, symlinks and special files are never part of a
         // database.
         live.left_out.other.extend(listed.values().filter(|f| !f.is_file).map(|f| f.name.clone()));
-        return Ok(State { current, manifest, live, listed });
+        let listed_manifest = listed.get(&live.manifest_name).map(|f| f.size);
+        let unchanged =
+            current_after.as_deref() == Some(&current[..]) && listed_manifest == Some(manifest.len() as u64);
+        return Ok(State { current, manifest, live, listed, unchanged });
     }
     Err(Error::Corrupt(format!("{label}/CURRENT names {last}, which is not in the directory")))
 }
@@ -241,8 +264,10 @@ fn read_state<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<State<F::
 /// copy is consistent when every one of the state's tables and logs could
 /// still be read: it does not matter that the database moved on since. A
 /// table or log that vanished first (a compaction or a flush deleted it),
-/// or a listing that shows newer logs but not the state's own, means the
-/// state is gone: the state is read again and only what is new is copied,
+/// a listing that shows newer logs but not the state's own (LevelDB), or a
+/// manifest that grew or was replaced while the directory was listed
+/// (then the listing may lack a log the state needs), means the state is
+/// gone: the state is read again and only what is new is copied,
 /// up to [`MAX_ROUNDS`] times. Unchanged tables are kept from the parent
 /// snapshot without reading. The logs, the manifest and `CURRENT` are
 /// stored from the bytes read (the manifest cut at its last complete
@@ -280,9 +305,13 @@ pub fn copy_live_set<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<Co
         // flush moved its writes into a table this state does not list.
         let live = &state.live;
         let first_log = live.logs.first().and_then(|l| crate::number(l.strip_suffix(".log")?));
-        if first_log.is_some_and(|n| n > live.log_number) && live.log_number != 0 {
+        if F::LOG_NUMBER_NAMES_A_LOG && first_log.is_some_and(|n| n > live.log_number) && live.log_number != 0 {
             whole = false;
             why = format!("log {:06} of {} was deleted before it was read", live.log_number, live.manifest_name);
+        }
+        if !state.unchanged {
+            whole = false;
+            why = format!("{} was written to or replaced while the directory was listed", live.manifest_name);
         }
         if !whole {
             continue;
@@ -348,7 +377,7 @@ pub fn copy_live_set<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<Co
         report.tables = live.len();
         report.tables_extra = stored.iter().filter(|n| !live.contains(n.as_str())).count();
         for (name, bytes) in &logs {
-            let keep = log_complete_len(bytes);
+            let keep = log_complete_len_as(bytes, F::LOG_FORMAT);
             report.partial_bytes += (bytes.len() - keep) as u64;
             let mut file = state.listed[name].clone();
             file.size = keep as u64;

@@ -730,6 +730,10 @@ if got != want:
         assert!(live.left_out.other.contains(&"LOCK".to_string()));
         for t in &live.tables {
             assert_eq!(std::fs::metadata(db.join(&t.name)).unwrap().len(), t.meta.size, "{}", t.name);
+            // LevelDB's tables pass the table check, every block walked.
+            let r = crate::table::check_table(&t.name, &std::fs::read(db.join(&t.name)).unwrap()).unwrap();
+            assert_eq!((r.format_version, r.checksum), (0, crate::table::ChecksumType::Crc32c), "{}", t.name);
+            assert!(r.data_blocks_walked && r.data_blocks > 0 && r.meta_blocks >= 2, "{} {r:?}", t.name);
         }
         // What LevelDB itself needs: delete everything else, then LevelDB
         // must open the database and read every key back.

@@ -6,6 +6,10 @@
 //! - [`log`]: the log format of manifests and write-ahead logs.
 //! - [`leveldb`]: LevelDB's version edits and file names (Fabric's stores,
 //!   written by goleveldb).
+//! - [`rocksdb`]: RocksDB's version edits and file names (the chain
+//!   databases of Substrate and Polkadot-SDK nodes).
+//! - [`table`] checks tables (LevelDB's and RocksDB's block-based SST
+//!   files) block by block.
 //! - [`copy`]: the live set of a database and its consistent copy,
 //!   whatever the flavor.
 
@@ -16,6 +20,8 @@ use coffer_sdk::Error;
 pub mod copy;
 pub mod leveldb;
 pub mod log;
+pub mod rocksdb;
+pub mod table;
 
 /// A problem in a LevelDB or RocksDB file, with the file and where in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
