@@ -33,6 +33,11 @@ pub trait Flavor {
     /// The live set: `current` is `CURRENT`'s bytes, `manifest` the bytes
     /// of the manifest it names, `names` the directory's file names.
     fn live_set(current: &[u8], manifest: &[u8], names: &[&str]) -> Result<LiveSet<Self::Manifest>, LsmError>;
+    /// The names of the manifest's column families (RocksDB), in id order;
+    /// none for a flavor without them.
+    fn column_families(_manifest: &Self::Manifest) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A live table, as the manifest describes it.
@@ -199,6 +204,8 @@ pub struct CopyReport {
     pub rounds: usize,
     /// Files of the directory left out, as of the last read.
     pub left_out: LeftOut,
+    /// The column families of the state copied (RocksDB).
+    pub column_families: Vec<String>,
 }
 
 /// One read of the database's state.
@@ -408,6 +415,7 @@ pub fn copy_live_set<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<Co
         dir.add_bytes(&current_file, &state.current)?;
         report.manifest = state.live.manifest_name.clone();
         report.left_out = state.live.left_out.clone();
+        report.column_families = F::column_families(&state.live.manifest);
         return Ok(report);
     }
     Err(Error::Unavailable(format!(

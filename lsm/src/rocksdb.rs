@@ -41,6 +41,10 @@ impl Flavor for RocksDb {
     fn live_set(current: &[u8], manifest: &[u8], names: &[&str]) -> Result<LiveSet<RocksDbManifest>, LsmError> {
         live_set(current, manifest, names.iter().copied())
     }
+
+    fn column_families(manifest: &RocksDbManifest) -> Vec<String> {
+        manifest.column_families.values().map(|c| c.name.clone()).collect()
+    }
 }
 
 // ---------------------------------------------------------------------------

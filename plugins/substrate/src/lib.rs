@@ -39,8 +39,8 @@ use std::fs;
 use coffer_lsm::copy::{CopyReport, backup as copy_database};
 use coffer_lsm::rocksdb::{self, RocksDb};
 use coffer_sdk::{
-    Capability, Config, ConfigError, EntryKind, EntryMeta, Error, FileOutcome, FileSource, LockHeld, Plugin,
-    PluginInfo, RestoreOptions, Sink, SnapshotReader, VerifyReport, host,
+    Capability, Config, ConfigError, EntryKind, EntryMeta, Error, LockHeld, Plugin, PluginInfo, RestoreOptions, Sink,
+    SnapshotReader, VerifyReport, host,
 };
 use serde::Deserialize;
 
@@ -116,7 +116,10 @@ impl Config for SubstrateConfig {
                 return Err(ConfigError::field("chain", "is for base_path; keystore_dir names the keystore itself"));
             }
             if c.is_empty() || c.starts_with('.') || c.contains('/') {
-                return Err(ConfigError::field("chain", "must be a directory name under chains/ (the chain spec's id)"));
+                return Err(ConfigError::field(
+                    "chain",
+                    "must be a directory name under chains/ (the chain spec's id)",
+                ));
             }
         }
         if self.keystore_only && self.database_only {
@@ -198,8 +201,7 @@ fn chain_dir(config: &SubstrateConfig, base: &str) -> Result<String, Error> {
             "base_path: {chains} cannot be listed ({e}); is {base} the node's --base-path (it holds chains/<chain>/)?"
         ))
     })?;
-    let names: Vec<String> =
-        listing.items.into_iter().filter(|i| i.kind == EntryKind::Dir).map(|i| i.name).collect();
+    let names: Vec<String> = listing.items.into_iter().filter(|i| i.kind == EntryKind::Dir).map(|i| i.name).collect();
     match &config.chain {
         Some(c) if names.contains(c) => Ok(c.clone()),
         Some(c) => Err(Error::InvalidConfig(format!(
@@ -294,7 +296,8 @@ fn backup_rocksdb(
         match lock_held(&lock)? {
             Some(LockHeld::None) => {}
             held if config.allow_live => {
-                let how = if held.is_some() { "is held by a running node" } else { "may be held (the host cannot tell)" };
+                let how =
+                    if held.is_some() { "is held by a running node" } else { "may be held (the host cannot tell)" };
                 host::info(format!(
                     "{lock} {how}; allow_live=true: copying the database's live set consistently while it is written"
                 ));
@@ -370,8 +373,11 @@ fn check_keys(config: &SubstrateConfig, files: &[(String, Vec<u8>)], sink: &Sink
             continue;
         }
         match keystore::check_key_file(name, bytes, config.keystore_password.as_deref()) {
-            Ok(k) => public.push(format!("{}:0x{}", k.key_type, k.public_key_hex())),
-            Err(e) => host::warn(format!("keystore {path}: {}; run `coffer verify` on the snapshot for the report", e.problem)),
+            Ok(k) => public.push(format!("{}:{}", k.key_type, k.public_key_hex())),
+            Err(e) => host::warn(format!(
+                "keystore {path}: {}; run `coffer verify` on the snapshot for the report",
+                e.problem
+            )),
         }
     }
     if !public.is_empty() {

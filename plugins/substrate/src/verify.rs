@@ -68,7 +68,8 @@ pub fn rocksdb(
         let path = join(dir, &t.name);
         let have = files.get(&t.name).copied().unwrap_or_default();
         if have != t.meta.size {
-            report.problem(&path, format!("{label}: table {} holds {have} bytes; {name} lists {}", t.name, t.meta.size));
+            report
+                .problem(&path, format!("{label}: table {} holds {have} bytes; {name} lists {}", t.name, t.meta.size));
             continue;
         }
         // One table in memory at a time.
@@ -110,8 +111,11 @@ pub fn paritydb(
             is_file: true,
         })
         .collect();
-    let metadata =
-        if files.contains_key(paritydb::METADATA) { Some(read_entry(snapshot, &join(dir, paritydb::METADATA))?) } else { None };
+    let metadata = if files.contains_key(paritydb::METADATA) {
+        Some(read_entry(snapshot, &join(dir, paritydb::METADATA))?)
+    } else {
+        None
+    };
     let set = paritydb::file_set(&listed);
     let mut heads = BTreeMap::new();
     for name in set.tables.iter().chain(&set.logs) {
