@@ -220,6 +220,10 @@ fn a_validator_backs_up_verifies_and_restores_behind_the_equivocation_fence() {
     assert!(!said.contains("bottom drive"), "{said}");
     assert!(!attrs.to_string().contains("bottom drive"), "{attrs}");
 
+    // Incremental: every table is kept from the parent unread.
+    let (_, again) = backup(&t, &[format!("base_path={}", base.display())]).unwrap();
+    assert!(again.contains(&format!("{tables} live tables ({tables} kept from the parent snapshot)")), "{again}");
+
     let (code, report) = verify(&t, &id);
     assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("4 of 4 keys derive the public keys their file names give"), "{report}");

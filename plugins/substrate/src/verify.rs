@@ -79,7 +79,7 @@ pub fn rocksdb(
             continue;
         }
         match coffer_lsm::table::check_table(&t.name, &bytes) {
-            Ok(r) => blocks += r.data_blocks as u64,
+            Ok(r) => blocks += r.data_blocks,
             Err(e) => report.problem(&path, format!("{label}: {e}")),
         }
     }
@@ -123,7 +123,7 @@ pub fn paritydb(
         let mut r = snapshot.open(&join(dir, name))?;
         let mut got = 0;
         while got < head.len() {
-            match r.read(&mut head[got..]).map_err(|e| Error::from(e).context(&join(dir, name)))? {
+            match r.read(&mut head[got..]).map_err(|e| Error::from(e).context(join(dir, name)))? {
                 0 => break,
                 n => got += n,
             }
