@@ -426,7 +426,7 @@ pub fn copy_live_set<F: Flavor>(dir: &mut impl LsmDir, label: &str) -> Result<Co
 }
 
 /// The directory on the host, for [`copy_live_set`] inside the plugin.
-struct HostDir<'a, 'b> {
+pub struct HostDir<'a, 'b> {
     /// Host path of the directory.
     source: &'a str,
     /// Its path in the snapshot.
@@ -436,12 +436,21 @@ struct HostDir<'a, 'b> {
     sink: &'a Sink<'b>,
 }
 
-impl HostDir<'_, '_> {
-    fn host_path(&self, name: &str) -> String {
+impl<'a, 'b> HostDir<'a, 'b> {
+    /// The host directory `source`, stored as the snapshot directory `rel`
+    /// (its files become `rel/NAME`); with `has_parent`, unchanged files
+    /// may be kept from the parent snapshot.
+    pub fn new(source: &'a str, rel: &'a str, has_parent: bool, sink: &'a Sink<'b>) -> Self {
+        HostDir { source, rel, has_parent, sink }
+    }
+
+    /// The host path of the directory's file `name`.
+    pub fn host_path(&self, name: &str) -> String {
         format!("{}/{name}", self.source.trim_end_matches('/'))
     }
 
-    fn snapshot_path(&self, name: &str) -> String {
+    /// The snapshot path of the directory's file `name`.
+    pub fn snapshot_path(&self, name: &str) -> String {
         if self.rel.is_empty() { name.to_string() } else { format!("{}/{name}", self.rel) }
     }
 }
@@ -547,4 +556,63 @@ pub fn backup<F: Flavor>(source: &str, rel: &str, has_parent: bool, sink: &Sink)
     }
     host::info(msg);
     Ok(r)
+}
+
+/// What the tests of the flavors share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
+
+    use coffer_sdk::Error;
+
+    use super::{ListedFile, LsmDir};
+
+    /// The names in a directory, sorted.
+    pub fn names_of(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    /// A directory on disk, copied into `out`.
+    pub struct DiskDir {
+        pub dir: PathBuf,
+        pub out: PathBuf,
+    }
+
+    impl LsmDir for DiskDir {
+        fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
+            Ok(names_of(&self.dir)
+                .into_iter()
+                .map(|name| {
+                    let md = std::fs::metadata(self.dir.join(&name)).unwrap();
+                    ListedFile {
+                        name,
+                        size: md.len(),
+                        mtime: md.modified().unwrap().into(),
+                        mode: 0o644,
+                        is_file: md.is_file(),
+                    }
+                })
+                .collect())
+        }
+
+        fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+            Ok(std::fs::read(self.dir.join(name)).ok())
+        }
+
+        fn reuse_unchanged(&mut self, _: &ListedFile) -> bool {
+            false
+        }
+
+        fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
+            Ok(names.iter().map(|n| std::fs::copy(self.dir.join(n), self.out.join(n)).is_ok()).collect())
+        }
+
+        fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
+            std::fs::write(self.out.join(&file.name), bytes).unwrap();
+            Ok(())
+        }
+    }
 }

@@ -299,6 +299,7 @@ pub fn live_set<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::testing::{DiskDir, names_of};
     use crate::copy::*;
     use crate::log::*;
     use coffer_sdk::{Error, Timestamp};
@@ -390,13 +391,6 @@ mod tests {
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fabric")
-    }
-
-    fn names_of(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        v.sort();
-        v
     }
 
     fn live_of(dir: &Path) -> LiveSet<Manifest> {
@@ -770,47 +764,6 @@ if got != want:
         for (drop, copy) in without {
             let out = Command::new(py).arg("-c").arg(CHECK_DB).arg(&copy).arg(&expect).output().unwrap();
             assert!(!out.status.success(), "LevelDB read the same contents without {drop}");
-        }
-    }
-
-    /// A directory on disk, copied into `out`.
-    struct DiskDir {
-        dir: PathBuf,
-        out: PathBuf,
-    }
-
-    impl LsmDir for DiskDir {
-        fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
-            Ok(names_of(&self.dir)
-                .into_iter()
-                .map(|name| {
-                    let md = std::fs::metadata(self.dir.join(&name)).unwrap();
-                    ListedFile {
-                        name,
-                        size: md.len(),
-                        mtime: md.modified().unwrap().into(),
-                        mode: 0o644,
-                        is_file: md.is_file(),
-                    }
-                })
-                .collect())
-        }
-
-        fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-            Ok(std::fs::read(self.dir.join(name)).ok())
-        }
-
-        fn reuse_unchanged(&mut self, _: &ListedFile) -> bool {
-            false
-        }
-
-        fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
-            Ok(names.iter().map(|n| std::fs::copy(self.dir.join(n), self.out.join(n)).is_ok()).collect())
-        }
-
-        fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
-            std::fs::write(self.out.join(&file.name), bytes).unwrap();
-            Ok(())
         }
     }
 

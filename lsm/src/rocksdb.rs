@@ -890,6 +890,7 @@ pub fn live_set<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::testing::{DiskDir, names_of};
     use crate::copy::*;
     use crate::log::*;
     use crate::table::check_table;
@@ -1511,13 +1512,6 @@ mod tests {
         ok(db, &args, Some(text));
     }
 
-    fn names_of(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        v.sort();
-        v
-    }
-
     fn live_of(dir: &Path) -> LiveSet<RocksDbManifest> {
         let current = std::fs::read(dir.join("CURRENT")).unwrap();
         let (name, _) = parse_current(&current).unwrap();
@@ -1602,47 +1596,6 @@ mod tests {
                 (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
             })
             .collect()
-    }
-
-    /// A directory on disk, copied into `out`.
-    struct DiskDir {
-        dir: PathBuf,
-        out: PathBuf,
-    }
-
-    impl LsmDir for DiskDir {
-        fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
-            Ok(names_of(&self.dir)
-                .into_iter()
-                .map(|name| {
-                    let md = std::fs::metadata(self.dir.join(&name)).unwrap();
-                    ListedFile {
-                        name,
-                        size: md.len(),
-                        mtime: md.modified().unwrap().into(),
-                        mode: 0o644,
-                        is_file: md.is_file(),
-                    }
-                })
-                .collect())
-        }
-
-        fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-            Ok(std::fs::read(self.dir.join(name)).ok())
-        }
-
-        fn reuse_unchanged(&mut self, _: &ListedFile) -> bool {
-            false
-        }
-
-        fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
-            Ok(names.iter().map(|n| std::fs::copy(self.dir.join(n), self.out.join(n)).is_ok()).collect())
-        }
-
-        fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
-            std::fs::write(self.out.join(&file.name), bytes).unwrap();
-            Ok(())
-        }
     }
 
     /// Copies the live set of `db` into new directories: whole, and

@@ -59,9 +59,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 
-use coffer_sdk::{EntryMeta, Error, FileOutcome, FileSource, Sink, Timestamp, host};
+use coffer_sdk::{Error, Sink, Timestamp, host};
 
 // ---------------------------------------------------------------------------
 // The format
@@ -425,21 +425,8 @@ pub fn parse_metadata(bytes: &[u8]) -> Result<Metadata, ParityDbError> {
 // ---------------------------------------------------------------------------
 // The file set
 
-/// A file of the directory as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedFile {
-    /// Its name in the directory.
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time.
-    pub mtime: Timestamp,
-    /// Permission bits.
-    pub mode: u32,
-    /// False for directories, symlinks and special files (never part of a
-    /// database).
-    pub is_file: bool,
-}
+pub use coffer_lsm::copy::ListedFile;
+use coffer_lsm::copy::LsmDir;
 
 /// Files of the directory that are not part of the database.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -911,120 +898,50 @@ pub fn check_dir(dir: &mut impl ParityDbDir) -> Result<StructureCheck, Error> {
     Ok(check_structure(metadata.as_deref(), &listed, &heads))
 }
 
-/// The directory on the host.
+/// The directory on the host: coffer-lsm's, which lists, reads and stores
+/// a database directory's files for the plugin, with the lock question.
 struct HostDir<'a, 'b> {
-    /// Host path of the directory.
-    source: &'a str,
-    /// Its path in the snapshot.
-    rel: &'a str,
-    /// Whether there is a parent snapshot to keep files from.
-    has_parent: bool,
+    inner: coffer_lsm::copy::HostDir<'a, 'b>,
     /// The host's answer to "does another process hold a lock on this
     /// file".
     locked: &'a dyn Fn(&str) -> Result<bool, Error>,
-    sink: &'a Sink<'b>,
-}
-
-impl HostDir<'_, '_> {
-    fn host_path(&self, name: &str) -> String {
-        format!("{}/{name}", self.source.trim_end_matches('/'))
-    }
-
-    fn snapshot_path(&self, name: &str) -> String {
-        if self.rel.is_empty() { name.to_string() } else { format!("{}/{name}", self.rel) }
-    }
-}
-
-/// Files handed to the host per `add-files` call.
-const ADD_FILES: usize = 500;
-
-/// Lists a host directory for the trait.
-fn host_list(source: &str) -> Result<Vec<ListedFile>, Error> {
-    let listing = host::list_dir(source)?;
-    let mut out: Vec<ListedFile> = listing
-        .items
-        .into_iter()
-        .map(|i| ListedFile {
-            is_file: i.kind == coffer_sdk::EntryKind::File,
-            name: i.name,
-            size: i.size,
-            mtime: i.mtime,
-            mode: i.mode,
-        })
-        .collect();
-    out.extend(listing.special.into_iter().chain(listing.not_utf8).map(|name| ListedFile {
-        name,
-        size: 0,
-        mtime: Timestamp::default(),
-        mode: 0,
-        is_file: false,
-    }));
-    Ok(out)
-}
-
-/// Reads at most `len` bytes of a host file; `None` when it does not exist.
-fn host_read(path: &str, len: Option<usize>) -> Result<Option<Vec<u8>>, Error> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::from(e).context(path)),
-    };
-    let mut out = Vec::new();
-    let r = match len {
-        Some(n) => file.take(n as u64).read_to_end(&mut out),
-        None => (&file).read_to_end(&mut out),
-    };
-    r.map_err(|e| Error::from(e).context(path))?;
-    Ok(Some(out))
 }
 
 impl ParityDbDir for HostDir<'_, '_> {
     fn list(&mut self) -> Result<Vec<ListedFile>, Error> {
-        host_list(self.source)
+        self.inner.list()
     }
 
     fn read(&mut self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        host_read(&self.host_path(name), None)
+        self.inner.read(name)
     }
 
     fn read_head(&mut self, name: &str, len: usize) -> Result<Option<Vec<u8>>, Error> {
-        host_read(&self.host_path(name), Some(len))
+        let path = self.inner.host_path(name);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::from(e).context(&path)),
+        };
+        let mut out = Vec::new();
+        file.take(len as u64).read_to_end(&mut out).map_err(|e| Error::from(e).context(&path))?;
+        Ok(Some(out))
     }
 
     fn locked(&mut self, name: &str) -> Result<bool, Error> {
-        (self.locked)(&self.host_path(name))
+        (self.locked)(&self.inner.host_path(name))
     }
 
     fn reuse_unchanged(&mut self, file: &ListedFile) -> bool {
-        self.has_parent && self.sink.reuse_unchanged(&self.snapshot_path(&file.name), file.size, file.mtime, file.mode)
+        self.inner.reuse_unchanged(file)
     }
 
     fn add_files(&mut self, names: &[String]) -> Result<Vec<bool>, Error> {
-        let mut out = Vec::with_capacity(names.len());
-        for chunk in names.chunks(ADD_FILES) {
-            host::check_cancelled()?;
-            let batch: Vec<FileSource> =
-                chunk.iter().map(|n| FileSource { path: self.snapshot_path(n), source: self.host_path(n) }).collect();
-            for (file, outcome) in batch.iter().zip(self.sink.add_files(&batch)?) {
-                match outcome {
-                    FileOutcome::Added(_) => out.push(true),
-                    FileOutcome::Gone => out.push(false),
-                    FileOutcome::Unreadable(why) => {
-                        return Err(Error::Other(format!("{} cannot be read ({why})", file.source)));
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.inner.add_files(names)
     }
 
     fn add_bytes(&mut self, file: &ListedFile, bytes: &[u8]) -> Result<(), Error> {
-        let path = self.snapshot_path(&file.name);
-        let mut w =
-            self.sink.add_entry(EntryMeta::file(&path, file.mode).mtime(file.mtime).size_hint(bytes.len() as u64))?;
-        w.write_all(bytes).map_err(|e| Error::from(e).context(&path))?;
-        w.finish()?;
-        Ok(())
+        self.inner.add_bytes(file, bytes)
     }
 }
 
@@ -1044,7 +961,7 @@ pub fn backup(
     sink: &Sink,
 ) -> Result<ParityDbReport, Error> {
     host::check_cancelled()?;
-    let mut dir = HostDir { source, rel, has_parent, locked, sink };
+    let mut dir = HostDir { inner: coffer_lsm::copy::HostDir::new(source, rel, has_parent, sink), locked };
     let r = copy_database(&mut dir, source)?;
     let mut msg = format!(
         "ParityDB {source}: {}; {} index files, {} value tables, {} logs ({} files kept from the parent snapshot), \
