@@ -202,10 +202,18 @@ fn a_validator_backs_up_verifies_and_restores_behind_the_equivocation_fence() {
     let chain = validator(&base);
     let db = chain.join("db/full");
     let before = scans(&db);
-    let (id, said) = backup(&t, &[format!("base_path={}", base.display())]).unwrap();
+    // A second chain: the chain spec's id picks this node's.
+    std::fs::create_dir_all(base.join("chains/dev")).unwrap();
+    let spec = t.dir.path().join("local-spec.json");
+    std::fs::write(&spec, format!(r#"{{"name": "Local Testnet", "id": "{CHAIN}", "chainType": "Local"}}"#)).unwrap();
+    let sets = [format!("base_path={}", base.display()), format!("chain_spec={}", spec.display())];
+    let e = backup(&t, &sets[..1]).unwrap_err();
+    assert!(e.contains("several chains (dev, local_testnet); name one with chain="), "{e}");
+    let (id, said) = backup(&t, &sets).unwrap();
     assert!(said.contains("4 keys whose secrets derive"), "{said}");
     let attrs = attributes(&t, &id);
     assert_eq!(attrs["substrate.chain"], CHAIN, "{attrs}");
+    assert_eq!(attrs["substrate.chain-spec-id"], CHAIN, "{attrs}");
     assert_eq!(attrs["substrate.database"], "rocksdb", "{attrs}");
     assert_eq!(attrs["substrate.column-families"], "default,col1,col2", "{attrs}");
     let tables: usize = attrs["substrate.live-tables"].as_str().unwrap().parse().unwrap();
@@ -221,7 +229,7 @@ fn a_validator_backs_up_verifies_and_restores_behind_the_equivocation_fence() {
     assert!(!attrs.to_string().contains("bottom drive"), "{attrs}");
 
     // Incremental: every table is kept from the parent unread.
-    let (_, again) = backup(&t, &[format!("base_path={}", base.display())]).unwrap();
+    let (_, again) = backup(&t, &sets).unwrap();
     assert!(again.contains(&format!("{tables} live tables ({tables} kept from the parent snapshot)")), "{again}");
 
     let (code, report) = verify(&t, &id);
@@ -240,7 +248,12 @@ fn a_validator_backs_up_verifies_and_restores_behind_the_equivocation_fence() {
     // The chain database alone needs no fence.
     let (target, r) = restore(&t, &id, "database-only", &["database_only=true"]);
     r.unwrap();
-    assert!(files_under(&target).iter().all(|f| f.starts_with(&format!("chains/{CHAIN}/db/full/"))));
+    let got = files_under(&target);
+    assert!(
+        got.iter().all(|f| f.starts_with(&format!("chains/{CHAIN}/db/full/")) || f == "chain-spec.json"),
+        "{got:?}"
+    );
+    assert_eq!(std::fs::read(target.join("chain-spec.json")).unwrap(), std::fs::read(&spec).unwrap());
     assert_eq!(scans(&target.join(format!("chains/{CHAIN}/db/full"))), before);
     // The keys alone, with the operator's word.
     let (target, r) = restore(&t, &id, "keys-only", &["keystore_only=true", "i_stopped_the_old_validator=true"]);

@@ -58,6 +58,11 @@ pub struct SubstrateConfig {
     /// needed when there are several.
     #[serde(default)]
     chain: Option<String>,
+    /// The node's chain spec (its `--chain` file): its `id` names the
+    /// chain directory when `chain` is not given, and it is stored with
+    /// the backup as `chain-spec.json`.
+    #[serde(default)]
+    chain_spec: Option<String>,
     /// A keystore directory alone, instead of `base_path`.
     #[serde(default)]
     keystore_dir: Option<String>,
@@ -111,6 +116,9 @@ impl Config for SubstrateConfig {
                 return Err(ConfigError::field(field, "must be an absolute path"));
             }
         }
+        if self.chain_spec.is_some() && self.keystore_dir.is_some() {
+            return Err(ConfigError::field("chain_spec", "is for base_path; keystore_dir backs up keys alone"));
+        }
         if let Some(c) = &self.chain {
             if self.keystore_dir.is_some() {
                 return Err(ConfigError::field("chain", "is for base_path; keystore_dir names the keystore itself"));
@@ -136,6 +144,7 @@ const SCHEMA: &str = r#"{
   "properties": {
     "base_path": {"type": "string", "x-coffer-grant": "read-dir", "description": "The node's --base-path (holding chains/<chain>/); granted read-only."},
     "chain": {"type": "string", "description": "The chain's directory under chains/ (its chain spec's id); needed when there are several."},
+    "chain_spec": {"type": "string", "x-coffer-grant": "read-file", "description": "The node's chain spec file (--chain); its id picks the chain directory when chain is not given; stored as chain-spec.json."},
     "keystore_dir": {"type": "string", "x-coffer-grant": "read-dir", "description": "A keystore directory alone, instead of base_path; granted read-only."},
     "allow_live": {"type": "boolean", "description": "backup: copy a RocksDB database a running node holds open, consistently (its live set, re-read until whole), instead of refusing it."},
     "keystore_password": {"type": "string", "description": "The node's keystore password (--password); prefer keystore_password_file or keystore_password_env. Never stored."},
@@ -157,6 +166,10 @@ const LAYOUT_ATTR: &str = "substrate.layout";
 const LAYOUT_BASE_PATH: &str = "base-path";
 /// A keystore directory's files alone.
 const LAYOUT_KEYSTORE: &str = "keystore";
+/// Attribute: the `id` of the chain spec given with `chain_spec`.
+const SPEC_ID_ATTR: &str = "substrate.chain-spec-id";
+/// Where the chain spec is stored in the snapshot.
+const SPEC_ENTRY: &str = "chain-spec.json";
 /// Attribute: the chain's id (its directory under `chains/`).
 const CHAIN_ATTR: &str = "substrate.chain";
 /// Attribute: `rocksdb` or `paritydb`.
@@ -192,9 +205,26 @@ pub fn is_key_path(rel: &str) -> bool {
     matches!((parts.next(), parts.next(), parts.next()), (Some("chains"), Some(_), Some("keystore" | "network")))
 }
 
-/// The chain directory under `base/chains/`: the one `chain` names, or the
-/// only one there is.
-fn chain_dir(config: &SubstrateConfig, base: &str) -> Result<String, Error> {
+/// The chain spec's `id` and its bytes.
+fn read_chain_spec(path: &str) -> Result<(String, Vec<u8>), Error> {
+    let bytes = fs::read(path).map_err(|e| Error::from(e).context(path))?;
+    #[derive(Deserialize)]
+    struct Spec {
+        id: String,
+    }
+    let spec: Spec = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::InvalidConfig(format!(
+            "chain_spec: {path} is not a chain spec (a JSON object with an \"id\"): {}",
+            // Line and column only: the message may quote the file.
+            format_args!("line {}, column {}", e.line(), e.column())
+        ))
+    })?;
+    Ok((spec.id, bytes))
+}
+
+/// The chain directory under `base/chains/`: the one `chain` names (else
+/// the chain spec's id), or the only one there is.
+fn chain_dir(config: &SubstrateConfig, base: &str, spec_id: Option<&str>) -> Result<String, Error> {
     let chains = join(base, "chains");
     let listing = host::list_dir(&chains).map_err(|e| {
         Error::InvalidConfig(format!(
@@ -202,8 +232,8 @@ fn chain_dir(config: &SubstrateConfig, base: &str) -> Result<String, Error> {
         ))
     })?;
     let names: Vec<String> = listing.items.into_iter().filter(|i| i.kind == EntryKind::Dir).map(|i| i.name).collect();
-    match &config.chain {
-        Some(c) if names.contains(c) => Ok(c.clone()),
+    match config.chain.as_deref().or(spec_id).map(str::to_string) {
+        Some(c) if names.contains(&c) => Ok(c),
         Some(c) => Err(Error::InvalidConfig(format!(
             "chain: {chains}/{c} does not exist; the chains there are: {}",
             if names.is_empty() { "none".to_string() } else { names.join(", ") }
@@ -447,9 +477,22 @@ impl Plugin for Substrate {
             }
             return check_keys(&config, &keys, sink);
         }
-        let chain = chain_dir(&config, &root)?;
+        let spec = config.chain_spec.as_deref().map(read_chain_spec).transpose()?;
+        let chain = chain_dir(&config, &root, spec.as_ref().map(|(id, _)| id.as_str()))?;
         sink.set_attribute(LAYOUT_ATTR, LAYOUT_BASE_PATH)?;
         sink.set_attribute(CHAIN_ATTR, &chain)?;
+        if let Some((id, bytes)) = &spec {
+            sink.set_attribute(SPEC_ID_ATTR, id)?;
+            if *id != chain {
+                host::warn(format!(
+                    "the chain spec's id is {id}, but the chain directory backed up is chains/{chain}: is it this \
+                     node's spec?"
+                ));
+            }
+            let mut w = sink.add_entry(EntryMeta::file(SPEC_ENTRY, 0o644).size_hint(bytes.len() as u64))?;
+            std::io::Write::write_all(&mut w, bytes).map_err(|e| Error::from(e).context(SPEC_ENTRY))?;
+            w.finish()?;
+        }
         let chain_rel = format!("chains/{chain}");
         let mut added = std::collections::BTreeSet::new();
         let listing = host::list_dir(&join(&root, &chain_rel))?;
