@@ -464,6 +464,11 @@ fn a_paritydb_node_backs_up_and_restores_as_parity_db_reads_it_and_an_open_one_i
     tool(&["write", d, "--columns", "4", "--keys", "3000", "--seed", "7", "--btree-column", "2", "--update"]);
     let want = dump(&db, "3000");
     assert!(want.lines().count() > 3000, "{}", want.lines().count());
+    // A validator's parachains database beside it.
+    let para = base.join("chains").join(CHAIN).join("paritydb/parachains");
+    std::fs::create_dir_all(&para).unwrap();
+    tool(&["write", para.to_str().unwrap(), "--columns", "2", "--keys", "500", "--seed", "7"]);
+    let want_para = dump(&para, "500");
     let set = format!("base_path={}", base.display());
     let (id, said) = backup(&t, std::slice::from_ref(&set)).unwrap();
     assert!(said.contains("ParityDB"), "{said}");
@@ -473,6 +478,7 @@ fn a_paritydb_node_backs_up_and_restores_as_parity_db_reads_it_and_an_open_one_i
     let (target, r) = restore(&t, &id, "restored", &[]);
     r.unwrap();
     assert_eq!(dump(&target.join(format!("chains/{CHAIN}/paritydb/full")), "3000"), want);
+    assert_eq!(dump(&target.join(format!("chains/{CHAIN}/paritydb/parachains")), "500"), want_para);
 
     // Held open by a writer: refused, allow_live or not.
     let mut holder = Command::new(paritydb_tool())
@@ -492,4 +498,13 @@ fn a_paritydb_node_backs_up_and_restores_as_parity_db_reads_it_and_an_open_one_i
     }
     let _ = holder.kill();
     let _ = holder.wait();
+
+    // A keystore moved to another disk and linked back: refused, named,
+    // rather than left out.
+    let elsewhere = t.dir.path().join("elsewhere-keystore");
+    std::fs::create_dir(&elsewhere).unwrap();
+    key_file(&elsewhere, "babe", ALICE_SR25519, &format!("{DEV_PHRASE}//Alice"));
+    std::os::unix::fs::symlink(&elsewhere, base.join("chains").join(CHAIN).join("keystore")).unwrap();
+    let e = backup(&t, &[set]).unwrap_err();
+    assert!(e.contains(&format!("chains/{CHAIN}/keystore is a symlink")) && e.contains("bind-mount"), "{e}");
 }

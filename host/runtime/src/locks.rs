@@ -8,6 +8,12 @@
 //! the list takes no lock, so asking never makes the database's own open
 //! fail, as trying a lock and letting it go would in that instant. Waiters
 //! (`->` lines) hold nothing and are skipped.
+//!
+//! The kernel lists only the locks of processes in the PID namespace of
+//! the host's `/proc`: a node in another container (its own PID
+//! namespace) holds locks the host does not see. README says so; run the
+//! host in the node's PID namespace (the same container, or a pod with
+//! `shareProcessNamespace`) for the answer to hold.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -57,11 +63,16 @@ fn parse_line(line: &str) -> Option<Held> {
 }
 
 /// The strongest lock `list` (the text of `/proc/locks`) shows on the file
-/// with this device and inode.
+/// with this device and inode. A file on an anonymous device (major 0:
+/// btrfs subvolumes, overlayfs, FUSE) may be listed under its file system's
+/// own device, which `stat` does not give: its inode alone is matched
+/// then. A lock on another file with that inode number makes the answer
+/// too careful (a plugin refuses), never too lax.
 fn strongest(list: &str, major: u32, minor: u32, inode: u64) -> LockHeld {
     let mut held = LockHeld::None;
     for h in list.lines().filter_map(parse_line) {
-        if (h.major, h.minor, h.inode) != (major, minor, inode) {
+        let same_device = (h.major, h.minor) == (major, minor) || major == 0;
+        if !same_device || h.inode != inode {
             continue;
         }
         if h.exclusive {
@@ -75,7 +86,13 @@ fn strongest(list: &str, major: u32, minor: u32, inode: u64) -> LockHeld {
 /// Answers for the host path `real` (`asked` is the plugin's path, for
 /// messages).
 fn file_lock(real: &Path, asked: &str) -> Result<LockHeld, WitError> {
-    let md = std::fs::metadata(real).map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(asked))))?;
+    // Not followed: a symlink the plugin planted must not make the host
+    // look at (or wait on) a file outside the grants.
+    let md =
+        std::fs::symlink_metadata(real).map_err(|e| WitError::Unavailable(format!("{}: {e}", printable(asked))))?;
+    if !md.file_type().is_file() {
+        return Err(WitError::Other(format!("{} is not a regular file", printable(asked))));
+    }
     let list = std::fs::read_to_string(PROC_LOCKS).map_err(|e| {
         WitError::Unavailable(format!(
             "cannot tell whether a process holds a lock on {}: {PROC_LOCKS} cannot be read ({e}); the host lists \
@@ -117,6 +134,8 @@ mod tests {
         // A lease is not a lock; another device's inode is another file.
         assert_eq!(strongest(SAMPLE, 8, 1, 78), LockHeld::None);
         assert_eq!(strongest(SAMPLE, 8, 2, 77), LockHeld::None);
+        // On an anonymous device (btrfs, overlayfs) the inode decides.
+        assert_eq!(strongest(SAMPLE, 0, 45, 6127672), LockHeld::Exclusive);
         assert_eq!(parse_line("garbage"), None);
     }
 
@@ -178,5 +197,9 @@ mod tests {
         assert_eq!(file_lock(&file, "LOCK").unwrap(), LockHeld::None);
         let e = file_lock(&dir.path().join("missing"), "db/missing").unwrap_err();
         assert!(matches!(&e, WitError::Unavailable(m) if m.contains("db/missing")), "{e:?}");
+        // A symlink is not followed, whatever it points at.
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
+        let e = file_lock(&dir.path().join("link"), "db/link").unwrap_err();
+        assert!(matches!(&e, WitError::Other(m) if m.contains("not a regular file")), "{e:?}");
     }
 }

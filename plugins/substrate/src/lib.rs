@@ -5,7 +5,8 @@
 //!   - the chain database: RocksDB (`db/full`, and any RocksDB database
 //!     nested in it, such as a validator's `parachains/db`) as its live
 //!     set read from `CURRENT` and its manifest, copied consistently
-//!     (`coffer_lsm`); or ParityDB (`paritydb/full`, [`paritydb`]), whole.
+//!     (`coffer_lsm`); or ParityDB (`paritydb/full`, and a validator's
+//!     `paritydb/parachains`, [`paritydb`]), whole.
 //!     A database a running node holds open (its lock file locked, asked
 //!     of the host) is refused: RocksDB's unless `allow_live=true`, which
 //!     copies it consistently while the node writes; ParityDB's always,
@@ -231,8 +232,12 @@ fn chain_dir(config: &SubstrateConfig, base: &str, spec_id: Option<&str>) -> Res
             "base_path: {chains} cannot be listed ({e}); is {base} the node's --base-path (it holds chains/<chain>/)?"
         ))
     })?;
+    let wanted = config.chain.as_deref().or(spec_id).map(str::to_string);
+    if let Some(c) = &wanted {
+        refuse_symlink(&listing, &chains, c)?;
+    }
     let names: Vec<String> = listing.items.into_iter().filter(|i| i.kind == EntryKind::Dir).map(|i| i.name).collect();
-    match config.chain.as_deref().or(spec_id).map(str::to_string) {
+    match wanted {
         Some(c) if names.contains(&c) => Ok(c),
         Some(c) => Err(Error::InvalidConfig(format!(
             "chain: {chains}/{c} does not exist; the chains there are: {}",
@@ -247,6 +252,41 @@ fn chain_dir(config: &SubstrateConfig, base: &str, spec_id: Option<&str>) -> Res
             ))),
         },
     }
+}
+
+/// Refuses `name` in the listing of `dir` when it is a symlink: a node's
+/// directory moved to another disk and linked back would otherwise be
+/// left out of the backup without a word (the sandbox does not follow a
+/// symlink out of the grant).
+fn refuse_symlink(listing: &coffer_sdk::DirListing, dir: &str, name: &str) -> Result<(), Error> {
+    if listing.items.iter().any(|i| i.name == name && i.kind == EntryKind::Symlink) {
+        let link = join(dir, name);
+        let target = host::read_link(&link).unwrap_or_else(|_| "?".into());
+        return Err(Error::InvalidConfig(format!(
+            "{link} is a symlink (to {target}), which coffer does not follow out of the granted base_path; bind-mount \
+             the directory there instead, or back up a base path that holds it"
+        )));
+    }
+    Ok(())
+}
+
+/// The ParityDB databases under `paritydb/` (snapshot path `rel`): `full`
+/// and, on a validator, `parachains`; any directory there holding a
+/// ParityDB `metadata` file.
+fn paritydb_dirs(root: &str, rel: &str) -> Result<Vec<String>, Error> {
+    let listing = host::list_dir(&join(root, rel))?;
+    let mut out = Vec::new();
+    for d in listing.items.iter().filter(|i| i.kind == EntryKind::Dir) {
+        let sub = join_rel(rel, &d.name);
+        let inner = host::list_dir(&join(root, &sub))?;
+        if paritydb::looks_like_paritydb(inner.items.iter().map(|i| i.name.as_str())) {
+            out.push(sub);
+        }
+    }
+    for i in listing.items.iter().filter(|i| i.kind == EntryKind::Symlink) {
+        refuse_symlink(&listing, &join(root, rel), &i.name)?;
+    }
+    Ok(out)
 }
 
 /// Adds the directory entries of every component of `rel` not added yet.
@@ -270,12 +310,14 @@ fn add_dirs(sink: &Sink, root: &str, rel: &str, added: &mut std::collections::BT
 fn lock_held(path: &str) -> Result<Option<LockHeld>, Error> {
     match host::file_lock(path) {
         Ok(h) => Ok(Some(h)),
-        Err(Error::Unavailable(why)) if fs::metadata(path).is_ok() => {
-            host::warn(format!("cannot tell whether a node holds {path}: {why}"));
-            Ok(None)
-        }
-        // No lock file: no node has the database open.
-        Err(Error::Unavailable(_)) => Ok(Some(LockHeld::None)),
+        Err(Error::Unavailable(why)) => match fs::symlink_metadata(path) {
+            // No lock file: no node has the database open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(LockHeld::None)),
+            _ => {
+                host::warn(format!("cannot tell whether a node holds {path}: {why}"));
+                Ok(None)
+            }
+        },
         Err(e) => Err(e),
     }
 }
@@ -496,13 +538,22 @@ impl Plugin for Substrate {
         let chain_rel = format!("chains/{chain}");
         let mut added = std::collections::BTreeSet::new();
         let listing = host::list_dir(&join(&root, &chain_rel))?;
+        let chain_host = join(&root, &chain_rel);
+        for name in ["db", "paritydb", "keystore", "network"] {
+            refuse_symlink(&listing, &chain_host, name)?;
+        }
         let has = |name: &str| listing.items.iter().any(|i| i.name == name && i.kind == EntryKind::Dir);
         let mut stored = Vec::new();
         // The chain database.
         let rocks = format!("{chain_rel}/db/full");
-        let parity = format!("{chain_rel}/paritydb/full");
-        let rocks_there = has("db") && fs::metadata(join(&root, &rocks)).is_ok_and(|m| m.is_dir());
-        let parity_there = has("paritydb") && fs::metadata(join(&root, &parity)).is_ok_and(|m| m.is_dir());
+        let rocks_there = has("db") && {
+            let db = host::list_dir(&join(&root, &format!("{chain_rel}/db")))?;
+            refuse_symlink(&db, &join(&root, &format!("{chain_rel}/db")), "full")?;
+            db.items.iter().any(|i| i.name == "full" && i.kind == EntryKind::Dir)
+        };
+        let paritydbs =
+            if has("paritydb") { paritydb_dirs(&root, &format!("{chain_rel}/paritydb"))? } else { Vec::new() };
+        let parity_there = !paritydbs.is_empty();
         if rocks_there {
             let reports = backup_rocksdb(&config, &root, &rocks, has_parent, sink, &mut added)?;
             let tables: usize = reports.iter().map(|(_, r)| r.tables).sum();
@@ -517,17 +568,17 @@ impl Plugin for Substrate {
             sink.set_attribute(COLUMN_FAMILIES_ATTR, &families.join(","))?;
             stored.push(format!("RocksDB {rocks} ({} databases, {tables} live tables)", reports.len()));
         }
-        if parity_there {
-            add_dirs(sink, &root, &parity, &mut added)?;
-            backup_paritydb(&root, &parity, has_parent, sink)?;
-            if !rocks_there {
-                sink.set_attribute(DB_KIND_ATTR, "paritydb")?;
-            }
+        for parity in &paritydbs {
+            add_dirs(sink, &root, parity, &mut added)?;
+            backup_paritydb(&root, parity, has_parent, sink)?;
             stored.push(format!("ParityDB {parity}"));
+        }
+        if parity_there && !rocks_there {
+            sink.set_attribute(DB_KIND_ATTR, "paritydb")?;
         }
         if !rocks_there && !parity_there {
             host::warn(format!(
-                "{}: neither db/full (RocksDB) nor paritydb/full (ParityDB); no chain database backed up",
+                "{}: neither db/full (RocksDB) nor a ParityDB database under paritydb/; no chain database backed up",
                 join(&root, &chain_rel)
             ));
         }
