@@ -222,6 +222,27 @@ pub struct TableReport {
     pub note: Option<String>,
 }
 
+impl TableReport {
+    /// A report of a table of this kind before any block is checked.
+    fn nothing_checked(kind: TableKind, format_version: u32, checksum: ChecksumType) -> Self {
+        TableReport {
+            kind,
+            format_version,
+            checksum,
+            data_blocks: 0,
+            data_bytes: 0,
+            meta_blocks: 0,
+            properties_data_blocks: None,
+            index_type: 0,
+            index_partitions: 0,
+            index_value_delta: false,
+            index_compression: 0,
+            data_blocks_walked: false,
+            note: None,
+        }
+    }
+}
+
 /// A block's place: offset and size, trailer excluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Handle {
@@ -403,19 +424,8 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
     let n = bytes.len();
     let magic = u64::from_le_bytes(bytes[n - 8..].try_into().unwrap_or_default());
     let unchecked = |kind: TableKind, what: &str| TableReport {
-        kind,
-        format_version: 0,
-        checksum: ChecksumType::None,
-        data_blocks: 0,
-        data_bytes: 0,
-        meta_blocks: 0,
-        properties_data_blocks: None,
-        index_type: 0,
-        index_partitions: 0,
-        index_value_delta: false,
-        index_compression: 0,
-        data_blocks_walked: false,
         note: Some(format!("a RocksDB {what}: only block-based tables are checked")),
+        ..TableReport::nothing_checked(kind, 0, ChecksumType::None)
     };
     match magic {
         PLAIN_TABLE_MAGIC | LEGACY_PLAIN_TABLE_MAGIC => return Ok(unchecked(TableKind::Plain, "plain table")),
@@ -500,21 +510,7 @@ pub fn check_table(name: &str, bytes: &[u8]) -> Result<TableReport, LsmError> {
         }
     };
     let table = Table { name, bytes, footer_start, checksum, base_context };
-    let mut report = TableReport {
-        kind: TableKind::BlockBased,
-        format_version,
-        checksum,
-        data_blocks: 0,
-        data_bytes: 0,
-        meta_blocks: 0,
-        properties_data_blocks: None,
-        index_type: 0,
-        index_partitions: 0,
-        index_value_delta: false,
-        index_compression: 0,
-        data_blocks_walked: false,
-        note: None,
-    };
+    let mut report = TableReport::nothing_checked(TableKind::BlockBased, format_version, checksum);
     // The metaindex, and every block it names.
     let (meta_block, meta_kind) = table.block(metaindex, "the metaindex block")?;
     report.meta_blocks += 1;

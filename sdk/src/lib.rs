@@ -717,6 +717,14 @@ impl SnapshotReader<'_> {
         Ok(EntryReader { inner, buf: Vec::new(), pos: 0, eof: false })
     }
 
+    /// The whole content of a file entry, for entries small enough to hold
+    /// in memory (a manifest, a key, one table at a time).
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        io::Read::read_to_end(&mut self.open(path)?, &mut out).map_err(|e| Error::from(e).context(path))?;
+        Ok(out)
+    }
+
     /// During a restore into a directory: has the host write these file
     /// entries (content, permission bits, modification time) to the same
     /// paths under the target, several at once, and returns the bytes

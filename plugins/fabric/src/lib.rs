@@ -45,7 +45,7 @@ pub(crate) mod fixtures {
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 
 use coffer_lsm::leveldb::{self, LevelDb};
 use coffer_sdk::{
@@ -353,12 +353,6 @@ fn add_batch(sink: &Sink, root: &str, batch: &mut Vec<FileSource>) -> Result<(),
     Ok(())
 }
 
-fn read_entry(snapshot: &SnapshotReader, path: &str) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    snapshot.open(path)?.read_to_end(&mut out).map_err(|e| Error::from(e).context(path))?;
-    Ok(out)
-}
-
 fn restore_dir_empty(dir: &str) -> Result<bool, Error> {
     let mut it = fs::read_dir(dir).map_err(|e| Error::from(e).context(dir))?;
     Ok(it.next().is_none())
@@ -429,7 +423,7 @@ fn verify_leveldb(
     files: &BTreeMap<String, u64>,
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
-    let current = read_entry(snapshot, &format!("{dir}/CURRENT"))?;
+    let current = snapshot.read(&format!("{dir}/CURRENT"))?;
     let name = match coffer_lsm::parse_current(&current) {
         Ok((name, _)) => name,
         Err(e) => {
@@ -441,7 +435,7 @@ fn verify_leveldb(
         report.problem(format!("{dir}/CURRENT"), format!("LevelDB {dir}: CURRENT names {name}, which is missing"));
         return Ok(());
     }
-    let manifest = read_entry(snapshot, &format!("{dir}/{name}"))?;
+    let manifest = snapshot.read(&format!("{dir}/{name}"))?;
     report.checked(2, (current.len() + manifest.len()) as u64);
     let live = match leveldb::live_set(&current, &manifest, files.keys().map(String::as_str)) {
         Ok(l) => l,
@@ -545,7 +539,7 @@ fn export_channel_config(
         paths.sort();
         let mut latest = configtx::LatestConfig::new();
         for p in &paths {
-            latest.add_file(&read_entry(snapshot, p)?);
+            latest.add_file(&snapshot.read(p)?);
         }
         let Some(record) = latest.finish() else {
             host::warn(format!("channel {channel}: no config block in its block files; nothing exported"));
@@ -863,7 +857,7 @@ impl Plugin for Fabric {
             let mut checker = verify::ChannelChecker::new(&channel);
             for (i, p) in paths.iter().enumerate() {
                 host::check_cancelled()?;
-                let bytes = read_entry(snapshot, p)?;
+                let bytes = snapshot.read(p)?;
                 report.checked(1, bytes.len() as u64);
                 checker.add_file(&verify::ChannelFile { name: p.clone(), bytes: &bytes }, i + 1 == paths.len());
             }

@@ -887,15 +887,29 @@ pub fn copy_database(dir: &mut impl ParityDbDir, label: &str) -> Result<ParityDb
 /// table and log, and runs [`check_structure`].
 pub fn check_dir(dir: &mut impl ParityDbDir) -> Result<StructureCheck, Error> {
     let listed = dir.list()?;
-    let metadata = dir.read(METADATA)?;
-    let set = file_set(&listed);
+    check_files(&listed, |name, head| match head {
+        Some(len) => dir.read_head(name, len),
+        None => dir.read(name),
+    })
+}
+
+/// [`check_dir`] of the files `listed`, wherever they are: `read(name,
+/// Some(len))` gives at most the first `len` bytes of a file, `read(name,
+/// None)` all of it (`None` for a file that is not there). `coffer verify`
+/// reads them from the snapshot.
+pub fn check_files(
+    listed: &[ListedFile],
+    mut read: impl FnMut(&str, Option<usize>) -> Result<Option<Vec<u8>>, Error>,
+) -> Result<StructureCheck, Error> {
+    let metadata = read(METADATA, None)?;
+    let set = file_set(listed);
     let mut heads = BTreeMap::new();
     for name in set.tables.iter().chain(&set.logs) {
-        if let Some(h) = dir.read_head(name, HEAD_LEN)? {
+        if let Some(h) = read(name, Some(HEAD_LEN))? {
             heads.insert(name.clone(), h);
         }
     }
-    Ok(check_structure(metadata.as_deref(), &listed, &heads))
+    Ok(check_structure(metadata.as_deref(), listed, &heads))
 }
 
 /// The directory on the host: coffer-lsm's, which lists, reads and stores

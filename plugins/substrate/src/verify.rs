@@ -11,13 +11,6 @@ use coffer_sdk::{Error, SnapshotReader, VerifyReport, host};
 
 use crate::{keystore, paritydb};
 
-/// The bytes of entry `path`.
-fn read_entry(snapshot: &SnapshotReader, path: &str) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    snapshot.open(path)?.read_to_end(&mut out).map_err(|e| Error::from(e).context(path))?;
-    Ok(out)
-}
-
 fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
 }
@@ -37,7 +30,7 @@ pub fn rocksdb(
         report.problem(dir, format!("{label}: no CURRENT file"));
         return Ok(());
     };
-    let current = read_entry(snapshot, &join(dir, "CURRENT"))?;
+    let current = snapshot.read(&join(dir, "CURRENT"))?;
     let name = match coffer_lsm::parse_current(&current) {
         Ok((name, _)) => name,
         Err(e) => {
@@ -49,7 +42,7 @@ pub fn rocksdb(
         report.problem(join(dir, "CURRENT"), format!("{label}: CURRENT names {name}, which is missing"));
         return Ok(());
     }
-    let manifest = read_entry(snapshot, &join(dir, &name))?;
+    let manifest = snapshot.read(&join(dir, &name))?;
     report.checked(2, (current.len() + manifest.len()) as u64);
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     let live = match RocksDb::live_set(&current, &manifest, &names) {
@@ -73,7 +66,7 @@ pub fn rocksdb(
             continue;
         }
         // One table in memory at a time.
-        let bytes = read_entry(snapshot, &path)?;
+        let bytes = snapshot.read(&path)?;
         report.checked(1, bytes.len() as u64);
         if !t.name.ends_with(".sst") && !t.name.ends_with(".ldb") {
             continue;
@@ -111,27 +104,16 @@ pub fn paritydb(
             is_file: true,
         })
         .collect();
-    let metadata = if files.contains_key(paritydb::METADATA) {
-        Some(read_entry(snapshot, &join(dir, paritydb::METADATA))?)
-    } else {
-        None
-    };
-    let set = paritydb::file_set(&listed);
-    let mut heads = BTreeMap::new();
-    for name in set.tables.iter().chain(&set.logs) {
-        let mut head = vec![0u8; paritydb::HEAD_LEN];
-        let mut r = snapshot.open(&join(dir, name))?;
-        let mut got = 0;
-        while got < head.len() {
-            match r.read(&mut head[got..]).map_err(|e| Error::from(e).context(join(dir, name)))? {
-                0 => break,
-                n => got += n,
-            }
+    let check = paritydb::check_files(&listed, |name, head| {
+        let path = join(dir, name);
+        if !files.contains_key(name) {
+            return Ok(None);
         }
-        head.truncate(got);
-        heads.insert(name.clone(), head);
-    }
-    let check = paritydb::check_structure(metadata.as_deref(), &listed, &heads);
+        let Some(len) = head else { return snapshot.read(&path).map(Some) };
+        let mut out = Vec::with_capacity(len);
+        snapshot.open(&path)?.take(len as u64).read_to_end(&mut out).map_err(|e| Error::from(e).context(&path))?;
+        Ok(Some(out))
+    })?;
     report.checked(listed.len() as u64, files.values().map(|(s, _)| s).sum());
     for p in &check.problems {
         report.problem(join(dir, &p.file), format!("{label}: {}", p.reason));
@@ -157,7 +139,7 @@ pub fn keystore(
     for name in files.keys() {
         host::check_cancelled()?;
         let path = join(dir, name);
-        let bytes = read_entry(snapshot, &path)?;
+        let bytes = snapshot.read(&path)?;
         report.checked(1, bytes.len() as u64);
         match keystore::check_key_file(name, &bytes, password) {
             Ok(_) => good += 1,
@@ -174,7 +156,7 @@ pub fn keystore(
 
 /// The libp2p node key at `path`: its peer id.
 pub fn node_key(snapshot: &SnapshotReader, path: &str, report: &mut VerifyReport) -> Result<(), Error> {
-    let bytes = read_entry(snapshot, path)?;
+    let bytes = snapshot.read(path)?;
     report.checked(1, bytes.len() as u64);
     match keystore::check_node_key("secret_ed25519", &bytes).map(|k| k.peer_id) {
         Ok(id) => report.note(format!("node key {path}: peer id {id}")),
